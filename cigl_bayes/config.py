@@ -1,0 +1,188 @@
+"""Typed configuration: methods are configurations of one trainer, not subclasses.
+
+Defaults follow the CigL paper (Lei et al., ICLR 2023, §5 and App. D) and its official code
+(StevenBoys/CigL, built on the rigl-reproducibility code); ``docs/defaults.md`` lists each one
+with its source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .masks import MaskSchedule
+from .random_mask import check_keep
+from .sparsity import DISTRIBUTIONS, check_sparsity
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """What distinguishes one training method from another."""
+
+    name: str
+    sparse: bool = True
+    regrowth: str = "gradient"  # "gradient" (RigL), "random" (SET), "none" (static / dense)
+    random_mask: bool = False  # Z ~ Bernoulli(keep) on every step (CigL)
+    rescale_random_mask: bool = False  # Z / keep: weight dropout (DropConnect) instead of CigL's mask
+    wma: bool = False  # weight & mask averaging from epoch T*
+    snapshots: bool = False  # keep the samples M⊙Z⊙W from T* and predict by averaging their softmax
+    activation_dropout: bool = False  # dropout layers, kept on at test (MC dropout)
+    output: str = "final"  # predictor whose weights are written to model.pt / drive temperature scaling
+
+
+METHODS: dict[str, MethodConfig] = {
+    m.name: m
+    for m in [
+        MethodConfig("dense", sparse=False, regrowth="none"),
+        MethodConfig("static", regrowth="none"),
+        MethodConfig("set", regrowth="random"),
+        MethodConfig("rigl"),
+        MethodConfig("cigl", random_mask=True, wma=True, output="wma"),
+        MethodConfig("cigl-no-rm", wma=True, output="wma"),
+        MethodConfig("cigl-no-wma", random_mask=True, snapshots=True, output="predictive"),
+        MethodConfig("rigl-wdp", random_mask=True, rescale_random_mask=True),
+        MethodConfig("rigl-mcdp", activation_dropout=True, output="mc-dropout"),
+    ]
+}
+
+# Paper / official-code settings per architecture: weight decay, lr halving interval (steps),
+# warm-up steps.  Step counts refer to the paper's run length (250 epochs of 45,000 images at
+# batch 128 = 88,000 steps) and are rescaled to a run's own length unless given explicitly.
+MODEL_DEFAULTS: dict[str, dict] = {
+    "wrn-22-2": {"weight_decay": 5e-4, "lr_decay_every": 30_000, "warmup_steps": 0},
+    "resnet50": {"weight_decay": 1e-4, "lr_decay_every": 20_000, "warmup_steps": 1_760},
+}
+GENERIC_DEFAULTS = {"weight_decay": 5e-4, "lr_decay_every": 30_000, "warmup_steps": 0}
+PAPER_EPOCHS = 250
+PAPER_TOTAL_STEPS = PAPER_EPOCHS * math.ceil(45_000 / 128)
+ENGINES = ("plain", "svi")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run.  ``None`` fields are filled by :meth:`resolved`."""
+
+    method: str = "cigl"
+    engine: str = "plain"  # "plain": cross-entropy + L2; "svi": −ELBO/N of the Pyro model/guide
+    model: str = "wrn-22-2"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
+    sparsity: float = 0.95
+    distribution: str = "erk"
+    epochs: int = PAPER_EPOCHS
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float | None = None
+    lr_decay_every: int | None = None
+    lr_decay_factor: float = 0.5
+    warmup_steps: int | None = None
+    val_fraction: float = 0.1
+    subset: int | None = None
+    delta_t: int = 100
+    drop_fraction: float = 0.3
+    update_end: float = 0.75
+    random_mask_rate: float = 0.1  # paper text; the official code uses 0.01
+    wma_start_epoch: int | None = None  # T*; default 0.8 · epochs (200 of 250)
+    mixup: float = 0.0
+    label_smoothing: float = 0.0
+    mc_samples: int = 10
+    bn_batches: int | None = None  # batches used to recompute BatchNorm statistics (None: all)
+    temperature_scaling: bool = True
+    sigma: float = 0.0  # guide scale σ of the SVI engine (0 = Delta limit)
+    save_samples: bool = True
+    seed: int = 0
+    device: str = "auto"
+    augment: bool = True
+    log_every: int = 50
+
+    # -- derived ---------------------------------------------------------------
+    @property
+    def method_config(self) -> MethodConfig:
+        return METHODS[self.method]
+
+    @property
+    def keep(self) -> float:
+        """Keep probability of Z (1 when the method has no random mask)."""
+        return 1.0 - self.random_mask_rate if self.method_config.random_mask else 1.0
+
+    @property
+    def dropout(self) -> float:
+        """Activation-dropout rate (MC-dropout baseline uses the random-mask rate)."""
+        return self.random_mask_rate if self.method_config.activation_dropout else 0.0
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        return math.ceil(n_train / self.batch_size)
+
+    def resolved(self, n_train: int | None = None) -> TrainConfig:
+        """Fill model-dependent defaults; rescale paper step counts to this run's length."""
+        self.validate()
+        d = MODEL_DEFAULTS.get(self.model, GENERIC_DEFAULTS)
+        scale = 1.0
+        if n_train is not None:
+            scale = self.epochs * self.steps_per_epoch(n_train) / PAPER_TOTAL_STEPS
+        changes = {}
+        if self.weight_decay is None:
+            changes["weight_decay"] = d["weight_decay"]
+        if self.lr_decay_every is None:
+            changes["lr_decay_every"] = max(1, round(d["lr_decay_every"] * scale))
+        if self.warmup_steps is None:
+            changes["warmup_steps"] = round(d["warmup_steps"] * scale)
+        if self.wma_start_epoch is None:
+            changes["wma_start_epoch"] = int(0.8 * self.epochs)
+        out = dataclasses.replace(self, **changes)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; known: {', '.join(ENGINES)}")
+        check_sparsity(self.sparsity)
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown sparsity distribution {self.distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
+        if not 0.0 <= self.random_mask_rate < 1.0:
+            raise ValueError(f"random-mask rate must be in [0, 1), got {self.random_mask_rate}")
+        check_keep(self.keep)
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "delta_t": self.delta_t,
+                    "mc_samples": self.mc_samples, "log_every": self.log_every}
+        for name, value in positive.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
+        if self.subset is not None and self.subset <= 0:
+            raise ValueError(f"subset must be a positive number of images, got {self.subset}")
+        if self.wma_start_epoch is not None and not 0 <= self.wma_start_epoch < self.epochs:
+            raise ValueError(
+                f"WMA start epoch T* = {self.wma_start_epoch} is beyond the last epoch "
+                f"(must be in [0, {self.epochs - 1}] for {self.epochs} epochs)")
+        if self.mixup < 0 or not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("mixup α must be ≥ 0 and label smoothing ε in [0, 1)")
+        if self.sigma < 0:
+            raise ValueError(f"guide scale sigma must be ≥ 0, got {self.sigma}")
+        if self.engine == "svi" and self.method_config.activation_dropout:
+            raise ValueError("the SVI engine has no activation-dropout likelihood; use --engine plain for rigl-mcdp")
+        MaskSchedule(1, self.delta_t, self.drop_fraction, self.update_end)  # checks its own fields
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+# Fields that may differ between an interrupted run and its resumption.
+RESUME_FREE_FIELDS = ("data_dir", "device", "download", "log_every")

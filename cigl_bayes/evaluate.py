@@ -1,0 +1,116 @@
+"""After training: every predictor of the method, temperature scaling, and the run folder.
+
+Predictors (each gives test log-probabilities):
+  final       the last weights M⊙W (training BatchNorm statistics)
+  wma         the WMA mean of M⊙Z⊙W, BatchNorm statistics recomputed (CigL's output model)
+  predictive  softmax averaged over the collected samples, BN recomputed for each ("w/o WMA")
+  mc-dropout  softmax averaged over S passes with dropout kept on (RigL + MC dropout)
+  temperature_scaled  the method's output predictor with T fitted on the validation split
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import metrics
+from .averaging import Snapshot
+from .predict import ensemble_log_probs, mc_dropout_log_probs, predict_log_probs, weights_loaded
+from .runs import atomic_torch_save, atomic_write_bytes, atomic_write_json
+
+
+def _labels(loader) -> torch.Tensor:
+    return torch.cat([y.cpu() for _, y in loader.epoch(0)])
+
+
+def predictor_log_probs(trainer, loaders: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """{predictor: {split: log-probs}} for the splits in ``loaders`` (e.g. val, test)."""
+    net, cfg, method = trainer.net, trainer.cfg, trainer.method
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    out["final"] = {k: predict_log_probs(net, ld) for k, ld in loaders.items()}
+    if method.wma and trainer.wma.count:
+        with weights_loaded(net, trainer.wma.mean(), trainer.data.train_eval, cfg.bn_batches):
+            out["wma"] = {k: predict_log_probs(net, ld, trainer.wma.sparse) for k, ld in loaders.items()}
+    if method.snapshots and len(trainer.samples):
+        per_split: dict[str, list[torch.Tensor]] = {k: [] for k in loaders}
+        for snap in trainer.samples:
+            snap = Snapshot(snap.sparse.to(trainer.device), snap.other.to(trainer.device))
+            with weights_loaded(net, snap, trainer.data.train_eval, cfg.bn_batches):
+                for k, ld in loaders.items():
+                    per_split[k].append(predict_log_probs(net, ld, snap.sparse))
+        out["predictive"] = {k: ensemble_log_probs(v) for k, v in per_split.items()}
+    if method.activation_dropout:
+        out["mc-dropout"] = {k: mc_dropout_log_probs(net, ld, cfg.mc_samples, cfg.seed) for k, ld in loaders.items()}
+    return out
+
+
+def output_state_dict(trainer) -> dict:
+    """State dict of the method's output model (sparse zeros in place)."""
+    net = trainer.net
+    if trainer.method.wma and trainer.wma.count:
+        with weights_loaded(net, trainer.wma.mean(), trainer.data.train_eval, trainer.cfg.bn_batches):
+            return {k: v.detach().cpu().clone() for k, v in net.module.state_dict().items()}
+    with torch.no_grad():
+        net.apply_mask_()
+    return {k: v.detach().cpu().clone() for k, v in net.module.state_dict().items()}
+
+
+def _sparsity_of(state: dict, names: list[str]) -> float:
+    zeros = sum(int((state[n] == 0).sum()) for n in names)
+    return zeros / max(1, sum(state[n].numel() for n in names))
+
+
+def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
+    """Evaluate all predictors and write metrics.json, predictions.npz, reliability.png, model.pt."""
+    cfg, out = trainer.cfg, trainer.out
+    loaders = {"test": trainer.data.test}
+    if trainer.data.val is not None:
+        loaders["val"] = trainer.data.val
+    labels = {k: _labels(ld) for k, ld in loaders.items()}
+    preds = predictor_log_probs(trainer, loaders)
+    output = trainer.method.output if trainer.method.output in preds else "final"
+    temperature = None
+    if cfg.temperature_scaling and "val" in loaders:
+        temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])
+        preds["temperature_scaled"] = {
+            k: torch.log_softmax(metrics.apply_temperature(v, temperature), -1) for k, v in preds[output].items()}
+
+    report = {name: {split: metrics.calibration_metrics(lp, labels[split], from_logits=True)
+                     for split, lp in by_split.items()} for name, by_split in preds.items()}
+    state = output_state_dict(trainer)
+    atomic_torch_save(state, out / "model.pt")
+    result = {
+        "method": cfg.method,
+        "engine": cfg.engine,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "seed": cfg.seed,
+        "sparsity_target": cfg.sparsity if trainer.method.sparse else 0.0,
+        "sparsity_actual": _sparsity_of(state, trainer.net.sparse_names),
+        "output_predictor": output,
+        "temperature": temperature,
+        "epochs": trainer.epoch,
+        "steps": trainer.step,
+        "n_train": trainer.data.train.num_samples,
+        "n_val": trainer.data.val.num_samples if trainer.data.val is not None else 0,
+        "n_test": trainer.data.test.num_samples,
+        "wma_samples": trainer.wma.count,
+        "train_seconds": train_seconds,
+        "test": {name: r["test"] for name, r in report.items()},
+        "val": {name: r["val"] for name, r in report.items() if "val" in r},
+        "history": trainer.history,
+        "completed": True,
+    }
+    arrays = {"labels": labels["test"].numpy()}
+    arrays.update({name: by_split["test"].exp().numpy().astype(np.float32) for name, by_split in preds.items()})
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(buf.getvalue(), out / "predictions.npz")
+    diagrams = {name: metrics.reliability_data(by_split["test"], labels["test"], from_logits=True)
+                for name, by_split in preds.items()}
+    metrics.plot_reliability_diagram(diagrams, out / "reliability.png",
+                                     title=f"{cfg.method} · {cfg.model} · sparsity {cfg.sparsity}")
+    atomic_write_json(result, out / "metrics.json")
+    return result

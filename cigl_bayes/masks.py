@@ -1,0 +1,157 @@
+"""The deterministic mask M of RigL / CigL and its update schedule.
+
+All layer masks live in one flat boolean buffer (``DeterministicMask.flat``) with a float copy
+(``DeterministicMask.float``) so that M⊙Z⊙W is one multiply over every sparse weight.
+An update (RigL, SET, or none for 'static') runs every ΔT steps until ``end`` of training with
+drop fraction f(t) = α/2 · (1 + cos(π t / T_end)) (RigL Eq. 1).  Every update keeps each
+layer's non-zero count exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+REGROWTH = ("gradient", "random", "none")  # rigl, set, static
+
+
+@dataclass(frozen=True)
+class MaskSchedule:
+    """When M is updated and how much of it: every ``delta_t`` steps while t ≤ end·total."""
+
+    total_steps: int
+    delta_t: int = 100
+    drop_fraction: float = 0.3
+    end: float = 0.75
+
+    def __post_init__(self) -> None:
+        if self.delta_t <= 0:
+            raise ValueError(f"mask update interval delta_t must be > 0, got {self.delta_t}")
+        if not 0.0 <= self.drop_fraction <= 1.0:
+            raise ValueError(f"drop fraction must be in [0, 1], got {self.drop_fraction}")
+        if not 0.0 <= self.end <= 1.0:
+            raise ValueError(f"mask-update end fraction must be in [0, 1], got {self.end}")
+
+    @property
+    def end_step(self) -> int:
+        return int(self.end * self.total_steps)
+
+    def is_update_step(self, step: int) -> bool:
+        """``step`` counts completed optimiser steps (1, 2, …)."""
+        return step % self.delta_t == 0 and 0 < step <= self.end_step
+
+    def fraction(self, step: int) -> float:
+        """Cosine-decayed drop fraction α/2 · (1 + cos(π t / T_end))."""
+        if self.end_step == 0:
+            return 0.0
+        return 0.5 * self.drop_fraction * (1.0 + math.cos(math.pi * min(step, self.end_step) / self.end_step))
+
+
+class DeterministicMask:
+    """Boolean masks for a list of weight shapes, stored flat; exact non-zeros per layer."""
+
+    def __init__(self, shapes: Sequence[torch.Size], flat: torch.Tensor):
+        self.shapes = [torch.Size(s) for s in shapes]
+        self.numels = [math.prod(s) for s in self.shapes]
+        if flat.dtype != torch.bool or flat.numel() != sum(self.numels):
+            raise ValueError("mask buffer must be a bool tensor with one entry per sparse weight")
+        self.flat = flat
+        self.nnz = [int(v.sum()) for v in self.flat_views()]
+        self.float = flat.float()
+
+    @classmethod
+    def random(
+        cls, shapes: Sequence[torch.Size], nnz: Sequence[int], generator: torch.Generator, device=None
+    ) -> DeterministicMask:
+        """Each layer keeps ``nnz[l]`` positions chosen uniformly at random (RigL's random init)."""
+        parts = []
+        for shape, k in zip(shapes, nnz):
+            numel = math.prod(shape)
+            keep = torch.zeros(numel, dtype=torch.bool)
+            keep[torch.randperm(numel, generator=generator)[:k]] = True
+            parts.append(keep)
+        return cls(shapes, torch.cat(parts).to(device))
+
+    @classmethod
+    def dense(cls, shapes: Sequence[torch.Size], device=None) -> DeterministicMask:
+        return cls(shapes, torch.ones(sum(math.prod(s) for s in shapes), dtype=torch.bool, device=device))
+
+    # -- views -----------------------------------------------------------------
+    def flat_views(self, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per-layer 1-D views into ``flat`` (default: this mask)."""
+        return list((self.flat if flat is None else flat).split(self.numels))
+
+    def views(self, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per-layer views shaped like the weights."""
+        return [v.view(s) for v, s in zip(self.flat_views(flat), self.shapes)]
+
+    @property
+    def density(self) -> float:
+        return sum(self.nnz) / max(1, sum(self.numels))
+
+    def to(self, device) -> DeterministicMask:
+        return DeterministicMask(self.shapes, self.flat.to(device))
+
+    # -- update ----------------------------------------------------------------
+    def update(
+        self,
+        weights: torch.Tensor,
+        scores: torch.Tensor | None,
+        drop_fraction: float,
+        regrowth: str = "gradient",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Drop the ⌊f·nnz⌋ smallest-|w| active weights of each layer and regrow as many.
+
+        ``weights`` and ``scores`` are flat (like ``self.flat``).  Regrowth picks the largest
+        ``|scores|`` (RigL: the dense gradient ∂L/∂(M⊙Z⊙W)) or uniform random scores (SET) among
+        positions not kept after the drop (so a just-dropped weight may come back).  Returns the
+        flat boolean set of *newly* active positions, whose weights and momentum the caller zeroes.
+
+        Per layer it costs one top-k (batched over the two rows "drop" and "grow") plus a
+        top-k over 2k candidates; no Python work per element.
+        """
+        if regrowth not in REGROWTH:
+            raise ValueError(f"unknown regrowth {regrowth!r}; known: {', '.join(REGROWTH)}")
+        new_flat = self.flat.clone()
+        if regrowth == "none" or drop_fraction <= 0:
+            return torch.zeros_like(self.flat)
+        if regrowth == "random":
+            scores = torch.rand(weights.shape, generator=generator, device="cpu").to(weights.device)
+        elif scores is None:
+            raise ValueError("RigL regrowth needs the dense gradient scores")
+        layers = zip(self.flat_views(), self.flat_views(new_flat), weights.split(self.numels),
+                     scores.split(self.numels), self.nnz)
+        for old, new, w, s, nnz in layers:
+            k = int(drop_fraction * nnz)
+            if k == 0 or nnz == old.numel():
+                continue
+            inf = torch.tensor(float("inf"), device=w.device, dtype=w.dtype)
+            grow_score = s.abs().to(w.dtype)
+            rows = torch.stack([torch.where(old, -w.abs(), -inf),  # top-k: the k smallest active |w|
+                                torch.where(old, -inf, grow_score)])  # top-k: best inactive scores
+            dropped, inactive_best = rows.topk(k, dim=1).indices
+            new[dropped] = False
+            # regrow among (inactive ∪ dropped): its top-k lies within these 2k candidates
+            cand = torch.cat([inactive_best, dropped])
+            eligible = torch.cat([~old[inactive_best], torch.ones_like(dropped, dtype=torch.bool)])
+            cand_score = torch.where(eligible, grow_score[cand], -inf)
+            new[cand[cand_score.topk(k).indices]] = True
+        regrown = new_flat & ~self.flat
+        self.flat.copy_(new_flat)
+        self.float.copy_(new_flat)
+        return regrown
+
+    # -- persistence -----------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"shapes": [list(s) for s in self.shapes], "flat": self.flat.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if [list(s) for s in self.shapes] != state["shapes"]:
+            raise ValueError("checkpoint mask shapes do not match the model's sparse weights")
+        self.flat.copy_(state["flat"].to(self.flat.device))
+        self.float.copy_(self.flat)
+        self.nnz = [int(v.sum()) for v in self.flat_views()]

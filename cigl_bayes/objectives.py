@@ -1,0 +1,65 @@
+"""The plain objective and the batch targets shared by both engines.
+
+Plain objective (paper Eq. 5): for one mini-batch,
+    L(W, θ) = CE(f(x; M⊙Z⊙W, θ), y) + λ (‖M⊙Z⊙W‖² + ‖θ‖²),   λ = wd / 2,
+so its gradient w.r.t. W is M⊙Z⊙(∇CE + wd·M⊙Z⊙W): Algorithm 1's masked update, with the weight
+decay written into the loss (the optimiser itself has weight_decay = 0).  The Pyro engine
+(``inference.objective.ElboObjective``) returns −ELBO/N instead; with σ = 0 the two agree up
+to a constant (tests/test_elbo_equivalence.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .network import SparseNetwork
+
+
+def batch_targets(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    mixup: float = 0.0,
+    label_smoothing: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets for one step: hard labels, or soft labels under mixup / smoothing.
+
+    mixup (Zhang et al. 2018): λ ~ Beta(α, α), x̃ = λx + (1−λ)x_π, ỹ = λ y + (1−λ) y_π.
+    label smoothing: ỹ = (1−ε)·onehot(y) + ε / C.
+    """
+    if mixup <= 0 and label_smoothing <= 0:
+        return x, y
+    target = F.one_hot(y, num_classes).to(x.dtype)
+    if label_smoothing > 0:
+        target = target * (1 - label_smoothing) + label_smoothing / num_classes
+    if mixup > 0:
+        # λ = G₁/(G₁+G₂) with Gᵢ ~ Gamma(α) is Beta(α, α) drawn from the seeded ``generator``.
+        gammas = torch._standard_gamma(torch.full((2,), float(mixup)), generator=generator)
+        lam = float(gammas[0] / gammas.sum())
+        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        x = lam * x + (1 - lam) * x[perm]
+        target = lam * target + (1 - lam) * target[perm]
+    return x, target
+
+
+class PlainObjective:
+    """Cross-entropy of the masked network plus λ‖M⊙Z⊙W‖² + λ‖θ‖² with λ = wd/2."""
+
+    def __init__(self, net: SparseNetwork, weight_decay: float):
+        self.net = net
+        self.weight_decay = weight_decay
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None):
+        """Return (loss, W) where W = M⊙Z⊙W is the flat effective weight the network used."""
+        w = self.net.effective_flat(z)
+        logits = self.net.forward(x, w)
+        loss = F.cross_entropy(logits, target)
+        if self.weight_decay:
+            l2 = w.square().sum()
+            if self.net.other_params:
+                l2 = l2 + torch.stack(torch._foreach_norm(self.net.other_params)).square().sum()
+            loss = loss + 0.5 * self.weight_decay * l2
+        return loss, w

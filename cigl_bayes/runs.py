@@ -1,0 +1,75 @@
+"""Run folders: atomic writes, checkpoints that detect truncation, config checks on resume.
+
+Every file is written to a temporary name in the same folder and then ``os.replace``d, so a
+crash mid-write leaves the previous complete file in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = "cigl-bayes-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is truncated, corrupt, foreign, or from a different configuration."""
+
+
+def _atomic(path: str | Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
+    return _atomic(path, lambda f: f.write(data))
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> Path:
+    return atomic_write_bytes((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), path)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write a resumable checkpoint, tagged with the format name."""
+    return atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`CheckpointError`."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated zip, garbage bytes, ...
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a cigl-bayes checkpoint (format tag missing or different)")
+    return state
+
+
+def check_out_dir(out: str | Path) -> Path:
+    """The run folder: created if missing; an existing *file* at that path is an error."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

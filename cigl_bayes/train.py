@@ -1,0 +1,305 @@
+"""The one training loop.  Methods differ by :class:`MethodConfig`, engines by the objective.
+
+One step (paper Algorithm 1):
+    Z ~ Bernoulli(keep)                                    (random_mask.RandomKeepMask)
+    loss, W = objective(x, y, Z)      W = M⊙Z⊙W (plain) or W ~ q(W | Z, U, M) (SVI)
+    W ← W − α · ∇_W loss = W − α · M⊙Z⊙∇L(M⊙Z⊙W)          (SGD, Nesterov momentum)
+    every ΔT steps until T_end: M ← RigL/SET(M, |W|, |∂loss/∂W|)  (masks.DeterministicMask)
+At the end of every epoch ≥ T*: collect M⊙Z⊙W into the WMA mean (and the sample store).
+After training: evaluate every predictor of the method, fit temperature scaling on the
+validation split, and write the run folder (see ``docs/run-folder.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models import build_model
+
+from . import data as data_lib
+from .averaging import Snapshot, SnapshotStore, WeightMaskAverage
+from .config import RESUME_FREE_FIELDS, TrainConfig
+from .device import resolve_device
+from .masks import DeterministicMask, MaskSchedule
+from .network import SparseNetwork
+from .objectives import PlainObjective, batch_targets
+from .random_mask import RandomKeepMask
+from .runs import CheckpointError, atomic_write_json, check_out_dir, load_checkpoint, save_checkpoint
+from .sparsity import densities_for, layer_nnz, sparse_parameter_names
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Data:
+    train: data_lib.DeviceLoader  # shuffled, augmented
+    train_eval: data_lib.DeviceLoader  # same images, fixed order, no augmentation (BN recompute)
+    val: data_lib.DeviceLoader | None
+    test: data_lib.DeviceLoader
+    num_classes: int
+
+
+def build_data(cfg: TrainConfig, device: torch.device) -> Data:
+    """Load, split (validation), subset, and put every split on ``device``."""
+    train_full, test = data_lib.load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
+    train, val = data_lib.split_validation(train_full, cfg.val_fraction, seed=cfg.seed)
+    if cfg.subset is not None:
+        train = data_lib.take_subset(train, min(cfg.subset, len(train)), seed=cfg.seed)
+        val = data_lib.take_subset(val, min(len(val), max(1, round(cfg.subset * cfg.val_fraction))), seed=cfg.seed)
+    if cfg.batch_size > len(train):
+        raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
+    mean, std = data_lib.NORMALIZATION[cfg.dataset]
+    common = {"device": device, "mean": mean, "std": std}
+    eval_bs = max(cfg.batch_size, 500)
+    return Data(
+        train=data_lib.DeviceLoader(train, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
+                                    seed=cfg.seed, **common),
+        train_eval=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=False, **common),
+        val=data_lib.DeviceLoader(val, batch_size=eval_bs, shuffle=False, **common) if len(val) else None,
+        test=data_lib.DeviceLoader(test, batch_size=eval_bs, shuffle=False, **common),
+        num_classes=len(train.classes),
+    )
+
+
+def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> SparseNetwork:
+    """Model from the registry, sparse weights chosen and masked at random (seeded)."""
+    torch.manual_seed(cfg.seed)
+    module = build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout).to(device)
+    names = sparse_parameter_names(module, dense_first=cfg.distribution == "uniform")
+    params = dict(module.named_parameters())
+    shapes = [params[n].shape for n in names]
+    if cfg.method_config.sparse and cfg.sparsity > 0:
+        nnz = layer_nnz(shapes, densities_for(shapes, cfg.sparsity, cfg.distribution))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        mask = DeterministicMask.random(shapes, nnz, gen, device=device)
+    else:
+        mask = DeterministicMask.dense(shapes, device=device)
+    net = SparseNetwork(module, names, mask)
+    net.apply_mask_()
+    return net
+
+
+def make_objective(cfg: TrainConfig, net: SparseNetwork, n_train: int, num_classes: int):
+    """The engine's objective: plain loss, or −ELBO/N of the Pyro model and guide."""
+    if cfg.engine == "plain":
+        return PlainObjective(net, cfg.weight_decay)
+    from inference.objective import ElboObjective  # the Pyro engine
+
+    return ElboObjective.from_config(cfg, net, n_train, num_classes)
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then × ``lr_decay_factor`` every ``lr_decay_every`` steps."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    return warm * cfg.lr_decay_factor ** (step // cfg.lr_decay_every)
+
+
+class Trainer:
+    """Owns every object whose state survives a restart; ``state_dict`` is the checkpoint."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, progress: bool = True):
+        config.validate()
+        self.out = check_out_dir(out_dir)
+        self.device = resolve_device(config.device)
+        self.data = build_data(config, self.device)
+        self.cfg = cfg = config.resolved(n_train=self.data.train.num_samples)
+        self.method = cfg.method_config
+        self.progress = progress
+        self.net = build_network(cfg, self.data.num_classes, self.device)
+        self.objective = make_objective(cfg, self.net, self.data.train.num_samples, self.data.num_classes)
+        self.optimizer = torch.optim.SGD(self.net.module.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                         nesterov=cfg.nesterov, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        self.steps_per_epoch = len(self.data.train)
+        self.schedule = MaskSchedule(cfg.epochs * self.steps_per_epoch, cfg.delta_t, cfg.drop_fraction,
+                                     cfg.update_end)
+        self.z_source = RandomKeepMask(sum(self.net.mask.numels), cfg.keep, cfg.seed + 1, self.device,
+                                       rescale=self.method.rescale_random_mask)
+        self.aux_generator = torch.Generator().manual_seed(cfg.seed + 2)  # SET scores, mixup
+        self.wma = WeightMaskAverage()
+        self.samples = SnapshotStore(self.out / "samples")
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps completed
+        self.history: list[dict] = []
+
+    # -- checkpoint --------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "module": self.net.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "mask": self.net.mask.state_dict(),
+            "z_source": self.z_source.state_dict(),
+            "aux_generator": self.aux_generator.get_state(),
+            "wma": self.wma.state_dict(),
+            "history": self.history,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = TrainConfig.from_dict(state["config"])
+        diffs = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in RESUME_FREE_FIELDS
+                 and getattr(saved, f.name) != getattr(self.cfg, f.name)]
+        if diffs:
+            detail = ", ".join(f"{n}: {getattr(saved, n)!r} → {getattr(self.cfg, n)!r}" for n in diffs)
+            raise CheckpointError(f"cannot resume {self.out} with a different config ({detail}); "
+                                  "use another --out or the same options")
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.net.module.load_state_dict(state["module"])
+        self.net.mask.load_state_dict(state["mask"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.z_source.load_state_dict(state["z_source"])
+        self.aux_generator.set_state(state["aux_generator"])
+        self.wma.load_state_dict(state["wma"], self.device)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+    def save_checkpoint(self) -> None:
+        save_checkpoint(self.state_dict(), self.out / "checkpoint.pt")
+
+    def maybe_resume(self) -> bool:
+        path = self.out / "checkpoint.pt"
+        if not path.exists():
+            return False
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        return True
+
+    # -- one step ----------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cfg, net = self.cfg, self.net
+        x, target = batch_targets(x, y, self.data.num_classes, mixup=cfg.mixup,
+                                  label_smoothing=cfg.label_smoothing, generator=self.aux_generator)
+        z = self.z_source.sample()
+        update = self.schedule.is_update_step(self.step + 1) and self.method.regrowth != "none"
+        loss, w = self.objective(x, target, z)
+        if update and self.method.regrowth == "gradient":
+            w.retain_grad()  # the dense gradient ∂loss/∂W for RigL regrowth
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if update:
+            self.update_mask(w.grad if self.method.regrowth == "gradient" else None)
+        return loss.detach()
+
+    @torch.no_grad()
+    def update_mask(self, dense_grad: torch.Tensor | None) -> None:
+        """RigL/SET update of M; weights and momentum outside the new M (incl. regrown) are 0."""
+        self.net.mask.update(self.net.sparse_flat(), dense_grad, self.schedule.fraction(self.step),
+                             self.method.regrowth, self.aux_generator)
+        self.net.apply_mask_()
+        buffers = [self.optimizer.state[p].get("momentum_buffer") for p in self.net.sparse_params]
+        if all(b is not None for b in buffers):
+            torch._foreach_mul_(buffers, self.net.mask.views(self.net.mask.float))
+
+    # -- one epoch ---------------------------------------------------------------
+    def train_epoch(self, bar) -> float:
+        self.net.module.train()
+        total = torch.zeros((), device=self.device)
+        for i, (x, y) in enumerate(self.data.train.epoch(self.epoch)):
+            loss = self.train_step(x, y)
+            total += loss
+            if (i + 1) % self.cfg.log_every == 0 or i + 1 == self.steps_per_epoch:
+                value = float(loss)  # host sync only at logging intervals
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"loss became {value} at step {self.step} (epoch {self.epoch + 1}); the last good "
+                        f"checkpoint is {self.out / 'checkpoint.pt'} — lower the learning rate and resume")
+                bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
+            bar.update(1)
+        return float(total) / self.steps_per_epoch
+
+    def collect(self) -> None:
+        """Epoch end ≥ T*: one sample M⊙Z⊙W (fresh Z) into WMA and the sample store."""
+        if not (self.method.wma or self.method.snapshots):
+            return
+        with torch.no_grad():
+            snap = Snapshot(self.net.effective_flat(self.z_source.sample()), self.net.other_flat())
+        self.wma.update(snap)
+        if self.cfg.save_samples or self.method.snapshots:
+            self.samples.save(self.wma.count - 1, snap, epoch=self.epoch)
+
+    # -- the run -----------------------------------------------------------------
+    def fit(self, stop_after_epochs: int | None = None) -> None:
+        """Train until ``cfg.epochs`` (or ``stop_after_epochs`` more epochs), checkpointing each."""
+        cfg = self.cfg
+        atomic_write_json(cfg.to_dict(), self.out / "config.json")
+        last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, self.epoch + stop_after_epochs)
+        interrupted = []
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True)) \
+            if _main_thread() else None
+        try:
+            with tqdm(total=cfg.epochs * self.steps_per_epoch, initial=self.step, disable=not self.progress,
+                      desc=f"{cfg.method} {cfg.model} s={cfg.sparsity}", unit="step", dynamic_ncols=True) as bar:
+                while self.epoch < last:
+                    start = time.perf_counter()
+                    mean_loss = self.train_epoch(bar)
+                    if self.epoch >= cfg.wma_start_epoch:
+                        self.collect()
+                    self.epoch += 1
+                    self.history.append({"epoch": self.epoch, "step": self.step, "train_loss": mean_loss,
+                                         "seconds": time.perf_counter() - start,
+                                         "density": self.net.mask.density})
+                    self.save_checkpoint()
+                    if interrupted:
+                        raise KeyboardInterrupt(f"interrupted; checkpoint saved at epoch {self.epoch}")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    @property
+    def finished_training(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def run(config: TrainConfig, out_dir: str | Path, *, progress: bool = True,
+        stop_after_epochs: int | None = None) -> dict | None:
+    """Train (resuming from ``out_dir/checkpoint.pt`` if present), evaluate, write the run folder.
+
+    Returns the metrics dict, or None when ``stop_after_epochs`` ended training early.
+    A finished run is not trained again: its metrics are returned as they are.
+    """
+    import json
+
+    from .evaluate import evaluate_and_write
+
+    trainer = Trainer(config, out_dir, progress=progress)
+    metrics_path = trainer.out / "metrics.json"
+    trainer.maybe_resume()
+    if trainer.finished_training and metrics_path.exists():
+        return json.loads(metrics_path.read_text())
+    trainer.fit(stop_after_epochs)
+    if not trainer.finished_training:
+        return None
+    return evaluate_and_write(trainer, train_seconds=sum(h["seconds"] for h in trainer.history))

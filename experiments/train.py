@@ -1,0 +1,33 @@
+"""Train one method with the plain engine and write a run folder.
+
+    python -m experiments.train --method cigl --model small-cnn --sparsity 0.9 \
+        --epochs 2 --subset 2000 --out runs/demo
+
+Re-running with the same --out resumes an interrupted run (or reports a finished one).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from cigl_bayes.train import run
+
+from .cli import add_train_arguments, config_from_args, print_results, run_cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
+    add_train_arguments(p)
+    p.add_argument("--engine", default="plain", help="plain (default) or svi")
+    args = p.parse_args(argv)
+    if args.out is None:
+        p.error("--out is required")
+    result = run(config_from_args(args), args.out, progress=args.progress)
+    if result is not None:
+        print_results(result)
+        print(f"run folder: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,10 @@
+"""The Bayesian reading of CigL (paper §4.2, App. B): Pyro model, hierarchical guide, −ELBO/N."""
+
+from .guide import HierarchicalGuide
+from .likelihoods import LIKELIHOODS
+from .model import SparseBayesianModel
+from .objective import ElboObjective
+from .priors import prior_scale_from_weight_decay
+
+__all__ = ["ElboObjective", "HierarchicalGuide", "LIKELIHOODS", "SparseBayesianModel",
+           "prior_scale_from_weight_decay"]
