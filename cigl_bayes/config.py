@@ -81,7 +81,8 @@ class TrainConfig:
     lr_decay_factor: float = 0.5
     warmup_steps: int | None = None
     val_fraction: float = 0.1
-    subset: int | None = None
+    subset: int | None = None  # train on this many images (validation scaled alike)
+    test_subset: int | None = None  # evaluate on this many test images (quick runs)
     delta_t: int = 100
     drop_fraction: float = 0.3
     update_end: float = 0.75
@@ -158,8 +159,10 @@ class TrainConfig:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
-        if self.subset is not None and self.subset <= 0:
-            raise ValueError(f"subset must be a positive number of images, got {self.subset}")
+        for name in ("subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive number of images, got {value!r}")
         if self.wma_start_epoch is not None and not 0 <= self.wma_start_epoch < self.epochs:
             raise ValueError(
                 f"WMA start epoch T* = {self.wma_start_epoch} is beyond the last epoch "

@@ -31,6 +31,7 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig = Trai
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--subset", type=int, default=d.subset, help="train on this many images (quick runs)")
+    p.add_argument("--test-subset", type=int, default=d.test_subset, help="evaluate on this many test images")
     p.add_argument("--delta-t", type=int, default=d.delta_t, help="steps between mask updates ΔT")
     p.add_argument("--drop-fraction", type=float, default=d.drop_fraction)
     p.add_argument("--update-end", type=float, default=d.update_end, help="fraction of training with mask updates")

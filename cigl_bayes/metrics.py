@@ -1,0 +1,427 @@
+"""Classification and calibration metrics: accuracy, NLL, Brier, ECE/MCE, reliability diagrams, temperature.
+
+Conventions
+-----------
+* ``scores`` is an ``(N, C)`` array of logits *or* probabilities (torch tensor on any device, numpy
+  array, or nested list); ``labels`` an integer ``(N,)`` array with values in ``[0, C)``.  All metric
+  math runs in float64 on the CPU; every function returns plain Python floats (or numpy arrays).
+* ``from_logits=None`` (auto): the scores are taken as probabilities iff every value lies in
+  ``[0, 1]`` and every row sums to 1 within ``1e-3``; otherwise they are logits and go through a
+  softmax.  Pass ``from_logits=True/False`` to skip the guess.  Probabilities are not renormalised.
+* Calibration is *top-label*: confidence ``c_i = max_k p_ik``, correctness ``[argmax_k p_ik = y_i]``
+  (ties → lowest class index, as ``torch.argmax``).
+
+Binning (ECE, MCE, reliability diagrams)
+----------------------------------------
+We follow torchmetrics' ``_binning_bucketize`` (``multiclass_calibration_error``, norm ``"l1"`` /
+``"max"``) without depending on torchmetrics, to keep the dependency list short:
+
+* ``n_bins`` equal-width bins with edges ``e_b = b / n_bins`` (``linspace(0, 1, n_bins + 1)``);
+* bins are right-closed: ``c`` goes to bin ``b`` iff ``e_b < c <= e_{b+1}``, and ``c == 0`` goes to
+  the first bin;
+* ``ECE = Σ_b |B_b|/N · |acc_b − conf_b|`` (empty bins contribute 0);
+  ``MCE = max_b |acc_b − conf_b|`` over non-empty bins.
+
+One deliberate refinement: ``torch.linspace`` rounds some edges one ulp away from ``b / n_bins``,
+and a float32 probability such as ``0.3`` is a little above the float64 ``0.3``, so a literal
+float comparison would put values that are "on an edge" into either bin at random.  We therefore
+use the correctly rounded edges ``b / n_bins`` and count a confidence lying less than two machine
+epsilons of the *input's* float dtype above an edge as on the edge (it goes to the lower bin).  Away
+from edges this is exactly torchmetrics' binning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "ReliabilityData",
+    "accuracy",
+    "apply_temperature",
+    "brier",
+    "calibration_metrics",
+    "ece",
+    "fit_temperature",
+    "mce",
+    "nll",
+    "plot_reliability_diagram",
+    "reliability_data",
+    "to_probs",
+]
+
+_PROB_SUM_TOL = 1e-3
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def _as_tensor(x: Any, what: str) -> torch.Tensor:
+    """Detached CPU tensor from a tensor / numpy array / array-like."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{what} must be a tensor or array, got {type(x).__name__}") from err
+
+
+def _check_scores(scores: Any) -> tuple[torch.Tensor, float]:
+    """``scores`` as float64 CPU ``(N, C)`` plus the edge tolerance of its input dtype."""
+    s = _as_tensor(scores, "scores")
+    if s.dtype == torch.bool or s.is_complex():
+        raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
+    if s.ndim != 2:
+        raise ValueError(f"scores must have shape (N, C), got shape {tuple(s.shape)}")
+    n, c = s.shape
+    if n == 0:
+        raise ValueError("empty input: scores has no samples (N == 0)")
+    if c < 2:
+        raise ValueError(
+            f"scores needs at least 2 classes (columns), got C = {c}; give binary scores as 2 columns"
+        )
+    in_dtype = s.dtype if s.is_floating_point() else torch.float64
+    s = s.to(torch.float64)
+    if not torch.isfinite(s).all():
+        raise ValueError("scores contain non-finite values (NaN or ±inf)")
+    return s, 2.0 * torch.finfo(in_dtype).eps
+
+
+def _check_labels(labels: Any, n: int, c: int) -> torch.Tensor:
+    """``labels`` as int64 CPU ``(N,)`` with values in ``[0, C)``."""
+    y = _as_tensor(labels, "labels")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise ValueError(f"labels must have shape (N,), got shape {tuple(y.shape)}")
+    if y.shape[0] != n:
+        raise ValueError(f"shape mismatch: scores has N = {n} rows but labels has {y.shape[0]} entries")
+    y = y.to(torch.int64)
+    if n and (int(y.min()) < 0 or int(y.max()) >= c):
+        raise ValueError(f"labels out of range [0, {c}): min {int(y.min())}, max {int(y.max())}")
+    return y
+
+
+def _looks_like_probs(s: torch.Tensor) -> bool:
+    """All values in [0, 1] and every row sums to 1 within 1e-3."""
+    in_range = bool(((s >= 0) & (s <= 1)).all())
+    return in_range and bool(((s.sum(dim=1) - 1).abs() <= _PROB_SUM_TOL).all())
+
+
+def _resolve_from_logits(s: torch.Tensor, from_logits: bool | None) -> bool:
+    return (not _looks_like_probs(s)) if from_logits is None else bool(from_logits)
+
+
+def _probs(s: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    return torch.softmax(s, dim=1) if from_logits else s
+
+
+def _prepare(
+    scores: Any, labels: Any, from_logits: bool | None
+) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+    """Validated (float64 scores, int64 labels, from_logits resolved, edge tolerance)."""
+    s, tol = _check_scores(scores)
+    y = _check_labels(labels, *s.shape)
+    return s, y, _resolve_from_logits(s, from_logits), tol
+
+
+# ------------------------------------------------------------------------------- point metrics
+
+
+def to_probs(scores: Any, *, from_logits: bool | None = None) -> torch.Tensor:
+    """Class probabilities, float64 on the CPU, shape ``(N, C)``.
+
+    ``from_logits=None`` guesses: probabilities iff all values are in [0, 1] and each row sums to 1
+    within 1e-3 (returned unchanged, not renormalised), otherwise ``softmax(scores, dim=1)``.
+    """
+    s, _ = _check_scores(scores)
+    return _probs(s, _resolve_from_logits(s, from_logits))
+
+
+def _accuracy(p: torch.Tensor, y: torch.Tensor) -> float:
+    return float((p.argmax(dim=1) == y).double().mean())
+
+
+def _nll(s: torch.Tensor, y: torch.Tensor, from_logits: bool, eps: float) -> float:
+    if from_logits:
+        logp_y = torch.log_softmax(s, dim=1).gather(1, y[:, None]).squeeze(1)
+    else:
+        logp_y = s.gather(1, y[:, None]).squeeze(1).clamp_min(eps).log()
+    return float(-logp_y.mean())
+
+
+def _brier(p: torch.Tensor, y: torch.Tensor) -> float:
+    onehot = F.one_hot(y, p.shape[1]).to(p.dtype)
+    return float(((p - onehot) ** 2).sum(dim=1).mean())
+
+
+def accuracy(scores: Any, labels: Any) -> float:
+    """Top-1 accuracy ``mean_i [argmax_k s_ik = y_i]`` (same for logits and probabilities)."""
+    s, _ = _check_scores(scores)
+    return _accuracy(s, _check_labels(labels, *s.shape))
+
+
+def nll(scores: Any, labels: Any, *, from_logits: bool | None = None, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood ``−mean_i log p_{i, y_i}`` (nats).
+
+    From logits it uses ``log_softmax`` (exact, equals ``F.cross_entropy``); from probabilities
+    ``p_{i, y_i}`` is clamped below at ``eps`` so a zero probability gives a large finite value.
+    """
+    s, y, fl, _ = _prepare(scores, labels, from_logits)
+    return _nll(s, y, fl, eps)
+
+
+def brier(scores: Any, labels: Any, *, from_logits: bool | None = None) -> float:
+    """Multi-class Brier score ``mean_i Σ_k (p_ik − [k = y_i])²``, in [0, 2]."""
+    s, y, fl, _ = _prepare(scores, labels, from_logits)
+    return _brier(_probs(s, fl), y)
+
+
+# ---------------------------------------------------------------------------------- calibration
+
+
+@dataclass(frozen=True)
+class ReliabilityData:
+    """Per-bin statistics of top-label confidence (see the module docstring for the binning)."""
+
+    bin_edges: np.ndarray  # (n_bins + 1,)  b / n_bins
+    counts: np.ndarray  # (n_bins,) samples per bin (int64)
+    mean_confidence: np.ndarray  # (n_bins,) mean top-label confidence, NaN for empty bins
+    accuracy: np.ndarray  # (n_bins,) fraction correct, NaN for empty bins
+    ece: float  # Σ_b |B_b|/N · |acc_b − conf_b|
+    mce: float  # max over non-empty bins of |acc_b − conf_b|
+
+
+def _reliability(p: torch.Tensor, y: torch.Tensor, n_bins: int, tol: float) -> ReliabilityData:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
+        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+    n_bins = int(n_bins)
+    conf, pred = p.max(dim=1)
+    correct = (pred == y).to(torch.float64)
+    edges = torch.arange(n_bins + 1, dtype=torch.float64) / n_bins
+    # right-closed bins (e_b, e_{b+1}]; c == 0 (and c within tol of an edge) handled as in the docstring
+    idx = (torch.bucketize(conf - tol, edges, right=False) - 1).clamp_(0, n_bins - 1)
+    counts = torch.bincount(idx, minlength=n_bins).to(torch.float64)
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, conf)
+    corr_sum = torch.zeros(n_bins, dtype=torch.float64).scatter_add_(0, idx, correct)
+    nonempty = counts > 0
+    safe = counts.clamp_min(1.0)
+    nan = torch.full_like(counts, float("nan"))
+    mean_conf = torch.where(nonempty, conf_sum / safe, nan)
+    acc = torch.where(nonempty, corr_sum / safe, nan)
+    gap = (corr_sum - conf_sum).abs() / safe  # |acc_b − conf_b|, 0 for empty bins
+    ece_val = float((counts * gap).sum() / counts.sum())
+    mce_val = float(gap[nonempty].max())
+    return ReliabilityData(
+        bin_edges=edges.numpy(),
+        counts=counts.to(torch.int64).numpy(),
+        mean_confidence=mean_conf.numpy(),
+        accuracy=acc.numpy(),
+        ece=ece_val,
+        mce=mce_val,
+    )
+
+
+def reliability_data(
+    scores: Any, labels: Any, *, n_bins: int = 15, from_logits: bool | None = None
+) -> ReliabilityData:
+    """Bin counts, mean confidence, accuracy, ECE and MCE for ``n_bins`` equal-width right-closed bins."""
+    s, y, fl, tol = _prepare(scores, labels, from_logits)
+    return _reliability(_probs(s, fl), y, n_bins, tol)
+
+
+def ece(scores: Any, labels: Any, *, n_bins: int = 15, from_logits: bool | None = None) -> float:
+    """Top-label expected calibration error ``Σ_b |B_b|/N · |acc_b − conf_b|`` (L1, equal-width bins)."""
+    return reliability_data(scores, labels, n_bins=n_bins, from_logits=from_logits).ece
+
+
+def mce(scores: Any, labels: Any, *, n_bins: int = 15, from_logits: bool | None = None) -> float:
+    """Top-label maximum calibration error ``max_b |acc_b − conf_b|`` over non-empty bins."""
+    return reliability_data(scores, labels, n_bins=n_bins, from_logits=from_logits).mce
+
+
+def calibration_metrics(scores: Any, labels: Any, *, from_logits: bool | None = None) -> dict[str, float]:
+    """``accuracy``, ``ece`` (15 bins), ``ece10`` (10 bins, the official CigL code), ``mce`` (15 bins),
+    ``nll`` and ``brier`` in one pass over validated inputs."""
+    s, y, fl, tol = _prepare(scores, labels, from_logits)
+    p = _probs(s, fl)
+    rel15 = _reliability(p, y, 15, tol)
+    return {
+        "accuracy": _accuracy(p, y),
+        "ece": rel15.ece,
+        "ece10": _reliability(p, y, 10, tol).ece,
+        "mce": rel15.mce,
+        "nll": _nll(s, y, fl, 1e-12),
+        "brier": _brier(p, y),
+    }
+
+
+# ------------------------------------------------------------------------------------- plotting
+
+
+def _draw_reliability(ax: Axes, data: ReliabilityData, title: str | None) -> None:
+    edges = data.bin_edges
+    width = np.diff(edges)
+    left = edges[:-1]
+    full = data.counts > 0
+    acc = np.where(full, data.accuracy, 0.0)
+    conf = np.where(full, data.mean_confidence, 0.0)
+    ax.bar(
+        left,
+        acc,
+        width=width,
+        align="edge",
+        color="tab:blue",
+        edgecolor="black",
+        linewidth=0.6,
+        label=f"accuracy (ECE = {data.ece:.4f})",
+    )
+    lo, hi = np.minimum(acc, conf), np.maximum(acc, conf)
+    ax.bar(
+        left[full],
+        (hi - lo)[full],
+        bottom=lo[full],
+        width=width[full],
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        hatch="//",
+        linewidth=0.6,
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1.0, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper left", fontsize="small")
+
+
+def _save_atomic(fig: Figure, path: str | os.PathLike) -> None:
+    """``fig.savefig`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fmt = target.suffix[1:].lower() or None
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix or ".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=fmt or "png", bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a figure is meant to be shared
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_reliability_diagram(
+    data: ReliabilityData | Mapping[str, ReliabilityData],
+    path: str | os.PathLike | None = None,
+    *,
+    title: str | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
+) -> Figure:
+    """Reliability diagram: per-bin accuracy bars, red gap to mean confidence, diagonal, ECE in the legend.
+
+    A mapping ``{name: ReliabilityData}`` draws one panel per predictor side by side (titled by
+    name, ``title`` becomes the figure title).  With ``ax`` (one Axes, or one per predictor) it draws
+    there; otherwise it builds a standalone Agg figure (no pyplot, so no global figure state and no
+    GUI backend).  If ``path`` is given the figure is saved atomically (format from the extension).
+    """
+    from matplotlib.figure import Figure
+
+    panels = dict(data) if isinstance(data, Mapping) else {"": data}
+    if not panels:
+        raise ValueError("data is an empty mapping: nothing to plot")
+    for name, d in panels.items():
+        if not isinstance(d, ReliabilityData):
+            raise ValueError(f"expected ReliabilityData for {name or 'data'!r}, got {type(d).__name__}")
+    if ax is None:
+        fig = Figure(figsize=(4.5 * len(panels), 4.8), layout="constrained")
+        axes = list(np.atleast_1d(fig.subplots(1, len(panels))))
+    else:
+        axes = [ax] if not isinstance(ax, Sequence | np.ndarray) else list(np.ravel(ax))
+        if len(axes) != len(panels):
+            raise ValueError(f"got {len(axes)} Axes for {len(panels)} reliability panels")
+        fig = axes[0].figure
+    single = not isinstance(data, Mapping)
+    for a, (name, d) in zip(axes, panels.items()):
+        _draw_reliability(a, d, title if single else name)
+    if not single and title:
+        fig.suptitle(title)
+    if path is not None:
+        _save_atomic(fig, path)
+    return fig
+
+
+# ---------------------------------------------------------------------------- temperature scaling
+
+
+def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 50) -> float:
+    """Temperature ``T > 0`` minimising ``NLL(softmax(logits / T), labels)`` (Guo et al. 2017).
+
+    Fit on *held-out validation* logits, then apply to test logits with :func:`apply_temperature`.
+    Optimises ``log T`` (so ``T`` stays positive) with L-BFGS + strong-Wolfe line search in float64,
+    starting at ``T = 1``; ``log T`` is kept within ``[-7, 7]`` (``T`` in about [1e-3, 1e3]) for
+    separable or all-wrong data where the optimum runs off to 0 or ∞.  Never returns a ``T`` whose
+    NLL is above that of ``T = 1``.  The input must be logits (not probabilities).
+    """
+    s, _ = _check_scores(logits)
+    y = _check_labels(labels, *s.shape)
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    bound = 7.0
+
+    def loss_at(log_t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(s / log_t.clamp(-bound, bound).exp(), y)
+
+    with torch.enable_grad():
+        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS(
+            [log_t],
+            lr=1.0,
+            max_iter=max_iter,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-10,
+            tolerance_change=1e-12,
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = loss_at(log_t)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    with torch.no_grad():
+        fitted = log_t.detach().clamp(-bound, bound)
+        if not torch.isfinite(fitted) or loss_at(fitted) > loss_at(torch.zeros((), dtype=torch.float64)):
+            return 1.0
+    return float(fitted.exp())
+
+
+def apply_temperature(logits: Any, temperature: float) -> torch.Tensor:
+    """Scaled logits ``logits / T`` (same device and dtype as a tensor input; numpy → tensor)."""
+    t = float(temperature)
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    x = logits if isinstance(logits, torch.Tensor) else torch.as_tensor(np.asarray(logits))
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    return x / t
