@@ -66,14 +66,14 @@ class SnapshotStore:
 
     def save(self, index: int, snap: Snapshot, *, epoch: int) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        sparse = snap.sparse.detach().float().cpu()
+        sparse = snap.sparse.detach().cpu()
         support = sparse != 0
         record = {
             "epoch": epoch,
             "numel": sparse.numel(),
             "support": torch.from_numpy(np.packbits(support.numpy())),
             "values": sparse[support].clone(),
-            "other": snap.other.detach().float().cpu().clone(),
+            "other": snap.other.detach().cpu().clone(),
         }
         atomic_torch_save(record, self.path(index))
         return self.path(index)
@@ -81,7 +81,7 @@ class SnapshotStore:
     def load(self, index: int, device=None) -> Snapshot:
         record = torch.load(self.path(index), map_location="cpu", weights_only=True)
         bits = np.unpackbits(record["support"].numpy(), count=record["numel"]).astype(bool)
-        sparse = torch.zeros(record["numel"])
+        sparse = record["values"].new_zeros(record["numel"])
         sparse[torch.from_numpy(bits)] = record["values"]
         return Snapshot(sparse.to(device), record["other"].to(device))
 

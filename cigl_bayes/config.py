@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import torch
+
 from .masks import MaskSchedule
 from .random_mask import check_keep
 from .sparsity import DISTRIBUTIONS, check_sparsity
@@ -57,6 +59,7 @@ GENERIC_DEFAULTS = {"weight_decay": 5e-4, "lr_decay_every": 30_000, "warmup_step
 PAPER_EPOCHS = 250
 PAPER_TOTAL_STEPS = PAPER_EPOCHS * math.ceil(45_000 / 128)
 ENGINES = ("plain", "svi")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class TrainConfig:
     save_samples: bool = True
     seed: int = 0
     device: str = "auto"
+    dtype: str = "float32"  # "float64" for numerical checks (e.g. the SVI ↔ plain trajectory test)
     augment: bool = True
     log_every: int = 50
 
@@ -114,6 +118,10 @@ class TrainConfig:
     def dropout(self) -> float:
         """Activation-dropout rate (MC-dropout baseline uses the random-mask rate)."""
         return self.random_mask_rate if self.method_config.activation_dropout else 0.0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / self.batch_size)
@@ -171,6 +179,8 @@ class TrainConfig:
             raise ValueError("mixup α must be ≥ 0 and label smoothing ε in [0, 1)")
         if self.sigma < 0:
             raise ValueError(f"guide scale sigma must be ≥ 0, got {self.sigma}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
         if self.engine == "svi" and self.method_config.activation_dropout:
             raise ValueError("the SVI engine has no activation-dropout likelihood; use --engine plain for rigl-mcdp")
         MaskSchedule(1, self.delta_t, self.drop_fraction, self.update_end)  # checks its own fields

@@ -53,18 +53,19 @@ class MaskSchedule:
 class DeterministicMask:
     """Boolean masks for a list of weight shapes, stored flat; exact non-zeros per layer."""
 
-    def __init__(self, shapes: Sequence[torch.Size], flat: torch.Tensor):
+    def __init__(self, shapes: Sequence[torch.Size], flat: torch.Tensor, dtype: torch.dtype = torch.float32):
         self.shapes = [torch.Size(s) for s in shapes]
         self.numels = [math.prod(s) for s in self.shapes]
         if flat.dtype != torch.bool or flat.numel() != sum(self.numels):
             raise ValueError("mask buffer must be a bool tensor with one entry per sparse weight")
         self.flat = flat
         self.nnz = [int(v.sum()) for v in self.flat_views()]
-        self.float = flat.float()
+        self.float = flat.to(dtype)  # 0/1 copy in the weights' dtype, for M⊙Z⊙W
 
     @classmethod
     def random(
-        cls, shapes: Sequence[torch.Size], nnz: Sequence[int], generator: torch.Generator, device=None
+        cls, shapes: Sequence[torch.Size], nnz: Sequence[int], generator: torch.Generator, device=None,
+        dtype: torch.dtype = torch.float32,
     ) -> DeterministicMask:
         """Each layer keeps ``nnz[l]`` positions chosen uniformly at random (RigL's random init)."""
         parts = []
@@ -73,11 +74,11 @@ class DeterministicMask:
             keep = torch.zeros(numel, dtype=torch.bool)
             keep[torch.randperm(numel, generator=generator)[:k]] = True
             parts.append(keep)
-        return cls(shapes, torch.cat(parts).to(device))
+        return cls(shapes, torch.cat(parts).to(device), dtype)
 
     @classmethod
-    def dense(cls, shapes: Sequence[torch.Size], device=None) -> DeterministicMask:
-        return cls(shapes, torch.ones(sum(math.prod(s) for s in shapes), dtype=torch.bool, device=device))
+    def dense(cls, shapes: Sequence[torch.Size], device=None, dtype: torch.dtype = torch.float32) -> DeterministicMask:
+        return cls(shapes, torch.ones(sum(math.prod(s) for s in shapes), dtype=torch.bool, device=device), dtype)
 
     # -- views -----------------------------------------------------------------
     def flat_views(self, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -93,7 +94,7 @@ class DeterministicMask:
         return sum(self.nnz) / max(1, sum(self.numels))
 
     def to(self, device) -> DeterministicMask:
-        return DeterministicMask(self.shapes, self.flat.to(device))
+        return DeterministicMask(self.shapes, self.flat.to(device), self.float.dtype)
 
     # -- update ----------------------------------------------------------------
     def update(

@@ -50,7 +50,9 @@ class SparseNetwork:
         return self.sparse_flat() * mz
 
     # -- forward ---------------------------------------------------------------
-    def forward(self, x: torch.Tensor, sparse_flat: torch.Tensor, other_flat: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, sparse_flat: torch.Tensor, other_flat: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """f(x; W = sparse_flat, θ) through ``functional_call`` (module buffers update in place).
 
         θ is the module's own dense parameters unless ``other_flat`` supplies them (the Pyro model)."""

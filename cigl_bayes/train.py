@@ -62,7 +62,7 @@ def build_data(cfg: TrainConfig, device: torch.device) -> Data:
     if cfg.batch_size > len(train):
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
     mean, std = data_lib.NORMALIZATION[cfg.dataset]
-    common = {"device": device, "mean": mean, "std": std}
+    common = {"device": device, "mean": mean, "std": std, "dtype": cfg.torch_dtype}
     eval_bs = max(cfg.batch_size, 500)
     return Data(
         train=data_lib.DeviceLoader(train, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
@@ -77,16 +77,17 @@ def build_data(cfg: TrainConfig, device: torch.device) -> Data:
 def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> SparseNetwork:
     """Model from the registry, sparse weights chosen and masked at random (seeded)."""
     torch.manual_seed(cfg.seed)
-    module = build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout).to(device)
+    dtype = cfg.torch_dtype
+    module = build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout).to(device=device, dtype=dtype)
     names = sparse_parameter_names(module, dense_first=cfg.distribution == "uniform")
     params = dict(module.named_parameters())
     shapes = [params[n].shape for n in names]
     if cfg.method_config.sparse and cfg.sparsity > 0:
         nnz = layer_nnz(shapes, densities_for(shapes, cfg.sparsity, cfg.distribution))
         gen = torch.Generator().manual_seed(cfg.seed)
-        mask = DeterministicMask.random(shapes, nnz, gen, device=device)
+        mask = DeterministicMask.random(shapes, nnz, gen, device=device, dtype=dtype)
     else:
-        mask = DeterministicMask.dense(shapes, device=device)
+        mask = DeterministicMask.dense(shapes, device=device, dtype=dtype)
     net = SparseNetwork(module, names, mask)
     net.apply_mask_()
     return net
@@ -110,11 +111,11 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 class Trainer:
     """Owns every object whose state survives a restart; ``state_dict`` is the checkpoint."""
 
-    def __init__(self, config: TrainConfig, out_dir: str | Path, *, progress: bool = True):
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, progress: bool = True, data: Data | None = None):
         config.validate()
         self.out = check_out_dir(out_dir)
         self.device = resolve_device(config.device)
-        self.data = build_data(config, self.device)
+        self.data = data if data is not None else build_data(config, self.device)
         self.cfg = cfg = config.resolved(n_train=self.data.train.num_samples)
         self.method = cfg.method_config
         self.progress = progress
@@ -192,10 +193,10 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        cfg, net = self.cfg, self.net
+        cfg = self.cfg
         x, target = batch_targets(x, y, self.data.num_classes, mixup=cfg.mixup,
                                   label_smoothing=cfg.label_smoothing, generator=self.aux_generator)
-        z = self.z_source.sample()
+        z = self.z_source.sample(self.cfg.torch_dtype)
         update = self.schedule.is_update_step(self.step + 1) and self.method.regrowth != "none"
         loss, w = self.objective(x, target, z)
         if update and self.method.regrowth == "gradient":
@@ -241,7 +242,7 @@ class Trainer:
         if not (self.method.wma or self.method.snapshots):
             return
         with torch.no_grad():
-            snap = Snapshot(self.net.effective_flat(self.z_source.sample()), self.net.other_flat())
+            snap = Snapshot(self.net.effective_flat(self.z_source.sample(self.cfg.torch_dtype)), self.net.other_flat())
         self.wma.update(snap)
         if self.cfg.save_samples or self.method.snapshots:
             self.samples.save(self.wma.count - 1, snap, epoch=self.epoch)

@@ -12,9 +12,9 @@ from cigl_bayes.config import METHODS, TrainConfig
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 
-def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig = TrainConfig()) -> None:
+def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
     """Options shared by the training CLIs; defaults come from :class:`TrainConfig`."""
-    d = defaults
+    d = defaults or TrainConfig()
     p.add_argument("--method", default=d.method, help=f"one of: {', '.join(METHODS)} (default {d.method})")
     p.add_argument("--model", default=d.model, help=f"model name from the registry (default {d.model})")
     p.add_argument("--dataset", default=d.dataset, help="cifar10 or cifar100")
@@ -48,8 +48,10 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig = Trai
     p.add_argument("--sigma", type=float, default=d.sigma, help="guide scale σ (SVI engine)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"],
+                   help="parameter and input precision (float64 for numerical checks)")
     p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--out", required=d is None, default=None, help="run folder (re-running resumes)")
+    p.add_argument("--out", default=None, help="run folder (re-running resumes)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -67,7 +69,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
     try:
         sys.exit(main() or 0)
     except (*USER_ERRORS, CheckpointError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as err:
@@ -78,8 +80,8 @@ def run_cli(main: Callable[[], int | None]) -> None:
 def print_results(result: dict) -> None:
     """A short table of the test metrics per predictor."""
     cols = ("accuracy", "ece", "ece10", "nll", "brier")
-    print(f"\n{result['method']} ({result['engine']}) · {result['model']} · sparsity "
-          f"{result['sparsity_target']} (actual {result['sparsity_actual']:.4f}) · output: {result['output_predictor']}")
+    print(f"\n{result['method']} ({result['engine']}) · {result['model']} · sparsity {result['sparsity_target']} "
+          f"(actual {result['sparsity_actual']:.4f}) · output: {result['output_predictor']}")
     print(f"{'predictor':<20}" + "".join(f"{c:>10}" for c in cols))
     for name, m in result["test"].items():
         print(f"{name:<20}" + "".join(f"{m[c]:>10.4f}" for c in cols))

@@ -34,7 +34,8 @@ def check_run_folder(out, cfg: TrainConfig) -> dict:
     for name in ("config.json", "metrics.json", "model.pt", "checkpoint.pt", "reliability.png", "predictions.npz"):
         assert (out / name).is_file(), name
     result = json.loads((out / "metrics.json").read_text())
-    assert result["method"] == cfg.method and result["sparsity_target"] == (cfg.sparsity if cfg.method != "dense" else 0)
+    assert result["method"] == cfg.method
+    assert result["sparsity_target"] == (cfg.sparsity if cfg.method != "dense" else 0)
     expected = {"final", "temperature_scaled"} | {
         "cigl": {"wma"}, "cigl-no-rm": {"wma"}, "cigl-no-wma": {"predictive"}, "rigl-mcdp": {"mc-dropout"}
     }.get(cfg.method, set())
@@ -106,8 +107,17 @@ def test_regrown_weights_and_momentum_start_at_zero(base, tmp_path):
 
 
 def test_svi_trajectory_equals_plain_cigl_trajectory(base, tmp_path):
-    """σ = 0: ≥ 50 SVI steps with ≥ 2 mask updates give the plain trainer's masks and weights."""
-    cfg = dataclasses.replace(base, method="cigl", epochs=1, batch_size=32, delta_t=20, update_end=1.0)
+    """σ = 0: ≥ 50 SVI steps with ≥ 2 mask updates give the plain trainer's masks and weights.
+
+    Run in float64.  The two engines compute the same gradient in a different floating-point
+    order (mean cross-entropy vs. the N/B-scaled log-likelihood sum / N), so they differ by an
+    ulp per step.  A sparse ReLU + max-pool network is piecewise smooth: exact zeros create ties
+    in max-pool, where the gradient jumps, and an ulp can pick the other side of a tie.  In
+    float32 the trajectories then drift apart chaotically after ~10 steps; in float64 they stay
+    within 1e-14 here (sparsity 0.8; at 0.9 this net hits such a tie at a regrown weight).
+    """
+    cfg = dataclasses.replace(base, method="cigl", epochs=1, batch_size=32, delta_t=20, update_end=1.0,
+                              sparsity=0.8, dtype="float64")
     plain = Trainer(cfg, tmp_path / "plain", progress=False)
     svi = Trainer(dataclasses.replace(cfg, engine="svi"), tmp_path / "svi", progress=False)
     masks = {}
@@ -118,7 +128,8 @@ def test_svi_trajectory_equals_plain_cigl_trajectory(base, tmp_path):
     assert not torch.equal(masks["plain"], build_mask_at_start(cfg, tmp_path))  # the masks did move
     assert torch.equal(masks["plain"], masks["svi"])
     for p, q in zip(plain.net.module.parameters(), svi.net.module.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
+        assert p.dtype == torch.float64
+        torch.testing.assert_close(q, p, rtol=1e-9, atol=1e-11)
 
 
 def build_mask_at_start(cfg: TrainConfig, tmp_path) -> torch.Tensor:

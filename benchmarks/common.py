@@ -1,0 +1,67 @@
+"""Shared benchmark plumbing: synthetic device-resident data, trainers per variant, timing."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from cigl_bayes import data as data_lib
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.train import Data, Trainer
+
+# (label, method, engine): the variants compared side by side.
+VARIANTS = [("dense", "dense", "plain"), ("rigl", "rigl", "plain"), ("cigl", "cigl", "plain"),
+            ("cigl-svi", "cigl", "svi")]
+
+
+def synthetic_data(n: int, batch_size: int, device: torch.device, num_classes: int = 10, seed: int = 0) -> Data:
+    """Random CIFAR-shaped uint8 images on ``device`` (timing needs shapes, not content)."""
+    rng = np.random.default_rng(seed)
+    ds = data_lib.ArrayDataset(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                               rng.integers(0, num_classes, n).astype(np.int64),
+                               tuple(str(i) for i in range(num_classes)))
+    mean, std = data_lib.NORMALIZATION["cifar10"]
+    loader = data_lib.DeviceLoader(ds, batch_size=batch_size, device=device, mean=mean, std=std,
+                                   shuffle=True, augment=True, seed=seed)
+    return Data(train=loader, train_eval=loader, val=None, test=loader, num_classes=num_classes)
+
+
+def make_trainer(base: TrainConfig, method: str, engine: str, data: Data) -> Trainer:
+    cfg = dataclasses.replace(base, method=method, engine=engine, save_samples=False)
+    return Trainer(cfg, tempfile.mkdtemp(prefix="cigl-bench-"), progress=False, data=data)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
+    """Seconds per call of ``fn`` over ``repeats`` calls (device synchronised at both ends)."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def environment(device: torch.device) -> dict:
+    env = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+           "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+    return env

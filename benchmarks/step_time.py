@@ -1,0 +1,110 @@
+"""Per-step training time of dense, RigL, CigL (plain) and CigL (SVI), side by side.
+
+    python -m benchmarks.step_time --model wrn-22-2 --batch-size 128
+    python -m benchmarks.step_time --quick          # small-cnn, < 60 s on a CPU
+
+All variants live in one process and are timed interleaved (warm-up first, then the median
+over rounds of a few steps each), so their ratios share the machine's state. Also timed: one
+mask update (amortised over ΔT steps) and one WMA collection (amortised over an epoch of
+45,000 / batch steps). Prints a table and writes JSON (ratios, absolute times, device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.device import resolve_device
+from cigl_bayes.runs import atomic_write_json
+
+from .common import VARIANTS, environment, make_trainer, median, synthetic_data, timed
+
+
+def measure(model: str, batch_size: int, device: torch.device, rounds: int, steps: int, warmup: int,
+            delta_t: int = 100) -> dict:
+    base = TrainConfig(model=model, batch_size=batch_size, device=str(device), sparsity=0.95, delta_t=delta_t)
+    data = synthetic_data(batch_size * 4, batch_size, device)
+    trainers = {label: make_trainer(base, method, engine, data) for label, method, engine in VARIANTS}
+    batches = list(data.train.epoch(0))
+    for t in trainers.values():  # never hit a mask update or an epoch end inside the timed steps
+        t.schedule = dataclass_replace(t.schedule, delta_t=10**12)
+
+    def run_steps(trainer, n):
+        for i in range(n):
+            trainer.train_step(*batches[i % len(batches)])
+
+    for t in trainers.values():
+        run_steps(t, warmup)
+    per_step = {label: [] for label in trainers}
+    for _ in range(rounds):
+        for label, trainer in trainers.items():  # interleaved
+            per_step[label].append(timed(lambda tr=trainer: run_steps(tr, steps), device) / steps)
+    step = {label: median(v) for label, v in per_step.items()}
+
+    cigl = trainers["cigl"]
+    x, y = batches[0]
+    loss, w = cigl.objective(x, y, cigl.z_source.sample())
+    w.retain_grad()
+    loss.backward()
+    grad = w.grad.detach()
+    mask_update = median([timed(lambda: cigl.update_mask(grad), device) for _ in range(max(3, rounds))])
+    collect = median([timed(cigl.collect, device) for _ in range(max(3, rounds))])
+    steps_per_epoch = math.ceil(45_000 / batch_size)
+    return {
+        "model": model, "batch_size": batch_size, "rounds": rounds, "steps_per_round": steps,
+        "delta_t": delta_t, "steps_per_epoch": steps_per_epoch,
+        "seconds_per_step": step,
+        "seconds_mask_update": mask_update,
+        "seconds_collect": collect,
+        "cigl_over_dense": step["cigl"] / step["dense"],
+        "rigl_over_dense": step["rigl"] / step["dense"],
+        "svi_over_cigl": step["cigl-svi"] / step["cigl"],
+        "mask_update_fraction": mask_update / (delta_t * step["cigl"]),
+        "collect_fraction": collect / (steps_per_epoch * step["cigl"]),
+        **environment(device),
+    }
+
+
+def dataclass_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def print_table(r: dict) -> None:
+    print(f"\nstep time · {r['model']} · batch {r['batch_size']} · {r.get('gpu', r['device'])} · torch {r['torch']}")
+    for label, s in r["seconds_per_step"].items():
+        print(f"  {label:<10} {s * 1e3:9.2f} ms/step")
+    print(f"  mask update {r['seconds_mask_update'] * 1e3:8.2f} ms   collect {r['seconds_collect'] * 1e3:8.2f} ms")
+    for k in ("cigl_over_dense", "rigl_over_dense", "svi_over_cigl", "mask_update_fraction", "collect_fraction"):
+        print(f"  {k:<22} {r[k]:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="small-cnn")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="small-cnn, batch 64, few rounds (< 60 s on CPU)")
+    p.add_argument("--out", default="benchmarks/results/step_time.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.batch_size, args.rounds, args.steps, args.warmup = "small-cnn", 64, 5, 3, 2
+    device = resolve_device(args.device)
+    result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup)
+    print_table(result)
+    atomic_write_json(result, Path(args.out))
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,689 @@
+"""CIFAR data: find a source on disk, decode it once into a uint8 cache, serve batches from the device.
+
+Conventions
+-----------
+* On the host a split is an :class:`ArrayDataset`: ``images`` uint8 ``(N, 32, 32, 3)`` RGB (NHWC),
+  ``labels`` int64 ``(N,)`` in ``[0, num_classes)``, ``classes`` the class names by label index.
+* On the device (:class:`DeviceLoader`) the whole split lives as uint8 NCHW; batches come out as
+  float32 NCHW normalised ``(x / 255 - mean) / std`` and int64 labels.
+* The data directory is ``data_dir`` if given, else ``$CIGL_DATA_DIR``.  Inside it each dataset is
+  looked for in several layouts, in order (see :func:`candidate_sources`): the canonical python
+  pickle folder, its ``.tar.gz``, an image folder ``{train,test}/<class>/*.{jpg,jpeg,png}``, and a
+  ``.tar.gz`` of such a folder.  Archives are read in place, never extracted.
+* Decoded arrays are cached as an uncompressed ``.npz`` in ``cache_dir`` (else ``$CIGL_CACHE_DIR``,
+  else ``~/.cache/cigl-bayes``), keyed by the source's path, size and mtime.
+* Epoch order and augmentation are a pure function of ``(seed, epoch)``, drawn up front on a CPU
+  ``torch.Generator``, so a run resumed mid-epoch sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import math
+import os
+import pickle
+import tarfile
+import tempfile
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DATASETS",
+    "NORMALIZATION",
+    "ArrayDataset",
+    "DataFormatError",
+    "DataNotFoundError",
+    "DeviceLoader",
+    "Source",
+    "candidate_sources",
+    "crop_flip",
+    "find_source",
+    "load_dataset",
+    "num_classes",
+    "resolve_data_dir",
+    "split_validation",
+    "take_subset",
+]
+
+DATA_DIR_ENV = "CIGL_DATA_DIR"
+CACHE_DIR_ENV = "CIGL_CACHE_DIR"
+CACHE_FORMAT_VERSION = 1
+IMAGE_SHAPE = (32, 32, 3)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("train", "test")
+
+DATASETS: dict[str, int] = {"cifar10": 10, "cifar100": 100}
+COARSE_CLASSES = 20  # cifar100 super-classes
+
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+
+class DataNotFoundError(FileNotFoundError):
+    """No data directory, or no dataset in it; the message lists where we looked and how to fix it."""
+
+
+class DataFormatError(ValueError):
+    """A source was found but is unreadable or wrong (corrupt archive, bad shapes or labels, empty split)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# In-memory dataset
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayDataset:
+    """One split on the host: uint8 ``(N, H, W, 3)`` images, int64 ``(N,)`` labels, class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
+            raise DataFormatError(f"images must be uint8 (N, H, W, 3), got {self.images.dtype} {self.images.shape}")
+        if self.labels.dtype != np.int64 or self.labels.shape != (len(self.images),):
+            raise DataFormatError(
+                f"labels must be int64 ({len(self.images)},), got {self.labels.dtype} {self.labels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, indices: Sequence[int] | np.ndarray) -> ArrayDataset:
+        """The samples at ``indices`` (in that order), same class names."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return ArrayDataset(self.images[idx], self.labels[idx], self.classes)
+
+
+def num_classes(name: str, label_mode: str = "fine") -> int:
+    """Number of classes of ``name`` under ``label_mode`` ("coarse" only for cifar100: 20)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    if label_mode not in ("fine", "coarse"):
+        raise ValueError(f"label_mode must be 'fine' or 'coarse', got {label_mode!r}")
+    if label_mode == "coarse":
+        if name != "cifar100":
+            raise ValueError(f"label_mode='coarse' exists only for cifar100, not {name!r}")
+        return COARSE_CLASSES
+    return DATASETS[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Finding a source
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a dataset may live: ``kind`` is pickle-dir | pickle-tar | image-dir | image-tar."""
+
+    kind: str
+    path: Path
+
+    def exists(self, name: str) -> bool:
+        """Whether this candidate is present on disk (cheap checks, no reading)."""
+        if self.kind.endswith("-tar"):
+            return self.path.is_file()
+        if self.kind == "image-dir":
+            return all((self.path / split).is_dir() for split in SPLITS)
+        return all((self.path / f).is_file() for f in _PICKLE[name].markers)
+
+    def describe(self) -> str:
+        what = {
+            "pickle-dir": "python pickle folder",
+            "pickle-tar": "python pickle archive",
+            "image-dir": "image folder train/<class>/*.jpg|png + test/<class>/...",
+            "image-tar": "image-folder archive",
+        }[self.kind]
+        slash = "/" if self.kind.endswith("-dir") else ""
+        return f"{self.path}{slash} ({what})"
+
+
+@dataclass(frozen=True)
+class _PickleLayout:
+    """File names and keys of the canonical python-pickle release of one dataset."""
+
+    folder: str
+    archive: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    keys: dict[str, tuple[str, str]]  # label_mode -> (labels key, label-names key)
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        return (self.meta, *self.test)
+
+
+_PICKLE = {
+    "cifar10": _PickleLayout(
+        folder="cifar-10-batches-py",
+        archive="cifar-10-python.tar.gz",
+        train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test=("test_batch",),
+        meta="batches.meta",
+        keys={"fine": ("labels", "label_names")},
+    ),
+    "cifar100": _PickleLayout(
+        folder="cifar-100-python",
+        archive="cifar-100-python.tar.gz",
+        train=("train",),
+        test=("test",),
+        meta="meta",
+        keys={
+            "fine": ("fine_labels", "fine_label_names"),
+            "coarse": ("coarse_labels", "coarse_label_names"),
+        },
+    ),
+}
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """``data_dir`` if given, else ``$CIGL_DATA_DIR``; it must exist (else :class:`DataNotFoundError`)."""
+    if data_dir is not None and str(data_dir) != "":
+        path, origin = Path(data_dir).expanduser(), "--data-dir / data_dir"
+    elif os.environ.get(DATA_DIR_ENV):
+        path, origin = Path(os.environ[DATA_DIR_ENV]).expanduser(), f"${DATA_DIR_ENV}"
+    else:
+        raise DataNotFoundError(
+            "no data directory given: pass --data-dir DIR (data_dir=...) or set the environment variable "
+            f"{DATA_DIR_ENV}=DIR to the folder holding CIFAR (e.g. cifar10-jpeg.tar.gz or "
+            "cifar-10-batches-py/); with --download (download=True) CIFAR is fetched into that folder"
+        )
+    if not path.is_dir():
+        raise DataNotFoundError(
+            f"data directory {path} (from {origin}) does not exist or is not a folder; pass --data-dir DIR, "
+            f"set {DATA_DIR_ENV}=DIR, or use --download (download=True) to fetch CIFAR into it"
+        )
+    return path.resolve()
+
+
+def candidate_sources(name: str, root: Path) -> list[Source]:
+    """Every place ``name`` is looked for inside ``root``, in order of preference."""
+    layout = _PICKLE[name]
+    short = name  # "cifar10" / "cifar100"
+    image_dirs = [root / f"{short}-jpeg", root / short] + ([root] if name == "cifar10" else [])
+    return [
+        Source("pickle-dir", root / layout.folder),
+        Source("pickle-dir", root),
+        Source("pickle-tar", root / layout.archive),
+        *(Source("image-dir", d) for d in image_dirs),
+        Source("image-tar", root / f"{short}-jpeg.tar.gz"),
+        Source("image-tar", root / f"{short}.tar.gz"),
+    ]
+
+
+def find_source(name: str, root: Path) -> Source | None:
+    """The first candidate source of ``name`` present in ``root``, or None."""
+    return next((s for s in candidate_sources(name, root) if s.exists(name)), None)
+
+
+def _not_found_message(name: str, root: Path) -> str:
+    looked = "\n".join(f"  - {s.describe()}" for s in candidate_sources(name, root))
+    return (
+        f"{name} not found in data directory {root}. Looked for:\n{looked}\n"
+        f"Fix: pass --data-dir DIR (data_dir=...) pointing at the folder that holds one of these, set "
+        f"{DATA_DIR_ENV}=DIR, or use --download (download=True) to fetch it with torchvision."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading sources
+# --------------------------------------------------------------------------------------------------
+
+_ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _unpickle(raw: IO[bytes], where: str) -> dict[str, Any]:
+    """Load one CIFAR pickle (python-2 era: bytes keys) into a dict with str keys."""
+    try:
+        obj = pickle.load(raw, encoding="bytes")
+    except Exception as e:  # unpickling garbage can raise almost anything
+        raise DataFormatError(f"cannot unpickle {where}: {e}") from e
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{where} holds a {type(obj).__name__}, expected a dict")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _get(batch: dict[str, Any], key: str, where: str) -> Any:
+    if key not in batch:
+        raise DataFormatError(f"{where} has no {key!r} entry (keys: {sorted(batch)})")
+    return batch[key]
+
+
+def _pickle_split(batches: list[dict[str, Any]], labels_key: str, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate pickle batches: ``data`` (N, 3072) row-major CHW uint8 -> (N, 32, 32, 3)."""
+    images, labels = [], []
+    for batch in batches:
+        data = np.asarray(_get(batch, "data", where))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataFormatError(f"{where}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(_get(batch, labels_key, where), dtype=np.int64).reshape(-1))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _names(meta: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, key, where))
+
+
+def _assemble_pickle(files: dict[str, dict[str, Any]], name: str, label_mode: str, where: str):
+    """(train, test) ArrayDatasets from the unpickled files of one pickle release, by file name."""
+    layout = _PICKLE[name]
+    missing = [f for f in (*layout.train, *layout.test, layout.meta) if f not in files]
+    if missing:
+        raise DataFormatError(f"{where} lacks {', '.join(missing)}")
+    labels_key, names_key = layout.keys[label_mode]
+    classes = _names(files[layout.meta], names_key, f"{where}/{layout.meta}")
+    splits = []
+    for names in (layout.train, layout.test):
+        x, y = _pickle_split([files[f] for f in names], labels_key, f"{where}/{names[0]}")
+        splits.append(ArrayDataset(x, y, classes))
+    return splits[0], splits[1]
+
+
+def _read_pickle_dir(folder: Path, name: str, label_mode: str):
+    layout = _PICKLE[name]
+    files = {}
+    for fname in (*layout.train, *layout.test, layout.meta):
+        if (folder / fname).is_file():
+            with open(folder / fname, "rb") as f:
+                files[fname] = _unpickle(f, str(folder / fname))
+    return _assemble_pickle(files, name, label_mode, str(folder))
+
+
+def _read_pickle_tar(archive: Path, name: str, label_mode: str):
+    """Stream the canonical ``cifar-*-python.tar.gz``, unpickling the wanted members as they pass."""
+    layout = _PICKLE[name]
+    wanted = {*layout.train, *layout.test, layout.meta}
+    files = {}
+    try:
+        with tarfile.open(archive, "r|gz") as tf:
+            for member in tf:
+                path = PurePosixPath(member.name)
+                if member.isfile() and path.name in wanted and path.parent.name in ("", layout.folder):
+                    files[path.name] = _unpickle(tf.extractfile(member), f"{archive}:{member.name}")
+    except _ARCHIVE_ERRORS as e:
+        raise DataFormatError(f"cannot read archive {archive}: {e}") from e
+    return _assemble_pickle(files, name, label_mode, str(archive))
+
+
+@dataclass(frozen=True)
+class _ImageFile:
+    """One encoded image of an image-folder source: split, class folder, file name, raw bytes."""
+
+    split: str
+    label: str
+    name: str
+    data: bytes
+
+
+def _image_entry(path: PurePosixPath) -> tuple[str, str] | None:
+    """(split, class) for ``.../{train,test}/<class>/<file>.{jpg,jpeg,png}``, else None."""
+    parts = path.parts
+    if len(parts) < 3 or path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        return None
+    return (parts[-3], parts[-2]) if parts[-3] in SPLITS else None
+
+
+def _list_image_dir(folder: Path) -> Iterator[_ImageFile]:
+    for split in SPLITS:
+        for class_dir in sorted(p for p in (folder / split).iterdir() if p.is_dir()):
+            for file in sorted(class_dir.iterdir()):
+                if file.is_file() and _image_entry(PurePosixPath(split, class_dir.name, file.name)):
+                    yield _ImageFile(split, class_dir.name, str(file), file.read_bytes())
+
+
+def _list_image_tar(archive: Path) -> list[_ImageFile]:
+    """All image members of a tar.gz of an image folder, read in streaming mode (no extraction)."""
+    files = []
+    try:
+        with tarfile.open(archive, "r|gz") as tf:
+            for member in tf:
+                entry = _image_entry(PurePosixPath(member.name)) if member.isfile() else None
+                if entry is not None:
+                    data = tf.extractfile(member).read()
+                    files.append(_ImageFile(entry[0], entry[1], f"{archive}:{member.name}", data))
+    except _ARCHIVE_ERRORS as e:
+        raise DataFormatError(f"cannot read archive {archive}: {e}") from e
+    return files
+
+
+def _order_classes(names: Iterable[str]) -> tuple[str, ...]:
+    """Canonical CIFAR-10 order when the names are the CIFAR-10 ones, else sorted."""
+    names = set(names)
+    return CIFAR10_CLASSES if names == set(CIFAR10_CLASSES) else tuple(sorted(names))
+
+
+def _decode_images(files: Sequence[_ImageFile]) -> np.ndarray:
+    """Decode encoded images into one preallocated uint8 (N, 32, 32, 3) RGB array."""
+    out = np.empty((len(files), *IMAGE_SHAPE), dtype=np.uint8)
+    for i, f in enumerate(files):
+        try:
+            with Image.open(io.BytesIO(f.data)) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on broken files
+            raise DataFormatError(f"cannot decode image {f.name}: {e}") from e
+        if rgb.shape != IMAGE_SHAPE:
+            raise DataFormatError(f"image {f.name} is {rgb.shape[1]}x{rgb.shape[0]}, expected 32x32")
+        out[i] = rgb
+    return out
+
+
+def _assemble_images(files: list[_ImageFile], where: str) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) from the image files of a folder or archive; order: class, then file name."""
+    by_split = {s: [f for f in files if f.split == s] for s in SPLITS}
+    for split, split_files in by_split.items():
+        if not split_files:
+            raise DataFormatError(f"{where}: no {'|'.join(IMAGE_SUFFIXES)} images under {split}/<class>/")
+    classes = _order_classes(f.label for f in by_split["train"])
+    index = {c: i for i, c in enumerate(classes)}
+    extra = sorted({f.label for f in by_split["test"]} - set(classes))
+    if extra:
+        raise DataFormatError(f"{where}: test/ has classes missing from train/: {', '.join(extra)}")
+    splits = []
+    for split in SPLITS:
+        ordered = sorted(by_split[split], key=lambda f: (index[f.label], f.name))
+        labels = np.fromiter((index[f.label] for f in ordered), dtype=np.int64, count=len(ordered))
+        splits.append(ArrayDataset(_decode_images(ordered), labels, classes))
+    return splits[0], splits[1]
+
+
+def _read_source(source: Source, name: str, label_mode: str) -> tuple[ArrayDataset, ArrayDataset]:
+    """Decode ``source`` into (train, test) without any caching."""
+    if source.kind == "pickle-dir":
+        return _read_pickle_dir(source.path, name, label_mode)
+    if source.kind == "pickle-tar":
+        return _read_pickle_tar(source.path, name, label_mode)
+    if label_mode != "fine":
+        raise DataFormatError(
+            f"{source.path} is an image folder, which carries only fine labels; "
+            f"label_mode={label_mode!r} needs the python pickle release ({_PICKLE[name].archive})"
+        )
+    if source.kind == "image-dir":
+        return _assemble_images(list(_list_image_dir(source.path)), str(source.path))
+    return _assemble_images(_list_image_tar(source.path), str(source.path))
+
+
+def _validate(ds: ArrayDataset, n_classes: int, where: str) -> None:
+    """Raise DataFormatError unless ``ds`` is a non-empty 32x32 RGB split with labels in range."""
+    if len(ds) == 0:
+        raise DataFormatError(f"{where} is empty")
+    if ds.images.shape[1:] != IMAGE_SHAPE:
+        raise DataFormatError(f"{where}: images are {ds.images.shape[1:]}, expected {IMAGE_SHAPE}")
+    if len(ds.classes) != n_classes:
+        raise DataFormatError(f"{where}: {len(ds.classes)} class names, expected {n_classes}")
+    lo, hi = int(ds.labels.min()), int(ds.labels.max())
+    if lo < 0 or hi >= n_classes:
+        raise DataFormatError(f"{where}: labels span [{lo}, {hi}], expected within [0, {n_classes})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------------
+
+
+def _fingerprint(path: Path) -> str:
+    """Cheap change detector: size and mtime of a file; file count, total size, max mtime of a folder."""
+    if path.is_file():
+        st = path.stat()
+        return f"file:{st.st_size}:{st.st_mtime_ns}"
+    count = size = latest = 0
+    for dirpath, _, names in os.walk(path):
+        for n in names:
+            st = os.stat(os.path.join(dirpath, n))
+            count, size, latest = count + 1, size + st.st_size, max(latest, st.st_mtime_ns)
+    return f"dir:{count}:{size}:{latest}"
+
+
+def _cache_file(name: str, label_mode: str, source: Source, cache_dir: str | os.PathLike | None) -> Path:
+    """``<cache_dir>/<name>-<label_mode>-<key>.npz``, key = sha256(version, kind, path, fingerprint)[:16]."""
+    root = cache_dir or os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "cigl-bayes"
+    ident = f"{CACHE_FORMAT_VERSION}|{source.kind}|{source.path.resolve()}|{_fingerprint(source.path)}"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return Path(root).expanduser() / f"{name}-{label_mode}-{key}.npz"
+
+
+def _read_cache(path: Path, n_classes: int) -> tuple[ArrayDataset, ArrayDataset] | None:
+    """The cached (train, test), or None when missing, unreadable or invalid."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            classes = tuple(str(c) for c in z["classes"])
+            splits = tuple(ArrayDataset(z[f"{s}_images"], z[f"{s}_labels"], classes) for s in SPLITS)
+        for split, ds in zip(SPLITS, splits):
+            _validate(ds, n_classes, f"cache {path} ({split})")
+    except Exception as e:  # truncated zip, missing keys, wrong dtypes, ...: rebuild it
+        warnings.warn(f"ignoring unreadable data cache {path} ({e}); rebuilding it", stacklevel=3)
+        return None
+    return splits[0], splits[1]
+
+
+def _write_cache(path: Path, train: ArrayDataset, test: ArrayDataset) -> None:
+    """Write the arrays atomically (temp file in the same folder, then ``os.replace``)."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                train_images=train.images, train_labels=train.labels,
+                test_images=test.images, test_labels=test.labels,
+                classes=np.array(train.classes, dtype=str),
+            )  # fmt: skip
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"could not write data cache {path}: {e}", stacklevel=3)
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public loading API
+# --------------------------------------------------------------------------------------------------
+
+
+def _download(name: str, root: Path) -> Source:
+    """Fetch the pickle release with torchvision into ``root`` and return its folder."""
+    from torchvision import datasets
+
+    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
+    cls(root=str(root), train=True, download=True)  # downloads and extracts the whole archive
+    return Source("pickle-dir", root / _PICKLE[name].folder)
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    label_mode: str = "fine",
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) of ``name`` ("cifar10" | "cifar100"), decoded once then served from the cache."""
+    n_classes = num_classes(name, label_mode)
+    if download:
+        given = data_dir or os.environ.get(DATA_DIR_ENV)
+        if given:
+            Path(given).expanduser().mkdir(parents=True, exist_ok=True)
+    root = resolve_data_dir(data_dir)
+    source = find_source(name, root)
+    if source is None:
+        if not download:
+            raise DataNotFoundError(_not_found_message(name, root))
+        source = _download(name, root)
+    cache = _cache_file(name, label_mode, source, cache_dir)
+    cached = _read_cache(cache, n_classes)
+    if cached is not None:
+        return cached
+    train, test = _read_source(source, name, label_mode)
+    for split, ds in zip(SPLITS, (train, test)):
+        _validate(ds, n_classes, f"{source.path} ({split})")
+    _write_cache(cache, train, test)
+    return train, test
+
+
+def split_validation(ds: ArrayDataset, fraction: float, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, val): a seeded random ``round(fraction * N)`` samples held out; both keep the input order."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    n_val = int(round(fraction * len(ds)))
+    if len(ds) and n_val >= len(ds):
+        raise ValueError(f"validation fraction {fraction} of {len(ds)} samples leaves no training data")
+    perm = np.random.default_rng(seed).permutation(len(ds))
+    return ds.take(np.sort(perm[n_val:])), ds.take(np.sort(perm[:n_val]))
+
+
+def take_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDataset:
+    """A seeded, class-balanced subset of ``n`` samples (round-robin over classes), in input order."""
+    if n is None:
+        return ds
+    if not 0 <= n <= len(ds):
+        raise ValueError(f"subset size must be in [0, {len(ds)}], got {n}")
+    perm = np.random.default_rng(seed).permutation(len(ds))
+    labels = ds.labels[perm]
+    by_class = np.argsort(labels, kind="stable")
+    first_of_class = np.searchsorted(labels[by_class], labels[by_class], side="left")
+    rank = np.empty(len(ds), dtype=np.int64)
+    rank[by_class] = np.arange(len(ds)) - first_of_class  # position of each sample within its class
+    chosen = perm[np.argsort(rank, kind="stable")[:n]]
+    return ds.take(np.sort(chosen))
+
+
+# --------------------------------------------------------------------------------------------------
+# Device-resident loader
+# --------------------------------------------------------------------------------------------------
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator seeded by (seed, epoch) through numpy's SeedSequence (well-mixed, reproducible)."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def crop_flip(x: Tensor, offsets: Tensor, flips: Tensor, pad: int) -> Tensor:
+    """Zero-pad NCHW ``x`` by ``pad``, crop each image at ``offsets[i] = (dy, dx)``, mirror where ``flips``.
+
+    One gather for the whole batch: rows ``dy + [0, H)``, columns ``dx + [0, W)`` (reversed if flipped).
+    """
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # (n, h)
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # (n, w)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class DeviceLoader:
+    """Whole split resident on ``device`` as uint8 NCHW; yields (x normalised NCHW of ``dtype``, y int64).
+
+    Batch order and augmentation (random 32x32 crop of the 4-zero-padded image, horizontal flip) are
+    drawn for the whole epoch up front from a CPU generator seeded by ``(seed, epoch)``, so
+    ``epoch(e, start_batch=k)`` yields exactly the batches ``k, k+1, ...`` of ``epoch(e)``.
+    """
+
+    pad = 4
+
+    def __init__(
+        self,
+        ds: ArrayDataset,
+        *,
+        batch_size: int,
+        device: torch.device | str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        shuffle: bool = True,
+        augment: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if drop_last and batch_size > len(ds):
+            raise ValueError(
+                f"batch_size {batch_size} exceeds the {len(ds)} samples, so drop_last=True leaves no batch"
+            )
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.device = torch.device(device)
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
+        self.dtype = dtype
+        self.images = torch.from_numpy(ds.images).to(self.device).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.from_numpy(ds.labels).to(self.device)
+        mean_t = torch.as_tensor(mean, dtype=dtype, device=self.device).view(1, -1, 1, 1)
+        std_t = torch.as_tensor(std, dtype=dtype, device=self.device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t  # x*scale + shift
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _plan(self, epoch: int) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(order, crop offsets (N, 2) in [0, 2*pad], flip bits (N,)) for the epoch, on the device.
+
+        Offsets and flips are per position in the epoch: the j-th sample served gets ``offsets[j]``.
+        """
+        gen = _epoch_generator(self.seed, epoch)
+        n = self.num_samples
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if not self.augment:
+            return order.to(self.device), None, None
+        offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=gen)
+        flips = torch.randint(0, 2, (n,), generator=gen).bool()
+        return order.to(self.device), offsets.to(self.device), flips.to(self.device)
+
+    def _batch(self, idx: Tensor, offsets: Tensor | None, flips: Tensor | None) -> tuple[Tensor, Tensor]:
+        x = self.images[idx]
+        if offsets is not None:
+            x = crop_flip(x, offsets, flips, self.pad)
+        x = x.to(self.dtype).mul_(self.scale).add_(self.shift)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.labels[idx]
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches of ``epoch``, starting at batch ``start_batch`` (for mid-epoch resume)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        return self._iterate(epoch, start_batch)
+
+    def _iterate(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        order, offsets, flips = self._plan(epoch)
+        for b in range(start_batch, len(self)):
+            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield self._batch(order[sl], None if offsets is None else offsets[sl], None if flips is None else flips[sl])
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.epoch(0)

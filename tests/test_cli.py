@@ -1,0 +1,83 @@
+"""The command-line entry points: a real short run, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_module(module: str, *args: str, env_extra: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MPLBACKEND": "Agg", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env, capture_output=True,
+                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+QUICK = ["--model", "small-cnn", "--epochs", "1", "--subset", "1000", "--test-subset", "500", "--batch-size", "50",
+         "--device", "cpu", "--no-progress"]
+
+
+def test_svi_cifar_one_epoch_writes_a_run_folder(cifar_data_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_module("experiments.svi_cifar", "--sparsity", "0.95", *QUICK, "--data-dir", str(cifar_data_dir),
+                      "--out", str(out), env_extra={"CIGL_CACHE_DIR": str(cache_dir)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["engine"] == "svi" and result["method"] == "cigl"
+    assert {"final", "wma"} <= set(result["test"])
+    assert result["sparsity_actual"] >= 0.94
+    for name in ("reliability.png", "predictions.npz", "model.pt", "checkpoint.pt", "config.json"):
+        assert (out / name).is_file()
+    assert list((out / "samples").glob("sample_*.pt"))
+    assert "wma" in proc.stdout and "accuracy" in proc.stdout  # the printed results table
+    # re-running a finished run does not train again and leaves the results untouched
+    before = (out / "metrics.json").read_bytes()
+    again = run_module("experiments.svi_cifar", "--sparsity", "0.95", *QUICK, "--data-dir", str(cifar_data_dir),
+                       "--out", str(out), env_extra={"CIGL_CACHE_DIR": str(cache_dir)})
+    assert again.returncode == 0 and (out / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sparsity", "1.0"], "sparsity"),
+        (["--sparsity", "-0.1"], "sparsity"),
+        (["--keep", "0"], "keep"),
+        (["--keep", "1.5"], "keep"),
+        (["--delta-t", "0"], "delta_t"),
+        (["--wma-start-epoch", "5"], "beyond the last epoch"),
+        (["--model", "vgg-99"], "unknown model"),
+        (["--method", "magic"], "unknown method"),
+        (["--dataset", "mnist"], "mnist"),
+        (["--batch-size", "5000"], "larger than the training set"),
+        (["--distribution", "normal"], "distribution"),
+    ],
+)
+def test_bad_input_gives_one_line_error_and_exit_2(args, message, cifar_data_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_module("experiments.svi_cifar", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(out), *args,
+                      env_extra={"CIGL_CACHE_DIR": str(cache_dir)})
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-1500:])
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+
+
+def test_missing_data_directory_says_where_it_looked(tmp_path):
+    empty = tmp_path / "nothing-here"
+    empty.mkdir()
+    proc = run_module("experiments.train", *QUICK, "--data-dir", str(empty), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and str(empty) in proc.stderr and "CIGL_DATA_DIR" in proc.stderr
+
+
+def test_out_pointing_at_a_file_is_refused_and_kept(cifar_data_dir, tmp_path):
+    target = tmp_path / "results.txt"
+    target.write_text("precious")
+    proc = run_module("experiments.train", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(target))
+    assert proc.returncode == 2 and "is a file" in proc.stderr
+    assert target.read_text() == "precious"
