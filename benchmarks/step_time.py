@@ -12,6 +12,7 @@ mask update (amortised over ΔT steps) and one WMA collection (amortised over an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
     trainers = {label: make_trainer(base, method, engine, data) for label, method, engine in VARIANTS}
     batches = list(data.train.epoch(0))
     for t in trainers.values():  # never hit a mask update or an epoch end inside the timed steps
-        t.schedule = dataclass_replace(t.schedule, delta_t=10**12)
+        t.schedule = dataclasses.replace(t.schedule, delta_t=10**12)
 
     def run_steps(trainer, n):
         for i in range(n):
@@ -68,12 +69,6 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
         "collect_fraction": collect / (steps_per_epoch * step["cigl"]),
         **environment(device),
     }
-
-
-def dataclass_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
 
 
 def print_table(r: dict) -> None:

@@ -59,6 +59,7 @@ GENERIC_DEFAULTS = {"weight_decay": 5e-4, "lr_decay_every": 30_000, "warmup_step
 PAPER_EPOCHS = 250
 PAPER_TOTAL_STEPS = PAPER_EPOCHS * math.ceil(45_000 / 128)
 ENGINES = ("plain", "svi")
+LIKELIHOODS = ("categorical", "gaussian")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -97,6 +98,8 @@ class TrainConfig:
     bn_batches: int | None = None  # batches used to recompute BatchNorm statistics (None: all)
     temperature_scaling: bool = True
     sigma: float = 0.0  # guide scale σ of the SVI engine (0 = Delta limit)
+    likelihood: str = "categorical"  # or "gaussian": regression y ~ N(f(x), 1/τ) (paper Eq. 2)
+    noise_precision: float = 1.0  # τ of the Gaussian likelihood
     save_samples: bool = True
     seed: int = 0
     device: str = "auto"
@@ -179,6 +182,12 @@ class TrainConfig:
             raise ValueError("mixup α must be ≥ 0 and label smoothing ε in [0, 1)")
         if self.sigma < 0:
             raise ValueError(f"guide scale sigma must be ≥ 0, got {self.sigma}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; known: {', '.join(LIKELIHOODS)}")
+        if self.noise_precision <= 0:
+            raise ValueError(f"noise precision τ must be > 0, got {self.noise_precision}")
+        if self.likelihood == "gaussian" and (self.mixup or self.label_smoothing):
+            raise ValueError("mixup and label smoothing apply to classification, not the Gaussian likelihood")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
         if self.engine == "svi" and self.method_config.activation_dropout:

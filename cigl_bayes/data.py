@@ -47,6 +47,7 @@ __all__ = [
     "DataNotFoundError",
     "DeviceLoader",
     "Source",
+    "TensorLoader",
     "candidate_sources",
     "crop_flip",
     "find_source",
@@ -684,6 +685,40 @@ class DeviceLoader:
         for b in range(start_batch, len(self)):
             sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
             yield self._batch(order[sl], None if offsets is None else offsets[sl], None if flips is None else flips[sl])
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.epoch(0)
+
+
+class TensorLoader:
+    """In-memory (x, y) tensors on ``device`` served in seeded shuffled batches, with the same
+    interface as :class:`DeviceLoader` (``epoch(e, start_batch)``, ``num_samples``, ``len``):
+    for toy problems such as 1-D regression (``experiments.toy_regression``)."""
+
+    def __init__(self, x: Tensor, y: Tensor, *, batch_size: int, device: torch.device | str = "cpu",
+                 shuffle: bool = True, seed: int = 0) -> None:
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"x and y must hold the same positive number of rows, got {len(x)} and {len(y)}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.device = torch.device(device)
+        self.x, self.y = x.to(self.device), y.to(self.device)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        n = self.num_samples
+        order = torch.randperm(n, generator=_epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        return ((self.x[idx], self.y[idx]) for idx in order.split(self.batch_size)[start_batch:])
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.epoch(0)

@@ -2,6 +2,7 @@
 
 Plain objective (paper Eq. 5): for one mini-batch,
     L(W, θ) = CE(f(x; M⊙Z⊙W, θ), y) + λ (‖M⊙Z⊙W‖² + ‖θ‖²),   λ = wd / 2,
+(with τ/2 · mean squared error in place of CE for the Gaussian likelihood, paper Eq. 2),
 so its gradient w.r.t. W is M⊙Z⊙(∇CE + wd·M⊙Z⊙W): Algorithm 1's masked update, with the weight
 decay written into the loss (the optimiser itself has weight_decay = 0).  The Pyro engine
 (``inference.objective.ElboObjective``) returns −ELBO/N instead; with σ = 0 the two agree up
@@ -45,18 +46,34 @@ def batch_targets(
     return x, target
 
 
-class PlainObjective:
-    """Cross-entropy of the masked network plus λ‖M⊙Z⊙W‖² + λ‖θ‖² with λ = wd/2."""
+def data_loss(output: torch.Tensor, target: torch.Tensor, likelihood: str = "categorical",
+              precision: float = 1.0) -> torch.Tensor:
+    """Mean negative log-likelihood per data point, up to a constant.
 
-    def __init__(self, net: SparseNetwork, weight_decay: float):
+    categorical: cross-entropy (hard or soft targets); gaussian: τ/2 · mean (f(x) − y)² (paper Eq. 2).
+    """
+    if likelihood == "categorical":
+        return F.cross_entropy(output, target)
+    if likelihood == "gaussian":
+        mean = output.squeeze(-1) if output.dim() == target.dim() + 1 else output
+        return 0.5 * precision * (mean - target).square().mean()
+    raise ValueError(f"unknown likelihood {likelihood!r}; known: categorical, gaussian")
+
+
+class PlainObjective:
+    """Data loss of the masked network plus λ‖M⊙Z⊙W‖² + λ‖θ‖² with λ = wd/2."""
+
+    def __init__(self, net: SparseNetwork, weight_decay: float, likelihood: str = "categorical",
+                 precision: float = 1.0):
         self.net = net
         self.weight_decay = weight_decay
+        self.likelihood, self.precision = likelihood, precision
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None):
         """Return (loss, W) where W = M⊙Z⊙W is the flat effective weight the network used."""
         w = self.net.effective_flat(z)
         logits = self.net.forward(x, w)
-        loss = F.cross_entropy(logits, target)
+        loss = data_loss(logits, target, self.likelihood, self.precision)
         if self.weight_decay:
             l2 = w.square().sum()
             if self.net.other_params:

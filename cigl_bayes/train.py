@@ -96,7 +96,7 @@ def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> S
 def make_objective(cfg: TrainConfig, net: SparseNetwork, n_train: int, num_classes: int):
     """The engine's objective: plain loss, or −ELBO/N of the Pyro model and guide."""
     if cfg.engine == "plain":
-        return PlainObjective(net, cfg.weight_decay)
+        return PlainObjective(net, cfg.weight_decay, cfg.likelihood, cfg.noise_precision)
     from inference.objective import ElboObjective  # the Pyro engine
 
     return ElboObjective.from_config(cfg, net, n_train, num_classes)
@@ -230,9 +230,10 @@ class Trainer:
             if (i + 1) % self.cfg.log_every == 0 or i + 1 == self.steps_per_epoch:
                 value = float(loss)  # host sync only at logging intervals
                 if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"loss became {value} at step {self.step} (epoch {self.epoch + 1}); the last good "
-                        f"checkpoint is {self.out / 'checkpoint.pt'} — lower the learning rate and resume")
+                    ckpt = self.out / "checkpoint.pt"
+                    where = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint yet"
+                    raise TrainingDiverged(f"loss became {value} at step {self.step} (epoch {self.epoch + 1}); "
+                                           f"{where} — lower the learning rate (--lr)")
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
             bar.update(1)
         return float(total) / self.steps_per_epoch

@@ -65,9 +65,13 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main``; bad input → 'error: …' on one line and exit status 2."""
     from cigl_bayes.runs import CheckpointError
+    from cigl_bayes.train import TrainingDiverged
 
     try:
         sys.exit(main() or 0)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     except (*USER_ERRORS, CheckpointError) as err:
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)

@@ -29,7 +29,9 @@ class ElboObjective:
     @classmethod
     def from_config(cls, cfg, net: SparseNetwork, n_train: int, num_classes: int) -> ElboObjective:
         scale = prior_scale_from_weight_decay(cfg.weight_decay, n_train)
-        model = SparseBayesianModel(net, scale, n_train, keep=cfg.keep)
+        kwargs = {"precision": cfg.noise_precision} if cfg.likelihood == "gaussian" else None
+        model = SparseBayesianModel(net, scale, n_train, keep=cfg.keep, likelihood=cfg.likelihood,
+                                    likelihood_kwargs=kwargs)
         return cls(model, HierarchicalGuide(net, sigma=cfg.sigma, keep=cfg.keep), n_train)
 
     def __call__(self, x, target, z):

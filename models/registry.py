@@ -56,6 +56,11 @@ def _mlp(
     return MLP(in_features=in_features, hidden=hidden, out_features=num_classes, dropout=dropout)
 
 
+def _mlp_1d(num_classes: int, dropout: float, *, hidden: tuple[int, ...] = (64, 64)) -> nn.Module:
+    """An MLP on scalar inputs (B, 1) for toy 1-D regression; ``num_classes`` is the output size."""
+    return MLP(in_features=1, hidden=hidden, out_features=num_classes, dropout=dropout)
+
+
 # The only module-level mutable state: name -> builder(num_classes, dropout, **kwargs).
 MODELS: dict[str, Builder] = {
     "wrn-22-2": _wrn(22, 2),
@@ -64,6 +69,7 @@ MODELS: dict[str, Builder] = {
     "resnet50-imagenet": _resnet50_imagenet,
     "small-cnn": SmallCNN,
     "mlp": _mlp,
+    "mlp-1d": _mlp_1d,
 }
 
 

@@ -127,3 +127,33 @@ def test_guide_samples_respect_mask_when_sigma_is_zero():
     assert not ((w != 0) & ((net.mask.float * z) == 0)).any()
     with pytest.raises(ValueError, match="sigma"):
         HierarchicalGuide(net, -1.0)
+
+
+def test_gaussian_likelihood_elbo_equals_mse_plus_l2():
+    """Regression form (paper Eq. 2): −ELBO/N = τ/2·mean (f − y)² + λ‖M⊙Z⊙V‖² + λ‖θ‖² + const."""
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 1)).double()
+    names = sparse_parameter_names(module)
+    shapes = [dict(module.named_parameters())[n].shape for n in names]
+    mask = DeterministicMask.random(shapes, layer_nnz(shapes, densities_for(shapes, 0.5, "erk")),
+                                    torch.Generator().manual_seed(0), dtype=torch.float64)
+    net = SparseNetwork(module, names, mask)
+    net.apply_mask_()
+    tau, n = 25.0, 200
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(32, 1, generator=g, dtype=torch.float64)
+    y = torch.sin(3 * x[:, 0]) + 0.2 * torch.randn(32, generator=g, dtype=torch.float64)
+    z = random_keep_mask(sum(net.mask.numels), KEEP, torch.Generator().manual_seed(4), dtype=torch.float64)
+    s = prior_scale_from_weight_decay(WD, n)
+    model = SparseBayesianModel(net, s, n, keep=KEEP, likelihood="gaussian", likelihood_kwargs={"precision": tau})
+    elbo = ElboObjective(model, HierarchicalGuide(net, 0.0, KEEP), n)
+    plain = PlainObjective(net, WD, likelihood="gaussian", precision=tau)
+    dims = sum(net.mask.numels) + sum(p.numel() for p in net.other_params)
+    constant = dims * math.log(s * math.sqrt(2 * math.pi)) / n + 0.5 * math.log(2 * math.pi / tau)
+    loss_p, _ = plain(x, y, z)
+    loss_e, _ = elbo(x, y, z)
+    assert (loss_e - loss_p).item() == pytest.approx(constant, rel=1e-10)
+    for gp, ge in zip(grads(net, loss_p), grads(net, loss_e)):
+        torch.testing.assert_close(ge, gp, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="likelihood"):
+        PlainObjective(net, WD, likelihood="poisson")(x, y, z)

@@ -14,6 +14,7 @@ from models import UnknownModelError, build_model, list_models
 # a 10-way head = 25,557,032 - 2048*990 - 990.
 PARAMS_10 = {
     "mlp": 820_874,
+    "mlp-1d": 4_938,  # 1·64+64 + 64·64+64 + 64·10+10
     "resnet18": 11_173_962,
     "resnet50": 23_520_842,
     "resnet50-imagenet": 23_528_522,
@@ -29,6 +30,8 @@ def n_params(model: nn.Module) -> int:
 
 
 def input_for(name: str, batch: int = 2) -> torch.Tensor:
+    if name == "mlp-1d":
+        return torch.randn(batch, 1)
     side = 64 if name == "resnet50-imagenet" else 32
     return torch.randn(batch, 3, side, side)
 
@@ -184,13 +187,13 @@ def test_first_and_last_layer_convention(name, dropout):
     if isinstance(first, nn.Conv2d):
         assert first.in_channels == 3
     else:
-        assert first.in_features == 12
+        assert first.in_features == (1 if name == "mlp-1d" else 12)
     assert isinstance(last, nn.Linear) and last.out_features == num_classes and last.bias is not None
     # every other Linear/Conv feeds from a previous layer, never from the input
     assert all(getattr(m, "in_channels", None) != 3 for m in layers[1:] if isinstance(m, nn.Conv2d))
 
 
-@pytest.mark.parametrize("name", sorted(set(PARAMS_10) - {"mlp"}))
+@pytest.mark.parametrize("name", sorted(set(PARAMS_10) - {"mlp", "mlp-1d"}))
 def test_convs_have_no_bias_and_init(name):
     model = build_model(name)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
