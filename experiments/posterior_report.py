@@ -1,0 +1,295 @@
+"""A trained run read as a Bayesian object: predictors, SWAG, arviz diagnostics, Z–W study.
+
+    python -m experiments.posterior_report runs/svi_cifar-wrn-22-2-s0.95-seed0
+    python -m experiments.posterior_report runs/cigl-seed0 runs/cigl-seed1 runs/cigl-seed2 --out report/
+
+For every run (a finished run folder with collected samples, see docs/run-folder.md) it
+evaluates the predictors of ``inference.posterior`` (final, wma, predictive, mc-z, swag) on
+the test split with their costs, and the Z–W study of paper App. C.1 (accuracy of M⊙W versus
+the mean accuracy of M⊙Zᵢ⊙W).  Runs that differ only by seed become the chains of one arviz
+``InferenceData`` (draw = collected sample).  Writes into ``--out`` (default: RUN_DIR/posterior
+of the first run): report.md, predictors.json/.csv, zw.csv, reliability.png, zw.png,
+posterior.nc, trace.png, forest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cigl_bayes import metrics
+from cigl_bayes.averaging import Snapshot
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
+from cigl_bayes.train import Trainer
+from inference import diagnostics
+from inference.posterior import (
+    PredictorResult,
+    final_predictor,
+    mc_z_samples,
+    sample_predictor,
+    wma_predictor,
+)
+from inference.swag import SparseSWAG
+
+from .cli import run_cli
+
+
+@dataclasses.dataclass
+class RunAnalysis:
+    run_dir: Path
+    cfg: TrainConfig
+    labels: torch.Tensor
+    predictors: dict[str, PredictorResult]
+    samples: list[Snapshot]
+    layers: list[tuple[str, int]]
+    train_loss: list[float]  # at the epochs the samples were collected
+    zw: dict
+
+
+def load_trainer(run_dir: Path, device: str, data_dir: str | None) -> Trainer:
+    cfg_path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); train one with "
+                                "python -m experiments.svi_cifar --out DIR")
+    cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+    cfg = dataclasses.replace(cfg, device=device, data_dir=data_dir or cfg.data_dir)
+    trainer = Trainer(cfg, run_dir, progress=False)
+    if not trainer.maybe_resume() or not trainer.finished_training:
+        raise ValueError(f"run {run_dir} has not finished training; resume it first (same command, same --out)")
+    return trainer
+
+
+def analyse(run_dir: Path, args) -> RunAnalysis:
+    trainer = load_trainer(run_dir, args.device, args.data_dir)
+    cfg, net, data = trainer.cfg, trainer.net, trainer.data
+    test, bn = data.test, data.train_eval
+    labels = torch.cat([y.cpu() for _, y in test.epoch(0)])
+    samples = [Snapshot(s.sparse.to(trainer.device), s.other.to(trainer.device)) for s in trainer.samples]
+    keep = 1.0 - cfg.random_mask_rate
+    steps = ["final", "mc-z"] + (["wma", "predictive", "swag"] if samples else [])
+    preds: dict[str, PredictorResult] = {}
+    with tqdm(steps, desc=f"predictors {run_dir.name}", disable=not args.progress) as bar:
+        for name in bar:
+            if name == "final":
+                preds[name] = final_predictor(net, test)
+            elif name == "mc-z":
+                draws = mc_z_samples(net, keep, args.mc_samples, seed=cfg.seed + 100)
+                preds[name] = sample_predictor(name, net, draws, test, bn, args.bn_batches,
+                                               stored=preds["final"].parameters_stored)
+            elif name == "wma":
+                preds[name] = wma_predictor(net, samples, test, bn, args.bn_batches)
+            elif name == "predictive":
+                preds[name] = sample_predictor(name, net, samples, test, bn, args.bn_batches)
+            elif name == "swag":
+                swag = SparseSWAG.from_snapshots(samples, max_rank=args.swag_rank)
+                gen = torch.Generator().manual_seed(cfg.seed + 200)
+                draws = [swag.sample(gen, scale=0.5) for _ in range(args.swag_samples)]
+                draws = [Snapshot(d.sparse.to(net.sparse_params[0].dtype), d.other.to(net.sparse_params[0].dtype))
+                         for d in draws]
+                preds[name] = sample_predictor(name, net, draws, test, bn, args.bn_batches,
+                                               stored=swag.nbytes // swag.mean_sparse.element_size())
+    for p in preds.values():
+        p.evaluate(labels)
+    per_draw_acc = [float((d.argmax(-1) == labels).float().mean()) for d in preds["mc-z"].draws]
+    zw = {"run": run_dir.name, "method": cfg.method, "sparsity": cfg.sparsity, "keep": keep,
+          "accuracy_w": preds["final"].metrics["accuracy"], "accuracy_zw_mean": float(np.mean(per_draw_acc)),
+          "accuracy_zw_std": float(np.std(per_draw_acc)), "z_draws": len(per_draw_acc)}
+    layers = list(zip(net.sparse_names, net.mask.numels))
+    by_epoch = {h["epoch"]: h["train_loss"] for h in trainer.history}
+    # sample i is collected at the end of epoch T* + i (0-based), i.e. history epoch T* + i + 1
+    train_loss = [by_epoch.get(cfg.wma_start_epoch + i + 1, float("nan")) for i in range(len(samples))]
+    return RunAnalysis(run_dir, cfg, labels, preds, samples, layers, train_loss, zw)
+
+
+def chain_groups(analyses: list[RunAnalysis]) -> list[list[RunAnalysis]]:
+    """Runs whose configs differ only by seed (and device/data location) are chains of one posterior."""
+    groups: dict[str, list[RunAnalysis]] = {}
+    for a in analyses:
+        key = json.dumps({k: v for k, v in a.cfg.to_dict().items() if k not in ("seed", "device", "data_dir")},
+                         sort_keys=True)
+        groups.setdefault(key, []).append(a)
+    return list(groups.values())
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _png(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
+
+
+def plot_zw(rows: list[dict], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["sparsity"])
+    s = [r["sparsity"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(s, [r["accuracy_w"] for r in rows], "o-", label="M⊙W (final)")
+    ax.errorbar(s, [r["accuracy_zw_mean"] for r in rows], yerr=[r["accuracy_zw_std"] for r in rows], fmt="s--",
+                label="M⊙Zᵢ⊙W (mean ± sd)")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Z–W correlation (paper App. C.1)")
+    ax.legend()
+    _png(fig, path)
+
+
+def group_report(group: list[RunAnalysis], out: Path, tag: str, args) -> list[str]:
+    """arviz InferenceData for one group of chains; returns Markdown lines."""
+    lines = []
+    with_samples = [a for a in group if len(a.samples) >= 2]
+    if not with_samples:
+        return [f"_{tag}: fewer than 2 collected samples per run: no arviz posterior._", ""]
+    n_draws = min(len(a.samples) for a in with_samples)
+    chains = [a.samples[:n_draws] for a in with_samples]
+    labels = with_samples[0].labels
+    loglik = np.stack([a.predictors["predictive"].per_draw_log_likelihood(a.labels)[:n_draws].numpy()
+                       for a in with_samples])
+    ppc = np.stack([torch.stack(a.predictors["predictive"].draws[:n_draws]).argmax(-1).numpy() for a in with_samples])
+    loss = np.array([a.train_loss[:n_draws] for a in with_samples], dtype=float)
+    idata = diagnostics.posterior_inference_data(
+        chains, with_samples[0].layers, n_weights=args.weights, seed=0, log_likelihood=loglik,
+        posterior_predictive=ppc, observed=labels.numpy(), train_loss=loss)
+    nc = out / f"posterior{tag}.nc"
+    diagnostics.save_netcdf(idata, nc)
+    summary = diagnostics.summary_table(idata, var_names=["layer_norm", "theta_norm"])
+    diagnostics.plot_trace(idata, out / f"trace{tag}.png", var_names=["layer_norm", "theta_norm"])
+    diagnostics.plot_forest(idata, out / f"forest{tag}.png", var_names=["layer_norm"])
+    log_liks = {}
+    for name in ("predictive", "swag", "mc-z"):  # multi-draw predictors: chains × draws
+        ll = [a.predictors[name].per_draw_log_likelihood(a.labels).numpy() for a in with_samples]
+        draws = min(x.shape[0] for x in ll)
+        log_liks[name] = np.stack([x[:draws] for x in ll])
+    for a in with_samples:  # point predictors, one per run
+        for name in ("wma", "final"):
+            log_liks[f"{name}/{a.run_dir.name}"] = a.predictors[name].per_draw_log_likelihood(a.labels)[0].numpy()
+    comparison = diagnostics.compare_predictors(log_liks)
+    ic_rows = []
+    for name in ("predictive", "swag", "mc-z"):
+        e = diagnostics.predictor_elpd(log_liks[name])
+        ic_rows.append({"predictor": name, "draws": e["n_samples"], "test_lppd": e["test_lppd"],
+                        "elpd_loo": e["loo"]["elpd"], "p_loo": e["loo"]["p"],
+                        "max_pareto_k": e["loo"]["pareto_k"]["max"],
+                        "elpd_waic": e["waic"]["elpd"], "p_waic": e["waic"]["p"]})
+    runs = ", ".join(a.run_dir.name for a in with_samples)
+    lines += [f"## Posterior{' ' + tag.strip('-') if tag else ''}: {len(chains)} chain(s) × {n_draws} draws "
+              f"({runs})", "",
+              f"InferenceData: `{nc.name}` (groups: {', '.join(idata.groups())}); plots `trace{tag}.png`, "
+              f"`forest{tag}.png`.", "", "### az.summary (layer weight norms)", "",
+              summary.to_markdown() if hasattr(summary, "to_markdown") and _has_tabulate() else "```\n"
+              + summary.to_string() + "\n```", "",
+              "R-hat compares chains, i.e. runs from different seeds.  A network posterior is multimodal: "
+              "independent runs settle in different modes (different masks and permutations of units), so "
+              "R-hat ≫ 1 across seeds is expected and says the chains explore different modes, not that one "
+              "run is broken.  Within one chain the draws are consecutive epoch-end samples of one SGD "
+              "trajectory, so ESS measures their autocorrelation.", "",
+              "### Test-set predictive comparison (az.compare / elpd on held-out points)", "",
+              "```\n" + comparison.to_string() + "\n```", "",
+              "The log-likelihoods are of *held-out test* points, so predictors are ranked by the test-set "
+              "log predictive density lppd = Σᵢ log (1/S) Σₛ p(yᵢ | drawₛ) (az.compare on precomputed "
+              "pointwise values, with its standard errors and stacking weights).  loo/waic are not used for "
+              "the ranking: on points the posterior never saw, loo is pessimistic by p_loo for multi-draw "
+              "predictors while point predictors (wma, final: one draw, one entry per run) pay nothing.  "
+              "Multi-draw predictors pool the draws of all chains.", "",
+              "### az.loo / az.waic of the multi-draw predictors (test points)", "",
+              _table(ic_rows, list(ic_rows[0])), "",
+              "With few draws PSIS is unreliable (Pareto k > 0.7 flags it); these numbers describe how much the "
+              "draws disagree on each test point (p_loo, p_waic), not an estimate of generalisation.", ""]
+    return lines
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.posterior_report", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("runs", nargs="+", type=Path, help="finished run folders")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: FIRST_RUN/posterior)")
+    p.add_argument("--swag-rank", type=int, default=20, help="K: deviation columns kept by SWAG")
+    p.add_argument("--swag-samples", type=int, default=10, help="S: SWAG draws averaged")
+    p.add_argument("--mc-samples", type=int, default=10, help="S: fresh random masks Z for mc-z")
+    p.add_argument("--bn-batches", type=int, default=None, help="training batches for BN recomputation (all)")
+    p.add_argument("--weights", type=int, default=32, help="active weights traced individually in arviz")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None, help="data folder if it moved since training")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    for name in ("swag_rank", "swag_samples", "mc_samples", "weights"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    for r in args.runs:  # check every folder before creating anything
+        if not r.is_dir():
+            raise FileNotFoundError(f"run folder {r} does not exist")
+    analyses = [analyse(r, args) for r in args.runs]
+    out = args.out or args.runs[0] / "posterior"
+    out.mkdir(parents=True, exist_ok=True)
+    rows, zw_rows = [], []
+    for a in analyses:
+        for name, pr in a.predictors.items():
+            rows.append({"run": a.run_dir.name, "method": a.cfg.method, "sparsity": a.cfg.sparsity, "predictor": name,
+                         **pr.metrics, "forward_passes": pr.forward_passes, "parameters_stored": pr.parameters_stored})
+        zw_rows.append(a.zw)
+    atomic_write_json({"predictors": rows, "zw": zw_rows}, out / "predictors.json")
+    atomic_write_bytes(_csv(rows), out / "predictors.csv")
+    atomic_write_bytes(_csv(zw_rows), out / "zw.csv")
+    diagrams = {name: metrics.reliability_data(pr.log_probs, analyses[0].labels, from_logits=True)
+                for name, pr in analyses[0].predictors.items()}
+    metrics.plot_reliability_diagram(diagrams, out / "reliability.png", title=analyses[0].run_dir.name)
+    plot_zw(zw_rows, out / "zw.png")
+
+    md = ["# Posterior report", "", f"Runs: {', '.join(str(a.run_dir) for a in analyses)}", "",
+          "## Predictors on the test split", "",
+          _table(rows, ["run", "predictor", "accuracy", "ece", "nll", "brier", "forward_passes", "parameters_stored"]),
+          "", "forward_passes: forward passes per test batch; parameters_stored: numbers kept to predict "
+          "(non-zeros of every weight setting kept; SWAG: mean, second moment and K deviations on the support).",
+          "Reliability diagrams of the first run: `reliability.png`.", "",
+          "## Z–W correlation (paper App. C.1)", "",
+          _table(zw_rows, ["run", "sparsity", "keep", "accuracy_w", "accuracy_zw_mean", "accuracy_zw_std"]), "",
+          "accuracy_w: M⊙W as trained; accuracy_zw_mean: mean over fresh Zᵢ ~ Bernoulli(keep) of M⊙Zᵢ⊙W "
+          "(BatchNorm recomputed for each).  Plot: `zw.png`.", ""]
+    for i, group in enumerate(chain_groups(analyses)):
+        md += group_report(group, out, "" if i == 0 else f"-{i}", args)
+    atomic_write_bytes("\n".join(md).encode(), out / "report.md")
+    print("\n".join(md[:12]))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

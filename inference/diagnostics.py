@@ -1,0 +1,644 @@
+"""Posterior diagnostics of collected CigL samples with arviz.
+
+A run collects one posterior sample ("draw") per epoch from T* on, each a
+:class:`~cigl_bayes.averaging.Snapshot` (flat sparse weights M⊙Z⊙W and flat dense θ); runs with
+different seeds are independent "chains".  This module turns them into an ``az.InferenceData``
+of low-dimensional summaries (per-layer norms and densities, ‖θ‖, a few tracked weights),
+summarises them (mean, sd, ESS, R-hat), scores predictors on the held-out test points and draws
+trace / forest plots.  Plain functions, numpy/torch in, arviz/pandas out.
+
+How to read the numbers
+-----------------------
+* The log-likelihoods are evaluated on **held-out test points**, not on the training data the
+  posterior was fitted to.  The test-set log predictive density
+  ``lppd = Σ_i log (1/S) Σ_s p(y_i | θ_s)`` is therefore already an out-of-sample estimate and is
+  the primary quantity.  PSIS-LOO on the same numbers estimates the fit after *removing* each
+  test point from a posterior that never contained it; in plain importance-sampling form
+  ``elpd_loo_i = −log E_s[1/p(y_i | θ_s)] ≤ lppd_i`` (PSIS smooths those weights), so it is
+  pessimistic by ``p_loo`` and mainly measures how much the draws disagree on each test point.
+  WAIC likewise subtracts the across-draw variance ``p_waic``.  Both are secondary diagnostics.
+* R-hat across seeds of a multimodal network posterior measures whether the chains visit the
+  same mode.  Different seeds generally end in different modes (different masks, permuted hidden
+  units), so R-hat ≫ 1 across seeds — certainly for individual ``weight`` values — is expected
+  and is not a failure of any single run.  For permutation-invariant summaries (layer norms,
+  densities, ‖θ‖) R-hat near 1 says the runs reached modes of similar scale, not one mode.
+  Within a chain, ESS says how autocorrelated the per-epoch draws are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import itertools
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+from scipy.special import logsumexp
+
+from cigl_bayes.averaging import Snapshot
+from cigl_bayes.runs import atomic_write_bytes
+
+with warnings.catch_warnings():
+    # arviz 0.23 announces its refactor with a FutureWarning once a day on import; nothing to act on here.
+    warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+    import arviz as az
+
+__all__ = [
+    "compare_predictors",
+    "load_netcdf",
+    "plot_forest",
+    "plot_trace",
+    "posterior_inference_data",
+    "predictor_elpd",
+    "save_netcdf",
+    "summary_table",
+]
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+PerChain = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor | Sequence[Any]]
+
+DEFAULT_TRACE_VARS = ("theta_norm", "layer_norm", "density")
+DEFAULT_FOREST_VARS = ("layer_norm",)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _to_numpy(x: Any, dtype: Any = None) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _quiet_arviz() -> Iterator[None]:
+    """Silence what arviz reports about tiny samples (few draws, one chain, constant variables).
+
+    Those cases yield NaN ESS / MCSE / R-hat, which the returned tables show; the warnings and the
+    ``Shape validation failed`` log lines would only repeat it.
+    """
+    log = getattr(az, "_log", None)  # arviz's own logger (not registered with logging.getLogger)
+    level = log.level if isinstance(log, logging.Logger) else None
+    if level is not None:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            yield
+    finally:
+        if level is not None:
+            log.setLevel(level)
+
+
+def _attrs(**extra: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "arviz_version": az.__version__,
+        "inference_library": "cigl-bayes",
+    }
+    attrs.update(extra)
+    return attrs
+
+
+def _check_layers(layers: Sequence[tuple[str, int]]) -> tuple[list[str], list[int]]:
+    names = [str(name) for name, _ in layers]
+    sizes = [int(n) for _, n in layers]
+    if not names:
+        raise ValueError("layers is empty: need at least one (name, numel)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"layer names must be unique, got {names}")
+    if any(n <= 0 for n in sizes):
+        raise ValueError(f"every layer needs numel > 0, got {list(zip(names, sizes))}")
+    return names, sizes
+
+
+def _per_chain(x: PerChain, name: str, n_chain: int, n_draw: int, ndim: int, dtype: Any) -> np.ndarray:
+    """(chain, draw, ...) array from a rectangular array (must match exactly) or per-chain arrays (truncated)."""
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        arr = _to_numpy(x, dtype)
+        if arr.ndim != ndim or arr.shape[:2] != (n_chain, n_draw):
+            raise ValueError(
+                f"{name}: expected an array of {ndim} dims starting (chain={n_chain}, draw={n_draw}), "
+                f"got shape {arr.shape}; pass a list of per-chain arrays to have them truncated like the snapshots"
+            )
+        return arr
+    if len(x) != n_chain:
+        raise ValueError(f"{name}: expected {n_chain} chains, got {len(x)}")
+    parts = []
+    for c, chain in enumerate(x):
+        arr = _to_numpy(chain, dtype)
+        if arr.ndim != ndim - 1 or arr.shape[0] < n_draw:
+            raise ValueError(
+                f"{name}: chain {c} must have {ndim - 1} dims and at least {n_draw} draws, got shape {arr.shape}"
+            )
+        parts.append(arr[:n_draw])
+    try:
+        return np.stack(parts)
+    except ValueError as err:
+        raise ValueError(f"{name}: chains disagree in their trailing shape") from err
+
+
+# ----------------------------------------------------------------------------------------------
+# InferenceData
+
+
+def posterior_inference_data(
+    chains: Sequence[Sequence[Snapshot]],
+    layers: Sequence[tuple[str, int]],
+    *,
+    n_weights: int = 32,
+    seed: int = 0,
+    log_likelihood: PerChain | None = None,
+    posterior_predictive: PerChain | None = None,
+    observed: ArrayLike | None = None,
+    train_loss: PerChain | None = None,
+    predictor_name: str = "predictive",
+) -> az.InferenceData:
+    """Summaries of the collected samples as ``az.InferenceData``.
+
+    ``chains[c]`` lists the draws of chain c (one seed) in collection order: a list of Snapshots or
+    anything with ``len()`` that can be iterated twice, e.g. a :class:`~cigl_bayes.averaging.SnapshotStore`
+    (read from disk one snapshot at a time, so memory stays at one dense snapshot).  ``layers`` is the
+    (name, numel) of each sparsified layer in the order they are concatenated in ``Snapshot.sparse``.
+
+    Chains may hold different numbers of draws: **every chain is truncated to the shortest** (its
+    first draws), because arviz needs a rectangular (chain, draw) array; the collected lengths are
+    kept in ``posterior.attrs["draws_per_chain_collected"]``.  An empty chain (or no chain) raises
+    ``ValueError``.  Optional per-draw inputs (``log_likelihood``, ``posterior_predictive``,
+    ``train_loss``) may be a list of per-chain arrays, truncated the same way, or one array whose
+    first two dims are exactly (chain, truncated draw).
+
+    Groups and variables:
+
+    * ``posterior``: ``layer_norm`` (chain, draw, layer) L2 norm of each layer's weights;
+      ``theta_norm`` (chain, draw) L2 norm of the dense parameters θ (``Snapshot.other``);
+      ``density`` (chain, draw, layer) fraction of non-zero weights; ``weight`` (chain, draw,
+      weight_index) the values at ``n_weights`` flat positions drawn (numpy ``default_rng(seed)``,
+      without replacement, then sorted) among positions non-zero in at least one kept draw of any
+      chain.  The coordinate ``weight_index`` holds those flat positions and ``weight_layer`` their
+      layer.  Fewer are taken if fewer are active; ``weight`` is omitted if none is (or n_weights=0).
+    * ``log_likelihood`` (if given, (chain, draw, n_test)): ``y`` = log p(y_i | draw), dim ``test_point``.
+    * ``posterior_predictive`` (if given, (chain, draw, n_test)): ``y`` = predicted class labels.
+    * ``observed_data`` (if ``observed``, (n_test,)): ``y`` = true test labels.
+    * ``sample_stats`` (if ``train_loss``, (chain, draw)): ``train_loss``.
+
+    ``predictor_name`` (the predictor whose per-draw outputs fill the test-point groups) is
+    recorded in the attrs of every group.
+    """
+    if n_weights < 0:
+        raise ValueError(f"n_weights must be >= 0, got {n_weights}")
+    if len(chains) == 0:
+        raise ValueError("no chains given")
+    lengths = [len(chain) for chain in chains]
+    if min(lengths) == 0:
+        empty = [c for c, n in enumerate(lengths) if n == 0]
+        raise ValueError(f"chains {empty} hold no draws (draws per chain: {lengths})")
+    names, sizes = _check_layers(layers)
+    n_chain, n_draw = len(chains), min(lengths)
+
+    def kept() -> Iterator[tuple[int, int, Snapshot]]:
+        for c, chain in enumerate(chains):
+            for d, snap in enumerate(itertools.islice(iter(chain), n_draw)):
+                yield c, d, snap
+    n_sparse = sum(sizes)
+
+    layer_norm = np.empty((n_chain, n_draw, len(names)))
+    density = np.empty((n_chain, n_draw, len(names)))
+    theta_norm = np.empty((n_chain, n_draw))
+    numel = torch.tensor(sizes, dtype=torch.float64)
+    active: torch.Tensor | None = None
+    n_other: int | None = None
+    for c, d, snap in kept():
+        sparse, other = torch.as_tensor(snap.sparse).detach(), torch.as_tensor(snap.other).detach()
+        if sparse.dim() != 1 or sparse.numel() != n_sparse:
+            raise ValueError(
+                f"chain {c} draw {d}: Snapshot.sparse must be flat with {n_sparse} elements "
+                f"(sum of layer sizes), got shape {tuple(sparse.shape)}"
+            )
+        if n_other is None:
+            n_other = other.numel()
+        elif other.numel() != n_other:
+            raise ValueError(f"chain {c} draw {d}: Snapshot.other has {other.numel()} elements, expected {n_other}")
+        nonzero = sparse != 0
+        active = nonzero.clone() if active is None else active.logical_or_(nonzero.to(active.device))
+        segments = torch.split(sparse, sizes)
+        norms = torch.stack([torch.linalg.vector_norm(s, dtype=torch.float64) for s in segments])
+        counts = torch.stack([torch.count_nonzero(s) for s in segments]).to(torch.float64)
+        layer_norm[c, d] = norms.cpu().numpy()
+        density[c, d] = (counts.cpu() / numel).numpy()
+        theta_norm[c, d] = float(torch.linalg.vector_norm(other.reshape(-1), dtype=torch.float64))
+
+    active_idx = torch.nonzero(active).flatten().cpu().numpy()
+    n_pick = min(n_weights, active_idx.size)
+    positions = np.sort(np.random.default_rng(seed).choice(active_idx, size=n_pick, replace=False)).astype(np.int64)
+
+    coords: dict[str, Any] = {"chain": np.arange(n_chain), "draw": np.arange(n_draw), "layer": names}
+    data_vars: dict[str, Any] = {
+        "layer_norm": (("chain", "draw", "layer"), layer_norm),
+        "theta_norm": (("chain", "draw"), theta_norm),
+        "density": (("chain", "draw", "layer"), density),
+    }
+    if n_pick > 0:
+        weight = np.empty((n_chain, n_draw, n_pick))
+        index = torch.from_numpy(positions)
+        for c, d, snap in kept():
+            sparse = torch.as_tensor(snap.sparse).detach()
+            weight[c, d] = sparse[index.to(sparse.device)].to(torch.float64).cpu().numpy()
+        bounds = np.cumsum(sizes)
+        data_vars["weight"] = (("chain", "draw", "weight_index"), weight)
+        coords["weight_index"] = positions
+        coords["weight_layer"] = ("weight_index", [names[i] for i in np.searchsorted(bounds, positions, side="right")])
+
+    common = {"predictor_name": predictor_name}
+    posterior = xr.Dataset(
+        data_vars,
+        coords=coords,
+        attrs=_attrs(
+            **common,
+            draws_per_chain_collected=lengths,
+            draws_truncated=int(sum(lengths) - n_chain * n_draw),
+            weight_seed=int(seed),
+            n_sparse=int(n_sparse),
+            n_other=int(n_other or 0),
+            n_active=int(active_idx.size),
+        ),
+    )
+    groups: dict[str, xr.Dataset] = {"posterior": posterior}
+    chain_draw = {"chain": np.arange(n_chain), "draw": np.arange(n_draw)}
+
+    n_test: int | None = None
+
+    def test_coords(arr_n: int, what: str) -> dict[str, Any]:
+        nonlocal n_test
+        if n_test is not None and arr_n != n_test:
+            raise ValueError(f"{what} has {arr_n} test points, another input has {n_test}")
+        n_test = arr_n
+        return {"test_point": np.arange(arr_n)}
+
+    dims3 = ("chain", "draw", "test_point")
+    if log_likelihood is not None:
+        ll = _per_chain(log_likelihood, "log_likelihood", n_chain, n_draw, 3, np.float64)
+        groups["log_likelihood"] = xr.Dataset(
+            {"y": (dims3, ll)},
+            coords={**chain_draw, **test_coords(ll.shape[2], "log_likelihood")},
+            attrs=_attrs(**common),
+        )
+    if posterior_predictive is not None:
+        pp = _per_chain(posterior_predictive, "posterior_predictive", n_chain, n_draw, 3, np.int64)
+        groups["posterior_predictive"] = xr.Dataset(
+            {"y": (dims3, pp)},
+            coords={**chain_draw, **test_coords(pp.shape[2], "posterior_predictive")},
+            attrs=_attrs(**common),
+        )
+    if observed is not None:
+        obs = _to_numpy(observed, np.int64).reshape(-1)
+        groups["observed_data"] = xr.Dataset(
+            {"y": (("test_point",), obs)}, coords=test_coords(obs.size, "observed"), attrs=_attrs(**common)
+        )
+    if train_loss is not None:
+        loss = _per_chain(train_loss, "train_loss", n_chain, n_draw, 2, np.float64)
+        groups["sample_stats"] = xr.Dataset(
+            {"train_loss": (("chain", "draw"), loss)}, coords=chain_draw, attrs=_attrs(**common)
+        )
+    return az.InferenceData(**groups)
+
+
+def save_netcdf(idata: az.InferenceData, path: str | Path) -> Path:
+    """Write ``idata`` to netCDF atomically: a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
+    try:
+        idata.to_netcdf(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_netcdf(path: str | Path) -> az.InferenceData:
+    """Read a file written by :func:`save_netcdf` fully into memory (the file is closed afterwards).
+
+    ``az.from_netcdf`` also works but loads lazily and keeps the file open.
+    """
+    with az.rc_context({"data.load": "eager"}):
+        return az.from_netcdf(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# summaries
+
+
+def summary_table(
+    idata: az.InferenceData,
+    var_names: Sequence[str] | None = None,
+    *,
+    kind: Literal["all", "stats", "diagnostics"] = "all",
+    hdi_prob: float | None = None,
+) -> pd.DataFrame:
+    """``az.summary`` of the posterior: mean, sd, HDI, MCSE, ``ess_bulk``, ``ess_tail``, ``r_hat``.
+
+    One row per scalar (e.g. ``layer_norm[conv1]``).  With one chain ``r_hat`` is NaN; with fewer
+    than 4 draws per chain ESS, MCSE and R-hat are NaN; constant quantities give NaN MCSE/R-hat.
+    arviz's warnings about these cases are silenced and a note is put in ``df.attrs["notes"]``.
+    Across seeds, R-hat ≫ 1 means the runs sit in different modes (expected for networks).
+    """
+    post = idata.posterior
+    n_chain, n_draw = int(post.sizes["chain"]), int(post.sizes["draw"])
+    with _quiet_arviz():
+        df = az.summary(idata, var_names=list(var_names) if var_names is not None else None, kind=kind,
+                        hdi_prob=hdi_prob)
+    notes = []
+    if n_chain < 2:
+        if "r_hat" in df.columns:
+            df["r_hat"] = np.nan
+        notes.append("one chain: R-hat is not defined (NaN)")
+    if n_draw < 4:
+        notes.append(f"{n_draw} draws per chain (< 4): ESS, MCSE and R-hat are NaN")
+    if n_chain >= 2:
+        notes.append("R-hat across seeds measures whether chains share a mode; networks generally do not")
+    df.attrs.update(n_chains=n_chain, n_draws=n_draw, notes=notes)
+    return df
+
+
+# ----------------------------------------------------------------------------------------------
+# information criteria on the test points
+
+
+def _as_log_lik(log_lik: ArrayLike, name: str = "log_lik") -> np.ndarray:
+    """(chain, draw, n_test) float64; (n_test,) is one draw, (draw, n_test) one chain."""
+    arr = _to_numpy(log_lik, np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, None]
+    elif arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim != 3:
+        raise ValueError(f"{name}: expected (chain, draw, n_test), (draw, n_test) or (n_test,), got {arr.shape}")
+    if 0 in arr.shape:
+        raise ValueError(f"{name}: empty log-likelihood array {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: log-likelihoods must be finite")
+    return arr
+
+
+def _lppd_pointwise(arr: np.ndarray) -> np.ndarray:
+    """log (1/S) Σ_s p(y_i | θ_s) per test point."""
+    flat = arr.reshape(-1, arr.shape[-1])
+    return logsumexp(flat, axis=0) - math.log(flat.shape[0])
+
+
+def _se(pointwise: np.ndarray) -> float:
+    """Standard error of a sum of n pointwise terms, sqrt(n · var) (arviz's convention)."""
+    return float(math.sqrt(pointwise.size * np.var(pointwise)))
+
+
+def _elpd_table_entry(pointwise: np.ndarray, label: str, n_samples: int, p: float) -> az.ELPDData:
+    """An ``ELPDData`` holding precomputed pointwise values, for ``az.compare``'s bookkeeping."""
+    return az.ELPDData(
+        data=[float(pointwise.sum()), _se(pointwise), p, n_samples, pointwise.size, False,
+              xr.DataArray(pointwise, dims=["test_point"], name=f"{label}_i"), "log"],
+        index=[f"elpd_{label}", "se", f"p_{label}", "n_samples", "n_data_points", "warning", f"{label}_i", "scale"],
+    )
+
+
+def _arviz_ic(arr: np.ndarray, ic: Literal["loo", "waic"], reff: float) -> tuple[az.ELPDData, list[str]]:
+    """Pointwise ``az.loo`` / ``az.waic`` of a (chain, draw, n_test) array, and the warnings it raised."""
+    dataset = xr.Dataset({"y": (("chain", "draw", "test_point"), arr)})
+    idata = az.InferenceData(log_likelihood=dataset)
+    with warnings.catch_warnings(record=True) as caught, np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("always")
+        if ic == "loo":
+            res = az.loo(idata, pointwise=True, reff=reff, scale="log")
+        else:
+            res = az.waic(idata, pointwise=True, scale="log")
+    return res, list(dict.fromkeys(str(w.message).strip() for w in caught))
+
+
+def predictor_elpd(log_lik: ArrayLike, *, reff: float = 1.0) -> dict[str, Any]:
+    """Test-set log predictive density of one predictor, plus PSIS-LOO and WAIC where defined.
+
+    ``log_lik`` is log p(y_i | draw) on the test points, shaped (chain, draw, n_test); a (draw,
+    n_test) array is one chain and a (n_test,) vector one draw.  Returns a JSON-friendly dict:
+
+    * ``n_chains``, ``n_draws`` (per chain), ``n_samples`` (= chains × draws), ``n_test``,
+      ``point_predictor`` (one draw, e.g. ``final`` or ``wma``), ``ic_applicable`` (≥ 2 draws);
+    * ``test_lppd`` = Σ_i log (1/S) Σ_s p(y_i | θ_s) — the primary, held-out quantity (for one
+      draw simply Σ_i log p(y_i)); ``test_lppd_se`` = sqrt(n · var_i); ``test_lppd_mean`` = lppd / n
+      (minus the NLL of the averaged predictive);
+    * ``loo``: ``{elpd, se, p, lppd, warning, warnings, good_k, pareto_k: {good, bad, very_bad,
+      max}}`` from ``az.loo`` and ``waic``: ``{elpd, se, p, lppd, warning, warnings}`` from
+      ``az.waic`` (``lppd`` = elpd + p, equal to ``test_lppd``), or ``None`` for a point predictor.
+
+    On test points loo/waic are pessimistic by p (see the module docstring).  Pareto k needs tails
+    of more than a few draws: with tens of draws expect large k (flagged, not raised).  ``reff``
+    (relative ESS of the draws) only sets PSIS's tail length, min(0.2·S, 3·sqrt(S / reff)), which
+    for reff ≤ 1 is 0.2·S whenever S ≤ 225 draws.
+    """
+    arr = _as_log_lik(log_lik)
+    n_chain, n_draw, n_test = arr.shape
+    n_samples = n_chain * n_draw
+    lppd_i = _lppd_pointwise(arr)
+    out: dict[str, Any] = {
+        "n_chains": n_chain,
+        "n_draws": n_draw,
+        "n_samples": n_samples,
+        "n_test": n_test,
+        "point_predictor": n_samples == 1,
+        "ic_applicable": n_samples >= 2,
+        "test_lppd": float(lppd_i.sum()),
+        "test_lppd_se": _se(lppd_i),
+        "test_lppd_mean": float(lppd_i.mean()),
+        "loo": None,
+        "waic": None,
+    }
+    if n_samples < 2:
+        return out
+    loo, loo_msgs = _arviz_ic(arr, "loo", reff)
+    k = np.asarray(loo["pareto_k"], dtype=np.float64)
+    good_k = float(loo["good_k"])
+    out["loo"] = {
+        "elpd": float(loo["elpd_loo"]),
+        "se": float(loo["se"]),
+        "p": float(loo["p_loo"]),
+        "lppd": float(loo["elpd_loo"] + loo["p_loo"]),
+        "warning": bool(loo["warning"]),
+        "warnings": loo_msgs,
+        "good_k": good_k,
+        "pareto_k": {
+            "good": int(np.sum(k <= good_k)),
+            "bad": int(np.sum((k > good_k) & (k <= 1))),
+            "very_bad": int(np.sum(k > 1)),
+            "max": float(np.max(k)),
+        },
+    }
+    waic, waic_msgs = _arviz_ic(arr, "waic", reff)
+    out["waic"] = {
+        "elpd": float(waic["elpd_waic"]),
+        "se": float(waic["se"]),
+        "p": float(waic["p_waic"]),
+        "lppd": float(waic["elpd_waic"] + waic["p_waic"]),
+        "warning": bool(waic["warning"]),
+        "warnings": waic_msgs,
+    }
+    return out
+
+
+def compare_predictors(
+    log_liks: Mapping[str, ArrayLike],
+    *,
+    ic: Literal["lppd", "loo", "waic"] = "lppd",
+    method: Literal["stacking", "BB-pseudo-BMA", "pseudo-BMA"] = "stacking",
+    reff: float = 1.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Rank predictors on the test points with ``az.compare``; one row per predictor, best first.
+
+    ``log_liks[name]`` is shaped as for :func:`predictor_elpd`; all must share n_test.  What each
+    row's ``elpd`` is:
+
+    * ``ic="lppd"`` (default, the primary quantity): every predictor's test-set lppd (for a
+      multi-draw predictor, that of its draw-averaged predictive);
+    * ``ic="loo"`` / ``"waic"``: ``az.loo`` / ``az.waic`` for predictors with ≥ 2 draws, and for
+      point predictors their test-set lppd (what loo/waic reduce to for one draw, with p = 0).
+      Multi-draw rows are then penalised by p while point predictors are not — see the module
+      docstring before reading the ranking as "ensemble vs. point".
+
+    The pointwise values go to ``az.compare`` as precomputed ``ELPDData`` (labelled loo/waic, the
+    only kinds it accepts), which does the bookkeeping: rank, differences and their SEs, weights.
+    Columns: ``rank``, ``elpd``, ``p`` (NaN for ``ic="lppd"``), ``d_elpd`` (best − this),
+    ``weight``, ``se``, ``dse`` (SE of d_elpd from pointwise differences), ``warning``, ``scale``,
+    ``estimate`` (``"test_lppd"``, ``"loo"`` or ``"waic"``), ``n_samples``, ``test_lppd``,
+    ``test_lppd_se``.  ``df.attrs``: ``ic``, ``warnings`` (per predictor, from arviz).
+    """
+    if ic not in ("lppd", "loo", "waic"):
+        raise ValueError(f"ic must be 'lppd', 'loo' or 'waic', got {ic!r}")
+    if not log_liks:
+        raise ValueError("no predictors to compare")
+    arrays = {str(name): _as_log_lik(ll, f"log_liks[{name!r}]") for name, ll in log_liks.items()}
+    n_tests = {name: arr.shape[-1] for name, arr in arrays.items()}
+    if len(set(n_tests.values())) != 1:
+        raise ValueError(f"all predictors must be scored on the same test points, got n_test {n_tests}")
+
+    label: Literal["loo", "waic"] = "waic" if ic == "waic" else "loo"
+    entries: dict[str, az.ELPDData] = {}
+    estimate: dict[str, str] = {}
+    messages: dict[str, list[str]] = {}
+    lppd: dict[str, np.ndarray] = {}
+    for name, arr in arrays.items():
+        n_samples = arr.shape[0] * arr.shape[1]
+        lppd[name] = _lppd_pointwise(arr)
+        if ic == "lppd" or n_samples == 1:
+            entries[name] = _elpd_table_entry(lppd[name], label, n_samples, math.nan if ic == "lppd" else 0.0)
+            estimate[name] = "test_lppd"
+        else:
+            entries[name], messages[name] = _arviz_ic(arr, label, reff)
+            estimate[name] = label
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df = az.compare(entries, ic=label, method=method, scale="log", seed=seed)
+    if caught:
+        messages["compare"] = list(dict.fromkeys(str(w.message).strip() for w in caught))
+    df = df.rename(columns={f"elpd_{label}": "elpd", f"p_{label}": "p", "elpd_diff": "d_elpd"})
+    df.index.name = "predictor"
+    df["estimate"] = [estimate[name] for name in df.index]
+    df["n_samples"] = [int(np.prod(arrays[name].shape[:2])) for name in df.index]
+    df["test_lppd"] = [float(lppd[name].sum()) for name in df.index]
+    df["test_lppd_se"] = [_se(lppd[name]) for name in df.index]
+    df.attrs.update(ic=ic, warnings=messages)
+    return df
+
+
+# ----------------------------------------------------------------------------------------------
+# plots
+
+
+@contextlib.contextmanager
+def _quiet_plotting() -> Iterator[None]:
+    """:func:`_quiet_arviz`, arviz 0.23's own deprecation notice under matplotlib ≥ 3.11, and its note
+    on densities of constant data (a sparse weight that stays 0 throughout one chain is expected)."""
+    from matplotlib import MatplotlibDeprecationWarning
+
+    with _quiet_arviz(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping",
+                                category=MatplotlibDeprecationWarning)
+        warnings.filterwarnings("ignore", message="Your data appears to have a single value", category=UserWarning)
+        yield
+
+
+def _save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(buf.getvalue(), path)
+
+
+def plot_trace(
+    idata: az.InferenceData,
+    path: str | Path,
+    var_names: Sequence[str] = DEFAULT_TRACE_VARS,
+    *,
+    dpi: int = 100,
+    **kwargs: Any,
+) -> Path:
+    """``az.plot_trace`` (one row per variable, every layer / chain overlaid) written atomically as PNG.
+
+    Needs ≥ 2 draws per chain (a trace and a density of one value are meaningless; ``ValueError``).
+    Uses pyplot (arviz does); the figure is closed afterwards.  Extra ``kwargs`` go to arviz.
+    """
+    n_draw = int(idata.posterior.sizes["draw"])
+    if n_draw < 2:
+        raise ValueError(f"plot_trace needs at least 2 draws per chain, got {n_draw}")
+    with _quiet_plotting():
+        axes = az.plot_trace(idata, var_names=list(var_names), show=False, **kwargs)
+        return _save_figure(np.ravel(axes)[0].figure, path, dpi)
+
+
+def plot_forest(
+    idata: az.InferenceData,
+    path: str | Path,
+    var_names: Sequence[str] = DEFAULT_FOREST_VARS,
+    *,
+    combined: bool = False,
+    r_hat: bool | None = None,
+    ess: bool = False,
+    dpi: int = 100,
+    **kwargs: Any,
+) -> Path:
+    """``az.plot_forest`` written atomically as PNG: 94% HDI per chain (per seed) unless ``combined``.
+
+    Variables share one x axis, so plot quantities of similar scale together (the default is
+    ``layer_norm``; call again for ``density`` or ``weight``).  arviz draws the R-hat column only
+    for ``combined=True``, so ``r_hat`` defaults to "combined, ≥ 2 chains and ≥ 4 draws".  Uses
+    pyplot (arviz does); the figure is closed afterwards.  Extra ``kwargs`` go to arviz.
+    """
+    post = idata.posterior
+    if r_hat is None:
+        r_hat = combined and post.sizes["chain"] >= 2 and post.sizes["draw"] >= 4
+    with _quiet_plotting():
+        axes = az.plot_forest(idata, var_names=list(var_names), combined=combined, r_hat=r_hat, ess=ess,
+                              show=False, **kwargs)
+        return _save_figure(np.ravel(axes)[0].figure, path, dpi)

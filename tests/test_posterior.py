@@ -1,0 +1,121 @@
+"""Posterior predictors (inference.posterior) and the posterior report CLI on tiny real runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cigl_bayes.averaging import Snapshot
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.train import Trainer, run
+from inference.posterior import final_predictor, mc_z_samples, sample_predictor, wma_predictor
+
+
+@pytest.fixture(scope="module")
+def tiny_cfg(cifar_data_dir, cache_dir) -> TrainConfig:
+    import os
+
+    os.environ["CIGL_CACHE_DIR"] = str(cache_dir)
+    return TrainConfig(method="cigl", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.8, epochs=3,
+                       subset=400, test_subset=200, batch_size=50, wma_start_epoch=0, delta_t=4, device="cpu",
+                       log_every=4)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_cfg, tmp_path_factory) -> Trainer:
+    trainer = Trainer(tiny_cfg, tmp_path_factory.mktemp("tiny"), progress=False)
+    trainer.fit()
+    return trainer
+
+
+def test_wma_of_identical_samples_is_that_sample(trained):
+    net, data = trained.net, trained.data
+    snap = next(iter(trained.samples))
+    one = sample_predictor("one", net, [snap], data.test, data.train_eval)
+    wma = wma_predictor(net, [snap, snap, snap], data.test, data.train_eval)
+    torch.testing.assert_close(wma.log_probs, one.log_probs, rtol=1e-6, atol=1e-6)
+    assert wma.forward_passes == 1 and wma.parameters_stored == one.parameters_stored
+
+
+def test_predictive_with_one_sample_equals_final(trained):
+    """The final weights as the only sample, with the training BN statistics kept (no recompute)."""
+    net, data = trained.net, trained.data
+    final = final_predictor(net, data.test)
+    with torch.no_grad():
+        snap = Snapshot(net.effective_flat(), net.other_flat())
+    predictive = sample_predictor("predictive", net, [snap], data.test, bn_loader=None)
+    torch.testing.assert_close(predictive.log_probs, final.log_probs)
+    assert final.parameters_stored == int((snap.sparse != 0).sum()) + snap.other.numel()
+
+
+def test_predictive_averages_probabilities_and_counts_cost(trained):
+    net, data = trained.net, trained.data
+    samples = list(trained.samples)
+    assert len(samples) == 3
+    result = sample_predictor("predictive", net, samples, data.test, data.train_eval)
+    manual = torch.stack([d.exp() for d in result.draws]).mean(0).log()
+    torch.testing.assert_close(result.log_probs, manual)
+    assert result.forward_passes == 3 and len(result.draws) == 3
+    labels = torch.cat([y for _, y in data.test.epoch(0)])
+    ll = result.per_draw_log_likelihood(labels)
+    assert ll.shape == (3, len(labels))
+    torch.testing.assert_close(ll[1], result.draws[1][torch.arange(len(labels)), labels])
+
+
+def test_mc_z_draws_are_masked_final_weights(trained):
+    net = trained.net
+    draws = mc_z_samples(net, 0.9, 4, seed=1)
+    w = net.effective_flat().detach()
+    for d in draws:
+        kept = d.sparse != 0
+        assert torch.equal(d.sparse[kept], w[kept]) and kept.sum() < (w != 0).sum()
+        assert 0.85 < kept.sum() / (w != 0).sum() < 0.95
+    assert not torch.equal(draws[0].sparse, draws[1].sparse)
+    assert torch.equal(mc_z_samples(net, 0.9, 1, seed=1)[0].sparse, draws[0].sparse)  # seeded
+
+
+def test_posterior_report_on_two_seeds(tiny_cfg, tmp_path):
+    from experiments import posterior_report
+
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"run-seed{seed}"
+        run(dataclasses.replace(tiny_cfg, seed=seed), out, progress=False)
+        runs.append(out)
+    assert posterior_report.main([*map(str, runs), "--swag-samples", "3", "--mc-samples", "3", "--swag-rank", "2",
+                                  "--device", "cpu", "--no-progress"]) == 0
+    folder = runs[0] / "posterior"
+    for name in ("report.md", "predictors.json", "predictors.csv", "zw.csv", "reliability.png", "zw.png",
+                 "posterior.nc", "trace.png", "forest.png"):
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
+    result = json.loads((folder / "predictors.json").read_text())
+    names = {(r["run"], r["predictor"]) for r in result["predictors"]}
+    assert names == {(r.name, p) for r in runs for p in ("final", "mc-z", "wma", "predictive", "swag")}
+    # the report's wma/final numbers are the run's own evaluation of the same weights
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    report = {r["predictor"]: r for r in result["predictors"] if r["run"] == runs[0].name}
+    assert report["final"]["accuracy"] == pytest.approx(metrics["test"]["final"]["accuracy"])
+    assert report["wma"]["accuracy"] == pytest.approx(metrics["test"]["wma"]["accuracy"])
+    assert report["predictive"]["forward_passes"] == 3 and report["swag"]["forward_passes"] == 3
+
+    import arviz as az
+
+    idata = az.from_netcdf(folder / "posterior.nc")
+    assert idata.posterior.sizes["chain"] == 2 and idata.posterior.sizes["draw"] == 3
+    assert "log_likelihood" in idata.groups() and "sample_stats" in idata.groups()
+    text = (folder / "report.md").read_text()
+    assert "R-hat" in text and "Z–W" in text
+
+
+def test_posterior_report_refuses_missing_and_unfinished_runs(tiny_cfg, tmp_path):
+    from experiments import posterior_report
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        posterior_report.main([str(tmp_path / "nope"), "--device", "cpu"])
+    out = tmp_path / "half"
+    run(tiny_cfg, out, progress=False, stop_after_epochs=1)
+    with pytest.raises(ValueError, match="not finished"):
+        posterior_report.main([str(out), "--device", "cpu"])
