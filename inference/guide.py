@@ -6,7 +6,8 @@
     θ     ~ Delta(θ̂)                                     MAP for the dense parameters
 M is a point estimate kept as guide state (the sparse engine's ``DeterministicMask``) and
 updated every ΔT steps by the same RigL rule as the plain engine, from |V| and the dense
-gradient ∂(−ELBO/N)/∂W of the sampled W.  σ = 0 is the Delta limit: U = V, W = M⊙Z⊙V.
+gradient ∂(−ELBO/N)/∂W of the sampled W.  σ = 0 is the Delta limit: U = V, W = M⊙Z⊙V (the U
+site is then left out of the trace: a Delta at V contributes log-density 0).
 
 Z is drawn by the engine's seeded :class:`~cigl_bayes.random_mask.RandomKeepMask` and enters
 the guide as a Delta carrying Bernoulli(keep)'s log-density, so log p(Z) − log q(Z) = 0
@@ -14,6 +15,8 @@ exactly and both engines see the same stream of random masks.
 """
 
 from __future__ import annotations
+
+import math
 
 import pyro
 import pyro.distributions as dist
@@ -33,6 +36,13 @@ class HierarchicalGuide:
         self.keep = keep
         self.last_w: torch.Tensor | None = None
 
+    def bernoulli_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log Bernoulli(Z; keep) = n₁ log keep + n₀ log(1 − keep), n₁ = #{Z_i ≠ 0} (no grad)."""
+        ones = (z != 0).sum().double()
+        if self.keep >= 1.0:
+            return torch.where(ones == z.numel(), 0.0, float("-inf")).to(z.dtype)
+        return (ones * math.log(self.keep) + (z.numel() - ones) * math.log1p(-self.keep)).to(z.dtype)
+
     def _site(self, loc: torch.Tensor) -> dist.Distribution:
         if self.sigma == 0:
             return dist.Delta(loc, event_dim=1)
@@ -41,11 +51,11 @@ class HierarchicalGuide:
     def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         net = self.net
         v = net.sparse_flat()
-        u = pyro.sample("U", self._site(v), infer={"is_auxiliary": True})
+        # σ = 0: U = V exactly (a Delta with log-density 0), so the site is skipped to save work
+        u = v if self.sigma == 0 else pyro.sample("U", self._site(v), infer={"is_auxiliary": True})
         mz = net.mask.float
         if z is not None:
-            bernoulli = dist.Bernoulli(z.new_full((), self.keep)).log_prob((z > 0).to(z.dtype)).sum()
-            z = pyro.sample("Z", dist.Delta(z, log_density=bernoulli, event_dim=1))
+            z = pyro.sample("Z", dist.Delta(z, log_density=self.bernoulli_log_prob(z), event_dim=1))
             mz = mz * z
         w = pyro.sample("W", self._site(u * mz))
         if net.other_params:
