@@ -5,8 +5,8 @@
 
 All variants live in one process and are timed interleaved (warm-up first, then the median
 over rounds of a few steps each), so their ratios share the machine's state. Also timed: one
-mask update (amortised over ΔT steps) and one WMA collection (amortised over an epoch of
-45,000 / batch steps). Prints a table and writes JSON (ratios, absolute times, device).
+mask update (amortised over ΔT steps), one WMA collection and one SWAG moment update
+(amortised over an epoch of 45,000 / batch steps). Prints a table and writes JSON (ratios, absolute times, device).
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
+from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import resolve_device
 from cigl_bayes.runs import atomic_write_json
+from inference.swag import SparseSWAG
 
 from .common import VARIANTS, environment, make_trainer, median, synthetic_data, timed
 
@@ -55,6 +57,9 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
     grad = w.grad.detach()
     mask_update = median([timed(lambda: cigl.update_mask(grad), device) for _ in range(max(3, rounds))])
     collect = median([timed(cigl.collect, device) for _ in range(max(3, rounds))])
+    swag = SparseSWAG(cigl.net.mask.flat, max_rank=20)
+    snap = Snapshot(cigl.net.effective_flat(cigl.z_source.sample()).detach(), cigl.net.other_flat().detach())
+    swag_update = median([timed(lambda: swag.update(snap), device) for _ in range(max(3, rounds))])
     steps_per_epoch = math.ceil(45_000 / batch_size)
     return {
         "model": model, "batch_size": batch_size, "rounds": rounds, "steps_per_round": steps,
@@ -62,11 +67,13 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
         "seconds_per_step": step,
         "seconds_mask_update": mask_update,
         "seconds_collect": collect,
+        "seconds_swag_update": swag_update,
         "cigl_over_dense": step["cigl"] / step["dense"],
         "rigl_over_dense": step["rigl"] / step["dense"],
         "svi_over_cigl": step["cigl-svi"] / step["cigl"],
         "mask_update_fraction": mask_update / (delta_t * step["cigl"]),
         "collect_fraction": collect / (steps_per_epoch * step["cigl"]),
+        "swag_fraction": swag_update / (steps_per_epoch * step["cigl"]),
         **environment(device),
     }
 
@@ -75,8 +82,10 @@ def print_table(r: dict) -> None:
     print(f"\nstep time · {r['model']} · batch {r['batch_size']} · {r.get('gpu', r['device'])} · torch {r['torch']}")
     for label, s in r["seconds_per_step"].items():
         print(f"  {label:<10} {s * 1e3:9.2f} ms/step")
-    print(f"  mask update {r['seconds_mask_update'] * 1e3:8.2f} ms   collect {r['seconds_collect'] * 1e3:8.2f} ms")
-    for k in ("cigl_over_dense", "rigl_over_dense", "svi_over_cigl", "mask_update_fraction", "collect_fraction"):
+    print(f"  mask update {r['seconds_mask_update'] * 1e3:8.2f} ms   collect {r['seconds_collect'] * 1e3:8.2f} ms"
+          f"   SWAG update {r['seconds_swag_update'] * 1e3:8.2f} ms")
+    for k in ("cigl_over_dense", "rigl_over_dense", "svi_over_cigl", "mask_update_fraction", "collect_fraction",
+              "swag_fraction"):
         print(f"  {k:<22} {r[k]:.4f}")
 
 
