@@ -104,6 +104,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"  # "float64" for numerical checks (e.g. the SVI ↔ plain trajectory test)
+    amp: str = "auto"  # bf16 autocast of the forward pass: "auto" (on for CUDA), "bf16", "off"
+    channels_last: str = "auto"  # channels-last memory format: "auto" (on for CUDA), "on", "off"
+    compile: bool = False  # torch.compile the network's functional forward
     augment: bool = True
     log_every: int = 50
 
@@ -125,6 +128,14 @@ class TrainConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    def speed_options(self, device: torch.device) -> dict:
+        """Keyword arguments of :meth:`SparseNetwork.configure` for ``device`` ("auto" = on for CUDA)."""
+        cuda = device.type == "cuda"
+        amp = self.amp == "bf16" or (self.amp == "auto" and cuda and self.dtype == "float32")
+        return {"autocast_dtype": torch.bfloat16 if amp else None,
+                "channels_last": self.channels_last == "on" or (self.channels_last == "auto" and cuda),
+                "compile": self.compile}
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / self.batch_size)
@@ -188,6 +199,10 @@ class TrainConfig:
             raise ValueError(f"noise precision τ must be > 0, got {self.noise_precision}")
         if self.likelihood == "gaussian" and (self.mixup or self.label_smoothing):
             raise ValueError("mixup and label smoothing apply to classification, not the Gaussian likelihood")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise ValueError(f"channels_last must be auto, on or off, got {self.channels_last!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
         if self.engine == "svi" and self.method_config.activation_dropout:
@@ -207,4 +222,4 @@ class TrainConfig:
 
 
 # Fields that may differ between an interrupted run and its resumption.
-RESUME_FREE_FIELDS = ("data_dir", "device", "download", "log_every")
+RESUME_FREE_FIELDS = ("data_dir", "device", "download", "log_every", "amp", "channels_last", "compile")

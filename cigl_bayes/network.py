@@ -32,6 +32,22 @@ class SparseNetwork:
         if [p.shape for p in self.sparse_params] != mask.shapes:
             raise ValueError("mask shapes do not match the sparse parameters")
         self.mask = mask
+        self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 on CUDA (see ``configure``)
+        self._call = self._functional_call
+
+    def configure(self, *, autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
+                  compile: bool = False) -> SparseNetwork:
+        """Speed options: mixed precision for the forward pass (outputs are returned in float32),
+        channels-last memory format, and ``torch.compile`` of the functional forward (both engines
+        call the same compiled function; the Pyro sites stay outside it)."""
+        self.autocast_dtype = autocast_dtype
+        if channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self._call = torch.compile(self._functional_call) if compile else self._functional_call
+        return self
+
+    def _functional_call(self, weights: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, weights, (x,), strict=False)
 
     # -- flat views ------------------------------------------------------------
     def sparse_flat(self) -> torch.Tensor:
@@ -60,7 +76,11 @@ class SparseNetwork:
         if other_flat is not None:
             parts = other_flat.split([p.numel() for p in self.other_params])
             weights.update({n: v.view_as(p) for n, v, p in zip(self.other_names, parts, self.other_params)})
-        return functional_call(self.module, weights, (x,), strict=False)
+        if self.autocast_dtype is None:
+            return self._call(weights, x)
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+            out = self._call(weights, x)
+        return out.float()
 
     # -- in-place updates ------------------------------------------------------
     @torch.no_grad()

@@ -62,7 +62,8 @@ def build_data(cfg: TrainConfig, device: torch.device) -> Data:
     if cfg.batch_size > len(train):
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
     mean, std = data_lib.NORMALIZATION[cfg.dataset]
-    common = {"device": device, "mean": mean, "std": std, "dtype": cfg.torch_dtype}
+    common = {"device": device, "mean": mean, "std": std, "dtype": cfg.torch_dtype,
+              "channels_last": cfg.speed_options(device)["channels_last"]}
     eval_bs = max(cfg.batch_size, 500)
     return Data(
         train=data_lib.DeviceLoader(train, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
@@ -88,7 +89,7 @@ def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> S
         mask = DeterministicMask.random(shapes, nnz, gen, device=device, dtype=dtype)
     else:
         mask = DeterministicMask.dense(shapes, device=device, dtype=dtype)
-    net = SparseNetwork(module, names, mask)
+    net = SparseNetwork(module, names, mask).configure(**cfg.speed_options(device))
     net.apply_mask_()
     return net
 

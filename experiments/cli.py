@@ -50,6 +50,11 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"],
                    help="parameter and input precision (float64 for numerical checks)")
+    p.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"],
+                   help="bf16 autocast of the forward pass (auto: on for CUDA)")
+    p.add_argument("--channels-last", default=d.channels_last, choices=["auto", "on", "off"],
+                   help="channels-last memory format (auto: on for CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network forward")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--out", default=None, help="run folder (re-running resumes)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
