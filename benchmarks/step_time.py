@@ -4,7 +4,8 @@
     python -m benchmarks.step_time --quick          # small-cnn, < 60 s on a CPU
 
 All variants live in one process and are timed interleaved (warm-up first, then the median
-over rounds of a few steps each), so their ratios share the machine's state. Also timed: one
+over rounds of a few steps each), so their ratios share the machine's state; each ratio is the
+median over rounds of the per-round ratio. Also timed: one
 mask update (amortised over ΔT steps), one WMA collection and one SWAG moment update
 (amortised over an epoch of 45,000 / batch steps). Prints a table and writes JSON (ratios, absolute times, device).
 """
@@ -49,6 +50,10 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
             per_step[label].append(timed(lambda tr=trainer: run_steps(tr, steps), device) / steps)
     step = {label: median(v) for label, v in per_step.items()}
 
+    def paired(a: str, b: str) -> float:
+        """Median over rounds of the per-round ratio a/b (both timed back to back in that round)."""
+        return median([x / y for x, y in zip(per_step[a], per_step[b])])
+
     cigl = trainers["cigl"]
     x, y = batches[0]
     loss, w = cigl.objective(x, y, cigl.z_source.sample())
@@ -68,9 +73,9 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
         "seconds_mask_update": mask_update,
         "seconds_collect": collect,
         "seconds_swag_update": swag_update,
-        "cigl_over_dense": step["cigl"] / step["dense"],
-        "rigl_over_dense": step["rigl"] / step["dense"],
-        "svi_over_cigl": step["cigl-svi"] / step["cigl"],
+        "cigl_over_dense": paired("cigl", "dense"),
+        "rigl_over_dense": paired("rigl", "dense"),
+        "svi_over_cigl": paired("cigl-svi", "cigl"),
         "mask_update_fraction": mask_update / (delta_t * step["cigl"]),
         "collect_fraction": collect / (steps_per_epoch * step["cigl"]),
         "swag_fraction": swag_update / (steps_per_epoch * step["cigl"]),
