@@ -56,15 +56,26 @@ def test_svi_cifar_one_epoch_writes_a_run_folder(cifar_data_dir, cache_dir, tmp_
         (["--dataset", "mnist"], "mnist"),
         (["--batch-size", "5000"], "larger than the training set"),
         (["--distribution", "normal"], "distribution"),
+        (["--random-mask-rate", "1.0"], "random-mask rate"),
+        (["--epochs", "0"], "epochs"),
+        (["--lr", "-0.1"], "learning rate"),
+        (["--subset", "0"], "subset"),
+        (["--val-fraction", "1.0"], "validation fraction"),
+        (["--sigma", "-1"], "sigma"),
+        (["--mixup", "-1"], "mixup"),
+        (["--update-end", "1.5"], "update"),
     ],
 )
 def test_bad_input_gives_one_line_error_and_exit_2(args, message, cifar_data_dir, cache_dir, tmp_path):
     out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("earlier results")  # whatever is already there must survive
     proc = run_module("experiments.svi_cifar", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(out), *args,
                       env_extra={"CIGL_CACHE_DIR": str(cache_dir)})
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-1500:])
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "earlier results"
 
 
 def test_missing_data_directory_says_where_it_looked(tmp_path):
@@ -81,3 +92,19 @@ def test_out_pointing_at_a_file_is_refused_and_kept(cifar_data_dir, tmp_path):
     proc = run_module("experiments.train", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(target))
     assert proc.returncode == 2 and "is a file" in proc.stderr
     assert target.read_text() == "precious"
+
+
+def test_resume_with_other_options_and_corrupt_checkpoint_via_cli(cifar_data_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    env = {"CIGL_CACHE_DIR": str(cache_dir)}
+    first = run_module("experiments.train", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(out), env_extra=env)
+    assert first.returncode == 0, first.stderr[-1500:]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = run_module("experiments.train", *QUICK, "--sparsity", "0.5", "--data-dir", str(cifar_data_dir), "--out",
+                       str(out), env_extra=env)
+    assert other.returncode == 2 and "different config" in other.stderr and "sparsity" in other.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    bad = run_module("experiments.train", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(out), env_extra=env)
+    assert bad.returncode == 2 and "corrupt or truncated" in bad.stderr
+    assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint"
