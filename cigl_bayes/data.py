@@ -38,6 +38,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .distributed import DistInfo, shard_positions
+
 __all__ = [
     "CIFAR10_CLASSES",
     "DATASETS",
@@ -623,6 +625,7 @@ class DeviceLoader:
         seed: int = 0,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -636,6 +639,9 @@ class DeviceLoader:
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
         self.dtype = dtype
+        if not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        self.shard = shard  # (rank, world): serve only this rank's part of every global batch
         self.images = torch.from_numpy(ds.images).to(self.device).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(ds.labels).to(self.device)
         mean_t = torch.as_tensor(mean, dtype=dtype, device=self.device).view(1, -1, 1, 1)
@@ -682,8 +688,11 @@ class DeviceLoader:
 
     def _iterate(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
         order, offsets, flips = self._plan(epoch)
+        rank, world = self.shard
         for b in range(start_batch, len(self)):
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples))
+            if world > 1:
+                sl = shard_positions(sl.start, sl.stop, DistInfo(rank, world))
             yield self._batch(order[sl], None if offsets is None else offsets[sl], None if flips is None else flips[sl])
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

@@ -29,6 +29,7 @@ from . import data as data_lib
 from .averaging import Snapshot, SnapshotStore, WeightMaskAverage
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .device import resolve_device
+from .distributed import DistInfo, all_reduce_mean_, barrier, dist_info
 from .masks import DeterministicMask, MaskSchedule
 from .network import SparseNetwork
 from .objectives import PlainObjective, batch_targets
@@ -50,8 +51,9 @@ class Data:
     num_classes: int
 
 
-def build_data(cfg: TrainConfig, device: torch.device) -> Data:
-    """Load, split (validation), subset, and put every split on ``device``."""
+def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = None) -> Data:
+    """Load, split (validation), subset, and put every split on ``device``; under
+    ``torch.distributed`` each rank's training loader serves its shard of every global batch."""
     train_full, test = data_lib.load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
     train, val = data_lib.split_validation(train_full, cfg.val_fraction, seed=cfg.seed)
     if cfg.subset is not None:
@@ -59,6 +61,7 @@ def build_data(cfg: TrainConfig, device: torch.device) -> Data:
         val = data_lib.take_subset(val, min(len(val), max(1, round(cfg.subset * cfg.val_fraction))), seed=cfg.seed)
     if cfg.test_subset is not None:
         test = data_lib.take_subset(test, min(cfg.test_subset, len(test)), seed=cfg.seed)
+    info = info or DistInfo()
     if cfg.batch_size > len(train):
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
     mean, std = data_lib.NORMALIZATION[cfg.dataset]
@@ -67,7 +70,7 @@ def build_data(cfg: TrainConfig, device: torch.device) -> Data:
     eval_bs = max(cfg.batch_size, 500)
     return Data(
         train=data_lib.DeviceLoader(train, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
-                                    seed=cfg.seed, **common),
+                                    seed=cfg.seed, shard=(info.rank, info.world), **common),
         train_eval=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=False, **common),
         val=data_lib.DeviceLoader(val, batch_size=eval_bs, shuffle=False, **common) if len(val) else None,
         test=data_lib.DeviceLoader(test, batch_size=eval_bs, shuffle=False, **common),
@@ -114,13 +117,16 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, progress: bool = True, data: Data | None = None):
         config.validate()
+        self.dist = dist_info()
         self.out = check_out_dir(out_dir)
         self.device = resolve_device(config.device)
-        self.data = data if data is not None else build_data(config, self.device)
+        self.data = data if data is not None else build_data(config, self.device, self.dist)
         self.cfg = cfg = config.resolved(n_train=self.data.train.num_samples)
         self.method = cfg.method_config
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.net = build_network(cfg, self.data.num_classes, self.device)
+        if self.dist.active and self.device.type == "cuda":
+            self.net.module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net.module)
         self.objective = make_objective(cfg, self.net, self.data.train.num_samples, self.data.num_classes)
         self.optimizer = torch.optim.SGD(self.net.module.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=0.0)
@@ -183,7 +189,9 @@ class Trainer:
         random.setstate(rng["python"])
 
     def save_checkpoint(self) -> None:
-        save_checkpoint(self.state_dict(), self.out / "checkpoint.pt")
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(), self.out / "checkpoint.pt")
+        barrier(self.dist)
 
     def maybe_resume(self) -> bool:
         path = self.out / "checkpoint.pt"
@@ -204,6 +212,9 @@ class Trainer:
             w.retain_grad()  # the dense gradient ∂loss/∂W for RigL regrowth
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dist.active:  # the gradient of the global-batch mean on every rank
+            grads = [p.grad for p in self.net.module.parameters() if p.grad is not None]
+            all_reduce_mean_(grads + ([w.grad] if update and w.grad is not None else []), x.shape[0], self.dist)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
@@ -246,14 +257,15 @@ class Trainer:
         with torch.no_grad():
             snap = Snapshot(self.net.effective_flat(self.z_source.sample(self.cfg.torch_dtype)), self.net.other_flat())
         self.wma.update(snap)
-        if self.cfg.save_samples or self.method.snapshots:
+        if (self.cfg.save_samples or self.method.snapshots) and self.dist.is_main:
             self.samples.save(self.wma.count - 1, snap, epoch=self.epoch)
 
     # -- the run -----------------------------------------------------------------
     def fit(self, stop_after_epochs: int | None = None) -> None:
         """Train until ``cfg.epochs`` (or ``stop_after_epochs`` more epochs), checkpointing each."""
         cfg = self.cfg
-        atomic_write_json(cfg.to_dict(), self.out / "config.json")
+        if self.dist.is_main:
+            atomic_write_json(cfg.to_dict(), self.out / "config.json")
         last = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, self.epoch + stop_after_epochs)
         interrupted = []
         previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True)) \
@@ -305,6 +317,6 @@ def run(config: TrainConfig, out_dir: str | Path, *, progress: bool = True,
     if trainer.finished_training and metrics_path.exists():
         return json.loads(metrics_path.read_text())
     trainer.fit(stop_after_epochs)
-    if not trainer.finished_training:
-        return None
+    if not trainer.finished_training or not trainer.dist.is_main:
+        return None  # under torch.distributed rank 0 alone evaluates and writes the results
     return evaluate_and_write(trainer, train_seconds=sum(h["seconds"] for h in trainer.history))

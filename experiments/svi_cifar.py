@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.distributed import init_from_env
 from cigl_bayes.train import run
 
 from .cli import add_train_arguments, config_from_args, print_results, run_cli
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--keep must be in (0, 1], got {args.keep}")
         args.random_mask_rate = 1.0 - args.keep
     out = args.out or f"runs/svi_cifar-{args.model}-s{args.sparsity}-seed{args.seed}"
+    args.device = init_from_env(args.device)[1]  # joins torchrun's process group if there is one
     result = run(config_from_args(args, engine="svi"), out, progress=args.progress)
     if result is not None:
         print_results(result)

@@ -118,7 +118,7 @@ def pivot_table(summary: list[dict], key: str, methods: list[str], mark_vs_rigl:
             rigl = index.get(("rigl", s))
             if mark_vs_rigl and e is not None and rigl is not None and m != "rigl" and e["sparsity"] > 0:
                 cut = 1 - e[f"{key}_mean"] / rigl[f"{key}_mean"] if rigl[f"{key}_mean"] > 0 else 0.0
-                text += f" **(−{cut:.0%})**" if cut >= 0.15 else f" ({-cut:+.0%})"
+                text += f" **({-cut:+.0%})**" if cut >= 0.15 else f" ({-cut:+.0%})"
             cells.append(text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

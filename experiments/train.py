@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from cigl_bayes.distributed import init_from_env
 from cigl_bayes.train import run
 
 from .cli import add_train_arguments, config_from_args, print_results, run_cli
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.out is None:
         p.error("--out is required")
+    args.device = init_from_env(args.device)[1]  # joins torchrun's process group if there is one
     result = run(config_from_args(args), args.out, progress=args.progress)
     if result is not None:
         print_results(result)
