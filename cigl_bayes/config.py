@@ -54,6 +54,12 @@ METHODS: dict[str, MethodConfig] = {
 MODEL_DEFAULTS: dict[str, dict] = {
     "wrn-22-2": {"weight_decay": 5e-4, "lr_decay_every": 30_000, "warmup_steps": 0},
     "resnet50": {"weight_decay": 1e-4, "lr_decay_every": 20_000, "warmup_steps": 1_760},
+    "resnet50-imagenet": {"weight_decay": 1e-4, "lr_decay_every": 20_000, "warmup_steps": 1_760},
+}
+# Defaults that change with the data set when not given explicitly (paper §5, ImageNet: ResNet-50,
+# 100 epochs, batch 64).
+DATASET_DEFAULTS: dict[str, dict] = {
+    "imagenet": {"model": "resnet50-imagenet", "epochs": 100, "batch_size": 64},
 }
 GENERIC_DEFAULTS = {"weight_decay": 5e-4, "lr_decay_every": 30_000, "warmup_steps": 0}
 PAPER_EPOCHS = 250

@@ -54,6 +54,8 @@ class Data:
 def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = None) -> Data:
     """Load, split (validation), subset, and put every split on ``device``; under
     ``torch.distributed`` each rank's training loader serves its shard of every global batch."""
+    if cfg.dataset == "imagenet":
+        return build_imagenet_data(cfg, device, info or DistInfo())
     train_full, test = data_lib.load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
     train, val = data_lib.split_validation(train_full, cfg.val_fraction, seed=cfg.seed)
     if cfg.subset is not None:
@@ -75,6 +77,35 @@ def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = N
         val=data_lib.DeviceLoader(val, batch_size=eval_bs, shuffle=False, **common) if len(val) else None,
         test=data_lib.DeviceLoader(test, batch_size=eval_bs, shuffle=False, **common),
         num_classes=len(train.classes),
+    )
+
+
+def build_imagenet_data(cfg: TrainConfig, device: torch.device, info: DistInfo) -> Data:
+    """ImageFolder train/ (minus a seeded per-class validation split) and val/ (the test split)."""
+    from . import imagenet
+
+    root = imagenet.find_imagenet(cfg.data_dir)
+    full = imagenet.index_folder(root / "train")
+    test = imagenet.take(imagenet.index_folder(root / "val", full.classes), cfg.test_subset, cfg.seed)
+    train, val = imagenet.split_index(full, cfg.val_fraction, cfg.seed)
+    if cfg.subset is not None:
+        train = imagenet.take(train, cfg.subset, cfg.seed)
+        val = imagenet.take(val, max(1, round(cfg.subset * cfg.val_fraction)), cfg.seed)
+    if cfg.batch_size > len(train):
+        raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
+    common = {"device": device, "seed": cfg.seed, "dtype": cfg.torch_dtype,
+              "channels_last": cfg.speed_options(device)["channels_last"]}
+    eval_bs = max(cfg.batch_size, 250)
+
+    def loader(index, train_mode: bool, **kw):
+        return imagenet.ImageNetLoader(index, train=train_mode, **common, **kw)
+
+    return Data(
+        train=loader(train, True, batch_size=cfg.batch_size, shuffle=True, shard=(info.rank, info.world)),
+        train_eval=loader(train, False, batch_size=eval_bs, shuffle=False),
+        val=loader(val, False, batch_size=eval_bs, shuffle=False) if len(val) else None,
+        test=loader(test, False, batch_size=eval_bs, shuffle=False),
+        num_classes=len(full.classes),
     )
 
 

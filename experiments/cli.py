@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from cigl_bayes.config import METHODS, TrainConfig
+from cigl_bayes.config import DATASET_DEFAULTS, METHODS, TrainConfig
 
 # Errors that mean "bad input": reported in one line, exit status 2, nothing overwritten.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
@@ -16,14 +16,15 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None
     """Options shared by the training CLIs; defaults come from :class:`TrainConfig`."""
     d = defaults or TrainConfig()
     p.add_argument("--method", default=d.method, help=f"one of: {', '.join(METHODS)} (default {d.method})")
-    p.add_argument("--model", default=d.model, help=f"model name from the registry (default {d.model})")
-    p.add_argument("--dataset", default=d.dataset, help="cifar10 or cifar100")
+    p.add_argument("--model", default=None,
+                   help=f"model name from the registry (default {d.model}; imagenet: resnet50-imagenet)")
+    p.add_argument("--dataset", default=d.dataset, help="cifar10, cifar100 or imagenet (ImageFolder train/ val/)")
     p.add_argument("--data-dir", default=d.data_dir, help="data folder (default: $CIGL_DATA_DIR)")
     p.add_argument("--download", action="store_true", help="download the data set through torchvision if missing")
     p.add_argument("--sparsity", type=float, default=d.sparsity, help="global sparsity in [0, 1)")
     p.add_argument("--distribution", default=d.distribution, help="per-layer densities: erk or uniform")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs}; imagenet: 100")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default {d.batch_size}; imagenet: 64")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default: per model (paper)")
     p.add_argument("--lr-decay-every", type=int, default=d.lr_decay_every,
@@ -61,9 +62,16 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
+    """Options → TrainConfig; options left unset (None) take the data set's defaults, then TrainConfig's."""
     fields = TrainConfig.__dataclass_fields__
     values = {k: v for k, v in vars(args).items() if k in fields}
     values.update(overrides)
+    for name, value in DATASET_DEFAULTS.get(values.get("dataset", ""), {}).items():
+        if values.get(name) is None:
+            values[name] = value
+    for name in ("model", "epochs", "batch_size"):
+        if values.get(name) is None:
+            values.pop(name, None)
     return TrainConfig(**values)
 
 

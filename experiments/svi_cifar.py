@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         if not 0.0 < args.keep <= 1.0:
             raise ValueError(f"--keep must be in (0, 1], got {args.keep}")
         args.random_mask_rate = 1.0 - args.keep
-    out = args.out or f"runs/svi_cifar-{args.model}-s{args.sparsity}-seed{args.seed}"
     args.device = init_from_env(args.device)[1]  # joins torchrun's process group if there is one
-    result = run(config_from_args(args, engine="svi"), out, progress=args.progress)
+    cfg = config_from_args(args, engine="svi")
+    out = args.out or f"runs/svi_cifar-{cfg.model}-s{cfg.sparsity}-seed{cfg.seed}"
+    result = run(cfg, out, progress=args.progress)
     if result is not None:
         print_results(result)
         print(f"run folder: {out}")
