@@ -434,3 +434,23 @@ def test_property_perfectly_calibrated_has_small_ece(seed, c):
     y = np.where(correct, 0, rng.integers(1, c, size=n))
     assert ece(p, y) < 0.03
     assert mce(p, y) >= ece(p, y)
+
+
+@settings(max_examples=30, deadline=None)
+@given(levels=st.sets(st.integers(6, 10), min_size=1), reps=st.integers(1, 5), n_bins=st.integers(1, 25),
+       seed=st.integers(0, 2**32 - 1))
+def test_property_exactly_calibrated_predictions_have_zero_ece(levels, reps, n_bins, seed):
+    """Binary predictions at confidence k/10 with exactly k of every 10 correct: ECE = 0 for any binning."""
+    rng = np.random.default_rng(seed)
+    probs, labels = [], []
+    for k in levels:
+        for _ in range(reps):
+            conf = k / 10
+            predicted = rng.integers(0, 2, 10)
+            correct = np.zeros(10, dtype=bool)
+            correct[rng.choice(10, size=k, replace=False)] = True
+            p1 = np.where(predicted == 1, conf, 1 - conf)
+            probs.append(np.stack([1 - p1, p1], 1))
+            labels.append(np.where(correct, predicted, 1 - predicted))
+    p, y = np.concatenate(probs), np.concatenate(labels)  # levels ≥ 6: no 0.5/0.5 ties
+    assert reliability_data(p, y, n_bins=n_bins, from_logits=False).ece < 1e-9
