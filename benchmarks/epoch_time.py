@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, default=None, help="training images (default: 45,000 = CIFAR-10 minus val)")
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10")
     p.add_argument("--device", default="auto")
+    p.add_argument("--host-allocator", default="auto", choices=["auto", "retain", "system"],
+                   help="as the trainers' option; 'system' measures glibc's default behaviour")
     p.add_argument("--quick", action="store_true", help="small-cnn, 2,000 synthetic images, 1 epoch")
     p.add_argument("--out", default="benchmarks/results/epoch_time.json")
     args = p.parse_args(argv)
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.subset, args.epochs, args.synthetic = "small-cnn", 2000, 1, True
     device = resolve_device(args.device)
     base = TrainConfig(model=args.model, batch_size=args.batch_size, device=str(device), sparsity=0.95,
-                       subset=args.subset, epochs=10, save_samples=False)
+                       subset=args.subset, epochs=10, save_samples=False, host_allocator=args.host_allocator)
     if args.synthetic:
         data = synthetic_data(args.subset or 45_000, args.batch_size, device)
     else:
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         times.append(time.perf_counter() - start)
     images = data.train.num_samples
     result = {"model": args.model, "method": args.method, "engine": args.engine, "batch_size": args.batch_size,
+              "host_allocator": args.host_allocator,
               "images_per_epoch": images, "synthetic": args.synthetic, "seconds_per_epoch": min(times),
               "images_per_second": images / min(times), "gpu_busy_fraction": gpu_busy_fraction(trainer, device),
               **environment(device)}

@@ -30,8 +30,9 @@ from .common import VARIANTS, environment, make_trainer, median, synthetic_data,
 
 
 def measure(model: str, batch_size: int, device: torch.device, rounds: int, steps: int, warmup: int,
-            delta_t: int = 100) -> dict:
-    base = TrainConfig(model=model, batch_size=batch_size, device=str(device), sparsity=0.95, delta_t=delta_t)
+            delta_t: int = 100, host_allocator: str = "auto") -> dict:
+    base = TrainConfig(model=model, batch_size=batch_size, device=str(device), sparsity=0.95, delta_t=delta_t,
+                       host_allocator=host_allocator)
     data = synthetic_data(batch_size * 4, batch_size, device)
     trainers = {label: make_trainer(base, method, engine, data) for label, method, engine in VARIANTS}
     batches = list(data.train.epoch(0))
@@ -67,7 +68,8 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
     swag_update = median([timed(lambda: swag.update(snap), device) for _ in range(max(3, rounds))])
     steps_per_epoch = math.ceil(45_000 / batch_size)
     return {
-        "model": model, "batch_size": batch_size, "rounds": rounds, "steps_per_round": steps,
+        "model": model, "batch_size": batch_size, "host_allocator": host_allocator,
+        "rounds": rounds, "steps_per_round": steps,
         "delta_t": delta_t, "steps_per_epoch": steps_per_epoch,
         "seconds_per_step": step,
         "seconds_mask_update": mask_update,
@@ -84,7 +86,8 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
 
 
 def print_table(r: dict) -> None:
-    print(f"\nstep time · {r['model']} · batch {r['batch_size']} · {r.get('gpu', r['device'])} · torch {r['torch']}")
+    print(f"\nstep time · {r['model']} · batch {r['batch_size']} · {r.get('gpu', r['device'])} · torch {r['torch']}"
+          f" · host allocator {r['host_allocator']}")
     for label, s in r["seconds_per_step"].items():
         print(f"  {label:<10} {s * 1e3:9.2f} ms/step")
     print(f"  mask update {r['seconds_mask_update'] * 1e3:8.2f} ms   collect {r['seconds_collect'] * 1e3:8.2f} ms"
@@ -102,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=5, help="steps per timed round")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--host-allocator", default="auto", choices=["auto", "retain", "system"],
+                   help="as the trainers' option; 'system' measures glibc's default behaviour")
     p.add_argument("--quick", action="store_true", help="small-cnn, batch 64, few rounds (< 60 s on CPU)")
     p.add_argument("--out", default="benchmarks/results/step_time.json")
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.batch_size, args.rounds, args.steps, args.warmup = "small-cnn", 64, 5, 3, 2
     device = resolve_device(args.device)
-    result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup)
+    result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup,
+                     host_allocator=args.host_allocator)
     print_table(result)
     atomic_write_json(result, Path(args.out))
     print(f"written: {args.out}")

@@ -56,6 +56,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None
     p.add_argument("--channels-last", default=d.channels_last, choices=["auto", "on", "off"],
                    help="channels-last memory format (auto: on for CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network forward")
+    p.add_argument("--host-allocator", default=d.host_allocator, choices=["auto", "retain", "system"],
+                   help="retain: glibc keeps freed memory instead of unmapping it (auto: on when training on CPU)")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--out", default=None, help="run folder (re-running resumes)")
     p.add_argument("--no-progress", dest="progress", action="store_false")

@@ -16,13 +16,13 @@ exactly and both engines see the same stream of random masks.
 
 from __future__ import annotations
 
-import math
-
 import pyro
 import pyro.distributions as dist
 import torch
 
 from cigl_bayes.network import SparseNetwork
+
+from .distributions import IidBernoulli, PointMass
 
 
 class HierarchicalGuide:
@@ -36,16 +36,9 @@ class HierarchicalGuide:
         self.keep = keep
         self.last_w: torch.Tensor | None = None
 
-    def bernoulli_log_prob(self, z: torch.Tensor) -> torch.Tensor:
-        """log Bernoulli(Z; keep) = n₁ log keep + n₀ log(1 − keep), n₁ = #{Z_i ≠ 0} (no grad)."""
-        ones = (z != 0).sum().double()
-        if self.keep >= 1.0:
-            return torch.where(ones == z.numel(), 0.0, float("-inf")).to(z.dtype)
-        return (ones * math.log(self.keep) + (z.numel() - ones) * math.log1p(-self.keep)).to(z.dtype)
-
     def _site(self, loc: torch.Tensor) -> dist.Distribution:
         if self.sigma == 0:
-            return dist.Delta(loc, event_dim=1)
+            return PointMass(loc, event_dim=1)
         return dist.Normal(loc, self.sigma).to_event(1)
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,10 +48,11 @@ class HierarchicalGuide:
         u = v if self.sigma == 0 else pyro.sample("U", self._site(v), infer={"is_auxiliary": True})
         mz = net.mask.float
         if z is not None:
-            z = pyro.sample("Z", dist.Delta(z, log_density=self.bernoulli_log_prob(z), event_dim=1))
+            log_density = IidBernoulli(self.keep, z.numel(), z).log_prob(z)
+            z = pyro.sample("Z", PointMass(z, log_density=log_density, event_dim=1))
             mz = mz * z
         w = pyro.sample("W", self._site(u * mz))
         if net.other_params:
-            pyro.sample("theta", dist.Delta(net.other_flat(), event_dim=1))
+            pyro.sample("theta", PointMass(net.other_flat(), event_dim=1))
         self.last_w = w
         return w

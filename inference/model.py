@@ -7,7 +7,8 @@
 
 The guide (``inference.guide``) gives θ a Delta (MAP) and W the hierarchical q(W | Z, U, M).
 A handful of sites for the whole network keeps Pyro's per-step overhead to a few
-microseconds of Python, whatever the depth of the network.
+microseconds of Python, whatever the depth of the network; their log-densities are evaluated
+in closed form (``inference.distributions``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 from cigl_bayes.network import SparseNetwork
 
+from .distributions import IidBernoulli, IsotropicNormal
 from .likelihoods import LIKELIHOODS
 
 
@@ -39,9 +40,8 @@ class SparseBayesianModel:
         self.likelihood = LIKELIHOODS[likelihood] if isinstance(likelihood, str) else likelihood
         self.likelihood_kwargs = likelihood_kwargs or {}
 
-    def _prior(self, numel: int, like: torch.Tensor) -> dist.Distribution:
-        zero = like.new_zeros(())
-        return dist.Normal(zero, zero + self.prior_scale).expand([numel]).to_event(1)
+    def _prior(self, numel: int, like: torch.Tensor) -> IsotropicNormal:
+        return IsotropicNormal(self.prior_scale, numel, like)
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         like = self.net.sparse_params[0]
@@ -50,7 +50,7 @@ class SparseBayesianModel:
         if self.net.other_params:
             theta = pyro.sample("theta", self._prior(sum(p.numel() for p in self.net.other_params), like))
         if z is not None:
-            pyro.sample("Z", dist.Bernoulli(like.new_full((), self.keep)).expand([w.numel()]).to_event(1))
+            pyro.sample("Z", IidBernoulli(self.keep, w.numel(), like))
         output = self.net.forward(x, w, theta)
         with pyro.plate("data", self.n_train, subsample=torch.arange(x.shape[0], device=x.device)):
             self.likelihood(output, target, **self.likelihood_kwargs)

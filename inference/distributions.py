@@ -1,0 +1,81 @@
+"""Closed-form distributions for the network-wide flat sample sites (W, θ, Z).
+
+Every site of the model and the guide is one flat vector over all layers (``inference.model``).
+Pyro's generic ``Normal(0, s).expand([n]).to_event(1)``, ``Bernoulli(p).expand([n]).to_event(1)``
+and ``Delta(v).log_prob`` evaluate their log-densities element by element (several kernels and a
+temporary of size n each); these give the same numbers with one reduction.  On small networks
+those element-wise evaluations were the largest part of the SVI engine's per-step overhead
+(see docs/performance.md); tests/test_distributions.py checks them against Pyro's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch.distributions import constraints
+
+
+class IsotropicNormal(TorchDistribution):
+    """N(0, s² I) on ℝⁿ:  log p(w) = −‖w‖² / (2s²) − n·log(s√(2π))  (the prior of paper Eq. 1)."""
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.real, 1)
+    has_rsample = True
+
+    def __init__(self, scale: float, numel: int, like: torch.Tensor):
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
+        self.scale, self.numel = float(scale), int(numel)
+        self.dtype, self.device = like.dtype, like.device
+        super().__init__(torch.Size(), torch.Size([self.numel]), validate_args=False)
+
+    def rsample(self, sample_shape=()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.event_shape
+        return self.scale * torch.randn(shape, dtype=self.dtype, device=self.device)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        norm = self.numel * math.log(self.scale * math.sqrt(2 * math.pi))
+        return -0.5 * (value * value).sum(-1) / self.scale**2 - norm
+
+
+class IidBernoulli(TorchDistribution):
+    """n iid Bernoulli(p) draws:  log p(z) = n₁·log p + n₀·log(1 − p),  n₁ = #{zᵢ ≠ 0}.
+
+    The random mask's law (paper Eq. 3, Z ~ Bernoulli(keep)); p is a constant, so the
+    log-density carries no gradient."""
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.boolean, 1)
+
+    def __init__(self, probs: float, numel: int, like: torch.Tensor):
+        if not 0.0 < probs <= 1.0:
+            raise ValueError(f"keep probability must be in (0, 1], got {probs}")
+        self.probs, self.numel = float(probs), int(numel)
+        self.dtype, self.device = like.dtype, like.device
+        super().__init__(torch.Size(), torch.Size([self.numel]), validate_args=False)
+
+    def sample(self, sample_shape=()) -> torch.Tensor:
+        shape = torch.Size(sample_shape) + self.event_shape
+        return torch.bernoulli(torch.full(shape, self.probs, dtype=self.dtype, device=self.device))
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        ones = (value != 0).sum(-1).to(torch.float64)
+        if self.probs >= 1.0:  # all-ones is the only outcome
+            return torch.where(ones == self.numel, 0.0, float("-inf")).to(value.dtype)
+        return (ones * math.log(self.probs) + (self.numel - ones) * math.log1p(-self.probs)).to(value.dtype)
+
+
+class PointMass(dist.Delta):
+    """Pyro's ``Delta(v)`` that skips the element-wise test ``x == v`` when scored at v itself.
+
+    Inside a guide the site's value is the Delta's own sample, a view of the same memory as v,
+    so log q(v) = ``log_density`` exactly; any other value is scored by ``Delta.log_prob``."""
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        v = self.v
+        if x.shape == v.shape and x.stride() == v.stride() and x.data_ptr() == v.data_ptr():
+            return self.log_density
+        return super().log_prob(x)
