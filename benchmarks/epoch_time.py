@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.device import resolve_device
+from cigl_bayes.device import configure_host_allocator, resolve_device
 from cigl_bayes.runs import atomic_write_json
 
 from .common import environment, make_trainer, synchronize, synthetic_data
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.model, args.subset, args.epochs, args.synthetic = "small-cnn", 2000, 1, True
     device = resolve_device(args.device)
+    configure_host_allocator(args.host_allocator, device)
     base = TrainConfig(model=args.model, batch_size=args.batch_size, device=str(device), sparsity=0.95,
-                       subset=args.subset, epochs=10, save_samples=False, host_allocator=args.host_allocator)
+                       subset=args.subset, epochs=10, save_samples=False)
     if args.synthetic:
         data = synthetic_data(args.subset or 45_000, args.batch_size, device)
     else:

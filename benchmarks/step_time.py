@@ -22,7 +22,7 @@ import torch
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.device import resolve_device
+from cigl_bayes.device import configure_host_allocator, resolve_device
 from cigl_bayes.runs import atomic_write_json
 from inference.swag import SparseSWAG
 
@@ -30,9 +30,8 @@ from .common import VARIANTS, environment, make_trainer, median, synthetic_data,
 
 
 def measure(model: str, batch_size: int, device: torch.device, rounds: int, steps: int, warmup: int,
-            delta_t: int = 100, host_allocator: str = "auto") -> dict:
-    base = TrainConfig(model=model, batch_size=batch_size, device=str(device), sparsity=0.95, delta_t=delta_t,
-                       host_allocator=host_allocator)
+            delta_t: int = 100) -> dict:
+    base = TrainConfig(model=model, batch_size=batch_size, device=str(device), sparsity=0.95, delta_t=delta_t)
     data = synthetic_data(batch_size * 4, batch_size, device)
     trainers = {label: make_trainer(base, method, engine, data) for label, method, engine in VARIANTS}
     batches = list(data.train.epoch(0))
@@ -68,8 +67,7 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
     swag_update = median([timed(lambda: swag.update(snap), device) for _ in range(max(3, rounds))])
     steps_per_epoch = math.ceil(45_000 / batch_size)
     return {
-        "model": model, "batch_size": batch_size, "host_allocator": host_allocator,
-        "rounds": rounds, "steps_per_round": steps,
+        "model": model, "batch_size": batch_size, "rounds": rounds, "steps_per_round": steps,
         "delta_t": delta_t, "steps_per_epoch": steps_per_epoch,
         "seconds_per_step": step,
         "seconds_mask_update": mask_update,
@@ -87,7 +85,7 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
 
 def print_table(r: dict) -> None:
     print(f"\nstep time · {r['model']} · batch {r['batch_size']} · {r.get('gpu', r['device'])} · torch {r['torch']}"
-          f" · host allocator {r['host_allocator']}")
+          f" · host allocator {r.get('host_allocator', 'system')}")
     for label, s in r["seconds_per_step"].items():
         print(f"  {label:<10} {s * 1e3:9.2f} ms/step")
     print(f"  mask update {r['seconds_mask_update'] * 1e3:8.2f} ms   collect {r['seconds_collect'] * 1e3:8.2f} ms"
@@ -113,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.model, args.batch_size, args.rounds, args.steps, args.warmup = "small-cnn", 64, 5, 3, 2
     device = resolve_device(args.device)
-    result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup,
-                     host_allocator=args.host_allocator)
+    configure_host_allocator(args.host_allocator, device)
+    result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup)
+    result["host_allocator"] = args.host_allocator
     print_table(result)
     atomic_write_json(result, Path(args.out))
     print(f"written: {args.out}")

@@ -113,7 +113,6 @@ class TrainConfig:
     amp: str = "auto"  # bf16 autocast of the forward pass: "auto" (on for CUDA), "bf16", "off"
     channels_last: str = "auto"  # channels-last memory format: "auto" (on for CUDA), "on", "off"
     compile: bool = False  # torch.compile the network's functional forward
-    host_allocator: str = "auto"  # "auto"/"retain": keep freed host memory (glibc) when training on CPU; "system"
     augment: bool = True
     log_every: int = 50
 
@@ -210,8 +209,6 @@ class TrainConfig:
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         if self.channels_last not in ("auto", "on", "off"):
             raise ValueError(f"channels_last must be auto, on or off, got {self.channels_last!r}")
-        if self.host_allocator not in ("auto", "retain", "system"):
-            raise ValueError(f"host_allocator must be auto, retain or system, got {self.host_allocator!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}")
         if self.engine == "svi" and self.method_config.activation_dropout:
@@ -231,5 +228,4 @@ class TrainConfig:
 
 
 # Fields that may differ between an interrupted run and its resumption.
-RESUME_FREE_FIELDS = ("data_dir", "device", "download", "log_every", "amp", "channels_last", "compile",
-                      "host_allocator")
+RESUME_FREE_FIELDS = ("data_dir", "device", "download", "log_every", "amp", "channels_last", "compile")

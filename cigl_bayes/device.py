@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 import torch
 
@@ -31,19 +30,26 @@ HOST_ALLOCATOR_MODES = ("auto", "retain", "system")
 def retain_host_memory() -> bool:
     """Make glibc malloc keep freed memory in the process: no ``mmap`` for large blocks and no
     trimming of the heap.  A CPU training step frees and re-allocates activation buffers of
-    several MB each; by default glibc unmaps them and the next step page-faults them in again,
-    which cost 5–25% of a small-cnn step on 2 cores (docs/performance.md).  The process keeps its
-    peak heap instead.  Process-wide and lasting; returns False where malloc is not glibc's."""
+    several MB each; by default glibc unmaps them and the next step page-faults them in again
+    (docs/performance.md measures the cost).  The price: the process keeps its heap, peak and
+    fragmentation included, until it exits.  Process-wide and not undone; forked children
+    (DataLoader workers) inherit it.  Returns False where malloc is not glibc's."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    except (OSError, TypeError):  # no C library to open by that name (Windows)
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    if mallopt is None:  # macOS, musl: nothing to tune
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    no_mmap = mallopt(_M_MMAP_MAX, 0) == 1
+    no_trim = mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    return no_mmap and no_trim
 
 
 def configure_host_allocator(mode: str, device: torch.device) -> bool:
-    """``mode`` "retain" (or "auto" when training on CPU): :func:`retain_host_memory`;
-    "system": leave malloc as it is.  Returns whether the allocator was changed."""
+    """For a whole training process (the CLIs call it; the library's ``Trainer`` does not):
+    "retain", or "auto" when training on CPU, → :func:`retain_host_memory`; "system" leaves
+    malloc as it is.  Returns whether the allocator was changed."""
     if mode not in HOST_ALLOCATOR_MODES:
         raise ValueError(f"host allocator must be one of {', '.join(HOST_ALLOCATOR_MODES)}, got {mode!r}")
     if mode == "retain" or (mode == "auto" and device.type == "cpu"):

@@ -28,7 +28,7 @@ from models import build_model
 from . import data as data_lib
 from .averaging import Snapshot, SnapshotStore, WeightMaskAverage
 from .config import RESUME_FREE_FIELDS, TrainConfig
-from .device import configure_host_allocator, resolve_device
+from .device import resolve_device
 from .distributed import DistInfo, all_reduce_mean_, barrier, dist_info
 from .masks import DeterministicMask, MaskSchedule
 from .network import SparseNetwork
@@ -151,7 +151,6 @@ class Trainer:
         self.dist = dist_info()
         self.out = check_out_dir(out_dir)
         self.device = resolve_device(config.device)
-        configure_host_allocator(config.host_allocator, self.device)
         self.data = data if data is not None else build_data(config, self.device, self.dist)
         self.cfg = cfg = config.resolved(n_train=self.data.train.num_samples)
         self.method = cfg.method_config

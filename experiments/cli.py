@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from cigl_bayes.config import DATASET_DEFAULTS, METHODS, TrainConfig
+from cigl_bayes.device import HOST_ALLOCATOR_MODES, configure_host_allocator, resolve_device
 
 # Errors that mean "bad input": reported in one line, exit status 2, nothing overwritten.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
@@ -56,11 +57,21 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None
     p.add_argument("--channels-last", default=d.channels_last, choices=["auto", "on", "off"],
                    help="channels-last memory format (auto: on for CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network forward")
-    p.add_argument("--host-allocator", default=d.host_allocator, choices=["auto", "retain", "system"],
-                   help="retain: glibc keeps freed memory instead of unmapping it (auto: on when training on CPU)")
+    add_host_allocator_argument(p)
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--out", default=None, help="run folder (re-running resumes)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def add_host_allocator_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host-allocator", default="auto", choices=list(HOST_ALLOCATOR_MODES),
+                   help="retain: glibc keeps freed memory instead of unmapping it, saving page faults "
+                        "every step; auto (default): retain when training on CPU; system: leave malloc alone")
+
+
+def apply_host_allocator(args: argparse.Namespace) -> bool:
+    """The process-wide allocator choice of ``--host-allocator`` for the device ``--device`` names."""
+    return configure_host_allocator(args.host_allocator, resolve_device(args.device))
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:

@@ -19,7 +19,7 @@ from cigl_bayes.config import TrainConfig
 from cigl_bayes.distributed import init_from_env
 from cigl_bayes.train import run
 
-from .cli import add_train_arguments, config_from_args, print_results, run_cli
+from .cli import add_train_arguments, apply_host_allocator, config_from_args, print_results, run_cli
 
 PRESETS: dict[str, dict] = {
     "paper": {},
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--keep must be in (0, 1], got {args.keep}")
         args.random_mask_rate = 1.0 - args.keep
     args.device = init_from_env(args.device)[1]  # joins torchrun's process group if there is one
+    apply_host_allocator(args)
     cfg = config_from_args(args, engine="svi")
     out = args.out or f"runs/svi_cifar-{cfg.model}-s{cfg.sparsity}-seed{cfg.seed}"
     result = run(cfg, out, progress=args.progress)

@@ -33,7 +33,7 @@ from cigl_bayes.config import METHODS, TrainConfig
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
 from cigl_bayes.train import run
 
-from .cli import run_cli
+from .cli import add_host_allocator_argument, apply_host_allocator, run_cli
 
 # Protocol → TrainConfig overrides and default grid.
 PROTOCOLS: dict[str, dict] = {
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, default=None, help="override the protocol's training subset")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
+    add_host_allocator_argument(p)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     proto = PROTOCOLS[args.protocol]
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.validate()  # every cell checked before any training starts
         configs.append((method, sparsity, seed, cfg))
 
+    apply_host_allocator(args)
     root = Path(args.results) / (args.study or args.protocol)
     runs_root = root / "runs"
     rows = []

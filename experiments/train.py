@@ -13,7 +13,7 @@ import argparse
 from cigl_bayes.distributed import init_from_env
 from cigl_bayes.train import run
 
-from .cli import add_train_arguments, config_from_args, print_results, run_cli
+from .cli import add_train_arguments, apply_host_allocator, config_from_args, print_results, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         p.error("--out is required")
     args.device = init_from_env(args.device)[1]  # joins torchrun's process group if there is one
+    apply_host_allocator(args)
     result = run(config_from_args(args), args.out, progress=args.progress)
     if result is not None:
         print_results(result)

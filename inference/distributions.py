@@ -3,7 +3,7 @@
 Every site of the model and the guide is one flat vector over all layers (``inference.model``).
 Pyro's generic ``Normal(0, s).expand([n]).to_event(1)``, ``Bernoulli(p).expand([n]).to_event(1)``
 and ``Delta(v).log_prob`` evaluate their log-densities element by element (several kernels and a
-temporary of size n each); these give the same numbers with one reduction.  On small networks
+temporary of size n each); these give the same numbers with one or two kernels.  On small networks
 those element-wise evaluations were the largest part of the SVI engine's per-step overhead
 (see docs/performance.md); tests/test_distributions.py checks them against Pyro's.
 """
@@ -37,6 +37,7 @@ class IsotropicNormal(TorchDistribution):
         return self.scale * torch.randn(shape, dtype=self.dtype, device=self.device)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        _check_event(value, self.numel)
         norm = self.numel * math.log(self.scale * math.sqrt(2 * math.pi))
         return -0.5 * (value * value).sum(-1) / self.scale**2 - norm
 
@@ -62,7 +63,8 @@ class IidBernoulli(TorchDistribution):
         return torch.bernoulli(torch.full(shape, self.probs, dtype=self.dtype, device=self.device))
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        ones = (value != 0).sum(-1).to(torch.float64)
+        _check_event(value, self.numel)
+        ones = torch.count_nonzero(value, dim=-1).to(torch.float64)
         if self.probs >= 1.0:  # all-ones is the only outcome
             return torch.where(ones == self.numel, 0.0, float("-inf")).to(value.dtype)
         return (ones * math.log(self.probs) + (self.numel - ones) * math.log1p(-self.probs)).to(value.dtype)
@@ -72,10 +74,17 @@ class PointMass(dist.Delta):
     """Pyro's ``Delta(v)`` that skips the element-wise test ``x == v`` when scored at v itself.
 
     Inside a guide the site's value is the Delta's own sample, a view of the same memory as v,
-    so log q(v) = ``log_density`` exactly; any other value is scored by ``Delta.log_prob``."""
+    so log q(v) = ``log_density`` exactly (no test is made, so no host synchronisation: a NaN in
+    v scores 0 rather than −inf, and the loss is NaN through the network anyway); any other
+    value is scored by ``Delta.log_prob``."""
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         v = self.v
-        if x.shape == v.shape and x.stride() == v.stride() and x.data_ptr() == v.data_ptr():
-            return self.log_density
-        return super().log_prob(x)
+        same = (x.dtype == v.dtype and x.device == v.device and x.shape == v.shape
+                and x.stride() == v.stride() and x.data_ptr() == v.data_ptr())
+        return self.log_density if same else super().log_prob(x)
+
+
+def _check_event(value: torch.Tensor, numel: int) -> None:
+    if value.shape[-1:] != (numel,):
+        raise ValueError(f"expected a value whose last dimension is {numel}, got shape {tuple(value.shape)}")

@@ -57,3 +57,12 @@ def test_point_mass_scores_its_own_sample_without_looking_and_other_values_like_
     moved[7] += 1.0
     assert law.log_prob(moved).item() == -math.inf
     assert law.log_prob(v.flip(0)).item() == -math.inf  # a reordered copy
+
+
+def test_values_of_the_wrong_length_and_reinterpreted_views_are_not_scored_as_matches():
+    w = torch.randn(10)
+    for law in (IsotropicNormal(1.0, 4, w), IidBernoulli(0.9, 4, w)):
+        with pytest.raises(ValueError, match="last dimension is 4"):
+            law.log_prob(w)
+    v = torch.randn(6)
+    assert PointMass(v, event_dim=1).log_prob(v.view(torch.int32)[:6]).item() == -math.inf

@@ -9,16 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import configure_host_allocator
 
 PROBE = """
-import sys, torch
+import os, sys, torch
 from cigl_bayes.device import configure_host_allocator
 changed = configure_host_allocator(sys.argv[1], torch.device("cpu"))
 def rss_mb():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 before = rss_mb()
 block = torch.ones(32 * 2**20 // 4)   # 32 MiB, every page touched
 del block
@@ -49,5 +48,11 @@ def test_auto_leaves_the_allocator_alone_off_cpu_and_bad_modes_are_refused():
     assert configure_host_allocator("auto", torch.device("meta")) is False
     with pytest.raises(ValueError, match="host allocator"):
         configure_host_allocator("jemalloc", torch.device("cpu"))
-    with pytest.raises(ValueError, match="host_allocator"):
-        TrainConfig(host_allocator="jemalloc").validate()
+
+
+def test_the_training_clis_take_the_option_and_refuse_bad_values(capsys):
+    from experiments import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--host-allocator", "jemalloc", "--out", "unused"])
+    assert exit_info.value.code == 2 and "--host-allocator" in capsys.readouterr().err
