@@ -18,8 +18,9 @@ changed = configure_host_allocator(sys.argv[1], torch.device("cpu"))
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+torch.ones(1000).sum()                # torch's own lazy set-up happens before the measurement
 before = rss_mb()
-block = torch.ones(32 * 2**20 // 4)   # 32 MiB, every page touched
+block = torch.ones(64 * 2**20 // 4)   # 64 MiB, every page touched
 del block
 print(changed, rss_mb() - before)
 """
@@ -38,9 +39,9 @@ def test_retain_keeps_a_freed_block_resident_and_system_returns_it():
     changed, grown = probe("retain")
     if not changed:
         pytest.skip("malloc here is not glibc's")
-    assert grown > 24  # the freed 32 MiB stayed in the process, ready for the next step
+    assert grown > 56  # the freed 64 MiB stayed in the process, ready for the next step
     changed, grown = probe("system")
-    assert not changed and grown < 8  # glibc's default: a block this large is unmapped on free
+    assert not changed and grown < 24  # glibc's default: a block this large is unmapped on free
 
 
 def test_auto_leaves_the_allocator_alone_off_cpu_and_bad_modes_are_refused():
