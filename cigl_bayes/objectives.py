@@ -40,7 +40,11 @@ def batch_targets(
         # λ = G₁/(G₁+G₂) with Gᵢ ~ Gamma(α) is Beta(α, α) drawn from the seeded ``generator``.
         gammas = torch._standard_gamma(torch.full((2,), float(mixup)), generator=generator)
         lam = float(gammas[0] / gammas.sum())
-        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        # The pairing permutation comes from a generator seeded by one draw, so ``generator``
+        # advances by the same amount whatever the batch size: under torch.distributed every
+        # rank (even with a smaller last shard) keeps drawing the same λ and SET scores.
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed)).to(x.device)
         x = lam * x + (1 - lam) * x[perm]
         target = lam * target + (1 - lam) * target[perm]
     return x, target

@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.distributed import DistInfo, shard_positions
+from cigl_bayes.objectives import batch_targets
 from cigl_bayes.runs import load_checkpoint
 from cigl_bayes.train import Trainer
 
@@ -77,3 +78,16 @@ def test_torchrun_launch_of_the_cli(cifar_data_dir, cache_dir, tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "metrics.json").is_file() and proc.stdout.count("run folder:") == 1  # rank 0 reports once
+
+
+def test_mixup_advances_the_shared_generator_equally_for_any_shard_size():
+    """Ranks whose shards differ in size (the last batch of an epoch) keep identical generator
+    states, so they go on drawing the same mixup λ and the same SET regrowth scores."""
+    states = []
+    for n in (8, 5):
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(n, 3, 4, 4), torch.randint(0, 10, (n,))
+        _, target = batch_targets(x, y, 10, mixup=0.2, generator=g)
+        assert target.shape == (n, 10) and torch.allclose(target.sum(1), torch.ones(n))
+        states.append(g.get_state())
+    assert torch.equal(states[0], states[1])
