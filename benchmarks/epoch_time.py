@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.device import configure_host_allocator, resolve_device
+from cigl_bayes.device import resolve_device
 from cigl_bayes.runs import atomic_write_json
+from experiments.cli import add_host_allocator_argument, apply_host_allocator
 
 from .common import environment, make_trainer, synchronize, synthetic_data
 
@@ -59,15 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, default=None, help="training images (default: 45,000 = CIFAR-10 minus val)")
     p.add_argument("--synthetic", action="store_true", help="random images instead of CIFAR-10")
     p.add_argument("--device", default="auto")
-    p.add_argument("--host-allocator", default="auto", choices=["auto", "retain", "system"],
-                   help="as the trainers' option; 'system' measures glibc's default behaviour")
+    add_host_allocator_argument(p)  # "system" measures glibc's default behaviour
     p.add_argument("--quick", action="store_true", help="small-cnn, 2,000 synthetic images, 1 epoch")
     p.add_argument("--out", default="benchmarks/results/epoch_time.json")
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.subset, args.epochs, args.synthetic = "small-cnn", 2000, 1, True
     device = resolve_device(args.device)
-    configure_host_allocator(args.host_allocator, device)
+    apply_host_allocator(args)
     base = TrainConfig(model=args.model, batch_size=args.batch_size, device=str(device), sparsity=0.95,
                        subset=args.subset, epochs=10, save_samples=False)
     if args.synthetic:

@@ -22,8 +22,9 @@ import torch
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.device import configure_host_allocator, resolve_device
+from cigl_bayes.device import resolve_device
 from cigl_bayes.runs import atomic_write_json
+from experiments.cli import add_host_allocator_argument, apply_host_allocator
 from inference.swag import SparseSWAG
 
 from .common import VARIANTS, environment, make_trainer, median, synthetic_data, timed
@@ -103,15 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=5, help="steps per timed round")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--host-allocator", default="auto", choices=["auto", "retain", "system"],
-                   help="as the trainers' option; 'system' measures glibc's default behaviour")
+    add_host_allocator_argument(p)  # "system" measures glibc's default behaviour
     p.add_argument("--quick", action="store_true", help="small-cnn, batch 64, few rounds (< 60 s on CPU)")
     p.add_argument("--out", default="benchmarks/results/step_time.json")
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.batch_size, args.rounds, args.steps, args.warmup = "small-cnn", 64, 5, 3, 2
     device = resolve_device(args.device)
-    configure_host_allocator(args.host_allocator, device)
+    apply_host_allocator(args)
     result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup)
     result["host_allocator"] = args.host_allocator
     print_table(result)

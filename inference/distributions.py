@@ -18,52 +18,64 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch.distributions import constraints
 
 
-class IsotropicNormal(TorchDistribution):
-    """N(0, s² I) on ℝⁿ:  log p(w) = −‖w‖² / (2s²) − n·log(s√(2π))  (the prior of paper Eq. 1)."""
+class _FlatSite(TorchDistribution):
+    """A law on flat vectors of ``numel`` entries, with the dtype and device of ``like``."""
 
     arg_constraints: dict = {}
+
+    def __init__(self, numel: int, like: torch.Tensor):
+        self.numel, self.dtype, self.device = int(numel), like.dtype, like.device
+        super().__init__(torch.Size(), torch.Size([self.numel]), validate_args=False)
+
+    def _shape(self, sample_shape) -> torch.Size:
+        return torch.Size(sample_shape) + self.event_shape
+
+    def _check(self, value: torch.Tensor) -> None:
+        if value.shape[-1:] != (self.numel,):
+            raise ValueError(f"expected a value whose last dimension is {self.numel}, got shape {tuple(value.shape)}")
+
+
+class IsotropicNormal(_FlatSite):
+    """N(0, s² I) on ℝⁿ:  log p(w) = −‖w‖² / (2s²) − n·log(s√(2π))  (the prior of paper Eq. 1)."""
+
     support = constraints.independent(constraints.real, 1)
     has_rsample = True
 
     def __init__(self, scale: float, numel: int, like: torch.Tensor):
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
-        self.scale, self.numel = float(scale), int(numel)
-        self.dtype, self.device = like.dtype, like.device
-        super().__init__(torch.Size(), torch.Size([self.numel]), validate_args=False)
+        self.scale = float(scale)
+        super().__init__(numel, like)
 
     def rsample(self, sample_shape=()) -> torch.Tensor:
-        shape = torch.Size(sample_shape) + self.event_shape
-        return self.scale * torch.randn(shape, dtype=self.dtype, device=self.device)
+        return self.scale * torch.randn(self._shape(sample_shape), dtype=self.dtype, device=self.device)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        _check_event(value, self.numel)
+        self._check(value)
         norm = self.numel * math.log(self.scale * math.sqrt(2 * math.pi))
         return -0.5 * (value * value).sum(-1) / self.scale**2 - norm
 
 
-class IidBernoulli(TorchDistribution):
+class IidBernoulli(_FlatSite):
     """n iid Bernoulli(p) draws:  log p(z) = n₁·log p + n₀·log(1 − p),  n₁ = #{zᵢ ≠ 0}.
 
     The random mask's law (paper Eq. 3, Z ~ Bernoulli(keep)); p is a constant, so the
     log-density carries no gradient."""
 
-    arg_constraints: dict = {}
     support = constraints.independent(constraints.boolean, 1)
 
     def __init__(self, probs: float, numel: int, like: torch.Tensor):
         if not 0.0 < probs <= 1.0:
             raise ValueError(f"keep probability must be in (0, 1], got {probs}")
-        self.probs, self.numel = float(probs), int(numel)
-        self.dtype, self.device = like.dtype, like.device
-        super().__init__(torch.Size(), torch.Size([self.numel]), validate_args=False)
+        self.probs = float(probs)
+        super().__init__(numel, like)
 
     def sample(self, sample_shape=()) -> torch.Tensor:
-        shape = torch.Size(sample_shape) + self.event_shape
-        return torch.bernoulli(torch.full(shape, self.probs, dtype=self.dtype, device=self.device))
+        probs = torch.full(self._shape(sample_shape), self.probs, dtype=self.dtype, device=self.device)
+        return torch.bernoulli(probs)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        _check_event(value, self.numel)
+        self._check(value)
         ones = torch.count_nonzero(value, dim=-1).to(torch.float64)
         if self.probs >= 1.0:  # all-ones is the only outcome
             return torch.where(ones == self.numel, 0.0, float("-inf")).to(value.dtype)
@@ -83,8 +95,3 @@ class PointMass(dist.Delta):
         same = (x.dtype == v.dtype and x.device == v.device and x.shape == v.shape
                 and x.stride() == v.stride() and x.data_ptr() == v.data_ptr())
         return self.log_density if same else super().log_prob(x)
-
-
-def _check_event(value: torch.Tensor, numel: int) -> None:
-    if value.shape[-1:] != (numel,):
-        raise ValueError(f"expected a value whose last dimension is {numel}, got shape {tuple(value.shape)}")
