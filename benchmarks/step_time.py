@@ -57,11 +57,10 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
 
     cigl = trainers["cigl"]
     x, y = batches[0]
-    loss, w = cigl.objective(x, y, cigl.z_source.sample())
-    w.retain_grad()
+    loss, _ = cigl.objective(x, y, cigl.z_source.sample(), track_score=True)
     loss.backward()
-    grad = w.grad.detach()
-    mask_update = median([timed(lambda: cigl.update_mask(grad), device) for _ in range(max(3, rounds))])
+    grad = cigl.objective.regrowth_score().detach()
+    mask_update = median([timed(lambda: cigl.update_mask(grad, 0.3), device) for _ in range(max(3, rounds))])
     collect = median([timed(cigl.collect, device) for _ in range(max(3, rounds))])
     swag = SparseSWAG(cigl.net.mask.flat, max_rank=20)
     snap = Snapshot(cigl.net.effective_flat(cigl.z_source.sample()).detach(), cigl.net.other_flat().detach())

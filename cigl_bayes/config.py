@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .device import fast_path_available
 from .masks import MaskSchedule
 from .random_mask import check_keep
 from .sparsity import DISTRIBUTIONS, check_sparsity
@@ -110,8 +111,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"  # "float64" for numerical checks (e.g. the SVI ↔ plain trajectory test)
-    amp: str = "auto"  # bf16 autocast of the forward pass: "auto" (on for CUDA), "bf16", "off"
-    channels_last: str = "auto"  # channels-last memory format: "auto" (on for CUDA), "on", "off"
+    amp: str = "auto"  # bf16 autocast of the forward pass: "auto" (CUDA, bf16-capable CPUs), "bf16", "off"
+    channels_last: str = "auto"  # channels-last memory format: "auto" (as amp), "on", "off"
     compile: bool = False  # torch.compile the network's functional forward
     augment: bool = True
     log_every: int = 50
@@ -136,11 +137,15 @@ class TrainConfig:
         return DTYPES[self.dtype]
 
     def speed_options(self, device: torch.device) -> dict:
-        """Keyword arguments of :meth:`SparseNetwork.configure` for ``device`` ("auto" = on for CUDA)."""
-        cuda = device.type == "cuda"
-        amp = self.amp == "bf16" or (self.amp == "auto" and cuda and self.dtype == "float32")
+        """Keyword arguments of :meth:`SparseNetwork.configure` for ``device``.
+
+        "auto" turns bf16 autocast and channels-last on where they are faster: on CUDA, and on
+        CPUs with bf16 matrix instructions (AMX-BF16 or AVX512-BF16, see
+        :func:`cigl_bayes.device.fast_path_available`); float64 runs never autocast."""
+        fast = fast_path_available(device)
+        amp = self.amp == "bf16" or (self.amp == "auto" and fast and self.dtype == "float32")
         return {"autocast_dtype": torch.bfloat16 if amp else None,
-                "channels_last": self.channels_last == "on" or (self.channels_last == "auto" and cuda),
+                "channels_last": self.channels_last == "on" or (self.channels_last == "auto" and fast),
                 "compile": self.compile}
 
     def steps_per_epoch(self, n_train: int) -> int:

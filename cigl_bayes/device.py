@@ -22,6 +22,28 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def cpu_bf16_matmul() -> str | None:
+    """The bf16 matrix instructions of this CPU that oneDNN uses ("amx-bf16", "avx512-bf16"), or
+    None.  Asked of torch (``torch.cpu._is_amx_tile_supported`` / ``_is_avx512_bf16_supported``,
+    cpuinfo underneath); a torch without those probes counts as None.  Without them bf16 is
+    emulated and slower than float32, so the CPU fast path (``--amp auto``) stays off."""
+    probes = (("amx-bf16", "_is_amx_tile_supported"), ("avx512-bf16", "_is_avx512_bf16_supported"))
+    for name, probe in probes:
+        fn = getattr(torch.cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return name
+        except RuntimeError:
+            continue
+    return None
+
+
+def fast_path_available(device: torch.device) -> bool:
+    """True where bf16 autocast + channels-last is the faster default: CUDA, or a CPU with bf16
+    matrix instructions (measured in docs/performance.md)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_matmul() is not None)
+
+
 # glibc ``mallopt`` parameters (<malloc.h>)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 HOST_ALLOCATOR_MODES = ("auto", "retain", "system")

@@ -109,8 +109,11 @@ class DeterministicMask:
 
         ``weights`` and ``scores`` are flat (like ``self.flat``).  Regrowth picks the largest
         ``|scores|`` (RigL: the dense gradient ∂L/∂(M⊙Z⊙W)) or uniform random scores (SET) among
-        positions not kept after the drop (so a just-dropped weight may come back).  Returns the
-        flat boolean set of *newly* active positions, whose weights and momentum the caller zeroes.
+        positions not kept after the drop (so a just-dropped weight may come back).  The drop count
+        is ⌊f·nnz⌋ (RigL; the official CigL code rounds up).  Returns the flat boolean set of
+        *regrown* positions — every position the growth step picked, a just-dropped-and-regrown one
+        included — whose weights and momentum the caller zeroes (as the official code's
+        ``abs_grad_growth`` does).
 
         Per layer it costs one top-k (batched over the two rows "drop" and "grow") plus a
         top-k over 2k candidates; no Python work per element.
@@ -118,15 +121,16 @@ class DeterministicMask:
         if regrowth not in REGROWTH:
             raise ValueError(f"unknown regrowth {regrowth!r}; known: {', '.join(REGROWTH)}")
         new_flat = self.flat.clone()
+        grown = torch.zeros_like(self.flat)
         if regrowth == "none" or drop_fraction <= 0:
-            return torch.zeros_like(self.flat)
+            return grown
         if regrowth == "random":
             scores = torch.rand(weights.shape, generator=generator, device="cpu").to(weights.device)
         elif scores is None:
             raise ValueError("RigL regrowth needs the dense gradient scores")
-        layers = zip(self.flat_views(), self.flat_views(new_flat), weights.split(self.numels),
-                     scores.split(self.numels), self.nnz)
-        for old, new, w, s, nnz in layers:
+        layers = zip(self.flat_views(), self.flat_views(new_flat), self.flat_views(grown),
+                     weights.split(self.numels), scores.split(self.numels), self.nnz)
+        for old, new, grown_here, w, s, nnz in layers:
             k = int(drop_fraction * nnz)
             if k == 0 or nnz == old.numel():
                 continue
@@ -140,11 +144,12 @@ class DeterministicMask:
             cand = torch.cat([inactive_best, dropped])
             eligible = torch.cat([~old[inactive_best], torch.ones_like(dropped, dtype=torch.bool)])
             cand_score = torch.where(eligible, grow_score[cand], -inf)
-            new[cand[cand_score.topk(k).indices]] = True
-        regrown = new_flat & ~self.flat
+            picked = cand[cand_score.topk(k).indices]
+            new[picked] = True
+            grown_here[picked] = True
         self.flat.copy_(new_flat)
         self.float.copy_(new_flat)
-        return regrown
+        return grown
 
     # -- persistence -----------------------------------------------------------
     def state_dict(self) -> dict:

@@ -254,13 +254,15 @@ def mce(scores: Any, labels: Any, *, n_bins: int = 15, from_logits: bool | None 
 
 
 def calibration_metrics(scores: Any, labels: Any, *, from_logits: bool | None = None) -> dict[str, float]:
-    """``accuracy``, ``ece`` (15 bins), ``ece10`` (10 bins, the official CigL code), ``mce`` (15 bins),
-    ``nll`` and ``brier`` in one pass over validated inputs."""
+    """``accuracy``, ``confidence`` (mean top-class probability; confidence − accuracy > 0 is
+    over-confidence), ``ece`` (15 bins), ``ece10`` (10 bins, the official CigL code), ``mce``
+    (15 bins), ``nll`` and ``brier`` in one pass over validated inputs."""
     s, y, fl, tol = _prepare(scores, labels, from_logits)
     p = _probs(s, fl)
     rel15 = _reliability(p, y, 15, tol)
     return {
         "accuracy": _accuracy(p, y),
+        "confidence": float(p.max(dim=1).values.mean()),
         "ece": rel15.ece,
         "ece10": _reliability(p, y, 10, tol).ece,
         "mce": rel15.mce,

@@ -1,12 +1,12 @@
 """The plain objective and the batch targets shared by both engines.
 
-Plain objective (paper Eq. 5): for one mini-batch,
+Plain objective (paper Eq. 1, CigL's training loss): for one mini-batch,
     L(W, θ) = CE(f(x; M⊙Z⊙W, θ), y) + λ (‖M⊙Z⊙W‖² + ‖θ‖²),   λ = wd / 2,
 (with τ/2 · mean squared error in place of CE for the Gaussian likelihood, paper Eq. 2),
 so its gradient w.r.t. W is M⊙Z⊙(∇CE + wd·M⊙Z⊙W): Algorithm 1's masked update, with the weight
 decay written into the loss (the optimiser itself has weight_decay = 0).  The Pyro engine
-(``inference.objective.ElboObjective``) returns −ELBO/N instead; with σ = 0 the two agree up
-to a constant (tests/test_elbo_equivalence.py).
+(``inference.objective.ElboObjective``) returns −ELBO/N of the hierarchical model instead;
+with σ = 0 the two agree up to a constant (tests/test_elbo_equivalence.py).
 """
 
 from __future__ import annotations
@@ -72,10 +72,17 @@ class PlainObjective:
         self.net = net
         self.weight_decay = weight_decay
         self.likelihood, self.precision = likelihood, precision
+        self._scored: torch.Tensor | None = None  # W of the last call made with track_score
 
-    def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None):
-        """Return (loss, W) where W = M⊙Z⊙W is the flat effective weight the network used."""
+    def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None, *, track_score: bool = False):
+        """Return (loss, W) where W = M⊙Z⊙W is the flat effective weight the network used.
+
+        With ``track_score`` the dense gradient ∂loss/∂W is kept for :meth:`regrowth_score`."""
         w = self.net.effective_flat(z)
+        self._scored = None
+        if track_score:
+            w.retain_grad()
+            self._scored = w
         logits = self.net.forward(x, w)
         loss = data_loss(logits, target, self.likelihood, self.precision)
         if self.weight_decay:
@@ -84,3 +91,10 @@ class PlainObjective:
                 l2 = l2 + torch.stack(torch._foreach_norm(self.net.other_params)).square().sum()
             loss = loss + 0.5 * self.weight_decay * l2
         return loss, w
+
+    def regrowth_score(self) -> torch.Tensor:
+        """After ``loss.backward()``: the dense gradient ∂L/∂(M⊙Z⊙W) of the Z-masked loss (RigL's
+        regrowth score), every position included, not only the active ones."""
+        if self._scored is None or self._scored.grad is None:
+            raise RuntimeError("call the objective with track_score=True and back-propagate first")
+        return self._scored.grad

@@ -3,9 +3,13 @@
 One step (paper Algorithm 1):
     Z ~ Bernoulli(keep)                                    (random_mask.RandomKeepMask)
     loss, W = objective(x, y, Z)      W = M⊙Z⊙W (plain) or W ~ q(W | Z, U, M) (SVI)
-    W ← W − α · ∇_W loss = W − α · M⊙Z⊙∇L(M⊙Z⊙W)          (SGD, Nesterov momentum)
-    every ΔT steps until T_end: M ← RigL/SET(M, |W|, |∂loss/∂W|)  (masks.DeterministicMask)
-At the end of every epoch ≥ T*: collect M⊙Z⊙W into the WMA mean (and the sample store).
+    every ΔT steps until T_end:  M ← RigL/SET(M, |W|, |∂L/∂(M⊙Z⊙W)|), regrown W and momentum 0
+                                 (masks.DeterministicMask; this replaces the SGD step, as in the
+                                 official code)
+    otherwise:                   W ← W − α · M⊙Z⊙∇L(M⊙Z⊙W)   (SGD, Nesterov momentum; the Z = 0
+                                 entries keep their values)
+At the end of every epoch ≥ T*: collect M⊙Z⊙W, with the Z of the epoch's last step, into the WMA
+mean (and the sample store).
 After training: evaluate every predictor of the method, fit temperature scaling on the
 validation split, and write the run folder (see ``docs/run-folder.md``).
 """
@@ -173,6 +177,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps completed
         self.history: list[dict] = []
+        self.last_z: torch.Tensor | None = None  # Z of the last step (paired with the WMA sample)
 
     # -- checkpoint --------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -233,35 +238,57 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step of Algorithm 1.  On a mask-update step (every ΔT steps until T_end) the mask
+        is updated *instead of* the optimiser step, as in the official code; otherwise SGD moves
+        only the M⊙Z entries (weights with Z = 0 keep their values)."""
         cfg = self.cfg
         x, target = batch_targets(x, y, self.data.num_classes, mixup=cfg.mixup,
                                   label_smoothing=cfg.label_smoothing, generator=self.aux_generator)
         z = self.z_source.sample(self.cfg.torch_dtype)
         update = self.schedule.is_update_step(self.step + 1) and self.method.regrowth != "none"
-        loss, w = self.objective(x, target, z)
-        if update and self.method.regrowth == "gradient":
-            w.retain_grad()  # the dense gradient ∂loss/∂W for RigL regrowth
+        scored = update and self.method.regrowth == "gradient"
+        loss, w = self.objective(x, target, z, track_score=scored)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        score = self.objective.regrowth_score() if scored else None  # dense ∂L/∂(M⊙Z⊙W)
         if self.dist.active:  # the gradient of the global-batch mean on every rank
             grads = [p.grad for p in self.net.module.parameters() if p.grad is not None]
-            all_reduce_mean_(grads + ([w.grad] if update and w.grad is not None else []), x.shape[0], self.dist)
-        self.optimizer.step()
+            all_reduce_mean_(grads + ([score] if score is not None else []), x.shape[0], self.dist)
+        if update:
+            self.update_mask(score, self.schedule.fraction(self.step + 1))
+        else:
+            self.optimizer_step(z)
         self.scheduler.step()
         self.step += 1
-        if update:
-            self.update_mask(w.grad if self.method.regrowth == "gradient" else None)
+        self.last_z = z
         return loss.detach()
 
+    def optimizer_step(self, z: torch.Tensor | None) -> None:
+        """SGD step on M⊙Z⊙W.  The gradient of the Z = 0 entries is 0, but momentum would still
+        move them; Algorithm 1 updates only the M⊙Z entries, so their values are restored after the
+        step (as the official code restores its dropped weights).  Their momentum buffers take the
+        zero-gradient step (× μ).  Weight dropout (``rigl-wdp``) is left to the plain optimiser."""
+        freeze = z is not None and self.method.random_mask and not self.method.rescale_random_mask
+        before = self.net.sparse_flat().detach().clone() if freeze else None
+        self.optimizer.step()
+        if freeze:
+            with torch.no_grad():
+                self.net.load_flat_(torch.where(z != 0, self.net.sparse_flat(), before))
+
     @torch.no_grad()
-    def update_mask(self, dense_grad: torch.Tensor | None) -> None:
-        """RigL/SET update of M; weights and momentum outside the new M (incl. regrown) are 0."""
-        self.net.mask.update(self.net.sparse_flat(), dense_grad, self.schedule.fraction(self.step),
-                             self.method.regrowth, self.aux_generator)
-        self.net.apply_mask_()
+    def update_mask(self, score: torch.Tensor | None, fraction: float) -> None:
+        """RigL/SET update of M (drop ⌊f·nnz⌋ smallest |W| per layer, regrow as many by |score|).
+        Every regrown weight, a just-dropped-and-regrown one included, and its momentum are set
+        to 0, as are the weights and momentum outside the new M (official code: ``abs_grad_growth``
+        and ``reset_momentum``)."""
+        grown = self.net.mask.update(self.net.sparse_flat(), score, fraction, self.method.regrowth,
+                                     self.aux_generator)
+        keep = self.net.mask.float * (~grown).to(self.net.mask.float.dtype)
+        kept_views = self.net.mask.views(keep)
+        torch._foreach_mul_(self.net.sparse_params, kept_views)
         buffers = [self.optimizer.state[p].get("momentum_buffer") for p in self.net.sparse_params]
         if all(b is not None for b in buffers):
-            torch._foreach_mul_(buffers, self.net.mask.views(self.net.mask.float))
+            torch._foreach_mul_(buffers, kept_views)
 
     # -- one epoch ---------------------------------------------------------------
     def train_epoch(self, bar) -> float:
@@ -282,11 +309,12 @@ class Trainer:
         return float(total) / self.steps_per_epoch
 
     def collect(self) -> None:
-        """Epoch end ≥ T*: one sample M⊙Z⊙W (fresh Z) into WMA and the sample store."""
+        """Epoch end ≥ T*: one sample M⊙Z⊙W into WMA and the sample store, with the Z of the
+        epoch's last step (the weights are paired with the random mask they were trained under)."""
         if not (self.method.wma or self.method.snapshots):
             return
         with torch.no_grad():
-            snap = Snapshot(self.net.effective_flat(self.z_source.sample(self.cfg.torch_dtype)), self.net.other_flat())
+            snap = Snapshot(self.net.effective_flat(self.last_z), self.net.other_flat())
         self.wma.update(snap)
         if (self.cfg.save_samples or self.method.snapshots) and self.dist.is_main:
             self.samples.save(self.wma.count - 1, snap, epoch=self.epoch)

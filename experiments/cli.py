@@ -53,9 +53,9 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"],
                    help="parameter and input precision (float64 for numerical checks)")
     p.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"],
-                   help="bf16 autocast of the forward pass (auto: on for CUDA)")
+                   help="bf16 autocast of the forward pass (auto: on for CUDA and CPUs with AMX-/AVX512-BF16)")
     p.add_argument("--channels-last", default=d.channels_last, choices=["auto", "on", "off"],
-                   help="channels-last memory format (auto: on for CUDA)")
+                   help="channels-last memory format (auto: on where --amp auto is)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network forward")
     add_host_allocator_argument(p)
     p.add_argument("--log-every", type=int, default=d.log_every)

@@ -29,12 +29,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cigl_bayes import metrics
-from cigl_bayes.config import METHODS, TrainConfig
+from cigl_bayes.config import METHODS, RESUME_FREE_FIELDS, TrainConfig
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
 from cigl_bayes.train import run
 
 from .cli import add_host_allocator_argument, apply_host_allocator, run_cli
 
+CPU_STUDY_EPOCHS = 10
 # Protocol → TrainConfig overrides and default grid.
 PROTOCOLS: dict[str, dict] = {
     "paper": {"config": {"model": "wrn-22-2"},
@@ -42,6 +43,10 @@ PROTOCOLS: dict[str, dict] = {
     # One WRN-22-2 run in ≤ 8 min on one H100 is the target; 40 epochs with the schedule rescaled.
     "gpu-short": {"config": {"model": "wrn-22-2", "epochs": 40},
                   "methods": ["rigl", "cigl"], "sparsities": [0.9, 0.95], "seeds": [0, 1, 2]},
+    # WRN-22-2 on full CIFAR-10 on a 2-core CPU, one run ≤ 30 min (docs/reproduction.md): the paper's
+    # optimiser and step schedule rescaled to E epochs, ΔT = 100, mask updates until 75%, T* = 0.8·E.
+    "cpu-study": {"config": {"model": "wrn-22-2", "epochs": CPU_STUDY_EPOCHS},
+                  "methods": ["rigl", "cigl", "cigl-keep0.99"], "sparsities": [0.95], "seeds": [0, 1, 2]},
     "cpu-smoke": {"config": {"model": "small-cnn", "epochs": 6, "subset": 5000, "test_subset": 2000,
                              "batch_size": 64, "delta_t": 20, "log_every": 10},
                   "methods": ["dense", "rigl", "cigl"], "sparsities": [0.9, 0.95], "seeds": [0, 1]},
@@ -51,12 +56,25 @@ ABLATIONS = ["rigl", "cigl-no-rm", "cigl-no-wma", "cigl"]
 
 
 def method_spec(name: str) -> tuple[str, dict]:
-    """Sweep method name → (trainer method, extra config)."""
+    """Sweep method name → (trainer method, extra config).
+
+    ``<method>-keep<k>`` runs a random-mask method at keep probability k (e.g. ``cigl-keep0.99``,
+    the official code's value; plain ``cigl`` uses the library default)."""
     if name in BASELINES:
         return BASELINES[name]
     if name in METHODS:
         return name, {}
-    raise ValueError(f"unknown method {name!r}; known: {', '.join([*METHODS, *BASELINES])}")
+    base, sep, keep = name.rpartition("-keep")
+    if sep and base in METHODS and METHODS[base].random_mask:
+        try:
+            value = float(keep)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"bad keep in method {name!r}: expected <method>-keep<k> with k in (0, 1]")
+        return base, {"random_mask_rate": round(1.0 - value, 12)}
+    raise ValueError(f"unknown method {name!r}; known: {', '.join([*METHODS, *BASELINES])}, "
+                     "or <random-mask method>-keep<k> (e.g. cigl-keep0.99)")
 
 
 def grid(methods: list[str], sparsities: list[float], seeds: list[int]) -> list[tuple[str, float, int]]:
@@ -175,6 +193,8 @@ def plot_reliability_dense_vs_sparse(root: Path, rows: list[dict], engine: str, 
         seeds = sorted(r["seed"] for r in rows if r["method"] == method and r["sparsity"] == s)
         if seeds:
             folder = run_dir(root, method, s, seeds[0], engine)
+            if not (folder / "predictions.npz").exists():  # finished on another machine: small files only
+                continue
             result = json.loads((folder / "metrics.json").read_text())
             with np.load(folder / "predictions.npz") as z:
                 probs = z[result["output_predictor"]]
@@ -201,6 +221,69 @@ def plot_baselines(summary: list[dict], methods: list[str], path: Path) -> None:
     ax.set_ylabel("ECE")
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def finished_result(folder: Path, cfg: TrainConfig) -> dict | None:
+    """The metrics of a run finished earlier — possibly on another machine, with only its small
+    files (config.json, metrics.json) kept — or None.  A folder whose config differs is left to
+    :func:`run`, which refuses it with a clear error."""
+    try:
+        result = json.loads((folder / "metrics.json").read_text())
+        saved = TrainConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    mine = cfg.resolved(n_train=result.get("n_train"))
+    same = all(getattr(saved, f) == getattr(mine, f) for f in mine.to_dict() if f not in RESUME_FREE_FIELDS)
+    return result if result.get("completed") and same else None
+
+
+def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[int], protocol: str, engine: str,
+                  overrides: dict) -> None:
+    """runs.csv, summary, the paper-shaped tables and the plots of the runs finished so far."""
+    summary = aggregate(rows)
+    atomic_write_bytes(_csv(rows), root / "runs.csv")
+    atomic_write_bytes(_csv(summary), root / "summary.csv")
+    atomic_write_json({"protocol": protocol, "engine": engine, "overrides": overrides, "summary": summary},
+                      root / "summary.json")
+    shown = [m for m in ["dense", *methods, *(["rigl+ts"] if "rigl" in methods else [])]
+             if any(e["method"] == m for e in summary)]
+    shown = list(dict.fromkeys(shown))
+    header = f"Protocol `{protocol}`, engine `{engine}`, seeds {seeds}; mean ± std over seeds, in %."
+    atomic_write_bytes(f"# Accuracy (Table 1)\n\n{header}\n\n{pivot_table(summary, 'accuracy', shown)}\n".encode(),
+                       root / "table_accuracy.md")
+    atomic_write_bytes(f"# ECE (Table 3)\n\n{header} Bold: ECE ≥ 15% lower than RigL's at that sparsity; "
+                       f"(±x%): change versus RigL.\n\n{pivot_table(summary, 'ece', shown, True)}\n".encode(),
+                       root / "table_ece.md")
+    atomic_write_bytes(("# Paired differences versus RigL (same seed)\n\n" + paired_table(rows) + "\n").encode(),
+                       root / "paired.md")
+    ablations = [m for m in ABLATIONS if any(e["method"] == m for e in summary)]
+    atomic_write_bytes(("# Ablations\n\n" + header + "\n\nAccuracy\n\n" + pivot_table(summary, "accuracy", ablations)
+                        + "\n\nECE\n\n" + pivot_table(summary, "ece", ablations, True) + "\n").encode(),
+                       root / "ablations.md")
+    baselines = [m for m in ["rigl", "rigl+ts", "rigl+mixup", "rigl+ls", "rigl-wdp", "rigl-mcdp", "cigl"]
+                 if any(e["method"] == m for e in summary)]
+    text = ("# Baselines (Fig. 4)\n\n" + header + "\n\nECE\n\n" + pivot_table(summary, "ece", baselines, True)
+            + "\n\nAccuracy\n\n" + pivot_table(summary, "accuracy", baselines) + "\n")
+    atomic_write_bytes(text.encode(), root / "baselines.md")
+    plot_vs_sparsity(summary, "accuracy", "test accuracy", root / "accuracy_vs_sparsity.png")
+    plot_vs_sparsity(summary, "ece", "ECE (15 bins)", root / "ece_vs_sparsity.png")
+    plot_reliability_dense_vs_sparse(root / "runs", rows, engine, root / "reliability_dense_vs_sparse.png")
+    plot_baselines(summary, baselines, root / "baselines.png")
+
+
+def paired_table(rows: list[dict]) -> str:
+    """Per seed and sparsity: each method's ECE and accuracy minus RigL's (percentage points)."""
+    index = {(r["method"], r["sparsity"], r["seed"]): r for r in rows}
+    lines = ["| method | sparsity | seed | ΔECE (pp) | ΔECE / RigL's ECE | Δaccuracy (pp) |",
+             "|---|---|---|---|---|---|"]
+    for (method, sparsity, seed), r in sorted(index.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        rigl = index.get(("rigl", sparsity, seed))
+        if method == "rigl" or rigl is None or sparsity == 0:
+            continue
+        d_ece, d_acc = r["ece"] - rigl["ece"], r["accuracy"] - rigl["accuracy"]
+        rel = f"{d_ece / rigl['ece']:+.0%}" if rigl["ece"] > 0 else "–"
+        lines.append(f"| {method} | {sparsity:g} | {seed} | {100 * d_ece:+.2f} | {rel} | {100 * d_acc:+.2f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,35 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for method, sparsity, seed, cfg in tqdm(configs, desc=f"sweep {root.name}", unit="run",
                                             disable=not args.progress):
-        result = run(cfg, run_dir(runs_root, method, sparsity, seed, args.engine), progress=False)
+        folder = run_dir(runs_root, method, sparsity, seed, args.engine)
+        result = finished_result(folder, cfg) or run(cfg, folder, progress=args.progress)
         rows += rows_of(result, method, args.engine)
-    summary = aggregate(rows)
-    atomic_write_bytes(_csv(rows), root / "runs.csv")
-    atomic_write_bytes(_csv(summary), root / "summary.csv")
-    atomic_write_json({"protocol": args.protocol, "engine": args.engine, "overrides": overrides,
-                       "summary": summary}, root / "summary.json")
-    shown = [m for m in ["dense", *methods, *(["rigl+ts"] if "rigl" in methods else [])]
-             if any(e["method"] == m for e in summary)]
-    shown = list(dict.fromkeys(shown))
-    header = f"Protocol `{args.protocol}`, engine `{args.engine}`, seeds {seeds}; mean ± std over seeds, in %."
-    atomic_write_bytes(f"# Accuracy (Table 1)\n\n{header}\n\n{pivot_table(summary, 'accuracy', shown)}\n".encode(),
-                       root / "table_accuracy.md")
-    atomic_write_bytes(f"# ECE (Table 3)\n\n{header} Bold: ECE ≥ 15% lower than RigL's at that sparsity; "
-                       f"(±x%): change versus RigL.\n\n{pivot_table(summary, 'ece', shown, True)}\n".encode(),
-                       root / "table_ece.md")
-    ablations = [m for m in ABLATIONS if any(e["method"] == m for e in summary)]
-    atomic_write_bytes(("# Ablations\n\n" + header + "\n\nAccuracy\n\n" + pivot_table(summary, "accuracy", ablations)
-                        + "\n\nECE\n\n" + pivot_table(summary, "ece", ablations, True) + "\n").encode(),
-                       root / "ablations.md")
-    baselines = [m for m in ["rigl", "rigl+ts", "rigl+mixup", "rigl+ls", "rigl-wdp", "rigl-mcdp", "cigl"]
-                 if any(e["method"] == m for e in summary)]
-    text = ("# Baselines (Fig. 4)\n\n" + header + "\n\nECE\n\n" + pivot_table(summary, "ece", baselines, True)
-            + "\n\nAccuracy\n\n" + pivot_table(summary, "accuracy", baselines) + "\n")
-    atomic_write_bytes(text.encode(), root / "baselines.md")
-    plot_vs_sparsity(summary, "accuracy", "test accuracy", root / "accuracy_vs_sparsity.png")
-    plot_vs_sparsity(summary, "ece", "ECE (15 bins)", root / "ece_vs_sparsity.png")
-    plot_reliability_dense_vs_sparse(runs_root, rows, args.engine, root / "reliability_dense_vs_sparse.png")
-    plot_baselines(summary, baselines, root / "baselines.png")
+        write_reports(root, rows, methods, seeds, args.protocol, args.engine, overrides)  # after every run
     print((root / "table_accuracy.md").read_text())
     print((root / "table_ece.md").read_text())
     print(f"results: {root}")

@@ -39,6 +39,10 @@ class SparseBayesianModel:
             raise ValueError(f"unknown likelihood {likelihood!r}; known: {', '.join(LIKELIHOODS)}")
         self.likelihood = LIKELIHOODS[likelihood] if isinstance(likelihood, str) else likelihood
         self.likelihood_kwargs = likelihood_kwargs or {}
+        # When set, each call keeps the W it feeds the network (``forward_weights``) with its
+        # gradient retained: the likelihood's part of the RigL regrowth score (inference.objective).
+        self.tap_forward_weights = False
+        self.forward_weights: torch.Tensor | None = None
 
     def _prior(self, numel: int, like: torch.Tensor) -> IsotropicNormal:
         return IsotropicNormal(self.prior_scale, numel, like)
@@ -51,6 +55,10 @@ class SparseBayesianModel:
             theta = pyro.sample("theta", self._prior(sum(p.numel() for p in self.net.other_params), like))
         if z is not None:
             pyro.sample("Z", IidBernoulli(self.keep, w.numel(), like))
+        if self.tap_forward_weights:  # the likelihood's own ∂/∂W, apart from the guide's log q(W)
+            w = w.view_as(w)
+            w.retain_grad()
+            self.forward_weights = w
         output = self.net.forward(x, w, theta)
         with pyro.plate("data", self.n_train, subsample=torch.arange(x.shape[0], device=x.device)):
             self.likelihood(output, target, **self.likelihood_kwargs)

@@ -2,13 +2,14 @@
 
 ``Trace_ELBO().differentiable_loss`` gives a differentiable −ELBO estimate (one particle); we
 divide by N so that, with σ = 0, it equals the plain objective CE + (wd/2)(‖M⊙Z⊙V‖² + ‖θ‖²) up
-to a constant (paper Eq. 1 vs Eq. 5; tests/test_elbo_equivalence.py).  Optimising it with the
+to a constant (tests/test_elbo_equivalence.py).  Optimising it with the
 same torch SGD, schedule and mask updates as the plain engine is SVI.
 """
 
 from __future__ import annotations
 
 import pyro
+import torch
 from pyro.infer import Trace_ELBO
 
 from cigl_bayes.network import SparseNetwork
@@ -34,7 +35,24 @@ class ElboObjective:
                                     likelihood_kwargs=kwargs)
         return cls(model, HierarchicalGuide(net, sigma=cfg.sigma, keep=cfg.keep), n_train)
 
-    def __call__(self, x, target, z):
+    def __call__(self, x, target, z, *, track_score: bool = False):
+        self.model.tap_forward_weights = track_score
+        self.model.forward_weights = None
         with pyro.validation_enabled(False):
             loss = self.elbo.differentiable_loss(self.model, self.guide, x, target, z)
         return loss / self.n_train, self.guide.last_w
+
+    def regrowth_score(self) -> torch.Tensor:
+        """After ``loss.backward()``: RigL's regrowth score from the *model's* part of −ELBO/N,
+
+            ∂/∂W [ −log p(y | x, W, θ) / N − log p(W) / N ] = ∂(NLL/N)/∂W + W / (s² N),
+
+        at the sampled W.  The guide's −log q(W) is left out: its gradient −(W − M⊙Z⊙U)/σ² is
+        pure noise of size 1/σ, which would swamp the score as σ → 0.  With it left out the score
+        tends to the plain engine's dense gradient ∂L/∂(M⊙Z⊙V) as σ → 0, and equals it at σ = 0
+        (tests/test_cigl_fidelity.py)."""
+        tapped = self.model.forward_weights
+        if tapped is None or tapped.grad is None:
+            raise RuntimeError("call the objective with track_score=True and back-propagate first")
+        w = self.guide.last_w.detach()
+        return tapped.grad + w / (self.model.prior_scale**2 * self.n_train)

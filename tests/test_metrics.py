@@ -204,10 +204,13 @@ def test_logits_and_probabilities_give_same_metrics():
     z, y = _logits(600, 10, seed=4)
     from_logits = calibration_metrics(z, y)
     from_probs = calibration_metrics(torch.softmax(z, 1), y)
-    assert set(from_logits) == {"accuracy", "ece", "ece10", "mce", "nll", "brier"}
+    assert set(from_logits) == {"accuracy", "confidence", "ece", "ece10", "mce", "nll", "brier"}
     for key in from_logits:
         assert from_probs[key] == pytest.approx(from_logits[key], abs=1e-9), key
     assert from_logits["ece"] == pytest.approx(ece(z, y, n_bins=15))
+    # one bin: ECE = |mean confidence − accuracy|
+    assert from_logits["confidence"] == pytest.approx(float(torch.softmax(z.double(), 1).max(1).values.mean()))
+    assert ece(z, y, n_bins=1) == pytest.approx(abs(from_logits["confidence"] - from_logits["accuracy"]), abs=1e-9)
     assert from_logits["ece10"] == pytest.approx(ece(z, y, n_bins=10))
     assert from_logits["mce"] == pytest.approx(mce(z, y, n_bins=15))
     assert from_logits["nll"] == pytest.approx(nll(z, y))

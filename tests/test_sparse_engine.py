@@ -85,9 +85,11 @@ def test_every_update_keeps_exact_nnz_per_layer(shapes, sparsity, fractions, reg
     for f in fractions:
         w = torch.randn(n, generator=gen) * mask.float
         g = torch.randn(n, generator=gen)
+        before = mask.flat.clone()
         regrown = mask.update(w, g, f, regrowth, gen)
         assert [int(v.sum()) for v in mask.flat_views()] == nnz
         assert not (regrown & ~mask.flat).any()
+        assert not (mask.flat & ~before & ~regrown).any()  # every newly active position is regrown
 
 
 def test_rigl_drops_smallest_and_regrows_largest_gradient():
@@ -105,7 +107,7 @@ def test_dropped_weight_can_be_regrown_when_its_gradient_is_largest():
     g = torch.tensor([0.0, 9.0, 0.1, 0.2])
     regrown = mask.update(w, g, 0.5, "gradient")
     assert mask.flat.tolist() == [True, True, False, False]
-    assert not regrown.any()
+    assert regrown.tolist() == [False, True, False, False]  # regrown, so the caller zeroes it
 
 
 def test_static_update_changes_nothing():

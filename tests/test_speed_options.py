@@ -29,10 +29,31 @@ def first_loss_and_grad(cfg: TrainConfig, tmp_path, name: str):
     return trainer, loss.detach(), w.grad.detach()
 
 
-def test_auto_options_follow_the_device(cfg):
+def test_auto_options_follow_the_device(cfg, monkeypatch):
+    from cigl_bayes import device as device_lib
+
     auto = dataclasses.replace(cfg, amp="auto", channels_last="auto")
-    assert auto.speed_options(torch.device("cpu")) == {"autocast_dtype": None, "channels_last": False,
-                                                        "compile": False}
+    for name, probe in (("amx-bf16", "_is_amx_tile_supported"), ("avx512-bf16", "_is_avx512_bf16_supported")):
+        with monkeypatch.context() as m:  # a CPU with bf16 matrix instructions: the fast path
+            m.setattr(torch.cpu, "_is_amx_tile_supported", lambda p=probe: p == "_is_amx_tile_supported",
+                      raising=False)
+            m.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda p=probe: p == "_is_avx512_bf16_supported",
+                      raising=False)
+            assert device_lib.cpu_bf16_matmul() == name
+            assert auto.speed_options(torch.device("cpu")) == {"autocast_dtype": torch.bfloat16,
+                                                                "channels_last": True, "compile": False}
+            assert dataclasses.replace(auto, dtype="float64").speed_options(torch.device("cpu"))[
+                "autocast_dtype"] is None
+    with monkeypatch.context() as m:  # one without (e.g. AVX2 only): float32, contiguous
+        m.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        m.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+        assert device_lib.cpu_bf16_matmul() is None
+        assert auto.speed_options(torch.device("cpu")) == {"autocast_dtype": None, "channels_last": False,
+                                                            "compile": False}
+    with monkeypatch.context() as m:  # a torch without the probes counts as without
+        m.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+        m.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+        assert device_lib.cpu_bf16_matmul() is None
     cuda = auto.speed_options(torch.device("cuda"))
     assert cuda["autocast_dtype"] == torch.bfloat16 and cuda["channels_last"]
     # float64 numerical checks never autocast

@@ -1,0 +1,258 @@
+"""Mutation check: break CigL on purpose, one deviation at a time, and see the tests fail.
+
+    python -m tests.mutation                 # every mutant, a kill table in Markdown
+    python -m tests.mutation --only no-z-in-forward wd-twice
+    python -m tests.mutation --list
+
+Each mutant replaces one exact snippet of one source file (the snippet must occur exactly once,
+so a refactor that moves the code makes the check fail loudly instead of testing nothing).  The
+whole repository is copied once to a temporary folder; each mutant is applied there, the tests
+that should notice it run with ``pytest -x``, and the file is restored.  A mutant is *killed*
+when those tests fail; the command exits 1 if any mutant survives or cannot be applied.
+The unmutated copy must pass the same tests first.  Documented in docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+FIDELITY = "tests/test_cigl_fidelity.py"
+
+
+def fid(*names: str) -> tuple[str, ...]:
+    return tuple(f"{FIDELITY}::{n}" for n in names)
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    what: str  # the deviation, in words
+    path: str  # file to change, relative to the repository
+    old: str  # exact snippet (must occur once)
+    new: str
+    tests: tuple[str, ...]  # pytest node ids that must fail
+
+
+Z_FRESH = fid("test_z_is_drawn_fresh_every_step_and_enters_the_forward_pass")
+ONLY_MZ = fid("test_only_the_m_and_z_entries_move_in_a_step")
+WMA = fid("test_wma_is_the_mean_of_m_z_w_paired_with_each_epochs_last_z")
+BN = fid("test_batchnorm_is_recomputed_for_the_averaged_weights")
+REGROW = fid("test_regrowth_uses_the_dense_gradient_of_the_z_masked_loss")
+REGROWN_ZERO = fid("test_a_just_dropped_and_regrown_weight_restarts_at_zero")
+SCHEDULE = fid("test_mask_updates_every_delta_t_steps_until_three_quarters_of_training")
+FLOOR = fid("test_drop_count_is_the_floor_of_fraction_times_nnz")
+WD_ONCE = fid("test_weight_decay_is_counted_once")
+DEFAULTS = fid("test_t_star_and_keep_defaults")
+ERK = (f"{FIDELITY}::test_erk_per_layer_densities_match_an_independent_solver",)
+GUIDE = fid("test_guide_log_density_has_the_u_level_and_scale_sigma",
+            "test_guide_samples_have_the_hierarchical_moments")
+SVI_SCORE = fid("test_svi_regrowth_score_at_sigma_zero_is_the_plain_dense_gradient",
+                "test_svi_regrowth_converges_to_the_sigma_zero_choice_as_sigma_falls")
+ELBO = ("tests/test_elbo_equivalence.py",)
+
+MUTANTS: list[Mutant] = [
+    # -- the random mask Z --------------------------------------------------------------------
+    Mutant("no-z-in-forward", "the training forward pass uses M⊙W (no random mask Z)",
+           "cigl_bayes/objectives.py", "w = self.net.effective_flat(z)", "w = self.net.effective_flat(None)",
+           Z_FRESH),
+    Mutant("z-once-per-epoch", "Z is drawn once per epoch instead of every step",
+           "cigl_bayes/train.py", "z = self.z_source.sample(self.cfg.torch_dtype)\n        update",
+           "z = self.last_z if self.step % self.steps_per_epoch and self.last_z is not None else "
+           "self.z_source.sample(self.cfg.torch_dtype)\n        update", Z_FRESH),
+    Mutant("z-keep-inverted", "Z ~ Bernoulli(1 − keep): keeps 10% instead of 90%",
+           "cigl_bayes/random_mask.py", "out.bernoulli_(check_keep(keep), generator=generator)",
+           "out.bernoulli_(1 - check_keep(keep), generator=generator)", Z_FRESH),
+    Mutant("keep-default-0.99", "default keep 0.99 instead of 0.9",
+           "cigl_bayes/config.py", "random_mask_rate: float = 0.1", "random_mask_rate: float = 0.01",
+           DEFAULTS + Z_FRESH),
+    Mutant("z-entries-move", "weights with Z = 0 are moved by momentum (no restore after the step)",
+           "cigl_bayes/train.py", "freeze = z is not None and self.method.random_mask",
+           "freeze = False and self.method.random_mask", ONLY_MZ),
+    Mutant("z-entries-half-restored", "weights with Z = 0 are restored only for the first layer",
+           "cigl_bayes/train.py", "self.net.load_flat_(torch.where(z != 0, self.net.sparse_flat(), before))",
+           "self.net.load_flat_(torch.where((z != 0) | (torch.arange(z.numel()) > self.net.mask.numels[0]), "
+           "self.net.sparse_flat(), before))", ONLY_MZ),
+    # -- WMA ----------------------------------------------------------------------------------
+    Mutant("wma-without-z", "WMA averages M⊙W instead of M⊙Z⊙W",
+           "cigl_bayes/train.py", "Snapshot(self.net.effective_flat(self.last_z)",
+           "Snapshot(self.net.effective_flat(None)", WMA),
+    Mutant("wma-fresh-z", "each WMA sample takes a fresh Z instead of the epoch's last one",
+           "cigl_bayes/train.py", "Snapshot(self.net.effective_flat(self.last_z)",
+           "Snapshot(self.net.effective_flat(self.z_source.sample(self.cfg.torch_dtype))", WMA),
+    Mutant("wma-ema", "WMA is an exponential moving average (α = 0.5), not the arithmetic mean",
+           "cigl_bayes/averaging.py", "self.sparse.add_(snap.sparse - self.sparse, alpha=1.0 / self.count)",
+           "self.sparse.add_(snap.sparse - self.sparse, alpha=0.5)", WMA),
+    Mutant("wma-from-after-t-star", "collection starts one epoch after T*",
+           "cigl_bayes/train.py", "if self.epoch >= cfg.wma_start_epoch:", "if self.epoch > cfg.wma_start_epoch:",
+           WMA),
+    Mutant("t-star-half", "T* = 0.5·epochs instead of 0.8·epochs",
+           "cigl_bayes/config.py", 'changes["wma_start_epoch"] = int(0.8 * self.epochs)',
+           'changes["wma_start_epoch"] = int(0.5 * self.epochs)', DEFAULTS),
+    Mutant("no-bn-recompute", "BatchNorm statistics are not recomputed for the averaged weights",
+           "cigl_bayes/predict.py", "            recompute_batchnorm(net, bn_loader, snap.sparse, bn_batches)",
+           "            pass", BN),
+    Mutant("bn-recompute-ema", "BatchNorm recomputed as a momentum-0.1 running average, not exact",
+           "cigl_bayes/predict.py", "m.momentum = None  # cumulative moving average",
+           "m.momentum = 0.1", BN),
+    # -- RigL mask updates --------------------------------------------------------------------
+    Mutant("regrow-masked-gradient", "regrowth scored by the masked gradient M⊙Z⊙∇ instead of the dense one",
+           "cigl_bayes/train.py", "score = self.objective.regrowth_score() if scored else None",
+           "score = self.objective.regrowth_score() * self.net.mask.float * z if scored else None", REGROW),
+    Mutant("regrow-smallest", "regrowth picks the smallest |gradient|",
+           "cigl_bayes/masks.py", "torch.where(old, -inf, grow_score)])", "torch.where(old, -inf, -grow_score)])",
+           REGROW),
+    Mutant("drop-largest", "the update drops the largest |w| instead of the smallest",
+           "cigl_bayes/masks.py", "torch.where(old, -w.abs(), -inf)", "torch.where(old, w.abs(), -inf)", REGROW),
+    Mutant("no-cosine-decay", "the drop fraction stays α (no cosine decay)",
+           "cigl_bayes/masks.py",
+           "return 0.5 * self.drop_fraction * (1.0 + math.cos(math.pi * min(step, self.end_step) / self.end_step))",
+           "return self.drop_fraction", REGROW + SCHEDULE),
+    Mutant("linear-decay", "the drop fraction decays linearly instead of by a cosine",
+           "cigl_bayes/masks.py",
+           "return 0.5 * self.drop_fraction * (1.0 + math.cos(math.pi * min(step, self.end_step) / self.end_step))",
+           "return self.drop_fraction * (1.0 - min(step, self.end_step) / self.end_step)", REGROW),
+    Mutant("drop-count-ceil", "the drop count is rounded up instead of down",
+           "cigl_bayes/masks.py", "k = int(drop_fraction * nnz)", "k = math.ceil(drop_fraction * nnz)",
+           FLOOR + REGROW),
+    Mutant("updates-never-end", "mask updates go on after 75% of training",
+           "cigl_bayes/masks.py", "return step % self.delta_t == 0 and 0 < step <= self.end_step",
+           "return step % self.delta_t == 0 and 0 < step", SCHEDULE),
+    Mutant("delta-t-off-by-one", "mask updates one step late (t ≡ 1 mod ΔT)",
+           "cigl_bayes/masks.py", "return step % self.delta_t == 0 and 0 < step <= self.end_step",
+           "return step % self.delta_t == 1 and 0 < step <= self.end_step", SCHEDULE + REGROW),
+    Mutant("update-plus-sgd-step", "a mask-update step also takes the optimiser step",
+           "cigl_bayes/train.py", "            self.update_mask(score, self.schedule.fraction(self.step + 1))",
+           "            self.optimizer_step(z)\n"
+           "            self.update_mask(score, self.schedule.fraction(self.step + 1))",
+           REGROW),
+    Mutant("regrown-not-zeroed", "regrown weights keep their old values",
+           "cigl_bayes/train.py", "keep = self.net.mask.float * (~grown).to(self.net.mask.float.dtype)",
+           "keep = self.net.mask.float", REGROWN_ZERO + REGROW),
+    Mutant("dropped-regrown-kept", "a just-dropped-and-regrown weight is not zeroed (only new positions are)",
+           "cigl_bayes/masks.py", "grown_here[picked] = True", "grown_here[picked] = ~old[picked]", REGROWN_ZERO),
+    Mutant("momentum-not-reset", "momentum of regrown and dropped weights is kept",
+           "cigl_bayes/train.py", "            torch._foreach_mul_(buffers, kept_views)", "            pass",
+           REGROWN_ZERO + REGROW),
+    # -- weight decay, ERK --------------------------------------------------------------------
+    Mutant("wd-twice", "weight decay in the loss and again in the optimiser",
+           "cigl_bayes/train.py", "nesterov=cfg.nesterov, weight_decay=0.0)",
+           "nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)", WD_ONCE),
+    Mutant("wd-not-on-theta", "weight decay skips the dense parameters θ",
+           "cigl_bayes/objectives.py", "            if self.net.other_params:\n                l2 = l2 +",
+           "            if False:\n                l2 = l2 +", WD_ONCE),
+    Mutant("erk-plain-er", "Erdős–Rényi without kernel dimensions",
+           "cigl_bayes/sparsity.py", "raw = [sum(s) / math.prod(s) for s in shapes]",
+           "raw = [(s[0] + s[1]) / (s[0] * s[1]) for s in shapes]", ERK),
+    Mutant("erk-squared", "ERK score squared",
+           "cigl_bayes/sparsity.py", "raw = [sum(s) / math.prod(s) for s in shapes]",
+           "raw = [(sum(s) / math.prod(s)) ** 2 for s in shapes]", ERK),
+    Mutant("erk-no-dense-cap", "ERK densities may exceed 1 (no dense layers)",
+           "cigl_bayes/sparsity.py", "if i not in dense and eps * raw[i] > 1.0]",
+           "if i not in dense and eps * raw[i] > 1e9]", ERK),
+    # -- the Pyro model and guide -------------------------------------------------------------
+    Mutant("guide-without-u", "the guide has no U level at σ > 0 (W ~ N(M⊙Z⊙V, σ²))",
+           "inference/guide.py", 'u = v if self.sigma == 0 else pyro.sample("U"', 'u = v if True else pyro.sample("U"',
+           GUIDE),
+    Mutant("guide-noise-2sigma", "the guide's noise scale is 2σ",
+           "inference/guide.py", "return dist.Normal(loc, self.sigma).to_event(1)",
+           "return dist.Normal(loc, 2 * self.sigma).to_event(1)", GUIDE),
+    Mutant("guide-without-z", "the guide's W is centred on M⊙U (Z left out)",
+           "inference/guide.py", 'w = pyro.sample("W", self._site(u * mz))',
+           'w = pyro.sample("W", self._site(u * net.mask.float))', GUIDE),
+    Mutant("svi-score-with-log-q", "SVI regrowth scored by ∂(−ELBO/N)/∂W, the guide's log q included",
+           "inference/model.py", "            w = w.view_as(w)\n", "", SVI_SCORE),
+    Mutant("svi-score-no-prior", "SVI regrowth score leaves out the prior's W/(s²N)",
+           "inference/objective.py", "return tapped.grad + w / (self.model.prior_scale**2 * self.n_train)",
+           "return tapped.grad", SVI_SCORE),
+    Mutant("prior-scale-doubled-wd", "prior scale s = 1/√(2·wd·N) instead of 1/√(wd·N)",
+           "inference/priors.py", "return 1.0 / math.sqrt(weight_decay * n_train)",
+           "return 1.0 / math.sqrt(2 * weight_decay * n_train)", ELBO),
+    Mutant("likelihood-not-scaled", "the likelihood plate is not scaled by N/B",
+           "inference/model.py", 'pyro.plate("data", self.n_train, subsample=',
+           'pyro.plate("data", x.shape[0], subsample=', ELBO),
+]
+
+
+def copy_repo(dest: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", "runs", "results", "__pycache__", "*.egg-info", ".pytest_cache",
+                                    ".hypothesis", ".ruff_cache", ".venv", ".carry", ".whl", "data", ".cache")
+    shutil.copytree(REPO, dest, ignore=ignore)
+
+
+def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float]:
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                              cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        code = -1
+    return code, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run these mutants only")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per mutant before it counts as killed")
+    args = parser.parse_args(argv)
+    chosen = MUTANTS
+    if args.only:
+        unknown = sorted(set(args.only) - {m.name for m in MUTANTS})
+        if unknown:
+            parser.error(f"unknown mutant(s): {', '.join(unknown)}")
+        chosen = [m for m in MUTANTS if m.name in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:26s} {m.path:28s} {m.what}")
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="cigl-mutation-") as tmp:
+        root = Path(tmp) / "repo"
+        copy_repo(root)
+        all_tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
+        code, seconds = run_tests(root, all_tests, args.timeout * 4)
+        if code != 0:
+            print(f"the unmutated tests fail (pytest exit {code}); fix them before checking mutants", file=sys.stderr)
+            return 2
+        rows, start = [], time.perf_counter()
+        for m in tqdm(chosen, desc="mutants", unit="mutant"):
+            path = root / m.path
+            original = path.read_text()
+            count = original.count(m.old)
+            if count != 1:
+                rows.append((m, f"NOT APPLIED (snippet found {count}×)", 0.0))
+                continue
+            path.write_text(original.replace(m.old, m.new))
+            try:
+                code, seconds = run_tests(root, m.tests, args.timeout)
+            finally:
+                path.write_text(original)
+            verdict = {0: "SURVIVED", 1: "killed", -1: "killed (timeout)"}.get(code, f"killed (pytest exit {code})")
+            rows.append((m, verdict, seconds))
+    total = time.perf_counter() - start
+    print("| # | mutant | deviation | file | tests run | result | s |")
+    print("|---|---|---|---|---|---|---|")
+    for i, (m, verdict, seconds) in enumerate(rows, start=1):
+        names = ", ".join(sorted({t.split("::")[-1] if "::" in t else t for t in m.tests}))
+        print(f"| {i} | `{m.name}` | {m.what} | `{m.path}` | {names} | {verdict} | {seconds:.0f} |")
+    killed = sum(v.startswith("killed") for _, v, _ in rows)
+    print(f"\n{killed} of {len(rows)} mutants killed in {total / 60:.1f} min")
+    return 0 if killed == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
