@@ -21,7 +21,8 @@ VARIANTS = [("dense", "dense", "plain"), ("rigl", "rigl", "plain"), ("cigl", "ci
             ("cigl-svi", "cigl", "svi")]
 
 
-def synthetic_data(n: int, batch_size: int, device: torch.device, num_classes: int = 10, seed: int = 0) -> Data:
+def synthetic_data(n: int, batch_size: int, device: torch.device, num_classes: int = 10, seed: int = 0,
+                   channels_last: bool = False) -> Data:
     """Random CIFAR-shaped uint8 images on ``device`` (timing needs shapes, not content)."""
     rng = np.random.default_rng(seed)
     ds = data_lib.ArrayDataset(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
@@ -29,7 +30,7 @@ def synthetic_data(n: int, batch_size: int, device: torch.device, num_classes: i
                                tuple(str(i) for i in range(num_classes)))
     mean, std = data_lib.NORMALIZATION["cifar10"]
     loader = data_lib.DeviceLoader(ds, batch_size=batch_size, device=device, mean=mean, std=std,
-                                   shuffle=True, augment=True, seed=seed)
+                                   shuffle=True, augment=True, seed=seed, channels_last=channels_last)
     return Data(train=loader, train_eval=loader, val=None, test=loader, num_classes=num_classes)
 
 
@@ -65,3 +66,25 @@ def environment(device: torch.device) -> dict:
     else:
         env["cpu"] = platform.processor() or platform.machine()
     return env
+
+
+def flops_per_step(trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
+    """Floating-point operations of one training step (forward + backward; 2 per multiply-add)
+    as counted by ``torch.utils.flop_counter``: the dense work a masked network still executes."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(*batch)
+    return int(counter.get_total_flops())
+
+
+def fast_path(trainer: Trainer) -> str:
+    """The speed options a trainer runs with, in words (e.g. "bf16 autocast + channels-last")."""
+    net = trainer.net
+    parts = ["bf16 autocast" if net.autocast_dtype is not None else "float32"]
+    convs = [p for p in net.module.parameters() if p.dim() == 4]
+    if convs and convs[0].is_contiguous(memory_format=torch.channels_last):
+        parts.append("channels-last")
+    if net._call != net._functional_call:  # bound methods: compare by equality
+        parts.append("compiled")
+    return " + ".join(parts)

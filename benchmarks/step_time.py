@@ -1,4 +1,5 @@
-"""Per-step training time of dense, RigL, CigL (plain) and CigL (SVI), side by side.
+"""Per-step training time of dense, RigL, CigL (plain) and CigL (SVI) at the default fast path,
+and of CigL in plain float32, side by side.
 
     python -m benchmarks.step_time --model wrn-22-2 --batch-size 128
     python -m benchmarks.step_time --quick          # small-cnn, < 60 s on a CPU
@@ -7,7 +8,10 @@ All variants live in one process and are timed interleaved (warm-up first, then 
 over rounds of a few steps each), so their ratios share the machine's state; each ratio is the
 median over rounds of the per-round ratio. Also timed: one
 mask update (amortised over ΔT steps), one WMA collection and one SWAG moment update
-(amortised over an epoch of 45,000 / batch steps). Prints a table and writes JSON (ratios, absolute times, device).
+(amortised over an epoch of 45,000 / batch steps).  ``fp32_over_fast`` is CigL's float32-contiguous
+step time over its fast-path time (bf16 autocast and channels-last where ``--amp/--channels-last
+auto`` turn them on); achieved GFLOP/s divide the step's counted FLOPs (forward + backward of the
+dense network, ``torch.utils.flop_counter``) by its time.  Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -27,21 +31,29 @@ from cigl_bayes.runs import atomic_write_json
 from experiments.cli import add_host_allocator_argument, apply_host_allocator
 from inference.swag import SparseSWAG
 
-from .common import VARIANTS, environment, make_trainer, median, synthetic_data, timed
+from .common import VARIANTS, environment, fast_path, flops_per_step, make_trainer, median, synthetic_data, timed
 
 
 def measure(model: str, batch_size: int, device: torch.device, rounds: int, steps: int, warmup: int,
             delta_t: int = 100) -> dict:
     base = TrainConfig(model=model, batch_size=batch_size, device=str(device), sparsity=0.95, delta_t=delta_t)
-    data = synthetic_data(batch_size * 4, batch_size, device)
+    fast_cl = base.speed_options(device)["channels_last"]
+    data = synthetic_data(batch_size * 4, batch_size, device, channels_last=fast_cl)
     trainers = {label: make_trainer(base, method, engine, data) for label, method, engine in VARIANTS}
+    # the same CigL step without the fast path: float32, contiguous (NCHW) weights and images
+    plain = dataclasses.replace(base, amp="off", channels_last="off", compile=False)
+    data32 = synthetic_data(batch_size * 4, batch_size, device)
+    trainers["cigl-fp32"] = make_trainer(plain, "cigl", "plain", data32)
     batches = list(data.train.epoch(0))
+    batches32 = list(data32.train.epoch(0))
+    flops = flops_per_step(make_trainer(base, "dense", "plain", data), batches[0])
     for t in trainers.values():  # never hit a mask update or an epoch end inside the timed steps
         t.schedule = dataclasses.replace(t.schedule, delta_t=10**12)
 
     def run_steps(trainer, n):
+        source = batches32 if trainer is trainers["cigl-fp32"] else batches
         for i in range(n):
-            trainer.train_step(*batches[i % len(batches)])
+            trainer.train_step(*source[i % len(source)])
 
     for t in trainers.values():
         run_steps(t, warmup)
@@ -73,6 +85,10 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
         "seconds_mask_update": mask_update,
         "seconds_collect": collect,
         "seconds_swag_update": swag_update,
+        "fast_path": fast_path(trainers["cigl"]),
+        "fp32_over_fast": paired("cigl-fp32", "cigl"),
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflops": {label: flops / 1e9 / s for label, s in step.items()},
         "cigl_over_dense": paired("cigl", "dense"),
         "rigl_over_dense": paired("rigl", "dense"),
         "svi_over_cigl": paired("cigl-svi", "cigl"),
@@ -86,12 +102,13 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
 def print_table(r: dict) -> None:
     print(f"\nstep time · {r['model']} · batch {r['batch_size']} · {r.get('gpu', r['device'])} · torch {r['torch']}"
           f" · host allocator {r.get('host_allocator', 'system')}")
+    print(f"  fast path: {r['fast_path']}; {r['gflop_per_step']:.2f} GFLOP per step (counted, dense)")
     for label, s in r["seconds_per_step"].items():
-        print(f"  {label:<10} {s * 1e3:9.2f} ms/step")
+        print(f"  {label:<10} {s * 1e3:9.2f} ms/step  {r['achieved_gflops'][label]:8.1f} GFLOP/s")
     print(f"  mask update {r['seconds_mask_update'] * 1e3:8.2f} ms   collect {r['seconds_collect'] * 1e3:8.2f} ms"
           f"   SWAG update {r['seconds_swag_update'] * 1e3:8.2f} ms")
-    for k in ("cigl_over_dense", "rigl_over_dense", "svi_over_cigl", "mask_update_fraction", "collect_fraction",
-              "swag_fraction"):
+    for k in ("fp32_over_fast", "cigl_over_dense", "rigl_over_dense", "svi_over_cigl", "mask_update_fraction",
+              "collect_fraction", "swag_fraction"):
         print(f"  {k:<22} {r[k]:.4f}")
 
 

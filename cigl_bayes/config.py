@@ -66,6 +66,7 @@ GENERIC_DEFAULTS = {"weight_decay": 5e-4, "lr_decay_every": 30_000, "warmup_step
 PAPER_EPOCHS = 250
 PAPER_TOTAL_STEPS = PAPER_EPOCHS * math.ceil(45_000 / 128)
 ENGINES = ("plain", "svi")
+LR_SCHEDULES = ("step", "cosine-window")
 LIKELIHOODS = ("categorical", "gaussian")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -90,6 +91,7 @@ class TrainConfig:
     weight_decay: float | None = None
     lr_decay_every: int | None = None
     lr_decay_factor: float = 0.5
+    lr_schedule: str = "step"  # "step" (the paper's), or "cosine-window" (cosine to the paper's lr at T*, then held)
     warmup_steps: int | None = None
     val_fraction: float = 0.1
     subset: int | None = None  # train on this many images (validation scaled alike)
@@ -112,7 +114,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"  # "float64" for numerical checks (e.g. the SVI ↔ plain trajectory test)
     amp: str = "auto"  # bf16 autocast of the forward pass: "auto" (CUDA, bf16-capable CPUs), "bf16", "off"
-    channels_last: str = "auto"  # channels-last memory format: "auto" (as amp), "on", "off"
+    channels_last: str = "auto"  # channels-last memory format: "auto" (on for float32), "on", "off"
     compile: bool = False  # torch.compile the network's functional forward
     augment: bool = True
     log_every: int = 50
@@ -139,13 +141,15 @@ class TrainConfig:
     def speed_options(self, device: torch.device) -> dict:
         """Keyword arguments of :meth:`SparseNetwork.configure` for ``device``.
 
-        "auto" turns bf16 autocast and channels-last on where they are faster: on CUDA, and on
-        CPUs with bf16 matrix instructions (AMX-BF16 or AVX512-BF16, see
-        :func:`cigl_bayes.device.fast_path_available`); float64 runs never autocast."""
-        fast = fast_path_available(device)
-        amp = self.amp == "bf16" or (self.amp == "auto" and fast and self.dtype == "float32")
+        "auto" turns bf16 autocast on where it is faster: on CUDA, and on CPUs with bf16 matrix
+        instructions (AMX-BF16 or AVX512-BF16, see :func:`cigl_bayes.device.fast_path_available`;
+        elsewhere bf16 is emulated, 10–17× slower).  Channels-last is on for every float32 run: it
+        was faster on CUDA and on both CPUs measured, with or without bf16 (docs/performance.md).
+        float64 runs (numerical checks) use neither."""
+        fp32 = self.dtype == "float32"
+        amp = self.amp == "bf16" or (self.amp == "auto" and fp32 and fast_path_available(device))
         return {"autocast_dtype": torch.bfloat16 if amp else None,
-                "channels_last": self.channels_last == "on" or (self.channels_last == "auto" and fast),
+                "channels_last": self.channels_last == "on" or (self.channels_last == "auto" and fp32),
                 "compile": self.compile}
 
     def steps_per_epoch(self, n_train: int) -> int:
@@ -210,6 +214,8 @@ class TrainConfig:
             raise ValueError(f"noise precision τ must be > 0, got {self.noise_precision}")
         if self.likelihood == "gaussian" and (self.mixup or self.label_smoothing):
             raise ValueError("mixup and label smoothing apply to classification, not the Gaussian likelihood")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; known: {', '.join(LR_SCHEDULES)}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         if self.channels_last not in ("auto", "on", "off"):

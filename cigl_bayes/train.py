@@ -141,10 +141,22 @@ def make_objective(cfg: TrainConfig, net: SparseNetwork, n_train: int, num_class
     return ElboObjective.from_config(cfg, net, n_train, num_classes)
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then × ``lr_decay_factor`` every ``lr_decay_every`` steps."""
+def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then
+
+    ``step`` (the paper's):   γ^⌊t / decay_every⌋                        (γ = ``lr_decay_factor``)
+    ``cosine-window``:        w + (1 − w)·½(1 + cos(π·min(t, T*)/T*)),   w = γ^⌊T* / decay_every⌋
+
+    where T* is the step at which WMA collection starts.  The cosine shape descends smoothly to
+    the *same* learning rate w that the step schedule has at T* and holds it there, so the
+    averaging window (and RigL's last epochs) run at the paper's learning rate (0.025 for
+    WRN-22-2), while the descent before it has no plateaus."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return warm * cfg.lr_decay_factor ** (step // cfg.lr_decay_every)
+    if cfg.lr_schedule == "step":
+        return warm * cfg.lr_decay_factor ** (step // cfg.lr_decay_every)
+    t_star = max(1, round(total_steps * cfg.wma_start_epoch / cfg.epochs))
+    window = cfg.lr_decay_factor ** (t_star // cfg.lr_decay_every)
+    return warm * (window + (1 - window) * 0.5 * (1 + math.cos(math.pi * min(step, t_star) / t_star)))
 
 
 class Trainer:
@@ -165,8 +177,9 @@ class Trainer:
         self.objective = make_objective(cfg, self.net, self.data.train.num_samples, self.data.num_classes)
         self.optimizer = torch.optim.SGD(self.net.module.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=0.0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         self.steps_per_epoch = len(self.data.train)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg, total_steps))
         self.schedule = MaskSchedule(cfg.epochs * self.steps_per_epoch, cfg.delta_t, cfg.drop_fraction,
                                      cfg.update_end)
         self.z_source = RandomKeepMask(sum(self.net.mask.numels), cfg.keep, cfg.seed + 1, self.device,

@@ -30,6 +30,9 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default: per model (paper)")
     p.add_argument("--lr-decay-every", type=int, default=d.lr_decay_every,
                    help="steps between lr halvings (default: paper value rescaled to the run length)")
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["step", "cosine-window"],
+                   help="step: ×0.5 every --lr-decay-every steps (paper); cosine-window: cosine down to the step "
+                        "schedule's lr at T*, then held through the WMA window")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--subset", type=int, default=d.subset, help="train on this many images (quick runs)")
