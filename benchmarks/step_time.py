@@ -35,8 +35,9 @@ from .common import VARIANTS, environment, fast_path, flops_per_step, make_train
 
 
 def measure(model: str, batch_size: int, device: torch.device, rounds: int, steps: int, warmup: int,
-            delta_t: int = 100) -> dict:
-    base = TrainConfig(model=model, batch_size=batch_size, device=str(device), sparsity=0.95, delta_t=delta_t)
+            delta_t: int = 100, compile: bool = False) -> dict:
+    base = TrainConfig(model=model, batch_size=batch_size, device=str(device), sparsity=0.95, delta_t=delta_t,
+                       compile=compile)
     fast_cl = base.speed_options(device)["channels_last"]
     data = synthetic_data(batch_size * 4, batch_size, device, channels_last=fast_cl)
     trainers = {label: make_trainer(base, method, engine, data) for label, method, engine in VARIANTS}
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=5, help="steps per timed round")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="torch.compile the network forward (fast-path variants)")
     add_host_allocator_argument(p)  # "system" measures glibc's default behaviour
     p.add_argument("--quick", action="store_true", help="small-cnn, batch 64, few rounds (< 60 s on CPU)")
     p.add_argument("--out", default="benchmarks/results/step_time.json")
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.batch_size, args.rounds, args.steps, args.warmup = "small-cnn", 64, 5, 3, 2
     device = resolve_device(args.device)
     apply_host_allocator(args)
-    result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup)
+    result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup, compile=args.compile)
     result["host_allocator"] = args.host_allocator
     print_table(result)
     atomic_write_json(result, Path(args.out))

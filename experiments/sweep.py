@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", choices=["plain", "svi"], default="plain")
     p.add_argument("--epochs", type=int, default=None, help="override the protocol's epochs")
     p.add_argument("--subset", type=int, default=None, help="override the protocol's training subset")
+    p.add_argument("--test-subset", type=int, default=None, help="evaluate on this many test images")
+    p.add_argument("--model", default=None, help="override the protocol's model")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     add_host_allocator_argument(p)
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else proto["seeds"]
     cells = grid(methods, sparsities, seeds)  # validates method names
     overrides = dict(proto["config"], device=args.device, data_dir=args.data_dir)
-    for name in ("epochs", "subset"):
+    for name in ("epochs", "subset", "test_subset", "model"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     configs = []

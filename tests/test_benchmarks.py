@@ -33,3 +33,42 @@ def test_epoch_time_quick(tmp_path):
     r = json.loads(out.read_text())
     assert r["images_per_epoch"] == 2000 and r["images_per_second"] > 0 and r["gpu_busy_fraction"] is None
     assert r["achieved_gflops"] > 0 and r["fast_path"].startswith(("float32", "bf16"))
+
+
+def test_precision_benchmark_runs_all_four_settings(tmp_path):
+    from benchmarks import precision
+
+    out = tmp_path / "precision.json"
+    assert precision.main(["--model", "mlp", "--batch-size", "16", "--steps", "1", "--device", "cpu",
+                           "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["seconds_per_step"]) == {"fp32", "fp32+channels-last", "bf16", "bf16+channels-last"}
+    assert r["fastest"] in r["seconds_per_step"]
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run_runs_every_stage(tmp_path, cifar_data_dir, cache_dir, monkeypatch):
+    """Every stage of the GPU suite, tiny and on the CPU, so none is first executed on a lent GPU."""
+    from benchmarks import gpu_suite
+
+    monkeypatch.setenv("CIGL_DATA_DIR", str(cifar_data_dir))
+    monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
+    assert gpu_suite.main(["--out", str(tmp_path), "--dry-run"]) == 0
+    for stage in gpu_suite.STAGES:
+        r = json.loads((tmp_path / f"{stage}.json").read_text())
+        assert r["_dry_run"] is True, stage
+    env = json.loads((tmp_path / "env.json").read_text())
+    assert env["cuda_tests"]["exit_code"] in (0, 5) and "skipped" in env["cuda_tests"]["summary"]
+    step = json.loads((tmp_path / "step.json").read_text())
+    assert set(step) >= {"small-cnn", "small-cnn compiled"}
+    assert "compiled" in step["small-cnn compiled"]["fast_path"]
+    pair = json.loads((tmp_path / "pair.json").read_text())
+    assert {r["method"] for r in pair["runs"]} >= {"rigl", "cigl"}
+    summary = (tmp_path / "summary.md").read_text()
+    for heading in ("Step time", "Whole epochs", "ImageNet path", "gpu-short pair"):
+        assert heading in summary
+    with pytest.raises(SystemExit):  # without CUDA and without --dry-run: a clear refusal
+        if not __import__("torch").cuda.is_available():
+            gpu_suite.main(["--out", str(tmp_path / "real")])
+        else:
+            raise SystemExit(2)

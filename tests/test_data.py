@@ -560,6 +560,7 @@ def test_loader_channels_last():
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_loader_cuda_matches_cpu():
     ds = toy(40)

@@ -250,13 +250,6 @@ def test_to_probs_auto_detection():
     )
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_inputs():
-    z, y = _logits(200, 5, seed=7)
-    assert calibration_metrics(z.cuda(), y.cuda()) == calibration_metrics(z, y)
-    assert apply_temperature(z.cuda(), 2.0).device.type == "cuda"
-
-
 # -------------------------------------------------------------------------------------- errors
 
 
