@@ -85,6 +85,12 @@ class SnapshotStore:
         sparse[torch.from_numpy(bits)] = record["values"]
         return Snapshot(sparse.to(device), record["other"].to(device))
 
+    def clear(self, keep: int = 0) -> None:
+        """Delete the stored samples with index ≥ ``keep`` (all of them by default)."""
+        for i in self.indices():
+            if i >= keep:
+                self.path(i).unlink(missing_ok=True)
+
     def indices(self) -> list[int]:
         return sorted(int(p.stem.split("_")[1]) for p in self.folder.glob("sample_*.pt"))
 

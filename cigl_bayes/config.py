@@ -192,8 +192,30 @@ class TrainConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        finite = {"lr": self.lr, "momentum": self.momentum, "lr_decay_factor": self.lr_decay_factor,
+                  "mixup": self.mixup, "label_smoothing": self.label_smoothing, "sigma": self.sigma,
+                  "noise_precision": self.noise_precision, "drop_fraction": self.drop_fraction}
+        if self.weight_decay is not None:
+            finite["weight_decay"] = self.weight_decay
+        for name, value in finite.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.lr <= 0:
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0 (give --momentum or turn Nesterov off)")
+        if not 0.0 < self.lr_decay_factor <= 1.0:
+            raise ValueError(f"lr decay factor must be in (0, 1], got {self.lr_decay_factor}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight decay must be ≥ 0, got {self.weight_decay}")
+        for name in ("lr_decay_every", "bn_batches"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer (or unset), got {value!r}")
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+            raise ValueError(f"warmup_steps must be a non-negative integer, got {self.warmup_steps!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         for name in ("subset", "test_subset"):

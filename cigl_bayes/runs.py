@@ -74,5 +74,49 @@ def check_out_dir(out: str | Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create run folder {out}: {err.strerror or err}") from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"run folder {out} is not writable")
     return out
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process is writing the same run folder."""
+
+
+class RunFolderLock:
+    """An exclusive lock on ``<run folder>/.lock`` while one process writes the folder.
+
+    ``fcntl.flock`` is released by the kernel when the process ends, killed or not, so a crashed
+    run never leaves a stale lock; a second writer gets :class:`RunFolderBusy` at once.  Where
+    ``fcntl`` does not exist (Windows) the lock is a no-op."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunFolderLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunFolderBusy(f"run folder {self.path.parent} is being written by another process (pid {owner}); "
+                                "wait for it or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None

@@ -38,7 +38,14 @@ from .masks import DeterministicMask, MaskSchedule
 from .network import SparseNetwork
 from .objectives import PlainObjective, batch_targets
 from .random_mask import RandomKeepMask
-from .runs import CheckpointError, atomic_write_json, check_out_dir, load_checkpoint, save_checkpoint
+from .runs import (
+    CheckpointError,
+    RunFolderLock,
+    atomic_write_json,
+    check_out_dir,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .sparsity import densities_for, layer_nnz, sparse_parameter_names
 
 
@@ -372,23 +379,46 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class ShortRunWarning(UserWarning):
+    """A run that will collect fewer than two posterior samples."""
+
+
 def run(config: TrainConfig, out_dir: str | Path, *, progress: bool = True,
         stop_after_epochs: int | None = None) -> dict | None:
     """Train (resuming from ``out_dir/checkpoint.pt`` if present), evaluate, write the run folder.
 
     Returns the metrics dict, or None when ``stop_after_epochs`` ended training early.
-    A finished run is not trained again: its metrics are returned as they are.
+    A finished run is not trained again: its metrics are returned as they are (re-evaluated when
+    ``metrics.json`` is missing or unreadable).  One process writes a run folder at a time
+    (:class:`~cigl_bayes.runs.RunFolderLock`); a fresh start clears samples left by an earlier run.
     """
+    import contextlib
     import json
+    import warnings
 
     from .evaluate import evaluate_and_write
 
-    trainer = Trainer(config, out_dir, progress=progress)
-    metrics_path = trainer.out / "metrics.json"
-    trainer.maybe_resume()
-    if trainer.finished_training and metrics_path.exists():
-        return json.loads(metrics_path.read_text())
-    trainer.fit(stop_after_epochs)
-    if not trainer.finished_training or not trainer.dist.is_main:
-        return None  # under torch.distributed rank 0 alone evaluates and writes the results
-    return evaluate_and_write(trainer, train_seconds=sum(h["seconds"] for h in trainer.history))
+    out = check_out_dir(out_dir)
+    with RunFolderLock(out) if dist_info().is_main else contextlib.nullcontext():
+        trainer = Trainer(config, out, progress=progress)
+        cfg = trainer.cfg
+        collected = cfg.epochs - cfg.wma_start_epoch
+        if (trainer.method.wma or trainer.method.snapshots) and collected < 2 and trainer.dist.is_main:
+            warnings.warn(f"this run collects {collected} posterior sample (epochs {cfg.epochs}, WMA from epoch "
+                          f"{cfg.wma_start_epoch}): predictive and swag will equal wma and no posterior.nc is "
+                          "written; give more --epochs or an earlier --wma-start-epoch", ShortRunWarning,
+                          stacklevel=2)
+        if trainer.maybe_resume():
+            trainer.samples.clear(keep=trainer.wma.count)  # written after the last checkpoint: redone
+        else:
+            trainer.samples.clear()  # a fresh start: samples of an earlier run in this folder are stale
+        metrics_path = trainer.out / "metrics.json"
+        if trainer.finished_training and metrics_path.exists():
+            try:
+                return json.loads(metrics_path.read_text())
+            except ValueError:
+                warnings.warn(f"{metrics_path} is unreadable; evaluating the finished run again", stacklevel=2)
+        trainer.fit(stop_after_epochs)
+        if not trainer.finished_training or not trainer.dist.is_main:
+            return None  # under torch.distributed rank 0 alone evaluates and writes the results
+        return evaluate_and_write(trainer, train_seconds=sum(h["seconds"] for h in trainer.history))

@@ -93,7 +93,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
 
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main``; bad input → 'error: …' on one line and exit status 2."""
-    from cigl_bayes.runs import CheckpointError
+    from cigl_bayes.runs import CheckpointError, RunFolderBusy
     from cigl_bayes.train import TrainingDiverged
 
     try:
@@ -101,7 +101,7 @@ def run_cli(main: Callable[[], int | None]) -> None:
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    except (*USER_ERRORS, CheckpointError) as err:
+    except (*USER_ERRORS, CheckpointError, RunFolderBusy) as err:
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

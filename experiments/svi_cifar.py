@@ -45,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     preset = pre.parse_known_args(argv)[0].preset
     args = build_parser(preset).parse_args(argv)
     if args.keep is not None:
-        if not 0.0 < args.keep <= 1.0:
+        if not 0.0 < args.keep <= 1.0:  # NaN fails this too
             raise ValueError(f"--keep must be in (0, 1], got {args.keep}")
+        given_rate = args.random_mask_rate != TrainConfig().random_mask_rate
+        if given_rate and abs(args.random_mask_rate - (1.0 - args.keep)) > 1e-12:
+            raise ValueError(f"--keep {args.keep} and --random-mask-rate {args.random_mask_rate} disagree "
+                             "(keep = 1 − rate); give one of them")
         args.random_mask_rate = 1.0 - args.keep
     args.device = init_from_env(args.device)[1]  # joins torchrun's process group if there is one
     apply_host_allocator(args)

@@ -81,6 +81,20 @@ def method_spec(name: str) -> tuple[str, dict]:
                      "or <random-mask method>-keep<k> (e.g. cigl-keep0.99)")
 
 
+def check_distinct(methods: list[str], sparsities: list[float], seeds: list[int]) -> None:
+    """Refuse repeated grid values before anything trains: a repeated seed would count one run
+    twice (n = 2, std 0), and sparsities that print alike would share one run folder."""
+    for name, values in (("--methods", methods), ("--seeds", seeds)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"{name} repeats {', '.join(map(str, repeated))}; give each value once")
+    names = [f"{s:g}" for s in sparsities]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ValueError(f"--sparsities has values that are equal or name the same run folder ({', '.join(clash)}: "
+                         f"{sparsities}); give each sparsity once")
+
+
 def grid(methods: list[str], sparsities: list[float], seeds: list[int]) -> list[tuple[str, float, int]]:
     cells = []
     for m in methods:
@@ -334,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = args.methods or proto["methods"]
     sparsities = args.sparsities or proto["sparsities"]
     seeds = args.seeds if args.seeds is not None else proto["seeds"]
+    check_distinct(methods, sparsities, seeds)
     cells = grid(methods, sparsities, seeds)  # validates method names
     overrides = dict(proto["config"], device=args.device, data_dir=args.data_dir)
     for name in ("epochs", "subset", "test_subset", "model"):

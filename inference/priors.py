@@ -1,4 +1,5 @@
-"""Gaussian priors and their correspondence with weight decay (paper Eq. 1 vs Eq. 5).
+"""Gaussian priors and their correspondence with weight decay (the L2 term of the paper's training
+loss, Eq. 1, against the prior of its Bayesian reading, §4.2).
 
 With prior W ~ N(0, s²) and N training points, −log p(W)/N = ‖W‖² / (2 s² N) + const, so the
 per-data-point objective carries λ‖W‖² with λ = 1/(2 s² N).  Torch weight decay wd adds

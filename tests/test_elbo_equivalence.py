@@ -1,4 +1,5 @@
-"""The Bayesian reading of CigL (paper Eq. 1, 3, 5): −ELBO/N ↔ cross-entropy + λ‖M⊙Z⊙V‖²."""
+"""The Bayesian reading of CigL (paper §4.2; training loss Eq. 1, guide Eq. 3): −ELBO/N ↔ cross-entropy +
+λ‖M⊙Z⊙V‖²."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_prior_scale_matches_weight_decay():
 
 
 def test_negative_elbo_over_n_equals_l2_objective_up_to_a_constant():
-    """Eq. 1 ↔ Eq. 5 with σ = 0, fixed Z, M and mini-batch: equal values (up to an analytic
+    """Training loss (Eq. 1) ↔ −ELBO/N with σ = 0, fixed Z, M and mini-batch: equal values (up to an analytic
     constant independent of V) and equal gradients with respect to V and θ."""
     net = tiny_net()
     x, y = batch()

@@ -1,0 +1,100 @@
+"""Run-folder integrity and inputs that used to be silently wrong: one writer per folder, stale
+samples, short runs, broken metrics.json, non-finite or conflicting options, repeated grid values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.runs import RunFolderBusy, RunFolderLock, check_out_dir
+from cigl_bayes.train import ShortRunWarning, run
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("lr", math.nan, "lr must be a finite"), ("lr", math.inf, "lr must be a finite"),
+    ("sigma", math.nan, "sigma must be a finite"), ("mixup", math.nan, "mixup must be a finite"),
+    ("label_smoothing", math.inf, "label_smoothing must be a finite"), ("weight_decay", math.nan, "weight_decay"),
+    ("weight_decay", -1e-4, "weight decay must be ≥ 0"), ("momentum", 1.0, "momentum must be in"),
+    ("bn_batches", 0, "bn_batches must be a positive"), ("bn_batches", -3, "bn_batches must be a positive"),
+    ("lr_decay_every", 0, "lr_decay_every"), ("lr_decay_factor", 0.0, "lr decay factor"),
+    ("warmup_steps", -1, "warmup_steps"),
+])
+def test_bad_numbers_are_refused_naming_the_field(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TrainConfig(), **{field: value}).validate()
+
+
+def test_nesterov_without_momentum_is_refused():
+    with pytest.raises(ValueError, match="Nesterov"):
+        TrainConfig(momentum=0.0).validate()
+    TrainConfig(momentum=0.0, nesterov=False).validate()
+
+
+def test_keep_and_random_mask_rate_must_agree():
+    from experiments import svi_cifar
+
+    with pytest.raises(ValueError, match="disagree"):
+        svi_cifar.main(["--keep", "0.99", "--random-mask-rate", "0.2", "--out", "/nonexistent/never-written"])
+    with pytest.raises(ValueError, match="--keep must be in"):
+        svi_cifar.main(["--keep", "nan", "--out", "/nonexistent/never-written"])
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--seeds", "0", "0"], "--seeds repeats 0"),
+    (["--methods", "rigl", "rigl"], "--methods repeats rigl"),
+    (["--sparsities", "0.9", "0.90000001"], "--sparsities has values"),
+])
+def test_sweep_refuses_repeated_grid_values_before_training(tmp_path, extra, match):
+    from experiments import sweep
+
+    with pytest.raises(ValueError, match=match):
+        sweep.main(["--results", str(tmp_path), "--no-progress", *extra])
+    assert not any(tmp_path.iterdir())
+
+
+def test_one_writer_per_run_folder(tmp_path):
+    with RunFolderLock(tmp_path):
+        with pytest.raises(RunFolderBusy, match="being written by another process"):
+            with RunFolderLock(tmp_path):
+                pass
+    with RunFolderLock(tmp_path):  # released: the next writer may go on
+        pass
+
+
+def test_a_folder_that_cannot_be_created_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="cannot create run folder"):
+        check_out_dir(tmp_path / "file" / "run")
+
+
+@pytest.fixture
+def tiny(cifar_data_dir, cache_dir, monkeypatch) -> TrainConfig:
+    monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
+    return TrainConfig(method="cigl", model="mlp", data_dir=str(cifar_data_dir), sparsity=0.9, epochs=2, subset=256,
+                       test_subset=128, batch_size=64, delta_t=2, device="cpu", log_every=100)
+
+
+def test_fresh_start_clears_stale_samples_and_short_runs_warn(tiny, tmp_path):
+    stale = tmp_path / "samples" / "sample_0007.pt"
+    stale.parent.mkdir(parents=True)
+    torch.save({"junk": 1}, stale)
+    with pytest.warns(ShortRunWarning, match="collects 1 posterior sample"):
+        result = run(tiny, tmp_path, progress=False)
+    assert not stale.exists()
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["sample_0000.pt"]
+    assert result["wma_samples"] == 1
+
+
+def test_a_finished_run_with_broken_metrics_is_evaluated_again(tiny, tmp_path):
+    cfg = dataclasses.replace(tiny, wma_start_epoch=0)
+    first = run(cfg, tmp_path, progress=False)
+    (tmp_path / "metrics.json").write_text('{"method": "cig')  # truncated
+    with pytest.warns(UserWarning, match="unreadable; evaluating the finished run again"):
+        again = run(cfg, tmp_path, progress=False)
+    assert again["test"] == first["test"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["completed"] is True
