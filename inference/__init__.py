@@ -5,6 +5,7 @@ from .likelihoods import LIKELIHOODS
 from .model import SparseBayesianModel
 from .objective import ElboObjective
 from .priors import prior_scale_from_weight_decay
+from .run import Prediction, RunFolderError, TrainedRun, load_run
 
-__all__ = ["ElboObjective", "HierarchicalGuide", "LIKELIHOODS", "SparseBayesianModel",
-           "prior_scale_from_weight_decay"]
+__all__ = ["ElboObjective", "HierarchicalGuide", "LIKELIHOODS", "Prediction", "RunFolderError", "SparseBayesianModel",
+           "TrainedRun", "load_run", "prior_scale_from_weight_decay"]

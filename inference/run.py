@@ -1,0 +1,298 @@
+"""A finished run folder as a Python object: ``load_run(run_dir) -> TrainedRun``.
+
+    from inference import load_run
+    run = load_run("runs/cigl")                       # config, network (eval mode), mask, WMA, samples
+    pred = run.predict(images, "predictive")          # uint8 or float images, as the data set stores them
+    pred.probs, pred.draws, pred.entropy(), pred.mutual_information()
+    swag = run.swag(rank=20); swag.sample(torch.Generator().manual_seed(0))
+    idata = run.to_inferencedata()                    # arviz InferenceData, layers named
+    run.metrics                                       # metrics.json
+
+No ``Trainer`` and no optimiser are built.  The training data are read only when a predictor
+needs BatchNorm statistics recomputed for weights other than the final ones (wma, predictive,
+mc-z, swag), and the statistics of each weight setting are cached, so a second ``predict`` with
+the same predictor costs forward passes only.
+
+It lives in ``inference`` (not ``cigl_bayes``) because it joins the sparse engine's run folder
+with the posterior tools (SWAG, arviz) of this package; imports flow experiments → inference →
+cigl_bayes → models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cigl_bayes import data as data_lib
+from cigl_bayes.averaging import Snapshot, SnapshotStore
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.device import resolve_device
+from cigl_bayes.network import SparseNetwork
+from cigl_bayes.predict import recompute_batchnorm
+from cigl_bayes.random_mask import random_keep_mask
+from cigl_bayes.runs import CheckpointError, load_checkpoint
+from cigl_bayes.sparsity import sparse_parameter_names
+
+from .swag import SparseSWAG
+
+PREDICTORS = ("final", "wma", "predictive", "mc-z", "swag")
+
+
+class RunFolderError(ValueError):
+    """A run folder that is missing, unfinished, or whose files disagree with each other."""
+
+
+@dataclasses.dataclass
+class Prediction:
+    """Class probabilities of one predictor: ``probs`` (N, C) is the mean over ``draws`` (K, N, C)
+    when the predictor has draws (predictive, mc-z, swag), else ``draws`` is None."""
+
+    predictor: str
+    probs: torch.Tensor
+    draws: torch.Tensor | None = None
+
+    def entropy(self) -> torch.Tensor:
+        """Predictive entropy H[E_w p(y|x,w)] per input (nats): total uncertainty."""
+        return _entropy(self.probs)
+
+    def mutual_information(self) -> torch.Tensor:
+        """I(y; w | x) = H[E_w p] − E_w H[p] per input (nats): the part of the uncertainty that is
+        about the weights (0 for single-weight predictors)."""
+        if self.draws is None:
+            return torch.zeros(self.probs.shape[0], dtype=self.probs.dtype)
+        return (self.entropy() - _entropy(self.draws).mean(0)).clamp_min(0.0)
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A finished run: its config, network, WMA mean and samples (see :func:`load_run`)."""
+
+    run_dir: Path
+    config: TrainConfig
+    net: SparseNetwork
+    wma: Snapshot | None
+    samples: list[Snapshot]
+    sample_epochs: list[int]
+    history: list[dict]
+    device: torch.device
+    data_dir: str | None = None
+    _bn_cache: dict = dataclasses.field(default_factory=dict, repr=False)
+    _bn_loader: object = dataclasses.field(default=None, repr=False)
+    _final_state: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def metrics(self) -> dict | None:
+        """The run's metrics.json (None if it is missing)."""
+        path = self.run_dir / "metrics.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError as err:
+            raise RunFolderError(f"{path} is unreadable ({err}); run the training command again to "
+                                 "re-evaluate") from err
+
+    # -- inputs -------------------------------------------------------------------------------------------
+    def prepare(self, images) -> torch.Tensor:
+        """uint8 (0–255) or float (0–1) images, (N, H, W, C) as the data set stores them or (N, C, H, W),
+        as a normalised float tensor (N, C, H, W) on the run's device."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or 3 not in (x.shape[1], x.shape[-1]):
+            raise ValueError(f"images must be (N, H, W, 3) or (N, 3, H, W), got shape {tuple(x.shape)}")
+        if x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.permute(0, 3, 1, 2)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif x.is_floating_point():
+            if float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
+                raise ValueError("float images must lie in [0, 1] (uint8 images are divided by 255 here)")
+        else:
+            raise ValueError(f"images must be uint8 or float, got {x.dtype}")
+        mean, std = data_lib.NORMALIZATION[self.config.dataset]
+        dtype = self.net.sparse_params[0].dtype
+        x = x.to(self.device, dtype)
+        mean_t = torch.tensor(mean, device=self.device, dtype=dtype).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, device=self.device, dtype=dtype).view(1, 3, 1, 1)
+        return ((x - mean_t) / std_t).contiguous()
+
+    # -- weight settings --------------------------------------------------------------------------------
+    def weight_draws(self, predictor: str, draws: int | None = None, seed: int = 0) -> list[tuple[str, Snapshot]]:
+        """(cache key, weights) of every draw the predictor averages over."""
+        if predictor not in PREDICTORS:
+            raise ValueError(f"unknown predictor {predictor!r}; known: {', '.join(PREDICTORS)}")
+        if draws is not None and draws < 1:
+            raise ValueError(f"draws must be ≥ 1, got {draws}")
+        if predictor == "final":
+            return [("final", self._final())]
+        if predictor in ("wma", "predictive", "swag") and not self.samples:
+            raise RunFolderError(f"run {self.run_dir} collected no posterior samples (method "
+                                 f"{self.config.method}); use predictor 'final' or 'mc-z'")
+        if predictor == "wma":
+            return [("wma", self.wma)]
+        if predictor == "predictive":
+            chosen = self.samples if draws is None else self.samples[:draws]
+            return [(f"sample{i}", s) for i, s in enumerate(chosen)]
+        k = draws or self.config.mc_samples
+        gen = torch.Generator().manual_seed(seed)
+        if predictor == "mc-z":
+            final = self._final()
+            keep = 1.0 - self.config.random_mask_rate
+            return [(f"mc-z:{seed}:{i}", Snapshot(final.sparse * random_keep_mask(
+                final.sparse.numel(), keep, gen, dtype=final.sparse.dtype).to(self.device), final.other))
+                for i in range(k)]
+        swag = self.swag()
+        dtype = self.net.sparse_params[0].dtype
+        out = []
+        for i in range(k):
+            d = swag.sample(gen, scale=0.5)
+            out.append((f"swag:{seed}:{i}", Snapshot(d.sparse.to(self.device, dtype), d.other.to(self.device, dtype))))
+        return out
+
+    def _final(self) -> Snapshot:
+        with torch.no_grad():
+            return Snapshot(self.net.effective_flat().detach().clone(), self.net.other_flat().detach().clone())
+
+    # -- prediction --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images, predictor: str = "wma", draws: int | None = None, *, seed: int = 0,
+                batch_size: int = 500) -> Prediction:
+        """Class probabilities of ``predictor`` for ``images``: handles normalisation, BatchNorm
+        (recomputed on the training data for every weight setting but ``final``) and eval mode.
+        ``draws`` caps the samples of ``predictive`` and sets how many ``mc-z``/``swag`` draw
+        (default ``mc_samples`` of the run's config)."""
+        x = self.prepare(images)
+        per_draw = []
+        for key, snap in self.weight_draws(predictor, draws, seed):
+            self._load(key, snap)
+            logits = torch.cat([self.net.forward(b, snap.sparse).float() for b in x.split(batch_size)])
+            per_draw.append(torch.softmax(logits, -1).cpu())
+        self._restore()
+        stacked = torch.stack(per_draw)
+        single = predictor in ("final", "wma")
+        return Prediction(predictor, stacked.mean(0), None if single else stacked)
+
+    def _load(self, key: str, snap: Snapshot) -> None:
+        """Load the weights and their BatchNorm statistics (recomputed once per key, then cached)."""
+        self.net.load_flat_(snap.sparse, snap.other)
+        if key == "final":
+            self.net.module.load_state_dict(self._final_state)
+        elif key in self._bn_cache:
+            self.net.module.load_state_dict(self._bn_cache[key], strict=False)
+        else:
+            recompute_batchnorm(self.net, self.bn_loader(), snap.sparse, self.config.bn_batches)
+            self._bn_cache[key] = {k: v.clone() for k, v in self.net.module.state_dict().items()
+                                   if "running_" in k or "num_batches_tracked" in k}
+        self.net.module.eval()
+
+    def _restore(self) -> None:
+        self.net.module.load_state_dict(self._final_state)
+        self.net.module.eval()
+
+    def bn_loader(self):
+        """The unaugmented training images (loaded on first use), for BatchNorm recomputation."""
+        if self._bn_loader is None:
+            from cigl_bayes.train import build_data
+
+            cfg = dataclasses.replace(self.config, data_dir=self.data_dir or self.config.data_dir)
+            self._bn_loader = build_data(cfg, self.device).train_eval
+        return self._bn_loader
+
+    # -- posterior objects -------------------------------------------------------------------------------
+    def swag(self, rank: int = 20) -> SparseSWAG:
+        """SWAG moments (mean, diagonal variance, low-rank deviations) of the collected samples."""
+        if len(self.samples) < 2:
+            raise RunFolderError(f"SWAG needs at least 2 samples; run {self.run_dir} has {len(self.samples)}")
+        return SparseSWAG.from_snapshots(self.samples, max_rank=rank)
+
+    def to_inferencedata(self):
+        """The samples as an arviz ``InferenceData`` (one chain; draws = samples; coordinates name the
+        layers), with the per-epoch training loss as a sample statistic."""
+        from . import diagnostics
+
+        layers = list(zip(self.net.sparse_names, self.net.mask.numels))
+        by_epoch = {h["epoch"]: h["train_loss"] for h in self.history}
+        loss = [by_epoch.get(e + 1, float("nan")) for e in self.sample_epochs]
+        return diagnostics.posterior_inference_data([self.samples], layers, train_loss=[loss])
+
+
+def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto") -> TrainedRun:
+    """Read a finished run folder (see docs/api.md): config, network in eval mode with its final
+    weights and BatchNorm statistics, mask, WMA mean and the stored samples, checked against the
+    checkpoint.  ``data_dir`` is where the training images are, for BatchNorm recomputation."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"run folder {run_dir} does not exist")
+    ckpt = run_dir / "checkpoint.pt"
+    if not ckpt.exists():
+        raise RunFolderError(f"{run_dir} has no checkpoint.pt: not a run folder, or training never finished an epoch")
+    dev = resolve_device(device)
+    try:
+        state = load_checkpoint(ckpt, map_location=dev)
+    except CheckpointError as err:
+        raise RunFolderError(str(err)) from err
+    cfg = TrainConfig.from_dict(state["config"])
+    if state["epoch"] < cfg.epochs:
+        raise RunFolderError(f"run {run_dir} stopped at epoch {state['epoch']} of {cfg.epochs}; resume it first "
+                             "(the same training command with the same --out)")
+    cfg = dataclasses.replace(cfg, device=str(dev), data_dir=data_dir or cfg.data_dir)
+    net = _network(cfg, state["module"], dev)
+    net.mask.load_state_dict(state["mask"])
+    net.module.load_state_dict(state["module"])
+    net.module.eval()
+    wma_state = state["wma"]
+    wma = None if wma_state["sparse"] is None else Snapshot(wma_state["sparse"].to(dev), wma_state["other"].to(dev))
+    samples, epochs = _samples(run_dir, wma_state["count"], cfg, dev)
+    run = TrainedRun(run_dir, cfg, net, wma, samples, epochs, state["history"], dev, data_dir)
+    run._final_state = {k: v.clone() for k, v in net.module.state_dict().items()}
+    return run
+
+
+def _network(cfg: TrainConfig, module_state: dict, device: torch.device) -> SparseNetwork:
+    """The run's network, built with as many outputs as its saved last layer has."""
+    from cigl_bayes.train import build_network
+    from models import build_model
+
+    probe = build_model(cfg.model, num_classes=2, dropout=cfg.dropout)
+    last = sparse_parameter_names(probe)[-1]
+    if last not in module_state:
+        raise RunFolderError(f"checkpoint does not hold the weights of model {cfg.model!r} (no {last})")
+    return build_network(cfg, int(module_state[last].shape[0]), device)
+
+
+def _samples(run_dir: Path, count: int, cfg: TrainConfig, device) -> tuple[list[Snapshot], list[int]]:
+    """The stored samples, checked against the checkpoint's WMA count and the collection epochs."""
+    store = SnapshotStore(run_dir / "samples")
+    indices = store.indices()
+    if not cfg.save_samples and not cfg.method_config.snapshots:
+        return [], []
+    expected = list(range(count))
+    if indices != expected:
+        missing = sorted(set(expected) - set(indices))
+        stray = sorted(set(indices) - set(expected))
+        detail = "; ".join(filter(None, [
+            f"missing {', '.join(store.path(i).name for i in missing)}" if missing else "",
+            f"stray {', '.join(store.path(i).name for i in stray)}" if stray else ""]))
+        raise RunFolderError(f"{store.folder} does not match the checkpoint's {count} samples: {detail}")
+    samples, epochs = [], []
+    for i in indices:
+        try:
+            record = torch.load(store.path(i), map_location="cpu", weights_only=True)
+            snap = store.load(i, device)
+        except Exception as err:  # truncated or foreign file
+            raise RunFolderError(f"sample file {store.path(i)} is unreadable ({type(err).__name__})") from err
+        if record.get("epoch") != cfg.wma_start_epoch + i:
+            raise RunFolderError(f"sample file {store.path(i)} is from epoch {record.get('epoch')}, expected "
+                                 f"{cfg.wma_start_epoch + i} (a sample of another run?)")
+        samples.append(snap)
+        epochs.append(record["epoch"])
+    return samples, epochs

@@ -1,0 +1,111 @@
+"""The Python API: ``inference.load_run`` reproduces the trainer's own evaluation, checks the run
+folder, and the example of docs/api.md runs as written."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from cigl_bayes import data as data_lib
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.train import run
+from inference import RunFolderError, load_run
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cifar_data_dir, cache_dir):
+    import os
+
+    os.environ["CIGL_CACHE_DIR"] = str(cache_dir)
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(method="cigl", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.9, epochs=3,
+                      wma_start_epoch=0, subset=512, test_subset=200, batch_size=64, delta_t=4, device="cpu",
+                      log_every=100)
+    metrics = run(cfg, out, progress=False)
+    _, test = data_lib.load_dataset("cifar10", cifar_data_dir)
+    test = data_lib.take_subset(test, 200, seed=cfg.seed)
+    return out, cfg, metrics, test
+
+
+def test_load_run_reproduces_the_trainers_predictions(finished, cifar_data_dir):
+    out, cfg, metrics, test = finished
+    trained = load_run(out, data_dir=str(cifar_data_dir))
+    assert not trained.net.module.training and len(trained.samples) == 3 == metrics["wma_samples"]
+    saved = np.load(out / "predictions.npz")
+    assert np.array_equal(saved["labels"], test.labels)
+    for predictor in ("final", "wma"):
+        pred = trained.predict(test.images, predictor)  # uint8 (N, H, W, C), as the data set stores them
+        np.testing.assert_allclose(pred.probs.numpy(), saved[predictor], rtol=1e-4, atol=1e-5)
+        assert pred.draws is None and torch.all(pred.mutual_information() == 0)
+    # float images in [0, 1], channels first: the same predictions
+    chw = torch.from_numpy(test.images[:16]).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(trained.predict(chw, "wma").probs, trained.predict(test.images[:16], "wma").probs)
+    assert trained.metrics["test"]["wma"]["accuracy"] == metrics["test"]["wma"]["accuracy"]
+
+
+def test_predictive_draws_and_uncertainty(finished, cifar_data_dir):
+    out, _, _, test = finished
+    trained = load_run(out, data_dir=str(cifar_data_dir))
+    pred = trained.predict(test.images[:8], "predictive")
+    assert pred.draws.shape == (3, 8, 10)
+    torch.testing.assert_close(pred.probs, pred.draws.mean(0))
+    # MI = H[mean] − mean H ≥ 0, and H ≤ log C
+    h_mean = -(pred.probs * pred.probs.log()).sum(-1)
+    mean_h = -(pred.draws * pred.draws.log()).sum(-1).mean(0)
+    torch.testing.assert_close(pred.mutual_information(), (h_mean - mean_h).clamp_min(0), rtol=1e-5, atol=1e-6)
+    assert (pred.entropy() <= np.log(10) + 1e-6).all()
+    mcz = trained.predict(test.images[:8], "mc-z", draws=2, seed=3)
+    again = trained.predict(test.images[:8], "mc-z", draws=2, seed=3)  # seeded and cached
+    torch.testing.assert_close(mcz.draws, again.draws)
+    assert trained.predict(test.images[:8], "swag", draws=2).draws.shape == (2, 8, 10)
+    for bad, match in ((np.zeros((2, 5, 5)), "images must be"), (np.full((2, 32, 32, 3), 2.0), r"\[0, 1\]")):
+        with pytest.raises(ValueError, match=match):
+            trained.predict(bad, "wma")
+    with pytest.raises(ValueError, match="unknown predictor"):
+        trained.predict(test.images[:2], "magic")
+
+
+def test_posterior_objects(finished, cifar_data_dir):
+    trained = load_run(finished[0], data_dir=str(cifar_data_dir))
+    idata = trained.to_inferencedata()
+    assert idata.posterior.sizes["draw"] == 3
+    assert list(idata.posterior["layer"].values) == trained.net.sparse_names
+    swag = trained.swag(rank=2)
+    assert swag.rank == 2 and swag.sample(torch.Generator().manual_seed(0)).sparse.shape == trained.wma.sparse.shape
+
+
+def test_a_damaged_run_folder_is_named(finished, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)
+    (out / "samples" / "sample_0001.pt").unlink()
+    with pytest.raises(RunFolderError, match="missing sample_0001.pt"):
+        load_run(out)
+    shutil.copy(out / "samples" / "sample_0000.pt", out / "samples" / "sample_0001.pt")
+    with pytest.raises(RunFolderError, match="sample_0001.pt is from epoch 0, expected 1"):
+        load_run(out)
+    shutil.copy(out / "samples" / "sample_0002.pt", out / "samples" / "sample_0001.pt")
+    shutil.copy(out / "samples" / "sample_0002.pt", out / "samples" / "sample_0005.pt")
+    with pytest.raises(RunFolderError, match="stray sample_0005.pt"):
+        load_run(out)
+    (out / "samples" / "sample_0005.pt").unlink()
+    (out / "samples" / "sample_0001.pt").write_bytes(b"truncated")
+    with pytest.raises(RunFolderError, match="sample_0001.pt is unreadable"):
+        load_run(out)
+    with pytest.raises(RunFolderError, match="does not exist"):
+        load_run(tmp_path / "nowhere")
+
+
+def test_the_api_doc_example_runs(cifar_data_dir, cache_dir, monkeypatch, capsys):
+    monkeypatch.setenv("CIGL_DATA_DIR", str(cifar_data_dir))
+    monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
+    text = (REPO / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "docs/api.md", "exec"), {"__name__": "api_doc"})
+    printed = capsys.readouterr().out
+    assert "mutual information" in printed and "SWAG rank" in printed
