@@ -699,6 +699,27 @@ class DeviceLoader:
         return self.epoch(0)
 
 
+def fingerprint(loader) -> str | None:
+    """A short SHA-256 of a loader's images and labels in order (None for a loader without them):
+    stored in metrics.json so that analyses can tell whether two runs were scored on the same
+    test points and whether the data found now are the data a run was trained on."""
+    import hashlib
+
+    images, labels = getattr(loader, "images", None), getattr(loader, "labels", None)
+    if images is None and hasattr(loader, "x"):
+        images, labels = loader.x, loader.y
+    if images is None or labels is None:
+        index = getattr(loader, "index", None)  # ImageNet: the file list
+        if index is None:
+            return None
+        digest = hashlib.sha256("\n".join(map(str, index.files)).encode())
+        digest.update(np.asarray(index.labels).tobytes())
+        return digest.hexdigest()[:16]
+    digest = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(labels.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class TensorLoader:
     """In-memory (x, y) tensors on ``device`` served in seeded shuffled batches, with the same
     interface as :class:`DeviceLoader` (``epoch(e, start_batch)``, ``num_samples``, ``len``):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import data as data_lib
 from . import metrics
 from .averaging import Snapshot
 from .predict import ensemble_log_probs, mc_dropout_log_probs, predict_log_probs, weights_loaded
@@ -94,6 +95,8 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
         "n_train": trainer.data.train.num_samples,
         "n_val": trainer.data.val.num_samples if trainer.data.val is not None else 0,
         "n_test": trainer.data.test.num_samples,
+        "test_fingerprint": data_lib.fingerprint(trainer.data.test),
+        "train_fingerprint": data_lib.fingerprint(trainer.data.train_eval),
         "wma_samples": trainer.wma.count,
         "train_seconds": train_seconds,
         "test": {name: r["test"] for name, r in report.items()},

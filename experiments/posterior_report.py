@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cigl_bayes import data as data_lib
 from cigl_bayes import metrics
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
@@ -53,6 +54,7 @@ class RunAnalysis:
     layers: list[tuple[str, int]]
     train_loss: list[float]  # at the epochs the samples were collected
     zw: dict
+    test_fingerprint: str | None = None
 
 
 def load_trainer(run_dir: Path, device: str, data_dir: str | None) -> Trainer:
@@ -67,6 +69,18 @@ def load_trainer(run_dir: Path, device: str, data_dir: str | None) -> Trainer:
     trainer = Trainer(cfg, run_dir, progress=False)
     if not trainer.maybe_resume() or not trainer.finished_training:
         raise ValueError(f"run {run_dir} has not finished training; resume it first (same command, same --out)")
+    stored = {}
+    if (run_dir / "metrics.json").exists():
+        try:
+            stored = json.loads((run_dir / "metrics.json").read_text())
+        except ValueError as err:
+            raise ValueError(f"{run_dir / 'metrics.json'} is unreadable ({err}); run the training command "
+                             "again to re-evaluate") from err
+    for split, loader in (("train", trainer.data.train_eval), ("test", trainer.data.test)):
+        saved = stored.get(f"{split}_fingerprint")
+        if saved is not None and saved != data_lib.fingerprint(loader):
+            raise ValueError(f"the {split} data found now (data dir {cfg.data_dir}) differ from those run {run_dir} "
+                             "was trained and scored on; give the right --data-dir")
     return trainer
 
 
@@ -109,7 +123,18 @@ def analyse(run_dir: Path, args) -> RunAnalysis:
     by_epoch = {h["epoch"]: h["train_loss"] for h in trainer.history}
     # sample i is collected at the end of epoch T* + i (0-based), i.e. history epoch T* + i + 1
     train_loss = [by_epoch.get(cfg.wma_start_epoch + i + 1, float("nan")) for i in range(len(samples))]
-    return RunAnalysis(run_dir, cfg, labels, preds, samples, layers, train_loss, zw)
+    return RunAnalysis(run_dir, cfg, labels, preds, samples, layers, train_loss, zw,
+                       data_lib.fingerprint(data.test))
+
+
+def check_same_test_points(analyses: list[RunAnalysis]) -> None:
+    """Runs pooled into one report must be scored on the same test points (arviz pools them per
+    test point): refuse runs whose test sets differ, e.g. two seeds with --test-subset."""
+    first = analyses[0]
+    for a in analyses[1:]:
+        if a.test_fingerprint != first.test_fingerprint or not torch.equal(a.labels, first.labels):
+            raise ValueError(f"runs {first.run_dir} and {a.run_dir} were scored on different test points "
+                             "(a seeded --test-subset differs per seed); report them separately")
 
 
 def chain_groups(analyses: list[RunAnalysis]) -> list[list[RunAnalysis]]:
@@ -256,8 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in args.runs:  # check every folder before creating anything
         if not r.is_dir():
             raise FileNotFoundError(f"run folder {r} does not exist")
-    analyses = [analyse(r, args) for r in args.runs]
+    resolved = [r.resolve() for r in args.runs]
+    repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
+    if repeated:
+        raise ValueError(f"run {repeated[0]} is given more than once: the same run is not two chains")
     out = args.out or args.runs[0] / "posterior"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    analyses = [analyse(r, args) for r in args.runs]
+    check_same_test_points(analyses)
     out.mkdir(parents=True, exist_ok=True)
     rows, zw_rows = [], []
     for a in analyses:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,3 +100,51 @@ def test_a_finished_run_with_broken_metrics_is_evaluated_again(tiny, tmp_path):
         again = run(cfg, tmp_path, progress=False)
     assert again["test"] == first["test"]
     assert json.loads((tmp_path / "metrics.json").read_text())["completed"] is True
+
+
+def test_fingerprints_tell_data_apart():
+    from cigl_bayes.data import ArrayDataset, DeviceLoader, fingerprint
+
+    rng = np.random.default_rng(0)
+    ds = ArrayDataset(rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 20).astype(np.int64),
+                      tuple("abcdefghij"))
+    kw = {"batch_size": 4, "device": "cpu", "mean": (0.5,) * 3, "std": (0.25,) * 3, "shuffle": False}
+    same = fingerprint(DeviceLoader(ds, **kw)), fingerprint(DeviceLoader(ds, **kw))
+    assert same[0] == same[1] and len(same[0]) == 16
+    other = ArrayDataset(ds.images[:19], ds.labels[:19], ds.classes)
+    assert fingerprint(DeviceLoader(other, **kw)) != same[0]
+
+
+def test_posterior_report_refuses_repeated_runs_and_a_file_as_out(tmp_path):
+    from experiments import posterior_report
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(ValueError, match="given more than once"):
+        posterior_report.main([str(run_dir), str(tmp_path / "run" / ".." / "run")])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        posterior_report.main([str(run_dir), "--out", str(tmp_path / "file")])
+
+
+def test_posterior_report_refuses_runs_scored_on_different_test_points():
+    from experiments.posterior_report import RunAnalysis, check_same_test_points
+
+    def analysis(name, labels, fp):
+        return RunAnalysis(Path(name), TrainConfig(), torch.tensor(labels), {}, [], [], [], {}, fp)
+
+    check_same_test_points([analysis("a", [1, 2], "x"), analysis("b", [1, 2], "x")])
+    with pytest.raises(ValueError, match="different test points"):
+        check_same_test_points([analysis("a", [1, 2], "x"), analysis("b", [1, 2], "y")])
+
+
+def test_posterior_report_refuses_other_data_than_the_runs(tiny, tmp_path):
+    from experiments.posterior_report import load_trainer
+
+    run(dataclasses.replace(tiny, wma_start_epoch=0), tmp_path, progress=False)
+    assert load_trainer(tmp_path, "cpu", None).finished_training
+    stored = json.loads((tmp_path / "metrics.json").read_text())
+    stored["test_fingerprint"] = "0" * 16  # as if the data found now were other data
+    (tmp_path / "metrics.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="the test data found now .* differ"):
+        load_trainer(tmp_path, "cpu", None)
