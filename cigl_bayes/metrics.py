@@ -275,45 +275,33 @@ def calibration_metrics(scores: Any, labels: Any, *, from_logits: bool | None = 
 
 
 def _draw_reliability(ax: Axes, data: ReliabilityData, title: str | None) -> None:
+    """Per bin: a blue bar up to min(accuracy, confidence), then the gap between the two, red and
+    hatched where confidence exceeds accuracy (over-confident), orange where accuracy exceeds
+    confidence (under-confident).  Every colour is opaque and named in the legend."""
     edges = data.bin_edges
     width = np.diff(edges)
     left = edges[:-1]
     full = data.counts > 0
     acc = np.where(full, data.accuracy, 0.0)
     conf = np.where(full, data.mean_confidence, 0.0)
-    ax.bar(
-        left,
-        acc,
-        width=width,
-        align="edge",
-        color="tab:blue",
-        edgecolor="black",
-        linewidth=0.6,
-        label=f"accuracy (ECE = {data.ece:.4f})",
-    )
-    lo, hi = np.minimum(acc, conf), np.maximum(acc, conf)
-    ax.bar(
-        left[full],
-        (hi - lo)[full],
-        bottom=lo[full],
-        width=width[full],
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        edgecolor="tab:red",
-        hatch="//",
-        linewidth=0.6,
-        label="gap to confidence",
-    )
+    lo = np.minimum(acc, conf)
+    style = {"width": width, "align": "edge", "edgecolor": "black", "linewidth": 0.6}
+    ax.bar(left, lo, color="tab:blue", label=f"accuracy, up to the confidence (ECE = {data.ece:.4f})", **style)
+    over = full & (conf > acc)
+    under = full & (acc > conf)
+    ax.bar(left[over], (conf - acc)[over], bottom=acc[over], **{**style, "width": width[over]}, color="mistyrose",
+           hatch="//", label="gap: confidence above accuracy (over-confident)")
+    ax.bar(left[under], (acc - conf)[under], bottom=conf[under], **{**style, "width": width[under]},
+           color="tab:orange", label="accuracy above confidence (under-confident)")
     ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1.0, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
+    ax.set_xlabel("confidence (bin of the top-class probability)")
+    ax.set_ylabel("accuracy in the bin")
     if title:
         ax.set_title(title)
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", fontsize="x-small")
 
 
 def _save_atomic(fig: Figure, path: str | os.PathLike) -> None:

@@ -174,18 +174,23 @@ def _png(fig, path: Path) -> None:
 
 
 def plot_zw(rows: list[dict], path: Path) -> None:
+    """One column of points per run (runs at the same sparsity side by side, no connecting lines):
+    accuracy of M⊙W, and the mean ± sd over the fresh masks Zᵢ of M⊙Zᵢ⊙W; the legend sits below."""
     import matplotlib.pyplot as plt
 
-    rows = sorted(rows, key=lambda r: r["sparsity"])
-    s = [r["sparsity"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(s, [r["accuracy_w"] for r in rows], "o-", label="M⊙W (final)")
-    ax.errorbar(s, [r["accuracy_zw_mean"] for r in rows], yerr=[r["accuracy_zw_std"] for r in rows], fmt="s--",
-                label="M⊙Zᵢ⊙W (mean ± sd)")
-    ax.set_xlabel("sparsity")
+    rows = sorted(rows, key=lambda r: (r["sparsity"], r["run"]))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    xs = np.arange(len(rows))
+    ax.scatter(xs - 0.08, [r["accuracy_w"] for r in rows], marker="o", color="tab:blue", zorder=3,
+               label="M⊙W (final weights, as trained)")
+    ax.errorbar(xs + 0.08, [r["accuracy_zw_mean"] for r in rows], yerr=[r["accuracy_zw_std"] for r in rows],
+                fmt="s", color="tab:orange", capsize=4, label="M⊙Zᵢ⊙W: mean ± sd over fresh masks Zᵢ")
+    ax.set_xticks(xs, [f"{r['run']}\ns={r['sparsity']:g}" for r in rows], fontsize=7)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel("run")
     ax.set_ylabel("test accuracy")
     ax.set_title("Z–W correlation (paper App. C.1)")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=1, fontsize=8, frameon=False)
     _png(fig, path)
 
 

@@ -613,8 +613,14 @@ def plot_trace(
     if n_draw < 2:
         raise ValueError(f"plot_trace needs at least 2 draws per chain, got {n_draw}")
     with _quiet_plotting():
+        kwargs.setdefault("legend", True)  # names the chains
         axes = az.plot_trace(idata, var_names=list(var_names), show=False, **kwargs)
-        return _save_figure(np.ravel(axes)[0].figure, path, dpi)
+        fig = np.ravel(axes)[0].figure
+        chains = ", ".join(map(str, idata.posterior["chain"].values))
+        fig.suptitle(f"posterior samples: one line per layer, line style per chain ({chains}: one seed each); "
+                     "x: sample value (left), draw = collected epoch (right)", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 0.96))
+        return _save_figure(fig, path, dpi)
 
 
 def plot_forest(
@@ -641,4 +647,7 @@ def plot_forest(
     with _quiet_plotting():
         axes = az.plot_forest(idata, var_names=list(var_names), combined=combined, r_hat=r_hat, ess=ess,
                               show=False, **kwargs)
-        return _save_figure(np.ravel(axes)[0].figure, path, dpi)
+        fig = np.ravel(axes)[0].figure
+        per = "all chains combined" if combined else f"one line per chain ({post.sizes['chain']} seeds, top to bottom)"
+        fig.suptitle(f"94% HDI of each layer's value over the collected samples; {per}", fontsize=9)
+        return _save_figure(fig, path, dpi)
