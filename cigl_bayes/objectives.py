@@ -73,6 +73,7 @@ class PlainObjective:
         self.weight_decay = weight_decay
         self.likelihood, self.precision = likelihood, precision
         self._scored: torch.Tensor | None = None  # W of the last call made with track_score
+        self.last_data_loss: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None, *, track_score: bool = False):
         """Return (loss, W) where W = M⊙Z⊙W is the flat effective weight the network used.
@@ -85,6 +86,7 @@ class PlainObjective:
             self._scored = w
         logits = self.net.forward(x, w)
         loss = data_loss(logits, target, self.likelihood, self.precision)
+        self.last_data_loss = loss.detach()  # the data term, without the L2 penalty
         if self.weight_decay:
             l2 = w.square().sum()
             if self.net.other_params:

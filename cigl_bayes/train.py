@@ -198,6 +198,7 @@ class Trainer:
         self.step = 0  # optimiser steps completed
         self.history: list[dict] = []
         self.last_z: torch.Tensor | None = None  # Z of the last step (paired with the WMA sample)
+        self.epoch_data_loss = float("nan")  # mean data term of the last epoch
 
     # -- checkpoint --------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -314,9 +315,11 @@ class Trainer:
     def train_epoch(self, bar) -> float:
         self.net.module.train()
         total = torch.zeros((), device=self.device)
+        data_total = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(self.data.train.epoch(self.epoch)):
             loss = self.train_step(x, y)
             total += loss
+            data_total += self.objective.last_data_loss
             if (i + 1) % self.cfg.log_every == 0 or i + 1 == self.steps_per_epoch:
                 value = float(loss)  # host sync only at logging intervals
                 if not math.isfinite(value):
@@ -326,6 +329,7 @@ class Trainer:
                                            f"{where} — lower the learning rate (--lr)")
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
             bar.update(1)
+        self.epoch_data_loss = float(data_total) / self.steps_per_epoch
         return float(total) / self.steps_per_epoch
 
     def collect(self) -> None:
@@ -358,7 +362,12 @@ class Trainer:
                     if self.epoch >= cfg.wma_start_epoch:
                         self.collect()
                     self.epoch += 1
+                    # train_loss = the objective; its data term (mean NLL per data point, comparable
+                    # across engines) and the rest, the prior / KL term per data point (SVI: with the
+                    # prior's normalising constant n·log(s√2π)/N)
                     self.history.append({"epoch": self.epoch, "step": self.step, "train_loss": mean_loss,
+                                         "train_data_loss": self.epoch_data_loss,
+                                         "train_regulariser": mean_loss - self.epoch_data_loss,
                                          "seconds": time.perf_counter() - start,
                                          "density": self.net.mask.density})
                     self.save_checkpoint()

@@ -43,6 +43,7 @@ class SparseBayesianModel:
         # gradient retained: the likelihood's part of the RigL regrowth score (inference.objective).
         self.tap_forward_weights = False
         self.forward_weights: torch.Tensor | None = None
+        self.last_output: torch.Tensor | None = None  # f(x; W, θ) of the last call
 
     def _prior(self, numel: int, like: torch.Tensor) -> IsotropicNormal:
         return IsotropicNormal(self.prior_scale, numel, like)
@@ -60,6 +61,7 @@ class SparseBayesianModel:
             w.retain_grad()
             self.forward_weights = w
         output = self.net.forward(x, w, theta)
+        self.last_output = output
         with pyro.plate("data", self.n_train, subsample=torch.arange(x.shape[0], device=x.device)):
             self.likelihood(output, target, **self.likelihood_kwargs)
         return output

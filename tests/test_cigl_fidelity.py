@@ -443,3 +443,26 @@ def test_svi_regrowth_converges_to_the_sigma_zero_choice_as_sigma_falls():
         overlaps.append(int((picked & reference_set).sum()) / int(reference_set.sum()))
     assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2 and errors[2] < 0.1 * errors[0], errors
     assert overlaps[-1] == 1.0 and overlaps[0] <= overlaps[-1], overlaps
+
+
+def test_the_svi_loss_is_reported_in_parts_comparable_with_the_plain_engine(tmp_path):
+    """train_loss = data term + regulariser; at σ = 0 the SVI data term is the plain engine's
+    cross-entropy, and its regulariser is the plain L2 term plus the prior's normaliser n·log(s√2π)/N."""
+    histories = {}
+    for engine in ("plain", "svi"):
+        trainer = make_trainer(tmp_path / engine, engine=engine, epochs=1, delta_t=1000)
+        trainer.fit()
+        histories[engine] = trainer.history[0]
+        net, n = trainer.net, trainer.data.train.num_samples
+    plain, svi = histories["plain"], histories["svi"]
+    for h in (plain, svi):
+        assert h["train_loss"] == pytest.approx(h["train_data_loss"] + h["train_regulariser"], rel=1e-12)
+    assert svi["train_data_loss"] == pytest.approx(plain["train_data_loss"], rel=1e-9)
+    s = prior_scale_from_weight_decay(5e-4, n)
+    dims = sum(net.mask.numels) + sum(p.numel() for p in net.other_params)
+    constant = dims * math.log(s * math.sqrt(2 * math.pi)) / n
+    # equal up to the constant; the L2 parts agree to 1e-3 of their size (the two engines round
+    # differently, and small-cnn's max-pool ties make the weights drift by ~1e-4 over an epoch)
+    assert svi["train_regulariser"] - plain["train_regulariser"] == pytest.approx(
+        constant, abs=1e-3 * plain["train_regulariser"])
+    assert constant > 100 * plain["train_regulariser"]  # the constant is what made the SVI loss look large
