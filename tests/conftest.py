@@ -28,3 +28,14 @@ def cache_dir(tmp_path_factory) -> Path:
     """Decoded-array cache shared by the whole test session (``CIGL_CACHE_DIR`` if set)."""
     env = os.environ.get("CIGL_CACHE_DIR")
     return Path(env) if env else tmp_path_factory.mktemp("cigl-cache")
+
+
+SLOW_MODULES = {"test_cli.py", "test_faults.py", "test_distributed.py"}  # subprocesses and torchrun
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark as ``slow`` every test that reads the real CIFAR-10 (the ``cifar_data_dir`` fixture) or
+    starts processes, so that ``python -m pytest -m "not slow"`` is the fast subset (docs/testing.md)."""
+    for item in items:
+        if "cifar_data_dir" in getattr(item, "fixturenames", ()) or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

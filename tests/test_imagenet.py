@@ -66,6 +66,7 @@ def test_worker_decoding_equals_batch_decoding(folder, train):
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, again))  # seeded by (seed, epoch, index)
 
 
+@pytest.mark.slow
 def test_imagenet_end_to_end_through_the_cli(folder, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "MPLBACKEND": "Agg", "CIGL_DATA_DIR": str(folder)}
