@@ -266,7 +266,8 @@ class Trainer:
         x, target = batch_targets(x, y, self.data.num_classes, mixup=cfg.mixup,
                                   label_smoothing=cfg.label_smoothing, generator=self.aux_generator)
         z = self.z_source.sample(self.cfg.torch_dtype)
-        update = self.schedule.is_update_step(self.step + 1) and self.method.regrowth != "none"
+        update = (self.schedule.is_update_step(self.step + 1) and self.method.regrowth != "none"
+                  and self.net.mask.density < 1.0)  # a fully dense mask cannot change
         scored = update and self.method.regrowth == "gradient"
         loss, w = self.objective(x, target, z, track_score=scored)
         self.optimizer.zero_grad(set_to_none=True)
@@ -307,9 +308,11 @@ class Trainer:
         keep = self.net.mask.float * (~grown).to(self.net.mask.float.dtype)
         kept_views = self.net.mask.views(keep)
         torch._foreach_mul_(self.net.sparse_params, kept_views)
-        buffers = [self.optimizer.state[p].get("momentum_buffer") for p in self.net.sparse_params]
-        if all(b is not None for b in buffers):
-            torch._foreach_mul_(buffers, kept_views)
+        state = self.optimizer.state
+        pairs = [(state[p].get("momentum_buffer"), v) for p, v in zip(self.net.sparse_params, kept_views)]
+        pairs = [(b, v) for b, v in pairs if b is not None]  # layers without a buffer yet have nothing to reset
+        if pairs:
+            torch._foreach_mul_([b for b, _ in pairs], [v for _, v in pairs])
 
     # -- one epoch ---------------------------------------------------------------
     def train_epoch(self, bar) -> float:

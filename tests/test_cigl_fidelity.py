@@ -416,16 +416,45 @@ def regrown_set(net: SparseNetwork, score: torch.Tensor) -> torch.Tensor:
     return mask.update(net.sparse_flat().detach(), score, 0.3, "gradient")
 
 
-def test_svi_regrowth_score_at_sigma_zero_is_the_plain_dense_gradient():
+def score_by_hand(net: SparseNetwork, w: torch.Tensor, x, y) -> torch.Tensor:
+    """∂/∂W [CE(f(x; W, θ), y) + ‖W‖² / (2 s² N)] at W, through a plain functional forward."""
+    w = w.detach().clone().requires_grad_()
+    module = copy.deepcopy(net.module)
+    params = dict(module.named_parameters())
+    views = w.split(net.mask.numels)
+    weights = {n: v.view(params[n].shape) for n, v in zip(net.sparse_names, views)}
+    logits = functional_call(module, {**weights, **{n: params[n] for n in net.other_names}}, (x,))
+    s = prior_scale_from_weight_decay(WD, N)
+    loss = F.cross_entropy(logits, y) + w.square().sum() / (2 * s**2 * N)
+    return torch.autograd.grad(loss, w)[0]
+
+
+def test_svi_regrowth_score_at_sigma_zero_is_the_dense_gradient():
     net, (x, y) = tiny_net(), tiny_batch()
     z = random_keep_mask(sum(net.mask.numels), KEEP, torch.Generator().manual_seed(3), dtype=torch.float64)
-    plain = PlainObjective(net, WD)
+    expected = score_by_hand(net, net.mask.float * z * net.sparse_flat(), x, y)
+    torch.testing.assert_close(svi_score(net, 0.0, x, y, z), expected, rtol=1e-10, atol=1e-13)
+    plain = PlainObjective(net, WD)  # and the plain engine's score is the same function
     loss, _ = plain(x, y, z, track_score=True)
     loss.backward()
-    expected = plain.regrowth_score().detach().clone()
+    torch.testing.assert_close(plain.regrowth_score(), expected, rtol=1e-10, atol=1e-13)
     net.module.zero_grad(set_to_none=True)
-    torch.testing.assert_close(svi_score(net, 0.0, x, y, z), expected, rtol=1e-10, atol=1e-13)
     assert (expected[~net.mask.flat] != 0).any()  # dense: non-zero off the support too
+
+
+def test_svi_regrowth_score_at_positive_sigma_is_the_models_gradient_at_the_sampled_w():
+    """At σ = 0.05 the score is ∂[NLL/N − log p(W)/N]/∂W at the W the guide sampled — no log q."""
+    net, (x, y) = tiny_net(), tiny_batch()
+    z = random_keep_mask(sum(net.mask.numels), KEEP, torch.Generator().manual_seed(5), dtype=torch.float64)
+    s = prior_scale_from_weight_decay(WD, N)
+    guide = HierarchicalGuide(net, 0.05, KEEP)
+    objective = ElboObjective(SparseBayesianModel(net, s, N, keep=KEEP), guide, N)
+    pyro.set_rng_seed(1)
+    loss, w = objective(x, y, z, track_score=True)
+    loss.backward()
+    net.module.zero_grad(set_to_none=True)
+    assert (w[~net.mask.flat] != 0).all()  # W was sampled off the support too (σ > 0)
+    torch.testing.assert_close(objective.regrowth_score(), score_by_hand(net, w, x, y), rtol=1e-10, atol=1e-13)
 
 
 def test_svi_regrowth_converges_to_the_sigma_zero_choice_as_sigma_falls():
