@@ -291,11 +291,13 @@ class Trainer:
         step (as the official code restores its dropped weights).  Their momentum buffers take the
         zero-gradient step (× μ).  Weight dropout (``rigl-wdp``) is left to the plain optimiser."""
         freeze = z is not None and self.method.random_mask and not self.method.rescale_random_mask
-        before = self.net.sparse_flat().detach().clone() if freeze else None
+        params = self.net.sparse_params
+        before = torch._foreach_mul(params, 1.0) if freeze else None  # a copy, one kernel per layer group
         self.optimizer.step()
-        if freeze:
+        if freeze:  # W ← Z·W_new + (1 − Z)·W_old, exact for Z ∈ {0, 1}
             with torch.no_grad():
-                self.net.load_flat_(torch.where(z != 0, self.net.sparse_flat(), before))
+                torch._foreach_mul_(params, self.net.mask.views(z))
+                torch._foreach_addcmul_(params, before, self.net.mask.views(1.0 - z))
 
     @torch.no_grad()
     def update_mask(self, score: torch.Tensor | None, fraction: float) -> None:

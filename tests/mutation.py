@@ -80,10 +80,9 @@ MUTANTS: list[Mutant] = [
     Mutant("z-entries-move", "weights with Z = 0 are moved by momentum (no restore after the step)",
            "cigl_bayes/train.py", "freeze = z is not None and self.method.random_mask",
            "freeze = False and self.method.random_mask", ONLY_MZ),
-    Mutant("z-entries-half-restored", "weights with Z = 0 are restored only for the first layer",
-           "cigl_bayes/train.py", "self.net.load_flat_(torch.where(z != 0, self.net.sparse_flat(), before))",
-           "self.net.load_flat_(torch.where((z != 0) | (torch.arange(z.numel()) > self.net.mask.numels[0]), "
-           "self.net.sparse_flat(), before))", ONLY_MZ),
+    Mutant("z-entries-half-restored", "weights with Z = 0 are restored only in the first layer (zeroed elsewhere)",
+           "cigl_bayes/train.py", "torch._foreach_addcmul_(params, before, self.net.mask.views(1.0 - z))",
+           "torch._foreach_addcmul_(params[:1], before[:1], self.net.mask.views(1.0 - z)[:1])", ONLY_MZ),
     # -- WMA ----------------------------------------------------------------------------------
     Mutant("wma-without-z", "WMA averages M⊙W instead of M⊙Z⊙W",
            "cigl_bayes/train.py", "Snapshot(self.net.effective_flat(self.last_z)",
