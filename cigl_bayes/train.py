@@ -292,7 +292,8 @@ class Trainer:
         zero-gradient step (× μ).  Weight dropout (``rigl-wdp``) is left to the plain optimiser."""
         freeze = z is not None and self.method.random_mask and not self.method.rescale_random_mask
         params = self.net.sparse_params
-        before = torch._foreach_mul(params, 1.0) if freeze else None  # a copy, one kernel per layer group
+        with torch.no_grad():
+            before = torch._foreach_mul(params, 1.0) if freeze else None  # a copy, one kernel per layer group
         self.optimizer.step()
         if freeze:  # W ← Z·W_new + (1 − Z)·W_old, exact for Z ∈ {0, 1}
             with torch.no_grad():
