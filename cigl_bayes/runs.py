@@ -91,8 +91,9 @@ class RunFolderLock:
     """An exclusive lock on ``<run folder>/.lock`` while one process writes the folder.
 
     ``fcntl.flock`` is released by the kernel when the process ends, killed or not, so a crashed
-    run never leaves a stale lock; a second writer gets :class:`RunFolderBusy` at once.  Where
-    ``fcntl`` does not exist (Windows) the lock is a no-op."""
+    run never leaves a stale lock (only, at worst, an unlocked ``.lock`` file); a second writer
+    gets :class:`RunFolderBusy` at once.  A clean exit removes the file, so a refused bad input
+    leaves the folder as it was.  Where ``fcntl`` does not exist (Windows) the lock is a no-op."""
 
     def __init__(self, folder: str | Path):
         self.path = Path(folder) / ".lock"
@@ -111,6 +112,13 @@ class RunFolderLock:
             os.close(fd)
             raise RunFolderBusy(f"run folder {self.path.parent} is being written by another process (pid {owner}); "
                                 "wait for it or use another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the previous writer removed the file between our open and our lock
+            os.close(fd)
+            raise RunFolderBusy(f"run folder {self.path.parent} changed writer while locking; try again")
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
@@ -118,5 +126,6 @@ class RunFolderLock:
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
+            self.path.unlink(missing_ok=True)  # leave the folder as it was; a waiting opener re-checks the inode
             os.close(self._fd)  # closing the descriptor releases the lock
             self._fd = None

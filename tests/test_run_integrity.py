@@ -148,3 +148,9 @@ def test_posterior_report_refuses_other_data_than_the_runs(tiny, tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(stored))
     with pytest.raises(ValueError, match="the test data found now .* differ"):
         load_trainer(tmp_path, "cpu", None)
+
+
+def test_the_lock_file_goes_with_its_writer(tmp_path):
+    with RunFolderLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(__import__("os").getpid())
+    assert not (tmp_path / ".lock").exists()
