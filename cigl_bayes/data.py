@@ -706,9 +706,9 @@ def fingerprint(loader) -> str | None:
     import hashlib
 
     images, labels = getattr(loader, "images", None), getattr(loader, "labels", None)
-    if images is None and hasattr(loader, "x"):
+    if not isinstance(images, Tensor) and hasattr(loader, "x"):
         images, labels = loader.x, loader.y
-    if images is None or labels is None:
+    if not isinstance(images, Tensor) or not isinstance(labels, Tensor):
         index = getattr(loader, "index", None)  # ImageNet: the file list
         if index is None:
             return None

@@ -73,7 +73,8 @@ def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = N
         train = data_lib.take_subset(train, min(cfg.subset, len(train)), seed=cfg.seed)
         val = data_lib.take_subset(val, min(len(val), max(1, round(cfg.subset * cfg.val_fraction))), seed=cfg.seed)
     if cfg.test_subset is not None:
-        test = data_lib.take_subset(test, min(cfg.test_subset, len(test)), seed=cfg.seed)
+        # seed 0 for every run: all seeds are scored on the same test points, so they can be pooled
+        test = data_lib.take_subset(test, min(cfg.test_subset, len(test)), seed=0)
     info = info or DistInfo()
     if cfg.batch_size > len(train):
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")

@@ -38,6 +38,7 @@ class SparseBayesianModel:
         if isinstance(likelihood, str) and likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; known: {', '.join(LIKELIHOODS)}")
         self.likelihood = LIKELIHOODS[likelihood] if isinstance(likelihood, str) else likelihood
+        self.likelihood_name = likelihood if isinstance(likelihood, str) else None
         self.likelihood_kwargs = likelihood_kwargs or {}
         # When set, each call keeps the W it feeds the network (``forward_weights``) with its
         # gradient retained: the likelihood's part of the RigL regrowth score (inference.objective).

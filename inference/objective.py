@@ -23,10 +23,8 @@ from .priors import prior_scale_from_weight_decay
 class ElboObjective:
     """Callable (x, target, z) → (−ELBO/N, sampled W), like ``PlainObjective``."""
 
-    def __init__(self, model: SparseBayesianModel, guide: HierarchicalGuide, n_train: int, *,
-                 likelihood: str = "categorical", precision: float = 1.0):
+    def __init__(self, model: SparseBayesianModel, guide: HierarchicalGuide, n_train: int):
         self.model, self.guide, self.n_train = model, guide, n_train
-        self.likelihood, self.precision = likelihood, precision
         self.last_data_loss: torch.Tensor | None = None
         # max_plate_nesting given: no extra "guess" run of the model (which would touch BN stats)
         self.elbo = Trace_ELBO(num_particles=1, max_plate_nesting=1)
@@ -37,8 +35,7 @@ class ElboObjective:
         kwargs = {"precision": cfg.noise_precision} if cfg.likelihood == "gaussian" else None
         model = SparseBayesianModel(net, scale, n_train, keep=cfg.keep, likelihood=cfg.likelihood,
                                     likelihood_kwargs=kwargs)
-        return cls(model, HierarchicalGuide(net, sigma=cfg.sigma, keep=cfg.keep), n_train,
-                   likelihood=cfg.likelihood, precision=cfg.noise_precision)
+        return cls(model, HierarchicalGuide(net, sigma=cfg.sigma, keep=cfg.keep), n_train)
 
     def __call__(self, x, target, z, *, track_score: bool = False):
         self.model.tap_forward_weights = track_score
@@ -47,7 +44,12 @@ class ElboObjective:
             loss = self.elbo.differentiable_loss(self.model, self.guide, x, target, z)
         # the data term per data point (cross-entropy, or τ/2·MSE for the Gaussian likelihood, up to
         # its constant), read off the model's output: comparable with the plain engine's
-        self.last_data_loss = data_loss(self.model.last_output.detach(), target, self.likelihood, self.precision)
+        name = self.model.likelihood_name
+        if name is None:  # a custom likelihood: its data term is not known here
+            self.last_data_loss = torch.full((), float("nan"), device=loss.device)
+        else:
+            precision = self.model.likelihood_kwargs.get("precision", 1.0)
+            self.last_data_loss = data_loss(self.model.last_output.detach(), target, name, precision)
         return loss / self.n_train, self.guide.last_w
 
     def regrowth_score(self) -> torch.Tensor:

@@ -48,8 +48,9 @@ def test_auto_options_follow_the_device(cfg, monkeypatch):
         m.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
         m.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
         assert device_lib.cpu_bf16_matmul() is None
-        assert auto.speed_options(torch.device("cpu")) == {"autocast_dtype": None, "channels_last": False,
-                                                            "compile": False}
+        assert auto.speed_options(torch.device("cpu")) == {"autocast_dtype": None, "channels_last": True,
+                                                            "compile": False}  # channels-last: float32 always
+        assert dataclasses.replace(auto, dtype="float64").speed_options(torch.device("cpu"))["channels_last"] is False
     with monkeypatch.context() as m:  # a torch without the probes counts as without
         m.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
         m.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
