@@ -144,7 +144,8 @@ def write_image_folder(root: Path, images: int, size: int, classes: int = 4) -> 
 def stage_imagenet(sizes: Sizes, out: Path, dry: bool) -> dict:
     from cigl_bayes import imagenet
     from cigl_bayes.config import TrainConfig
-    from cigl_bayes.train import Trainer, build_data
+    from cigl_bayes.train import build_data
+    from inference.training import Trainer
 
     device = torch.device(sizes.device)
     results = {}

@@ -71,53 +71,80 @@ LIKELIHOODS = ("categorical", "gaussian")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def option(default, help: str, **meta):  # noqa: A002 (the argparse word)
+    """A config field with its command-line help: ``experiments.cli`` builds every training
+    option from these fields, so the CLI, the Python API and config.json share one source."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a run.  ``None`` fields are filled by :meth:`resolved`."""
+    """Everything that defines a run.
 
-    method: str = "cigl"
-    engine: str = "plain"  # "plain": cross-entropy + L2; "svi": −ELBO/N of the Pyro model/guide
-    model: str = "wrn-22-2"
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    download: bool = False
-    sparsity: float = 0.95
-    distribution: str = "erk"
-    epochs: int = PAPER_EPOCHS
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float | None = None
-    lr_decay_every: int | None = None
-    lr_decay_factor: float = 0.5
-    lr_schedule: str = "step"  # "step" (the paper's), or "cosine-window" (cosine to the paper's lr at T*, then held)
-    warmup_steps: int | None = None
-    val_fraction: float = 0.1
-    subset: int | None = None  # train on this many images (validation scaled alike)
-    test_subset: int | None = None  # evaluate on this many test images (quick runs)
-    delta_t: int = 100
-    drop_fraction: float = 0.3
-    update_end: float = 0.75
-    random_mask_rate: float = 0.1  # paper text; the official code uses 0.01
-    wma_start_epoch: int | None = None  # T*; default 0.8 · epochs (200 of 250)
-    mixup: float = 0.0
-    label_smoothing: float = 0.0
-    mc_samples: int = 10
-    bn_batches: int | None = None  # batches used to recompute BatchNorm statistics (None: all)
-    temperature_scaling: bool = True
-    sigma: float = 0.0  # guide scale σ of the SVI engine (0 = Delta limit)
-    likelihood: str = "categorical"  # or "gaussian": regression y ~ N(f(x), 1/τ) (paper Eq. 2)
-    noise_precision: float = 1.0  # τ of the Gaussian likelihood
-    save_samples: bool = True
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"  # "float64" for numerical checks (e.g. the SVI ↔ plain trajectory test)
-    amp: str = "auto"  # bf16 autocast of the forward pass: "auto" (CUDA, bf16-capable CPUs), "bf16", "off"
-    channels_last: str = "auto"  # channels-last memory format: "auto" (on for float32), "on", "off"
-    compile: bool = False  # torch.compile the network's functional forward
-    augment: bool = True
-    log_every: int = 50
+    ``model``, ``epochs`` and ``batch_size`` left as None take the data set's defaults on
+    construction (``DATASET_DEFAULTS``: ImageNet trains ResNet-50 for 100 epochs at batch 64), so
+    ``TrainConfig(dataset="imagenet")`` and ``--dataset imagenet`` agree.  The other ``None``
+    fields depend on the model or the run length and are filled by :meth:`resolved`.
+    Each field's ``help`` is its command-line help (``--field-name``)."""
+
+    method: str = option("cigl", "training method", choices=tuple(METHODS))
+    engine: str = option("plain", "plain: cross-entropy + L2; svi: −ELBO/N of the Pyro model and guide",
+                         choices=ENGINES)
+    model: str | None = option(None, "model name from the registry (default: wrn-22-2; imagenet: resnet50-imagenet)")
+    dataset: str = option("cifar10", "cifar10, cifar100 or imagenet (an ImageFolder with train/ and val/)")
+    data_dir: str | None = option(None, "data folder (default: $CIGL_DATA_DIR)")
+    download: bool = option(False, "download the data set through torchvision if missing")
+    sparsity: float = option(0.95, "global sparsity in [0, 1)")
+    distribution: str = option("erk", "per-layer densities", choices=DISTRIBUTIONS)
+    epochs: int | None = option(None, f"training epochs (default: {PAPER_EPOCHS}; imagenet: 100)")
+    batch_size: int | None = option(None, "batch size (default: 128; imagenet: 64)")
+    lr: float = option(0.1, "peak learning rate")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float | None = option(None, "L2 weight decay (default: per model, as in the paper)")
+    lr_decay_every: int | None = option(None, "steps between lr decays (default: the paper's, rescaled to the "
+                                        "run length)")
+    lr_decay_factor: float = option(0.5, "lr multiplier at each decay")
+    lr_schedule: str = option("step", "step: ×decay-factor every --lr-decay-every steps (paper); cosine-window: cosine "
+                              "down to the step schedule's lr at T*, then held through the WMA window",
+                              choices=LR_SCHEDULES)
+    warmup_steps: int | None = option(None, "linear lr warm-up steps (default: per model, rescaled)")
+    val_fraction: float = option(0.1, "fraction of the training images held out for validation")
+    subset: int | None = option(None, "train on this many images (validation scaled alike; quick runs)")
+    test_subset: int | None = option(None, "evaluate on this many test images, drawn with a fixed seed")
+    delta_t: int = option(100, "steps between mask updates ΔT")
+    drop_fraction: float = option(0.3, "initial drop fraction of the mask update (cosine decay)")
+    update_end: float = option(0.75, "fraction of training with mask updates")
+    random_mask_rate: float = option(0.1, "1 − keep of the random mask Z (paper text 0.1; official code 0.01)")
+    wma_start_epoch: int | None = option(None, "T*, the first epoch of weight & mask averaging (default: 0.8 × epochs)")
+    mixup: float = option(0.0, "mixup α (0: off)")
+    label_smoothing: float = option(0.0, "label smoothing ε")
+    mc_samples: int = option(10, "forward passes of the sampling predictors (mc-dropout, mc-z, swag)")
+    bn_batches: int | None = option(None, "training batches used to recompute BatchNorm statistics (default: all)")
+    temperature_scaling: bool = option(True, "fit a temperature on the validation split")
+    sigma: float = option(0.0, "guide scale σ of the SVI engine (0: the Delta limit)")
+    likelihood: str = option("categorical", "categorical, or gaussian: y ~ N(f(x), 1/τ) (paper Eq. 2)",
+                             choices=LIKELIHOODS, cli=False)
+    noise_precision: float = option(1.0, "τ of the Gaussian likelihood", cli=False)
+    save_samples: bool = option(True, "keep the WMA samples on disk (needed by posterior_report)", flag="--no-samples")
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = option("float32", "parameter and input precision (float64 for numerical checks)",
+                        choices=tuple(DTYPES))
+    amp: str = option("auto", "bf16 autocast of the forward pass (auto: on for CUDA and CPUs with AMX-/AVX512-BF16)",
+                      choices=("auto", "bf16", "off"))
+    channels_last: str = option("auto", "channels-last memory format (auto: on for float32)",
+                                choices=("auto", "on", "off"))
+    compile: bool = option(False, "torch.compile the network's functional forward")
+    augment: bool = option(True, "random crop and flip of training images")
+    log_every: int = option(50, "steps between progress-bar updates of the loss")
+
+    def __post_init__(self):
+        defaults = {"model": "wrn-22-2", "epochs": PAPER_EPOCHS, "batch_size": 128,
+                    **DATASET_DEFAULTS.get(self.dataset, {})}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
 
     # -- derived ---------------------------------------------------------------
     @property

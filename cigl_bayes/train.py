@@ -21,7 +21,9 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,13 +142,26 @@ def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> S
     return net
 
 
-def make_objective(cfg: TrainConfig, net: SparseNetwork, n_train: int, num_classes: int):
-    """The engine's objective: plain loss, or −ELBO/N of the Pyro model and guide."""
-    if cfg.engine == "plain":
-        return PlainObjective(net, cfg.weight_decay, cfg.likelihood, cfg.noise_precision)
-    from inference.objective import ElboObjective  # the Pyro engine
+ObjectiveFactory = Callable[[TrainConfig, SparseNetwork, int, int], Any]
 
-    return ElboObjective.from_config(cfg, net, n_train, num_classes)
+
+def plain_objective(cfg: TrainConfig, net: SparseNetwork, n_train: int, num_classes: int) -> PlainObjective:
+    """The plain engine's objective: cross-entropy (or Gaussian NLL) + (wd/2)‖M⊙Z⊙W‖²."""
+    return PlainObjective(net, cfg.weight_decay, cfg.likelihood, cfg.noise_precision)
+
+
+def make_objective(cfg: TrainConfig, net: SparseNetwork, n_train: int, num_classes: int,
+                   objectives: Mapping[str, ObjectiveFactory] | None = None):
+    """The objective of ``cfg.engine``, built by the factory ``objectives`` names for it.
+
+    This package knows only the plain engine; the Pyro engine ("svi", −ELBO/N of the model and
+    guide) lives a layer up, in ``inference``, and is passed in (``inference.ENGINES``, used by
+    ``inference.run`` and the ``experiments`` CLIs), so that imports flow one way."""
+    factories: dict[str, ObjectiveFactory] = {"plain": plain_objective, **(objectives or {})}
+    if cfg.engine not in factories:
+        raise ValueError(f"engine {cfg.engine!r} is not known to this trainer; pass objectives=inference.ENGINES "
+                         "(or train with inference.run) for the SVI engine")
+    return factories[cfg.engine](cfg, net, n_train, num_classes)
 
 
 def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -170,7 +185,8 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
 class Trainer:
     """Owns every object whose state survives a restart; ``state_dict`` is the checkpoint."""
 
-    def __init__(self, config: TrainConfig, out_dir: str | Path, *, progress: bool = True, data: Data | None = None):
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, progress: bool = True, data: Data | None = None,
+                 objectives: Mapping[str, ObjectiveFactory] | None = None):
         config.validate()
         self.dist = dist_info()
         self.out = check_out_dir(out_dir)
@@ -182,7 +198,7 @@ class Trainer:
         self.net = build_network(cfg, self.data.num_classes, self.device)
         if self.dist.active and self.device.type == "cuda":
             self.net.module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net.module)
-        self.objective = make_objective(cfg, self.net, self.data.train.num_samples, self.data.num_classes)
+        self.objective = make_objective(cfg, self.net, self.data.train.num_samples, self.data.num_classes, objectives)
         self.optimizer = torch.optim.SGD(self.net.module.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=0.0)
         self.steps_per_epoch = len(self.data.train)
@@ -400,7 +416,7 @@ class ShortRunWarning(UserWarning):
 
 
 def run(config: TrainConfig, out_dir: str | Path, *, progress: bool = True,
-        stop_after_epochs: int | None = None) -> dict | None:
+        stop_after_epochs: int | None = None, objectives: Mapping[str, ObjectiveFactory] | None = None) -> dict | None:
     """Train (resuming from ``out_dir/checkpoint.pt`` if present), evaluate, write the run folder.
 
     Returns the metrics dict, or None when ``stop_after_epochs`` ended training early.
@@ -416,7 +432,7 @@ def run(config: TrainConfig, out_dir: str | Path, *, progress: bool = True,
 
     out = check_out_dir(out_dir)
     with RunFolderLock(out) if dist_info().is_main else contextlib.nullcontext():
-        trainer = Trainer(config, out, progress=progress)
+        trainer = Trainer(config, out, progress=progress, objectives=objectives)
         cfg = trainer.cfg
         collected = cfg.epochs - cfg.wma_start_epoch
         if (trainer.method.wma or trainer.method.snapshots) and collected < 2 and trainer.dist.is_main:

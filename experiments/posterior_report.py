@@ -41,7 +41,7 @@ from inference.posterior import (
 )
 from inference.swag import SparseSWAG
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 
 
 @dataclasses.dataclass
@@ -267,7 +267,7 @@ def _has_tabulate() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.posterior_report", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="python -m experiments.posterior_report", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("runs", nargs="+", type=Path, help="finished run folders")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: FIRST_RUN/posterior)")

@@ -17,9 +17,9 @@ import argparse
 
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.distributed import init_from_env
-from cigl_bayes.train import run
+from inference.training import run
 
-from .cli import add_train_arguments, apply_host_allocator, config_from_args, print_results, run_cli
+from .cli import ArgumentParser, add_train_arguments, apply_host_allocator, config_from_args, print_results, run_cli
 
 PRESETS: dict[str, dict] = {
     "paper": {},
@@ -29,11 +29,11 @@ PRESETS: dict[str, dict] = {
 
 
 def build_parser(preset: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.svi_cifar", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="python -m experiments.svi_cifar", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                    help="paper: the paper's CIFAR settings; quick: a few CPU minutes")
-    add_train_arguments(p, TrainConfig(method="cigl", engine="svi"))
+    add_train_arguments(p, TrainConfig(method="cigl", engine="svi"), exclude=("engine",))
     p.add_argument("--keep", type=float, default=None, help="keep probability of Z (= 1 - random-mask rate)")
     p.set_defaults(**PRESETS[preset])
     return p

@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 from cigl_bayes import metrics
 from cigl_bayes.config import METHODS, RESUME_FREE_FIELDS, TrainConfig
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
-from cigl_bayes.train import run
+from inference.training import run
 
-from .cli import add_host_allocator_argument, apply_host_allocator, run_cli
+from .cli import ArgumentParser, add_host_allocator_argument, apply_host_allocator, run_cli
 
 CPU_STUDY_EPOCHS = 16
 # Protocol → TrainConfig overrides and default grid.
@@ -326,7 +326,7 @@ def paired_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu-smoke")
     p.add_argument("--study", default=None, help="results/<study>/ (default: the protocol name)")

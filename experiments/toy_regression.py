@@ -31,9 +31,10 @@ from cigl_bayes.config import TrainConfig
 from cigl_bayes.data import TensorLoader
 from cigl_bayes.device import resolve_device
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
-from cigl_bayes.train import Data, Trainer
+from cigl_bayes.train import Data
+from inference.training import Trainer
 
-from .cli import run_cli
+from .cli import ArgumentParser, run_cli
 
 GAP = 1.25
 LIMIT = 4.0
@@ -83,7 +84,7 @@ def summarize(precision: float, held_out: dict[str, tuple[torch.Tensor, torch.Te
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.toy_regression", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="python -m experiments.toy_regression", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--engine", choices=["svi", "plain"], default="svi")
     p.add_argument("--method", default="cigl")

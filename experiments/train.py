@@ -1,4 +1,4 @@
-"""Train one method with the plain engine and write a run folder.
+"""Train one method (plain or SVI engine, `--engine`) and write a run folder.
 
     python -m experiments.train --method cigl --model small-cnn --sparsity 0.9 \
         --epochs 2 --subset 2000 --out runs/demo
@@ -8,18 +8,15 @@ Re-running with the same --out resumes an interrupted run (or reports a finished
 
 from __future__ import annotations
 
-import argparse
-
 from cigl_bayes.distributed import init_from_env
-from cigl_bayes.train import run
+from inference.training import run
 
-from .cli import add_train_arguments, apply_host_allocator, config_from_args, print_results, run_cli
+from .cli import ArgumentParser, add_train_arguments, apply_host_allocator, config_from_args, print_results, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
     add_train_arguments(p)
-    p.add_argument("--engine", default="plain", help="plain (default) or svi")
     args = p.parse_args(argv)
     if args.out is None:
         p.error("--out is required")

@@ -6,6 +6,7 @@ from .model import SparseBayesianModel
 from .objective import ElboObjective
 from .priors import prior_scale_from_weight_decay
 from .run import Prediction, RunFolderError, TrainedRun, load_run
+from .training import ENGINES, Trainer, run
 
-__all__ = ["ElboObjective", "HierarchicalGuide", "LIKELIHOODS", "Prediction", "RunFolderError", "SparseBayesianModel",
-           "TrainedRun", "load_run", "prior_scale_from_weight_decay"]
+__all__ = ["ENGINES", "ElboObjective", "HierarchicalGuide", "LIKELIHOODS", "Prediction", "RunFolderError",
+           "SparseBayesianModel", "TrainedRun", "Trainer", "load_run", "prior_scale_from_weight_decay", "run"]

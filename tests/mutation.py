@@ -75,7 +75,7 @@ MUTANTS: list[Mutant] = [
            "cigl_bayes/random_mask.py", "out.bernoulli_(check_keep(keep), generator=generator)",
            "out.bernoulli_(1 - check_keep(keep), generator=generator)", Z_FRESH),
     Mutant("keep-default-0.99", "default keep 0.99 instead of 0.9",
-           "cigl_bayes/config.py", "random_mask_rate: float = 0.1", "random_mask_rate: float = 0.01",
+           "cigl_bayes/config.py", "random_mask_rate: float = option(0.1,", "random_mask_rate: float = option(0.01,",
            DEFAULTS + Z_FRESH),
     Mutant("z-entries-move", "weights with Z = 0 are moved by momentum (no restore after the step)",
            "cigl_bayes/train.py", "freeze = z is not None and self.method.random_mask",

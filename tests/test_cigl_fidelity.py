@@ -31,8 +31,9 @@ from cigl_bayes.network import SparseNetwork
 from cigl_bayes.objectives import PlainObjective
 from cigl_bayes.random_mask import random_keep_mask
 from cigl_bayes.sparsity import densities_for, layer_nnz, sparse_parameter_names
-from cigl_bayes.train import Data, Trainer
+from cigl_bayes.train import Data
 from inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
+from inference.training import Trainer
 from models import build_model
 
 N_IMAGES, BATCH = 192, 32  # 6 steps per epoch

@@ -42,6 +42,16 @@ def test_svi_cifar_one_epoch_writes_a_run_folder(cifar_data_dir, cache_dir, tmp_
     assert again.returncode == 0 and (out / "metrics.json").read_bytes() == before
 
 
+def call_cli(main, argv: list[str], capsys) -> tuple[int, str]:
+    """Run a CLI's ``main`` in this process the way ``python -m`` does: (exit status, stderr)."""
+    from experiments.cli import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    return exit_info.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -64,18 +74,64 @@ def test_svi_cifar_one_epoch_writes_a_run_folder(cifar_data_dir, cache_dir, tmp_
         (["--sigma", "-1"], "sigma"),
         (["--mixup", "-1"], "mixup"),
         (["--update-end", "1.5"], "update"),
+        (["--bn-batches", "0"], "bn_batches"),
+        (["--bn-batches", "-3"], "bn_batches"),
+        (["--mixup", "nan"], "mixup must be a finite number"),
+        (["--lr", "nan"], "lr must be a finite number"),
+        (["--sigma", "inf"], "sigma must be a finite number"),
+        (["--keep", "0.9", "--random-mask-rate", "0.01"], "disagree"),
+        (["--epochs", "abc"], "invalid int value"),
+        (["--no-such-option"], "unrecognized arguments"),
+        (["--lr-schedule", "linear"], "unknown lr schedule"),
+        (["--amp", "fp8"], "amp must be"),
     ],
 )
-def test_bad_input_gives_one_line_error_and_exit_2(args, message, cifar_data_dir, cache_dir, tmp_path):
+def test_bad_input_gives_one_line_error_and_exit_2(args, message, cifar_data_dir, cache_dir, tmp_path, capsys,
+                                                  monkeypatch):
+    """In process (the table is long); test_bad_input_smoke_in_a_subprocess checks the real entry point."""
+    from experiments import svi_cifar
+
+    monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("earlier results")  # whatever is already there must survive
-    proc = run_module("experiments.svi_cifar", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(out), *args,
-                      env_extra={"CIGL_CACHE_DIR": str(cache_dir)})
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-1500:])
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    code, stderr = call_cli(svi_cifar.main, [*QUICK, "--data-dir", str(cifar_data_dir), "--out", str(out), *args],
+                            capsys)
+    assert code == 2, stderr[-1500:]
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], stderr
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "earlier results"
+
+
+def test_bad_input_smoke_in_a_subprocess(cifar_data_dir, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_module("experiments.svi_cifar", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(out),
+                      "--sparsity", "1.0", env_extra={"CIGL_CACHE_DIR": str(cache_dir)})
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and "sparsity" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_every_config_field_is_an_option_and_the_cli_defaults_are_the_configs():
+    """One source of truth: the training options are generated from TrainConfig's fields."""
+    import argparse
+    import dataclasses
+
+    from cigl_bayes.config import TrainConfig
+    from experiments.cli import add_train_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    dests = {a.dest for a in p._actions}
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("cli", True)]
+    assert {f.name for f in fields} <= dests and all(f.metadata["help"] for f in fields)
+    assert config_from_args(p.parse_args([])) == TrainConfig()
+    imagenet = config_from_args(p.parse_args(["--dataset", "imagenet"]))
+    assert imagenet == TrainConfig(dataset="imagenet")
+    assert (imagenet.model, imagenet.epochs, imagenet.batch_size) == ("resnet50-imagenet", 100, 64)
+    assert config_from_args(p.parse_args(["--dataset", "imagenet", "--epochs", "3"])).epochs == 3
+    flags = config_from_args(p.parse_args(["--no-samples", "--no-nesterov", "--compile", "--no-augment"]))
+    assert (flags.save_samples, flags.nesterov, flags.compile, flags.augment) == (False, False, True, False)
 
 
 def test_missing_data_directory_says_where_it_looked(tmp_path):

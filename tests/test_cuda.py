@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.common import synthetic_data
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.train import Trainer
+from inference.training import Trainer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -11,7 +11,7 @@ from cigl_bayes.config import TrainConfig
 from cigl_bayes.distributed import DistInfo, shard_positions
 from cigl_bayes.objectives import batch_targets
 from cigl_bayes.runs import load_checkpoint
-from cigl_bayes.train import Trainer
+from inference.training import Trainer
 
 
 def _worker(rank: int, world: int, rendezvous: str, cfg: TrainConfig, out: str) -> None:

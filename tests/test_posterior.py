@@ -10,8 +10,8 @@ import torch
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.train import Trainer, run
 from inference.posterior import final_predictor, mc_z_samples, sample_predictor, wma_predictor
+from inference.training import Trainer, run
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.train import Trainer
+from inference.training import Trainer
 
 
 @pytest.fixture(scope="module")

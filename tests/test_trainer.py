@@ -12,7 +12,7 @@ import torch
 from cigl_bayes import metrics
 from cigl_bayes.config import METHODS, TrainConfig
 from cigl_bayes.runs import CheckpointError
-from cigl_bayes.train import Trainer, run
+from inference.training import Trainer, run
 from models import build_model
 
 
