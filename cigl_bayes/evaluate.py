@@ -16,7 +16,7 @@ import torch
 from . import data as data_lib
 from . import metrics
 from .averaging import Snapshot
-from .predict import ensemble_log_probs, mc_dropout_log_probs, predict_log_probs, weights_loaded
+from .predict import combine, draws_log_probs, mc_dropout_log_probs, predictor_draws, weights_loaded
 from .runs import atomic_torch_save, atomic_write_bytes, atomic_write_json
 
 
@@ -25,21 +25,24 @@ def _labels(loader) -> torch.Tensor:
 
 
 def predictor_log_probs(trainer, loaders: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """{predictor: {split: log-probs}} for the splits in ``loaders`` (e.g. val, test)."""
+    """{predictor: {split: log-probs}} for the splits in ``loaders`` (e.g. val, test): final, and the
+    method's wma / predictive (weights from :func:`cigl_bayes.predict.predictor_draws`) and mc-dropout."""
     net, cfg, method = trainer.net, trainer.cfg, trainer.method
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    out["final"] = {k: predict_log_probs(net, ld) for k, ld in loaders.items()}
+    with torch.no_grad():
+        final = Snapshot(net.effective_flat().detach().clone(), net.other_flat().detach().clone())
+    samples = [Snapshot(s.sparse.to(trainer.device), s.other.to(trainer.device)) for s in trainer.samples] \
+        if method.snapshots and len(trainer.samples) else []
+    names = ["final"]
     if method.wma and trainer.wma.count:
-        with weights_loaded(net, trainer.wma.mean(), trainer.data.train_eval, cfg.bn_batches):
-            out["wma"] = {k: predict_log_probs(net, ld, trainer.wma.sparse) for k, ld in loaders.items()}
-    if method.snapshots and len(trainer.samples):
-        per_split: dict[str, list[torch.Tensor]] = {k: [] for k in loaders}
-        for snap in trainer.samples:
-            snap = Snapshot(snap.sparse.to(trainer.device), snap.other.to(trainer.device))
-            with weights_loaded(net, snap, trainer.data.train_eval, cfg.bn_batches):
-                for k, ld in loaders.items():
-                    per_split[k].append(predict_log_probs(net, ld, snap.sparse))
-        out["predictive"] = {k: ensemble_log_probs(v) for k, v in per_split.items()}
+        names.append("wma")
+    if samples:
+        names.append("predictive")
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name in names:
+        draws = predictor_draws(name, final, samples, wma=trainer.wma.mean() if name == "wma" else None,
+                                count=max(1, len(samples)))
+        per_split = draws_log_probs(net, draws, loaders, trainer.data.train_eval, cfg.bn_batches)
+        out[name] = {k: combine(name, v) for k, v in per_split.items()}
     if method.activation_dropout:
         out["mc-dropout"] = {k: mc_dropout_log_probs(net, ld, cfg.mc_samples, cfg.seed) for k, ld in loaders.items()}
     return out

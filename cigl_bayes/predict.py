@@ -1,22 +1,39 @@
-"""Evaluation helpers: predictions under given weights, BatchNorm recomputation, MC dropout.
+"""The predictors, each defined once, and the forward passes they need.
+
+A predictor is the set of weight settings it averages over.  For a run collected from epoch T*
+on, with samples x_t = (M⊙Z⁽ᵗ⁾⊙W⁽ᵗ⁾, θ⁽ᵗ⁾), t = 1..T (paper Algorithm 1, lines 12–14):
+
+  final       f(x; M⊙W_final)                                    one forward pass
+  wma         f(x; x̄), x̄ = (1/T) Σ_t x_t (moment-matched mean)   one forward pass
+  predictive  (1/T) Σ_t softmax f(x; x_t)       (paper "w/o WMA")  T forward passes
+  mc-z        (1/S) Σ_s softmax f(x; M⊙Z_s⊙W_final), Z_s ~ Bern(keep)    S passes
+  swag        (1/S) Σ_s softmax f(x; x̃_s), x̃_s ~ N(x̄, ½(Σ_diag + D Dᵀ/(K−1)))   S passes
+
+(:func:`predictor_draws`).  BatchNorm statistics are recomputed on the training data for every
+weight setting but ``final``, whose statistics were tracked during training (SWA/SWAG do the
+same for averaged weights).  MC dropout (rigl-mcdp) keeps the weights and samples activations
+instead (:func:`mc_dropout_log_probs`).  The run's evaluation (``cigl_bayes.evaluate``), the
+Python API (``inference.load_run``) and ``experiments.posterior_report`` all draw their weights
+from here.
 
 Every predictor returns *log-probabilities* (N, C) on the CPU: log-softmax of the logits for
-a single weight setting, log of the averaged softmax for an ensemble (predictive sampling,
-MC dropout).  Softmax of log-probabilities is the probability itself, so temperature scaling
-and the metrics treat both alike.
+a single weight setting, log of the averaged softmax for an ensemble.  Softmax of
+log-probabilities is the probability itself, so temperature scaling and the metrics treat both
+alike.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from .averaging import Snapshot
+from .averaging import Snapshot, WeightMaskAverage
 from .network import SparseNetwork
+from .random_mask import random_keep_mask
 
 
 def _batches(loader) -> Iterable:
@@ -99,3 +116,72 @@ def ensemble_log_probs(log_probs: Iterable[torch.Tensor]) -> torch.Tensor:
     if n == 0:
         raise ValueError("no samples to average")
     return (total / n).clamp_min(1e-12).log()
+
+
+PREDICTORS = ("final", "wma", "predictive", "mc-z", "swag")  # the weight-draw predictors
+SINGLE_WEIGHT = ("final", "wma")  # one weight setting: no draws to average
+
+
+def predictor_draws(name: str, final: Snapshot, samples: Sequence[Snapshot] = (), *, wma: Snapshot | None = None,
+                    keep: float = 1.0, count: int = 10, seed: int = 0,
+                    swag_sample: Callable[[torch.Generator], Snapshot] | None = None) -> list[tuple[str, Snapshot]]:
+    """The weight settings predictor ``name`` averages over, each with a key that names it (a cache
+    key for its BatchNorm statistics; ``"final"`` keeps the training statistics).
+
+    ``final`` is M⊙W; ``samples`` the collected x_t; ``wma`` their mean (computed from ``samples``
+    when not given); ``count`` the draws of mc-z and swag, and the cap on the samples of
+    predictive; ``seed`` seeds the Z_s of mc-z and the x̃_s of swag (drawn by ``swag_sample``)."""
+    if name not in PREDICTORS:
+        raise ValueError(f"unknown predictor {name!r}; known: {', '.join(PREDICTORS)}")
+    if count < 1:
+        raise ValueError(f"draws must be ≥ 1, got {count}")
+    if name == "final":
+        return [("final", final)]
+    if name == "mc-z":
+        gen = torch.Generator().manual_seed(seed)
+        w = final.sparse
+        return [(f"mc-z:{seed}:{i}", Snapshot(w * random_keep_mask(w.numel(), keep, gen, dtype=w.dtype).to(w.device),
+                                              final.other)) for i in range(count)]
+    if name == "wma" and wma is not None:
+        return [("wma", wma)]
+    if not samples:
+        raise ValueError(f"predictor {name!r} needs collected weight samples; this run has none "
+                         "(use 'final' or 'mc-z')")
+    if name == "wma":
+        average = WeightMaskAverage()
+        for snap in samples:
+            average.update(snap)
+        return [("wma", average.mean())]
+    if name == "predictive":
+        return [(f"sample{i}", snap) for i, snap in enumerate(samples[:count])]
+    if swag_sample is None:
+        raise ValueError("predictor 'swag' needs a SWAG sampler (inference.swag.SparseSWAG.sample)")
+    gen = torch.Generator().manual_seed(seed)
+    return [(f"swag:{seed}:{i}", swag_sample(gen)) for i in range(count)]
+
+
+def draws_log_probs(net: SparseNetwork, draws: Sequence[tuple[str, Snapshot]], loaders: dict, bn_loader=None,
+                    bn_batches: int | None = None) -> dict[str, list[torch.Tensor]]:
+    """{split: [log-probabilities of each draw]} over ``loaders``; BatchNorm is recomputed on
+    ``bn_loader`` for every draw but ``final`` (skipped when ``bn_loader`` is None)."""
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in loaders}
+    for key, snap in draws:
+        if key == "final":
+            for k, loader in loaders.items():
+                out[k].append(predict_log_probs(net, loader, snap.sparse))
+            continue
+        with weights_loaded(net, snap, bn_loader, bn_batches):
+            for k, loader in loaders.items():
+                out[k].append(predict_log_probs(net, loader, snap.sparse))
+    return out
+
+
+def combine(name: str, draws: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The predictor's log-probabilities from its draws: the draw itself for a single weight
+    setting, else the log of the averaged softmax (Bayesian model averaging)."""
+    return draws[0] if len(draws) == 1 else ensemble_log_probs(draws)
+
+
+def nnz(snap: Snapshot) -> int:
+    """Numbers kept to predict with one weight setting: non-zero sparse weights + dense parameters."""
+    return int((snap.sparse != 0).sum()) + snap.other.numel()

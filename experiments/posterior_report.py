@@ -4,7 +4,8 @@
     python -m experiments.posterior_report runs/cigl-seed0 runs/cigl-seed1 runs/cigl-seed2 --out report/
 
 For every run (a finished run folder with collected samples, see docs/run-folder.md) it
-evaluates the predictors of ``inference.posterior`` (final, wma, predictive, mc-z, swag) on
+evaluates the predictors of ``cigl_bayes.predict`` (final, wma, predictive, mc-z, swag), through
+``inference.load_run``, on
 the test split with their costs, and the Z–W study of paper App. C.1 (accuracy of M⊙W versus
 the mean accuracy of M⊙Zᵢ⊙W).  Runs that differ only by seed become the chains of one arviz
 ``InferenceData`` (draw = collected sample).  Writes into ``--out`` (default: RUN_DIR/posterior
@@ -29,19 +30,35 @@ from cigl_bayes import data as data_lib
 from cigl_bayes import metrics
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.predict import combine
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
-from cigl_bayes.train import Trainer
-from inference import diagnostics
-from inference.posterior import (
-    PredictorResult,
-    final_predictor,
-    mc_z_samples,
-    sample_predictor,
-    wma_predictor,
-)
-from inference.swag import SparseSWAG
+from inference import diagnostics, load_run
 
 from .cli import ArgumentParser, run_cli
+
+
+@dataclasses.dataclass
+class PredictorResult:
+    """Test log-probabilities of one predictor, per draw and combined, and what it costs."""
+
+    name: str
+    draws: list[torch.Tensor]  # per weight setting: (N, C) log-probabilities
+    forward_passes: int  # forward passes per test batch
+    parameters_stored: int  # numbers kept to make the prediction
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        return combine(self.name, self.draws)
+
+    def per_draw_log_likelihood(self, labels: torch.Tensor) -> torch.Tensor:
+        """(draws, N): log p(y_i | draw) for the true labels."""
+        idx = labels.view(1, -1, 1).expand(len(self.draws), -1, 1)
+        return torch.stack(self.draws).gather(2, idx).squeeze(2)
+
+    def evaluate(self, labels: torch.Tensor) -> dict:
+        self.metrics = metrics.calibration_metrics(self.log_probs, labels, from_logits=True)
+        return self.metrics
 
 
 @dataclasses.dataclass
@@ -57,74 +74,36 @@ class RunAnalysis:
     test_fingerprint: str | None = None
 
 
-def load_trainer(run_dir: Path, device: str, data_dir: str | None) -> Trainer:
-    cfg_path = run_dir / "config.json"
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json); train one with "
-                                "python -m experiments.svi_cifar --out DIR")
-    cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-    cfg = dataclasses.replace(cfg, device=device, data_dir=data_dir or cfg.data_dir)
-    trainer = Trainer(cfg, run_dir, progress=False)
-    if not trainer.maybe_resume() or not trainer.finished_training:
-        raise ValueError(f"run {run_dir} has not finished training; resume it first (same command, same --out)")
-    stored = {}
-    if (run_dir / "metrics.json").exists():
-        try:
-            stored = json.loads((run_dir / "metrics.json").read_text())
-        except ValueError as err:
-            raise ValueError(f"{run_dir / 'metrics.json'} is unreadable ({err}); run the training command "
-                             "again to re-evaluate") from err
-    for split, loader in (("train", trainer.data.train_eval), ("test", trainer.data.test)):
-        saved = stored.get(f"{split}_fingerprint")
-        if saved is not None and saved != data_lib.fingerprint(loader):
-            raise ValueError(f"the {split} data found now (data dir {cfg.data_dir}) differ from those run {run_dir} "
-                             "was trained and scored on; give the right --data-dir")
-    return trainer
-
-
 def analyse(run_dir: Path, args) -> RunAnalysis:
-    trainer = load_trainer(run_dir, args.device, args.data_dir)
-    cfg, net, data = trainer.cfg, trainer.net, trainer.data
-    test, bn = data.test, data.train_eval
-    labels = torch.cat([y.cpu() for _, y in test.epoch(0)])
-    samples = [Snapshot(s.sparse.to(trainer.device), s.other.to(trainer.device)) for s in trainer.samples]
-    keep = 1.0 - cfg.random_mask_rate
-    steps = ["final", "mc-z"] + (["wma", "predictive", "swag"] if samples else [])
+    """Every predictor of the run on its test split (weights from ``inference.load_run``), and the Z–W study."""
+    run = load_run(run_dir, data_dir=args.data_dir, device=args.device)
+    if args.bn_batches is not None:
+        run.bn_batches = args.bn_batches
+    cfg = run.config
+    labels = run.labels("test")
+    # draws and seeds per predictor (None: every collected sample)
+    plan = {"final": (None, 0), "mc-z": (args.mc_samples, cfg.seed + 100)}
+    if run.samples:
+        plan.update({"wma": (None, 0), "predictive": (None, 0), "swag": (args.swag_samples, cfg.seed + 200)})
     preds: dict[str, PredictorResult] = {}
-    with tqdm(steps, desc=f"predictors {run_dir.name}", disable=not args.progress) as bar:
-        for name in bar:
-            if name == "final":
-                preds[name] = final_predictor(net, test)
-            elif name == "mc-z":
-                draws = mc_z_samples(net, keep, args.mc_samples, seed=cfg.seed + 100)
-                preds[name] = sample_predictor(name, net, draws, test, bn, args.bn_batches,
-                                               stored=preds["final"].parameters_stored)
-            elif name == "wma":
-                preds[name] = wma_predictor(net, samples, test, bn, args.bn_batches)
-            elif name == "predictive":
-                preds[name] = sample_predictor(name, net, samples, test, bn, args.bn_batches)
-            elif name == "swag":
-                swag = SparseSWAG.from_snapshots(samples, max_rank=args.swag_rank)
-                gen = torch.Generator().manual_seed(cfg.seed + 200)
-                draws = [swag.sample(gen, scale=0.5) for _ in range(args.swag_samples)]
-                draws = [Snapshot(d.sparse.to(net.sparse_params[0].dtype), d.other.to(net.sparse_params[0].dtype))
-                         for d in draws]
-                preds[name] = sample_predictor(name, net, draws, test, bn, args.bn_batches,
-                                               stored=swag.nbytes // swag.mean_sparse.element_size())
+    with tqdm(plan.items(), desc=f"predictors {run_dir.name}", disable=not args.progress) as bar:
+        for name, (draws, seed) in bar:
+            weights = run.weight_draws(name, draws, seed, args.swag_rank)
+            per_draw = run.log_probs(name, "test", draws, seed=seed, swag_rank=args.swag_rank)
+            preds[name] = PredictorResult(name, per_draw, len(per_draw),
+                                          run.parameters_stored(name, weights, args.swag_rank))
     for p in preds.values():
         p.evaluate(labels)
     per_draw_acc = [float((d.argmax(-1) == labels).float().mean()) for d in preds["mc-z"].draws]
-    zw = {"run": run_dir.name, "method": cfg.method, "sparsity": cfg.sparsity, "keep": keep,
+    zw = {"run": run_dir.name, "method": cfg.method, "sparsity": cfg.sparsity, "keep": run.keep,
           "accuracy_w": preds["final"].metrics["accuracy"], "accuracy_zw_mean": float(np.mean(per_draw_acc)),
           "accuracy_zw_std": float(np.std(per_draw_acc)), "z_draws": len(per_draw_acc)}
-    layers = list(zip(net.sparse_names, net.mask.numels))
-    by_epoch = {h["epoch"]: h["train_loss"] for h in trainer.history}
+    layers = list(zip(run.net.sparse_names, run.net.mask.numels))
+    by_epoch = {h["epoch"]: h["train_loss"] for h in run.history}
     # sample i is collected at the end of epoch T* + i (0-based), i.e. history epoch T* + i + 1
-    train_loss = [by_epoch.get(cfg.wma_start_epoch + i + 1, float("nan")) for i in range(len(samples))]
-    return RunAnalysis(run_dir, cfg, labels, preds, samples, layers, train_loss, zw,
-                       data_lib.fingerprint(data.test))
+    train_loss = [by_epoch.get(e + 1, float("nan")) for e in run.sample_epochs]
+    return RunAnalysis(run_dir, cfg, labels, preds, run.samples, layers, train_loss, zw,
+                       data_lib.fingerprint(run.data().test))
 
 
 def check_same_test_points(analyses: list[RunAnalysis]) -> None:

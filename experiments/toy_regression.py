@@ -26,10 +26,11 @@ import matplotlib
 import numpy as np
 import torch
 
-from cigl_bayes.averaging import Snapshot, WeightMaskAverage
+from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.data import TensorLoader
 from cigl_bayes.device import resolve_device
+from cigl_bayes.predict import predictor_draws
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
 from cigl_bayes.train import Data
 from inference.training import Trainer
@@ -132,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(samples) < 2:
         raise ValueError("fewer than 2 posterior samples were collected; lower --wma-start-epoch")
 
-    wma = WeightMaskAverage()
-    for s in samples:
-        wma.update(s)
+    # the predictors' weights, as everywhere (cigl_bayes.predict); mlp-1d has no BatchNorm to recompute
+    with torch.no_grad():
+        final = Snapshot(trainer.net.effective_flat().clone(), trainer.net.other_flat().clone())
     swag = SparseSWAG.from_snapshots(samples, max_rank=args.swag_rank)
-    gen = torch.Generator().manual_seed(args.seed + 10)
-    swag_samples = [swag.sample(gen) for _ in range(args.swag_samples)]
-    predictors = {"wma": [wma.mean()], "predictive": samples, "swag": swag_samples}
+    counts = {"wma": 1, "predictive": len(samples), "swag": args.swag_samples}
+    predictors = {name: [snap for _, snap in predictor_draws(name, final, samples, count=count, seed=args.seed + 10,
+                                                             swag_sample=swag.sample)]
+                  for name, count in counts.items()}
 
     points = {name: torch.as_tensor(v[0], dtype=dtype, device=device).view(-1, 1) for name, v in held_out.items()}
     targets = {name: torch.as_tensor(v[1], dtype=torch.float64) for name, v in held_out.items()}

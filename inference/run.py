@@ -32,14 +32,11 @@ from cigl_bayes.averaging import Snapshot, SnapshotStore
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import resolve_device
 from cigl_bayes.network import SparseNetwork
-from cigl_bayes.predict import recompute_batchnorm
-from cigl_bayes.random_mask import random_keep_mask
+from cigl_bayes.predict import PREDICTORS, SINGLE_WEIGHT, nnz, predict_log_probs, predictor_draws, recompute_batchnorm
 from cigl_bayes.runs import CheckpointError, load_checkpoint
 from cigl_bayes.sparsity import sparse_parameter_names
 
 from .swag import SparseSWAG
-
-PREDICTORS = ("final", "wma", "predictive", "mc-z", "swag")
 
 
 class RunFolderError(ValueError):
@@ -85,7 +82,9 @@ class TrainedRun:
     device: torch.device
     data_dir: str | None = None
     _bn_cache: dict = dataclasses.field(default_factory=dict, repr=False)
-    _bn_loader: object = dataclasses.field(default=None, repr=False)
+    bn_batches: int | None = None  # training batches for BatchNorm recomputation (None: all)
+    _data: object = dataclasses.field(default=None, repr=False)
+    _swag: dict = dataclasses.field(default_factory=dict, repr=False)
     _final_state: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -126,37 +125,43 @@ class TrainedRun:
         return ((x - mean_t) / std_t).contiguous()
 
     # -- weight settings --------------------------------------------------------------------------------
-    def weight_draws(self, predictor: str, draws: int | None = None, seed: int = 0) -> list[tuple[str, Snapshot]]:
-        """(cache key, weights) of every draw the predictor averages over."""
+    def weight_draws(self, predictor: str, draws: int | None = None, seed: int = 0,
+                     swag_rank: int = 20) -> list[tuple[str, Snapshot]]:
+        """(cache key, weights) of every draw the predictor averages over
+        (:func:`cigl_bayes.predict.predictor_draws`)."""
         if predictor not in PREDICTORS:
             raise ValueError(f"unknown predictor {predictor!r}; known: {', '.join(PREDICTORS)}")
-        if draws is not None and draws < 1:
-            raise ValueError(f"draws must be ≥ 1, got {draws}")
-        if predictor == "final":
-            return [("final", self._final())]
         if predictor in ("wma", "predictive", "swag") and not self.samples:
             raise RunFolderError(f"run {self.run_dir} collected no posterior samples (method "
                                  f"{self.config.method}); use predictor 'final' or 'mc-z'")
-        if predictor == "wma":
-            return [("wma", self.wma)]
         if predictor == "predictive":
-            chosen = self.samples if draws is None else self.samples[:draws]
-            return [(f"sample{i}", s) for i, s in enumerate(chosen)]
-        k = draws or self.config.mc_samples
-        gen = torch.Generator().manual_seed(seed)
-        if predictor == "mc-z":
-            final = self._final()
-            keep = 1.0 - self.config.random_mask_rate
-            return [(f"mc-z:{seed}:{i}", Snapshot(final.sparse * random_keep_mask(
-                final.sparse.numel(), keep, gen, dtype=final.sparse.dtype).to(self.device), final.other))
-                for i in range(k)]
-        swag = self.swag()
-        dtype = self.net.sparse_params[0].dtype
-        out = []
-        for i in range(k):
-            d = swag.sample(gen, scale=0.5)
-            out.append((f"swag:{seed}:{i}", Snapshot(d.sparse.to(self.device, dtype), d.other.to(self.device, dtype))))
-        return out
+            count = len(self.samples) if draws is None else draws
+        else:
+            count = draws or self.config.mc_samples
+        sampler = None
+        if predictor == "swag":
+            swag, dtype = self.swag(swag_rank), self.net.sparse_params[0].dtype
+
+            def sampler(gen: torch.Generator) -> Snapshot:
+                d = swag.sample(gen, scale=0.5)
+                return Snapshot(d.sparse.to(self.device, dtype), d.other.to(self.device, dtype))
+        return predictor_draws(predictor, self._final(), self.samples, wma=self.wma, keep=self.keep,
+                               count=count, seed=seed, swag_sample=sampler)
+
+    @property
+    def keep(self) -> float:
+        """Keep probability of the mc-z masks: the run's 1 − random-mask rate."""
+        return 1.0 - self.config.random_mask_rate
+
+    def parameters_stored(self, predictor: str, draws: list[tuple[str, Snapshot]], swag_rank: int = 20) -> int:
+        """Numbers kept to make the prediction: non-zeros of every weight setting kept (mc-z keeps
+        the final weights; SWAG its mean, second moment and K deviations on the support)."""
+        if predictor in ("final", "mc-z"):
+            return nnz(self._final())
+        if predictor == "swag":
+            swag = self.swag(swag_rank)
+            return swag.nbytes // swag.mean_sparse.element_size()
+        return sum(nnz(snap) for _, snap in draws)
 
     def _final(self) -> Snapshot:
         with torch.no_grad():
@@ -178,8 +183,31 @@ class TrainedRun:
             per_draw.append(torch.softmax(logits, -1).cpu())
         self._restore()
         stacked = torch.stack(per_draw)
-        single = predictor in ("final", "wma")
+        single = predictor in SINGLE_WEIGHT
         return Prediction(predictor, stacked.mean(0), None if single else stacked)
+
+    @torch.no_grad()
+    def log_probs(self, predictor: str, split: str = "test", draws: int | None = None, *, seed: int = 0,
+                  swag_rank: int = 20) -> list[torch.Tensor]:
+        """Per-draw log-probabilities (N, C) of ``predictor`` on the run's own ``split`` ("test" or
+        "val"), in the loader's order (labels: :meth:`labels`)."""
+        loader = self._split(split)
+        out = []
+        for key, snap in self.weight_draws(predictor, draws, seed, swag_rank):
+            self._load(key, snap)
+            out.append(predict_log_probs(self.net, loader, snap.sparse))
+        self._restore()
+        return out
+
+    def labels(self, split: str = "test") -> torch.Tensor:
+        """Labels of the run's ``split``, in the order of :meth:`log_probs`."""
+        return torch.cat([y.cpu() for _, y in self._split(split).epoch(0)])
+
+    def _split(self, split: str):
+        loader = {"test": self.data().test, "val": self.data().val}.get(split)
+        if loader is None:
+            raise ValueError(f"run {self.run_dir} has no {split!r} split (splits: test, val when val_fraction > 0)")
+        return loader
 
     def _load(self, key: str, snap: Snapshot) -> None:
         """Load the weights and their BatchNorm statistics (recomputed once per key, then cached)."""
@@ -189,7 +217,7 @@ class TrainedRun:
         elif key in self._bn_cache:
             self.net.module.load_state_dict(self._bn_cache[key], strict=False)
         else:
-            recompute_batchnorm(self.net, self.bn_loader(), snap.sparse, self.config.bn_batches)
+            recompute_batchnorm(self.net, self.bn_loader(), snap.sparse, self.bn_batches)
             self._bn_cache[key] = {k: v.clone() for k, v in self.net.module.state_dict().items()
                                    if "running_" in k or "num_batches_tracked" in k}
         self.net.module.eval()
@@ -200,19 +228,35 @@ class TrainedRun:
 
     def bn_loader(self):
         """The unaugmented training images (loaded on first use), for BatchNorm recomputation."""
-        if self._bn_loader is None:
+        return self.data().train_eval
+
+    def data(self):
+        """The run's data splits (``cigl_bayes.train.Data``), loaded on first use and checked against
+        the fingerprints in metrics.json: other data than the run was trained and scored on is refused."""
+        if self._data is None:
             from cigl_bayes.train import build_data
 
             cfg = dataclasses.replace(self.config, data_dir=self.data_dir or self.config.data_dir)
-            self._bn_loader = build_data(cfg, self.device).train_eval
-        return self._bn_loader
+            data = build_data(cfg, self.device)
+            stored = self.metrics or {}
+            for split, loader in (("train", data.train_eval), ("test", data.test)):
+                saved = stored.get(f"{split}_fingerprint")
+                if saved is not None and saved != data_lib.fingerprint(loader):
+                    raise RunFolderError(f"the {split} data found now (data dir {cfg.data_dir}) differ from those "
+                                         f"run {self.run_dir} was trained and scored on; give the right data_dir")
+            self._data = data
+        return self._data
 
     # -- posterior objects -------------------------------------------------------------------------------
     def swag(self, rank: int = 20) -> SparseSWAG:
         """SWAG moments (mean, diagonal variance, low-rank deviations) of the collected samples."""
+        if rank < 1:
+            raise ValueError(f"SWAG rank must be ≥ 1, got {rank}")
         if len(self.samples) < 2:
             raise RunFolderError(f"SWAG needs at least 2 samples; run {self.run_dir} has {len(self.samples)}")
-        return SparseSWAG.from_snapshots(self.samples, max_rank=rank)
+        if rank not in self._swag:
+            self._swag[rank] = SparseSWAG.from_snapshots(self.samples, max_rank=rank)
+        return self._swag[rank]
 
     def to_inferencedata(self):
         """The samples as an arviz ``InferenceData`` (one chain; draws = samples; coordinates name the
@@ -252,7 +296,8 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     wma_state = state["wma"]
     wma = None if wma_state["sparse"] is None else Snapshot(wma_state["sparse"].to(dev), wma_state["other"].to(dev))
     samples, epochs = _samples(run_dir, wma_state["count"], cfg, dev)
-    run = TrainedRun(run_dir, cfg, net, wma, samples, epochs, state["history"], dev, data_dir)
+    run = TrainedRun(run_dir, cfg, net, wma, samples, epochs, state["history"], dev, data_dir,
+                     bn_batches=cfg.bn_batches)
     run._final_state = {k: v.clone() for k, v in net.module.state_dict().items()}
     return run
 

@@ -1,4 +1,4 @@
-"""Posterior predictors (inference.posterior) and the posterior report CLI on tiny real runs."""
+"""The predictors (cigl_bayes.predict) and the posterior report CLI on tiny real runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
-from inference.posterior import final_predictor, mc_z_samples, sample_predictor, wma_predictor
+from cigl_bayes.predict import combine, draws_log_probs, nnz, predictor_draws
 from inference.training import Trainer, run
 
 
@@ -31,50 +31,73 @@ def trained(tiny_cfg, tmp_path_factory) -> Trainer:
     return trainer
 
 
+def final_of(trainer) -> Snapshot:
+    with torch.no_grad():
+        return Snapshot(trainer.net.effective_flat().clone(), trainer.net.other_flat().clone())
+
+
 def test_wma_of_identical_samples_is_that_sample(trained):
     net, data = trained.net, trained.data
     snap = next(iter(trained.samples))
-    one = sample_predictor("one", net, [snap], data.test, data.train_eval)
-    wma = wma_predictor(net, [snap, snap, snap], data.test, data.train_eval)
-    torch.testing.assert_close(wma.log_probs, one.log_probs, rtol=1e-6, atol=1e-6)
-    assert wma.forward_passes == 1 and wma.parameters_stored == one.parameters_stored
+    loaders = {"test": data.test}
+    one = draws_log_probs(net, predictor_draws("predictive", final_of(trained), [snap]), loaders, data.train_eval)
+    wma_draws = predictor_draws("wma", final_of(trained), [snap, snap, snap])
+    wma = draws_log_probs(net, wma_draws, loaders, data.train_eval)
+    assert len(wma_draws) == 1 and len(wma["test"]) == 1
+    torch.testing.assert_close(wma["test"][0], one["test"][0], rtol=1e-6, atol=1e-6)
+    assert nnz(wma_draws[0][1]) == nnz(snap)
 
 
 def test_predictive_with_one_sample_equals_final(trained):
     """The final weights as the only sample, with the training BN statistics kept (no recompute)."""
     net, data = trained.net, trained.data
-    final = final_predictor(net, data.test)
-    with torch.no_grad():
-        snap = Snapshot(net.effective_flat(), net.other_flat())
-    predictive = sample_predictor("predictive", net, [snap], data.test, bn_loader=None)
-    torch.testing.assert_close(predictive.log_probs, final.log_probs)
-    assert final.parameters_stored == int((snap.sparse != 0).sum()) + snap.other.numel()
+    final = final_of(trained)
+    loaders = {"test": data.test}
+    by_final = draws_log_probs(net, predictor_draws("final", final), loaders, data.train_eval)["test"]
+    predictive = draws_log_probs(net, predictor_draws("predictive", final, [final]), loaders, bn_loader=None)["test"]
+    torch.testing.assert_close(combine("predictive", predictive), combine("final", by_final))
+    assert nnz(final) == int((final.sparse != 0).sum()) + final.other.numel()
 
 
-def test_predictive_averages_probabilities_and_counts_cost(trained):
+def test_predictive_averages_probabilities_and_its_draws_are_the_samples(trained):
+    from experiments.posterior_report import PredictorResult
+
     net, data = trained.net, trained.data
     samples = list(trained.samples)
     assert len(samples) == 3
-    result = sample_predictor("predictive", net, samples, data.test, data.train_eval)
-    manual = torch.stack([d.exp() for d in result.draws]).mean(0).log()
-    torch.testing.assert_close(result.log_probs, manual)
-    assert result.forward_passes == 3 and len(result.draws) == 3
+    draws = predictor_draws("predictive", final_of(trained), samples, count=3)
+    assert [torch.equal(d.sparse, s.sparse) for (_, d), s in zip(draws, samples)] == [True] * 3
+    assert len(predictor_draws("predictive", final_of(trained), samples, count=2)) == 2
+    per_draw = draws_log_probs(net, draws, {"test": data.test}, data.train_eval)["test"]
+    manual = torch.stack([d.exp() for d in per_draw]).mean(0).log()
+    torch.testing.assert_close(combine("predictive", per_draw), manual)
+    result = PredictorResult("predictive", per_draw, 3, 0)
     labels = torch.cat([y for _, y in data.test.epoch(0)])
     ll = result.per_draw_log_likelihood(labels)
     assert ll.shape == (3, len(labels))
-    torch.testing.assert_close(ll[1], result.draws[1][torch.arange(len(labels)), labels])
+    torch.testing.assert_close(ll[1], per_draw[1][torch.arange(len(labels)), labels])
 
 
 def test_mc_z_draws_are_masked_final_weights(trained):
-    net = trained.net
-    draws = mc_z_samples(net, 0.9, 4, seed=1)
-    w = net.effective_flat().detach()
+    final = final_of(trained)
+    draws = [d for _, d in predictor_draws("mc-z", final, keep=0.9, count=4, seed=1)]
+    w = final.sparse
     for d in draws:
         kept = d.sparse != 0
         assert torch.equal(d.sparse[kept], w[kept]) and kept.sum() < (w != 0).sum()
         assert 0.85 < kept.sum() / (w != 0).sum() < 0.95
     assert not torch.equal(draws[0].sparse, draws[1].sparse)
-    assert torch.equal(mc_z_samples(net, 0.9, 1, seed=1)[0].sparse, draws[0].sparse)  # seeded
+    again = predictor_draws("mc-z", final, keep=0.9, count=1, seed=1)[0][1]
+    assert torch.equal(again.sparse, draws[0].sparse)  # seeded
+
+
+def test_predictors_without_samples_are_refused_by_name(trained):
+    final = final_of(trained)
+    for name in ("wma", "predictive"):
+        with pytest.raises(ValueError, match=f"predictor '{name}' needs collected weight samples"):
+            predictor_draws(name, final, [])
+    with pytest.raises(ValueError, match="unknown predictor"):
+        predictor_draws("ensemble", final, [final])
 
 
 def test_posterior_report_on_two_seeds(tiny_cfg, tmp_path):
@@ -117,5 +140,5 @@ def test_posterior_report_refuses_missing_and_unfinished_runs(tiny_cfg, tmp_path
         posterior_report.main([str(tmp_path / "nope"), "--device", "cpu"])
     out = tmp_path / "half"
     run(tiny_cfg, out, progress=False, stop_after_epochs=1)
-    with pytest.raises(ValueError, match="not finished"):
+    with pytest.raises(ValueError, match="stopped at epoch 1 of 3; resume it first"):
         posterior_report.main([str(out), "--device", "cpu"])

@@ -138,16 +138,16 @@ def test_posterior_report_refuses_runs_scored_on_different_test_points():
         check_same_test_points([analysis("a", [1, 2], "x"), analysis("b", [1, 2], "y")])
 
 
-def test_posterior_report_refuses_other_data_than_the_runs(tiny, tmp_path):
-    from experiments.posterior_report import load_trainer
+def test_loaded_runs_refuse_other_data_than_the_runs(tiny, tmp_path):
+    from inference import RunFolderError, load_run
 
     run(dataclasses.replace(tiny, wma_start_epoch=0), tmp_path, progress=False)
-    assert load_trainer(tmp_path, "cpu", None).finished_training
+    assert load_run(tmp_path, device="cpu").labels("test").numel() == tiny.test_subset
     stored = json.loads((tmp_path / "metrics.json").read_text())
     stored["test_fingerprint"] = "0" * 16  # as if the data found now were other data
     (tmp_path / "metrics.json").write_text(json.dumps(stored))
-    with pytest.raises(ValueError, match="the test data found now .* differ"):
-        load_trainer(tmp_path, "cpu", None)
+    with pytest.raises(RunFolderError, match="the test data found now .* differ"):
+        load_run(tmp_path, device="cpu").labels("test")
 
 
 def test_the_lock_file_goes_with_its_writer(tmp_path):
