@@ -17,7 +17,7 @@ from . import data as data_lib
 from . import metrics
 from .averaging import Snapshot
 from .predict import combine, draws_log_probs, mc_dropout_log_probs, predictor_draws, weights_loaded
-from .runs import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from .runs import atomic_torch_save, atomic_write_json, atomic_write_npz
 
 
 def _labels(loader) -> torch.Tensor:
@@ -109,11 +109,7 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
     }
     arrays = {"labels": labels["test"].numpy()}
     arrays.update({name: by_split["test"].exp().numpy().astype(np.float32) for name, by_split in preds.items()})
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(buf.getvalue(), out / "predictions.npz")
+    atomic_write_npz(arrays, out / "predictions.npz")
     diagrams = {name: metrics.reliability_data(by_split["test"], labels["test"], from_logits=True)
                 for name, by_split in preds.items()}
     metrics.plot_reliability_diagram(diagrams, out / "reliability.png",

@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .runs import atomic_save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -304,22 +304,6 @@ def _draw_reliability(ax: Axes, data: ReliabilityData, title: str | None) -> Non
     ax.legend(loc="upper left", fontsize="x-small")
 
 
-def _save_atomic(fig: Figure, path: str | os.PathLike) -> None:
-    """``fig.savefig`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fmt = target.suffix[1:].lower() or None
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}.", suffix=target.suffix or ".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=fmt or "png", bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a figure is meant to be shared
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def plot_reliability_diagram(
     data: ReliabilityData | Mapping[str, ReliabilityData],
     path: str | os.PathLike | None = None,
@@ -356,7 +340,7 @@ def plot_reliability_diagram(
     if not single and title:
         fig.suptitle(title)
     if path is not None:
-        _save_atomic(fig, path)
+        atomic_save_figure(fig, path, close=False)
     return fig
 
 

@@ -1,14 +1,18 @@
 """Run folders: atomic writes, checkpoints that detect truncation, config checks on resume.
 
 Every file is written to a temporary name in the same folder and then ``os.replace``d, so a
-crash mid-write leaves the previous complete file in place.
+crash mid-write leaves the previous complete file in place.  This module is the one writer of
+the project's result files: JSON, CSV, npz, torch files and figures.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is truncated, corrupt, foreign, or from a different configuration."""
 
 
-def _atomic(path: str | Path, write) -> Path:
+def _atomic(path: str | Path, write: Callable[[Any], Any] | None = None,
+            write_to: Callable[[str], Any] | None = None) -> Path:
+    """``write(file object)`` or ``write_to(file name)`` into a temporary file beside ``path``,
+    fsync, then ``os.replace`` onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -30,8 +37,11 @@ def _atomic(path: str | Path, write) -> Path:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
+            if write is not None:
+                write(f)
+        if write_to is not None:
+            write_to(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -40,12 +50,55 @@ def _atomic(path: str | Path, write) -> Path:
     return path
 
 
+def atomic_write_via(path: str | Path, write_to: Callable[[str], Any]) -> Path:
+    """For writers that need a file name (netCDF, safetensors): ``write_to(tmp_name)``, then
+    ``os.replace`` onto ``path``."""
+    return _atomic(path, write_to=write_to)
+
+
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
     return _atomic(path, lambda f: f.write(data))
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> Path:
     return atomic_write_bytes((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), path)
+
+
+def atomic_write_csv(rows: list[dict], path: str | Path) -> Path:
+    """Rows of dicts as CSV (header from the first row's keys; later rows may omit columns)."""
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_bytes(buf.getvalue().encode(), path)
+
+
+def atomic_write_npz(arrays: dict, path: str | Path) -> Path:
+    """numpy arrays as an (uncompressed) .npz."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(buf.getvalue(), path)
+
+
+def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110, close: bool = True) -> Path:
+    """A matplotlib figure, in the format its suffix names (png by default), cropped to its content;
+    the figure is closed afterwards unless ``close`` is False."""
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or "png"
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    finally:
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+    return atomic_write_bytes(buf.getvalue(), path)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:

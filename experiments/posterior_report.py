@@ -16,9 +16,7 @@ posterior.nc, trace.png, forest.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import json
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from cigl_bayes import metrics
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.predict import combine
-from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
+from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 from inference import diagnostics, load_run
 
 from .cli import ArgumentParser, run_cli
@@ -135,23 +133,6 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
-def _png(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
-
-
 def plot_zw(rows: list[dict], path: Path) -> None:
     """One column of points per run (runs at the same sparsity side by side, no connecting lines):
     accuracy of M⊙W, and the mean ± sd over the fresh masks Zᵢ of M⊙Zᵢ⊙W; the legend sits below."""
@@ -170,7 +151,7 @@ def plot_zw(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title("Z–W correlation (paper App. C.1)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=1, fontsize=8, frameon=False)
-    _png(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def group_report(group: list[RunAnalysis], out: Path, tag: str, args) -> list[str]:
@@ -282,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                          **pr.metrics, "forward_passes": pr.forward_passes, "parameters_stored": pr.parameters_stored})
         zw_rows.append(a.zw)
     atomic_write_json({"predictors": rows, "zw": zw_rows}, out / "predictors.json")
-    atomic_write_bytes(_csv(rows), out / "predictors.csv")
-    atomic_write_bytes(_csv(zw_rows), out / "zw.csv")
+    atomic_write_csv(rows, out / "predictors.csv")
+    atomic_write_csv(zw_rows, out / "zw.csv")
     diagrams = {name: metrics.reliability_data(pr.log_probs, analyses[0].labels, from_logits=True)
                 for name, pr in analyses[0].predictors.items()}
     metrics.plot_reliability_diagram(diagrams, out / "reliability.png", title=analyses[0].run_dir.name)

@@ -18,8 +18,6 @@ accuracy_vs_sparsity.png, ece_vs_sparsity.png (Fig. 1c), reliability_dense_vs_sp
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import re
@@ -31,7 +29,7 @@ from tqdm.auto import tqdm
 
 from cigl_bayes import metrics
 from cigl_bayes.config import METHODS, RESUME_FREE_FIELDS, TrainConfig
-from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
+from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 from inference.training import run
 
 from .cli import ArgumentParser, add_host_allocator_argument, apply_host_allocator, run_cli
@@ -160,23 +158,6 @@ def pivot_table(summary: list[dict], key: str, methods: list[str], mark_vs_rigl:
     return "\n".join(lines)
 
 
-def _csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
-
-
 def plot_vs_sparsity(summary: list[dict], key: str, label: str, path: Path) -> None:
     """Metric versus sparsity per method (x: −log10(1 − sparsity), so 0.9, 0.99, 0.999 are evenly
     spaced as in the paper's Fig. 1c); dense as a horizontal line."""
@@ -200,7 +181,7 @@ def plot_vs_sparsity(summary: list[dict], key: str, label: str, path: Path) -> N
     ax.set_ylabel(label)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    _save(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def plot_reliability_dense_vs_sparse(root: Path, rows: list[dict], engine: str, out: Path) -> None:
@@ -240,7 +221,7 @@ def plot_baselines(summary: list[dict], methods: list[str], path: Path) -> None:
     ax.set_ylabel("ECE")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    _save(fig, path)
+    atomic_save_figure(fig, path)
 
 
 def finished_result(folder: Path, cfg: TrainConfig) -> dict | None:
@@ -280,8 +261,8 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
                   overrides: dict) -> None:
     """runs.csv, summary, the paper-shaped tables and the plots of the runs finished so far."""
     summary = aggregate(rows)
-    atomic_write_bytes(_csv(rows), root / "runs.csv")
-    atomic_write_bytes(_csv(summary), root / "summary.csv")
+    atomic_write_csv(rows, root / "runs.csv")
+    atomic_write_csv(summary, root / "summary.csv")
     atomic_write_json({"protocol": protocol, "engine": engine, "overrides": overrides, "summary": summary},
                       root / "summary.json")
     shown = [m for m in ["dense", *methods, *(["rigl+ts"] if "rigl" in methods else [])]

@@ -17,8 +17,6 @@ standard deviation inside the gap and on the data region).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from cigl_bayes.config import TrainConfig
 from cigl_bayes.data import TensorLoader
 from cigl_bayes.device import resolve_device
 from cigl_bayes.predict import predictor_draws
-from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
+from cigl_bayes.runs import atomic_save_figure, atomic_write_csv, atomic_write_json
 from cigl_bayes.train import Data
 from inference.training import Trainer
 
@@ -160,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     atomic_write_json({"config": cfg.to_dict(), "noise_std": args.noise_std, "n_train": args.n_train,
                        "samples": len(samples), "predictors": rows}, out / "metrics.json")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(buf.getvalue().encode(), out / "metrics.csv")
+    atomic_write_csv(rows, out / "metrics.csv")
     plot(out / "toy_regression.png", grid, bands, x_train, y_train, title=f"{args.method} ({args.engine}) · "
          f"sparsity {args.sparsity} · {len(samples)} samples")
     print(f"{'predictor':<12}{'draws':>6}{'nll_data':>10}{'nll_gap':>10}{'std_data':>10}{'std_gap':>10}")
@@ -192,10 +186,7 @@ def plot(path: Path, grid, bands: dict, x_train, y_train, title: str) -> None:
     np.atleast_1d(axes)[0].legend(loc="upper left", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    atomic_save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -29,12 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import io
 import itertools
 import logging
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -47,7 +44,7 @@ import xarray as xr
 from scipy.special import logsumexp
 
 from cigl_bayes.averaging import Snapshot
-from cigl_bayes.runs import atomic_write_bytes
+from cigl_bayes.runs import atomic_save_figure, atomic_write_via
 
 with warnings.catch_warnings():
     # arviz 0.23 announces its refactor with a FutureWarning once a day on import; nothing to act on here.
@@ -317,22 +314,7 @@ def posterior_inference_data(
 
 def save_netcdf(idata: az.InferenceData, path: str | Path) -> Path:
     """Write ``idata`` to netCDF atomically: a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; give the usual permissions
-    try:
-        idata.to_netcdf(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_via(path, idata.to_netcdf)
 
 
 def load_netcdf(path: str | Path) -> az.InferenceData:
@@ -585,17 +567,6 @@ def _quiet_plotting() -> Iterator[None]:
         yield
 
 
-def _save_figure(fig: Any, path: str | Path, dpi: int) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return atomic_write_bytes(buf.getvalue(), path)
-
-
 def plot_trace(
     idata: az.InferenceData,
     path: str | Path,
@@ -620,7 +591,7 @@ def plot_trace(
         fig.suptitle(f"posterior samples: one line per layer, line style per chain ({chains}: one seed each); "
                      "x: sample value (left), draw = collected epoch (right)", fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 0.96))
-        return _save_figure(fig, path, dpi)
+        return atomic_save_figure(fig, path, dpi)
 
 
 def plot_forest(
@@ -650,4 +621,4 @@ def plot_forest(
         fig = np.ravel(axes)[0].figure
         per = "all chains combined" if combined else f"one line per chain ({post.sizes['chain']} seeds, top to bottom)"
         fig.suptitle(f"94% HDI of each layer's value over the collected samples; {per}", fontsize=9)
-        return _save_figure(fig, path, dpi)
+        return atomic_save_figure(fig, path, dpi)

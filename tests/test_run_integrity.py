@@ -154,3 +154,38 @@ def test_the_lock_file_goes_with_its_writer(tmp_path):
     with RunFolderLock(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(__import__("os").getpid())
     assert not (tmp_path / ".lock").exists()
+
+
+def test_the_one_writer_writes_csv_npz_figures_and_named_files_atomically(tmp_path):
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cigl_bayes.runs import atomic_save_figure, atomic_write_csv, atomic_write_npz, atomic_write_via
+
+    atomic_write_csv([{"a": 1, "b": 2.5}, {"a": 3, "c": "x"}], tmp_path / "t.csv")
+    rows = list(csv.DictReader((tmp_path / "t.csv").open()))
+    assert rows == [{"a": "1", "b": "2.5", "c": ""}, {"a": "3", "b": "", "c": "x"}]
+    with pytest.raises(ValueError, match="no rows"):
+        atomic_write_csv([], tmp_path / "empty.csv")
+    atomic_write_npz({"x": np.arange(3)}, tmp_path / "a.npz")
+    assert np.load(tmp_path / "a.npz")["x"].tolist() == [0, 1, 2]
+    fig = plt.figure()
+    atomic_save_figure(fig, tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and not plt.get_fignums()
+
+    (tmp_path / "keep.bin").write_bytes(b"old")
+
+    def failing_writer(name):
+        Path(name).write_bytes(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_via(tmp_path / "keep.bin", failing_writer)
+    assert (tmp_path / "keep.bin").read_bytes() == b"old"
+    atomic_write_via(tmp_path / "keep.bin", lambda name: Path(name).write_bytes(b"new"))
+    assert (tmp_path / "keep.bin").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "f.png", "keep.bin", "t.csv"]  # no temporaries
