@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,9 @@ def analyse(run_dir: Path, args) -> RunAnalysis:
     # draws and seeds per predictor (None: every collected sample)
     plan = {"final": (None, 0), "mc-z": (args.mc_samples, cfg.seed + 100)}
     if run.samples:
-        plan.update({"wma": (None, 0), "predictive": (None, 0), "swag": (args.swag_samples, cfg.seed + 200)})
+        plan.update({"wma": (None, 0), "predictive": (None, 0)})
+    if len(run.samples) >= 2:  # SWAG's moments need two samples
+        plan["swag"] = (args.swag_samples, cfg.seed + 200)
     preds: dict[str, PredictorResult] = {}
     with tqdm(plan.items(), desc=f"predictors {run_dir.name}", disable=not args.progress) as bar:
         for name, (draws, seed) in bar:
@@ -159,7 +162,11 @@ def group_report(group: list[RunAnalysis], out: Path, tag: str, args) -> list[st
     lines = []
     with_samples = [a for a in group if len(a.samples) >= 2]
     if not with_samples:
-        return [f"_{tag}: fewer than 2 collected samples per run: no arviz posterior._", ""]
+        runs = ", ".join(a.run_dir.name for a in group)
+        note = (f"{runs}: fewer than 2 collected samples per run, so no arviz posterior (train longer or "
+                "start WMA earlier with --wma-start-epoch)")
+        print(f"warning: {note}", file=sys.stderr)
+        return [f"_Note: {note}._", ""]
     n_draws = min(len(a.samples) for a in with_samples)
     chains = [a.samples[:n_draws] for a in with_samples]
     labels = with_samples[0].labels

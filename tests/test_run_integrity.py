@@ -189,3 +189,17 @@ def test_the_one_writer_writes_csv_npz_figures_and_named_files_atomically(tmp_pa
     atomic_write_via(tmp_path / "keep.bin", lambda name: Path(name).write_bytes(b"new"))
     assert (tmp_path / "keep.bin").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "f.png", "keep.bin", "t.csv"]  # no temporaries
+
+
+def test_posterior_report_warns_on_stderr_when_a_run_has_one_sample(tiny, tmp_path, capsys):
+    from experiments import posterior_report
+
+    with pytest.warns(ShortRunWarning):
+        run(tiny, tmp_path / "short", progress=False)  # 2 epochs, WMA from epoch 1: one sample
+    assert posterior_report.main([str(tmp_path / "short"), "--device", "cpu", "--no-progress",
+                                  "--mc-samples", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: short: fewer than 2 collected samples per run" in err
+    report = (tmp_path / "short" / "posterior" / "report.md").read_text()
+    assert "_Note: short: fewer than 2 collected samples" in report and "\n_:" not in report
+    assert not (tmp_path / "short" / "posterior" / "posterior.nc").exists()
