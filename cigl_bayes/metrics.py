@@ -399,3 +399,28 @@ def apply_temperature(logits: Any, temperature: float) -> torch.Tensor:
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     return x / t
+
+
+def ood_detection(in_scores: Any, out_scores: Any, *, tpr: float = 0.95) -> dict[str, float]:
+    """How well an uncertainty score (higher = more likely out-of-distribution) separates OOD
+    inputs (the positive class) from in-distribution ones, by scikit-learn's metrics:
+
+    * ``auroc``: area under the ROC curve (``roc_auc_score``);
+    * ``aupr``: average precision with OOD as the positive class (``average_precision_score``;
+      "AUPR-Out" in Hendrycks & Gimpel 2017);
+    * ``fpr95``: the fraction of in-distribution inputs flagged as OOD at the smallest threshold
+      that flags ``tpr`` (95%) of the OOD inputs (read off ``roc_curve``, as torch-uncertainty's FPR95).
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    s_in = np.asarray(_as_tensor(in_scores, "in_scores").double().flatten())
+    s_out = np.asarray(_as_tensor(out_scores, "out_scores").double().flatten())
+    if not len(s_in) or not len(s_out):
+        raise ValueError("OOD detection needs in-distribution and OOD scores")
+    if not (np.isfinite(s_in).all() and np.isfinite(s_out).all()):
+        raise ValueError("OOD scores must be finite")
+    y = np.concatenate([np.zeros(len(s_in)), np.ones(len(s_out))])
+    s = np.concatenate([s_in, s_out])
+    fpr, tpr_curve, _ = roc_curve(y, s)
+    return {"auroc": float(roc_auc_score(y, s)), "aupr": float(average_precision_score(y, s)),
+            "fpr95": float(fpr[np.searchsorted(tpr_curve, tpr, side="left")])}
