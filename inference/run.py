@@ -20,6 +20,7 @@ cigl_bayes → models.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -198,6 +199,19 @@ class TrainedRun:
             out.append(predict_log_probs(self.net, loader, snap.sparse))
         self._restore()
         return out
+
+    @torch.no_grad()
+    def network(self, predictor: str = "wma") -> torch.nn.Module:
+        """A standalone copy of the network (eval mode) holding a single-weight predictor's
+        weights — ``final`` or ``wma`` — and its BatchNorm statistics, e.g. for export."""
+        if predictor not in SINGLE_WEIGHT:
+            raise ValueError(f"only {' and '.join(SINGLE_WEIGHT)} are one network; {predictor!r} averages several")
+        key, snap = self.weight_draws(predictor)[0]
+        self._load(key, snap)
+        self.net.load_flat_(snap.sparse, snap.other)  # the masked weights themselves, zeros included
+        module = copy.deepcopy(self.net.module).eval()
+        self._restore()
+        return module
 
     def labels(self, split: str = "test") -> torch.Tensor:
         """Labels of the run's ``split``, in the order of :meth:`log_probs`."""

@@ -1,0 +1,149 @@
+"""A compact, runnable export of a trained sparse network: non-zeros only, in safetensors.
+
+    export_network(module, "model.safetensors", model="wrn-22-2", classes=[...], mean=..., std=...)
+    exported = load_exported("model.safetensors")          # an nn.Module, eval mode
+    probs = exported.predict(uint8_images)                   # normalisation and temperature applied
+
+What is written:
+
+* BatchNorm folded into the convolution before it wherever that convolution feeds only the
+  BatchNorm (``torch.fx.experimental.optimization.fuse``: W' = W·γ/σ per output channel,
+  b' = β + (b − μ)·γ/σ; the zeros of W stay zeros).  In pre-activation networks such as WRN-22-2
+  the BatchNorm after a residual sum has no convolution to fold into and stays.
+* every weight of a convolution or linear layer that has zeros as CSR of its (out, in·k·k) matrix:
+  ``<name>::crow`` (int32), ``<name>::col`` (int16 when it fits, else int32), ``<name>::values``
+  (float32); everything else dense;
+* metadata: the format, the architecture (registry name), the classes, the input normalisation,
+  the temperature of temperature scaling, and free-form fields (method, sparsity, the run).
+
+``safetensors`` (Hugging Face) was chosen because it is a plain, memory-mappable tensor container
+with string metadata, readable without pickle, i.e. without running code from the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import build_model
+
+from .runs import atomic_write_via
+from .sparse_kernels import sparsify, to_csr
+
+FORMAT = "cigl-bayes-sparse-v1"
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` (eval mode) with every Conv→BatchNorm pair folded into one Conv."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(module).eval())
+
+
+def _is_sparse_weight(name: str, t: torch.Tensor) -> bool:
+    return name.endswith("weight") and t.dim() >= 2 and bool((t == 0).any())
+
+
+def export_network(module: nn.Module, path: str | Path, *, model: str, classes: list[str],
+                   mean: tuple[float, ...], std: tuple[float, ...], temperature: float | None = None,
+                   **info) -> Path:
+    """Write ``module`` (BatchNorm folded, sparse weights as CSR) and its metadata to ``path``."""
+    from safetensors.torch import save_file
+
+    folded = fold_batchnorm(module)
+    tensors: dict[str, torch.Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, t in folded.state_dict().items():
+        t = t.detach().cpu()
+        if _is_sparse_weight(name, t):
+            csr = to_csr(t.float().reshape(t.shape[0], -1))
+            col = csr.col_indices()
+            tensors[f"{name}::crow"] = csr.crow_indices().to(torch.int32)
+            tensors[f"{name}::col"] = col.to(torch.int16 if t[0].numel() <= 2**15 else torch.int32)
+            tensors[f"{name}::values"] = csr.values().contiguous()
+            shapes[name] = list(t.shape)
+        else:
+            tensors[name] = t.contiguous()
+    meta = {"format": FORMAT, "model": model, "num_classes": str(len(classes)), "classes": json.dumps(list(classes)),
+            "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
+            "temperature": json.dumps(temperature), "sparse_shapes": json.dumps(shapes),
+            "info": json.dumps(info, default=str)}
+    return atomic_write_via(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+class ExportedNetwork(nn.Module):
+    """A network read by :func:`load_exported`: ``forward`` takes normalised float inputs and
+    returns logits; :meth:`predict` takes images as the data set stores them."""
+
+    def __init__(self, network: nn.Module, meta: dict):
+        super().__init__()
+        self.network = network.eval()
+        self.model = meta["model"]
+        self.classes = json.loads(meta["classes"])
+        self.mean = torch.tensor(json.loads(meta["mean"])).view(1, -1, 1, 1)
+        self.std = torch.tensor(json.loads(meta["std"])).view(1, -1, 1, 1)
+        self.temperature = json.loads(meta["temperature"])
+        self.info = json.loads(meta["info"])
+        self.kernels: dict[str, str] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    @torch.no_grad()
+    def predict(self, images, *, temperature: bool = True, batch_size: int = 256) -> torch.Tensor:
+        """Class probabilities for uint8 (0–255) or float (0–1) images, (N, H, W, C) or (N, C, H, W);
+        divided by the stored temperature unless ``temperature`` is False."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.permute(0, 3, 1, 2)
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - self.mean) / self.std
+        logits = torch.cat([self.network(b) for b in x.split(batch_size)])
+        t = self.temperature if temperature and self.temperature else 1.0
+        return torch.softmax(logits / t, -1)
+
+
+def load_exported(path: str | Path, *, kernels: str = "auto", max_density: float = 0.2,
+                  example: torch.Tensor | None = None) -> ExportedNetwork:
+    """Rebuild the network written by :func:`export_network`, in eval mode on the CPU.
+
+    ``kernels``: "dense" keeps torch's dense layers; "sparse" puts every layer with zeros on the
+    sparse kernels (:mod:`cigl_bayes.sparse_kernels`); "auto" does so for layers of density ≤
+    ``max_density``, or, given an ``example`` batch, for the layers that run faster sparse on it."""
+    from safetensors import safe_open
+
+    if kernels not in ("auto", "dense", "sparse"):
+        raise ValueError(f"kernels must be auto, dense or sparse, got {kernels!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as err:  # not a safetensors file, truncated
+        raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err})") from err
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a cigl-bayes export (format {meta.get('format')!r}, expected {FORMAT})")
+    state = {k: v for k, v in stored.items() if "::" not in k}
+    for name, shape in json.loads(meta["sparse_shapes"]).items():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse (CSR tensor support is in beta|invariant checks)")
+            csr = torch.sparse_csr_tensor(stored[f"{name}::crow"].long(), stored[f"{name}::col"].long(),
+                                          stored[f"{name}::values"], (shape[0], int(np.prod(shape[1:]))))
+        state[name] = csr.to_dense().reshape(shape)
+    network = fold_batchnorm(build_model(meta["model"], num_classes=int(meta["num_classes"])))
+    network.load_state_dict(state)
+    exported = ExportedNetwork(network, meta)
+    if kernels != "dense":
+        exported.kernels = sparsify(network, max_density=1.0 if kernels == "sparse" else max_density,
+                                    example=example if kernels == "auto" else None)
+    return exported

@@ -1,0 +1,160 @@
+"""Sparse kernels (cigl_bayes.sparse_kernels) and the compact export (cigl_bayes.export, experiments.export)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cigl_bayes.export import export_network, fold_batchnorm, load_exported
+from cigl_bayes.sparse_kernels import SparseConv2d, SparseLinear, sparsify
+from models import build_model
+
+
+def sparse_random(shape, density, seed=0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=gen)
+    return w * (torch.rand(shape, generator=gen) < density)
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation", "batch"), [(1, 1, 1, 1), (2, 1, 1, 3), (1, 0, 2, 2),
+                                                                      (2, 0, 1, 4)])
+def test_sparse_conv_equals_dense_conv(stride, padding, dilation, batch):
+    conv = nn.Conv2d(6, 5, 3, stride=stride, padding=padding, dilation=dilation, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(sparse_random(conv.weight.shape, 0.2))
+    x = torch.randn(batch, 6, 11, 9)
+    sparse = SparseConv2d(conv)
+    assert sparse.density == pytest.approx(float((conv.weight != 0).float().mean()))
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_linear_equals_dense_linear():
+    lin = nn.Linear(20, 7)
+    with torch.no_grad():
+        lin.weight.copy_(sparse_random(lin.weight.shape, 0.1))
+    x = torch.randn(5, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(SparseLinear(lin)(x), lin(x), rtol=1e-5, atol=1e-6)
+
+
+def masked_small_cnn(sparsity: float, seed: int = 0) -> nn.Module:
+    """A small CNN with an ERK mask at ``sparsity`` and non-trivial BatchNorm statistics."""
+    from cigl_bayes.sparsity import densities_for, layer_nnz, sparse_parameter_names
+
+    torch.manual_seed(seed)
+    model = build_model("small-cnn", num_classes=10).eval()
+    names = sparse_parameter_names(model)
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in names]
+    nnz = layer_nnz(shapes, densities_for(shapes, sparsity, "erk"))
+    with torch.no_grad():
+        for n, k in zip(names, nnz):
+            p = params[n]
+            keep = torch.zeros(p.numel(), dtype=torch.bool)
+            keep[torch.randperm(p.numel())[:k]] = True
+            p.mul_(keep.view_as(p))
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def test_folding_batchnorm_keeps_outputs_and_zeros():
+    model = masked_small_cnn(0.9)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    before = (model.features[0].weight == 0).sum()
+    assert (folded.get_submodule("features.0").weight == 0).sum() == before
+
+
+@pytest.mark.parametrize("kernels", ["dense", "sparse", "auto"])
+def test_export_round_trip_predicts_as_the_network(tmp_path, kernels):
+    model = masked_small_cnn(0.95)
+    path = export_network(model, tmp_path / "m.safetensors", model="small-cnn", classes=[f"c{i}" for i in range(10)],
+                          mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), temperature=1.5, method="cigl")
+    loaded = load_exported(path, kernels=kernels, example=torch.randn(2, 3, 32, 32) if kernels == "auto" else None)
+    assert loaded.classes[3] == "c3" and loaded.temperature == 1.5 and loaded.info["method"] == "cigl"
+    assert not loaded.network.training
+    if kernels == "sparse":
+        assert set(loaded.kernels.values()) == {"sparse"}
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    x = (torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(loaded(x), logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(loaded.predict(images), torch.softmax(logits / 1.5, -1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loaded.predict(images, temperature=False), torch.softmax(logits, -1),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_export_is_smaller_than_the_dense_state_and_keeps_only_nonzeros(tmp_path):
+    from safetensors import safe_open
+
+    model = masked_small_cnn(0.95)
+    path = export_network(model, tmp_path / "m.safetensors", model="small-cnn", classes=list("abcdefghij"),
+                          mean=(0,) * 3, std=(1,) * 3)
+    dense = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert path.stat().st_size < 0.5 * dense
+    nnz = sum(int((p != 0).sum()) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    with safe_open(str(path), framework="pt") as f:
+        stored = sum(f.get_tensor(k).numel() for k in f.keys() if k.endswith("::values"))  # noqa: SIM118
+    assert stored == nnz
+
+
+def test_loading_refuses_other_files(tmp_path):
+    (tmp_path / "x.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_exported(tmp_path / "x.safetensors")
+    with pytest.raises(FileNotFoundError):
+        load_exported(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something-else"})
+    with pytest.raises(ValueError, match="not a cigl-bayes export"):
+        load_exported(tmp_path / "other.safetensors")
+
+
+def test_sparsify_by_threshold_swaps_only_sparse_layers():
+    model = masked_small_cnn(0.9)
+    first_density = float((model.features[0].weight != 0).float().mean())
+    choice = sparsify(model, max_density=0.5)
+    assert set(choice) == {"features.0", "features.4", "features.8", "fc"}
+    assert (choice["features.0"] == "sparse") == (first_density <= 0.5)
+    for name, kind in choice.items():
+        layer = model.get_submodule(name)
+        assert isinstance(layer, (SparseConv2d, SparseLinear)) == (kind == "sparse")
+        assert kind == "dense" or layer.density <= 0.5
+
+
+def test_export_cli_round_trips_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeypatch):
+    import cigl_bayes
+    from cigl_bayes.config import TrainConfig
+    from experiments import export
+    from inference import load_run, run
+
+    monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
+    cfg = TrainConfig(method="cigl", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.9, epochs=3,
+                      wma_start_epoch=1, subset=400, test_subset=100, batch_size=50, delta_t=4, device="cpu")
+    run(cfg, tmp_path / "run", progress=False)
+    assert export.main([str(tmp_path / "run"), "--out", str(tmp_path / "m.safetensors"), "--device", "cpu"]) == 0
+    exported = cigl_bayes.load_exported(tmp_path / "m.safetensors", kernels="sparse")
+    trained = load_run(tmp_path / "run", device="cpu")
+    images = trained.data().test.images[:16].permute(0, 2, 3, 1).cpu().numpy()
+    expected = trained.predict(images, "wma").probs
+    metrics = trained.metrics
+    got = exported.predict(images, temperature=False)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert exported.temperature == pytest.approx(metrics["temperature"]) and exported.classes[0] == "airplane"
+    with pytest.raises(SystemExit):
+        from experiments.cli import run_cli
+
+        run_cli(lambda: export.main([str(tmp_path / "run"), "--out", str(tmp_path)]))
