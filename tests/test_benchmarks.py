@@ -72,3 +72,17 @@ def test_gpu_suite_dry_run_runs_every_stage(tmp_path, cifar_data_dir, cache_dir,
             gpu_suite.main(["--out", str(tmp_path / "real")])
         else:
             raise SystemExit(2)
+
+
+def test_inference_quick(tmp_path):
+    from benchmarks import inference
+
+    assert inference.main(["--quick", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "inference.json").read_text())
+    (row,) = r["rows"]
+    assert row["model"] == "small-cnn" and row["export_bytes"] < row["model_pt_bytes"]
+    for b in ("1", "8"):
+        m = row["batches"][b]
+        assert set(m["ms"]) == {"dense-fp32", "dense-fast", "sparse"} and m["max_abs_logit_gap"] < 1e-3
+        assert m["speedup_over_dense_fp32"]["dense-fp32"] == 1.0
+    assert "| small-cnn | 0.95 |" in (tmp_path / "inference.md").read_text()
