@@ -408,8 +408,9 @@ def ood_detection(in_scores: Any, out_scores: Any, *, tpr: float = 0.95) -> dict
     * ``auroc``: area under the ROC curve (``roc_auc_score``);
     * ``aupr``: average precision with OOD as the positive class (``average_precision_score``;
       "AUPR-Out" in Hendrycks & Gimpel 2017);
-    * ``fpr95``: the fraction of in-distribution inputs flagged as OOD at the smallest threshold
-      that flags ``tpr`` (95%) of the OOD inputs (read off ``roc_curve``, as torch-uncertainty's FPR95).
+    * ``fpr95``: the fraction of in-distribution inputs flagged as OOD at the largest threshold
+      that still flags ``tpr`` (95%) of the OOD inputs (the first ROC point with TPR ≥ 95%, read off
+      ``roc_curve``, as torch-uncertainty's FPR95).
     """
     from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 

@@ -42,8 +42,12 @@ class ShiftSets:
 
 def _cache_path(clean: np.ndarray, labels: np.ndarray, names, ood_names, ood_size: int, seed: int,
                 cache_dir) -> Path:
+    from importlib.metadata import version
+
     h = hashlib.sha256()
     h.update(f"{SHIFT_CACHE_VERSION}|{','.join(names)}|{','.join(ood_names)}|{ood_size}|{seed}".encode())
+    # the parameters and the library that applies them: a change to either builds the sets again
+    h.update(f"{corruption_lib.PARAMETERS!r}|{version('imagecorruptions-imaug')}|{version('scikit-learn')}".encode())
     h.update(np.ascontiguousarray(clean).tobytes())
     h.update(np.ascontiguousarray(labels).tobytes())
     root = cache_dir or os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "cigl-bayes"

@@ -51,7 +51,9 @@ FAMILY_OF = {name: family for family, names in corruption_lib.FAMILIES.items() f
 PREDICTOR_ORDER = ("final", "wma", "temperature_scaled", "predictive", "mc-z", "swag")
 
 
-def score_names(has_draws: bool) -> tuple[str, ...]:
+def score_names(draws: torch.Tensor | None) -> tuple[str, ...]:
+    """Mutual information needs at least two weight draws (with one it is 0 everywhere)."""
+    has_draws = draws is not None and draws.shape[0] >= 2
     return ("max_prob", "entropy", "mutual_information") if has_draws else ("max_prob", "entropy")
 
 
@@ -82,7 +84,9 @@ def predictions(run, images: np.ndarray, draws: int,
         out[name] = (pred.probs, pred.draws)
     temperature = (run.metrics or {}).get("temperature")
     base = (run.metrics or {}).get("output_predictor", "wma" if "wma" in out else "final")
-    if temperature and base in out:
+    # T was fitted on the validation split for the run's output predictor; it is reused only where
+    # that predictor is one network (final, wma), whose outputs here are the ones T was fitted on
+    if temperature and base in ("final", "wma") and base in out:
         logits = out[base][0].clamp_min(1e-12).log()
         out["temperature_scaled"] = (torch.softmax(logits / temperature, -1), None)
     return {n: out[n] for n in PREDICTOR_ORDER if n in out}
@@ -120,7 +124,7 @@ def analyse(run_dir: Path, args, built: dict[str, ShiftSets]) -> tuple[dict, Shi
                                    "corruption": corruption, "family": FAMILY_OF.get(corruption, "clean"),
                                    "severity": severity, **{k: m[k] for k in ("accuracy", "ece", "nll", "brier")}})
                 if severity == 0:
-                    clean_in = {s: uncertainty(p, part(i, draws), s) for s in score_names(draws is not None)}
+                    clean_in = {s: uncertainty(p, part(i, draws), s) for s in score_names(draws)}
                 continue
             for score, in_scores in clean_in.items():
                 out_scores = uncertainty(p, part(i, draws), score)

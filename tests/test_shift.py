@@ -25,13 +25,32 @@ def images() -> np.ndarray:
     return (np.clip(base + stripes, 0, 1) * 255).astype(np.uint8)
 
 
-def test_parameters_are_the_cifar_ones_five_severities_each():
-    assert len(C.CORRUPTIONS) == 15 and set(C.CORRUPTIONS) == set(C.PARAMETERS)
-    assert all(len(v) == 5 for v in C.PARAMETERS.values())
-    # spot checks against make_cifar_c.py (hendrycks/robustness), not the ImageNet-C values
-    assert C.PARAMETERS["gaussian_noise"] == [0.04, 0.06, 0.08, 0.09, 0.10]
-    assert C.PARAMETERS["jpeg_compression"] == [80, 65, 58, 50, 40]
-    assert C.PARAMETERS["contrast"][-1] == 0.15 and C.PARAMETERS["pixelate"][0] == 0.95
+# The CIFAR-10 parameters as published in make_cifar_c.py (hendrycks/robustness, ImageNet-C/create_c),
+# severity 1..5; zoom blur as the (start, stop) of its arange(start, stop, 0.01).
+CIFAR_10_C = {
+    "gaussian_noise": [0.04, 0.06, .08, .09, .10],
+    "shot_noise": [500, 250, 100, 75, 50],
+    "impulse_noise": [.01, .02, .03, .05, .07],
+    "defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+    "glass_blur": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
+    "motion_blur": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],
+    "zoom_blur": [(1, 1.06), (1, 1.11), (1, 1.16), (1, 1.21), (1, 1.26)],
+    "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+             (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+    "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
+    "fog": [(.2, 3), (.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
+    "brightness": [.05, .1, .15, .2, .3],
+    "contrast": [.75, .5, .4, .3, 0.15],
+    "elastic_transform": [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05), (0.1, 0.03, 0.03)],
+    "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
+    "jpeg_compression": [80, 65, 58, 50, 40],
+}
+
+
+def test_parameters_are_the_published_cifar_ones():
+    assert C.CORRUPTIONS == tuple(CIFAR_10_C) and set(C.PARAMETERS) == set(CIFAR_10_C)
+    for name, published in CIFAR_10_C.items():
+        assert [tuple(v) if isinstance(v, tuple) else v for v in C.PARAMETERS[name]] == published, name
 
 
 @pytest.mark.parametrize("name", C.CORRUPTIONS)
@@ -98,11 +117,14 @@ def brute_force_ood(s_in: np.ndarray, s_out: np.ndarray) -> tuple[float, float]:
     return auroc, best
 
 
-def test_ood_metrics_agree_with_a_hand_computation_and_with_scikit_learn():
+@pytest.mark.parametrize("rounded", [True, False])  # with ties, and with a TPR that lands between ROC points
+def test_ood_metrics_agree_with_a_hand_computation_and_with_scikit_learn(rounded):
     from sklearn.metrics import average_precision_score
 
     rng = np.random.default_rng(0)
-    s_in, s_out = rng.normal(0, 1, 300), rng.normal(1.2, 1, 200).round(1)
+    s_in, s_out = rng.normal(0, 1, 300), rng.normal(1.2, 1, 200)
+    if rounded:
+        s_out = s_out.round(1)
     got = metrics.ood_detection(s_in, s_out)
     auroc, fpr95 = brute_force_ood(s_in, s_out)
     assert got["auroc"] == pytest.approx(auroc, abs=1e-12)
@@ -171,4 +193,9 @@ def test_shift_report_on_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeyp
     probs = trained.predict(sets.clean, "wma").probs
     assert clean_wma["accuracy"] == pytest.approx(float((probs.argmax(-1) == torch.as_tensor(sets.labels)).float()
                                                         .mean()))
+    # one OOD row recomputed from the predictions: clean subset (negative) against the blobs (positive)
+    blobs = trained.predict(sets.ood["blobs"], "wma").probs
+    by_hand = metrics.ood_detection(1 - probs.max(-1).values, 1 - blobs.max(-1).values)
+    row = next(r for r in ood_rows if r["predictor"] == "wma" and r["ood_set"] == "blobs" and r["score"] == "max_prob")
+    assert row["auroc"] == pytest.approx(by_hand["auroc"]) and row["fpr95"] == pytest.approx(by_hand["fpr95"])
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("| cigl |") >= 1
