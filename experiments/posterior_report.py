@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("swag_rank", "swag_samples", "mc_samples", "weights"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    if args.bn_batches is not None and args.bn_batches < 1:
+        raise ValueError(f"--bn-batches must be ≥ 1, got {args.bn_batches}")
     for r in args.runs:  # check every folder before creating anything
         if not r.is_dir():
             raise FileNotFoundError(f"run folder {r} does not exist")

@@ -125,6 +125,9 @@ def test_posterior_report_refuses_repeated_runs_and_a_file_as_out(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
         posterior_report.main([str(run_dir), "--out", str(tmp_path / "file")])
+    for bad in ("0", "-2"):
+        with pytest.raises(ValueError, match="--bn-batches must be ≥ 1"):
+            posterior_report.main([str(run_dir), "--bn-batches", bad])
 
 
 def test_posterior_report_refuses_runs_scored_on_different_test_points():
