@@ -286,6 +286,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.bn_batches is not None and args.bn_batches < 1:
         raise ValueError(f"--bn-batches must be ≥ 1, got {args.bn_batches}")
+    for given, known, what in ((args.corruptions, corruption_lib.CORRUPTIONS, "corruption"),
+                               (args.ood, ood_lib.OOD_SETS, "OOD set")):
+        unknown = [n for n in given if n not in known]
+        if unknown:
+            raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
+        if len(set(given)) < len(given):
+            raise ValueError(f"a {what} is given more than once")
     for r in args.runs:
         if not r.is_dir():
             raise FileNotFoundError(f"run folder {r} does not exist")

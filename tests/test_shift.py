@@ -199,3 +199,25 @@ def test_shift_report_on_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeyp
     row = next(r for r in ood_rows if r["predictor"] == "wma" and r["ood_set"] == "blobs" and r["score"] == "max_prob")
     assert row["auroc"] == pytest.approx(by_hand["auroc"]) and row["fpr95"] == pytest.approx(by_hand["fpr95"])
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("| cigl |") >= 1
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    (["--images", "0"], "--images must be ≥ 1"),
+    (["--draws", "0"], "--draws must be ≥ 1"),
+    (["--bn-batches", "0"], "--bn-batches must be ≥ 1"),
+    (["--corruptions", "rain"], "unknown corruption 'rain'"),
+    (["--ood", "svhn"], "unknown OOD set 'svhn'"),
+    (["--corruptions", "fog", "fog"], "given more than once"),
+])
+def test_shift_report_refuses_bad_input_before_writing(tmp_path, extra, match):
+    from experiments import shift_report
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(ValueError, match=match):
+        shift_report.main([str(run_dir), *extra])
+    assert not any(run_dir.iterdir())
+    with pytest.raises(ValueError, match="more than once"):
+        shift_report.main([str(run_dir), str(tmp_path / "run" / ".." / "run")])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        shift_report.main([str(tmp_path / "missing")])
