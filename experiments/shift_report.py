@@ -168,16 +168,20 @@ def plot_vs_severity(rows: list[dict], key: str, label: str, path: Path, title: 
     width = 0.8 / len(predictors)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for j, predictor in enumerate(predictors):
+        color = colors[j % len(colors)]
+        offset = (j - (len(predictors) - 1) / 2) * width
+        clean = [r[key] for r in rows if r["predictor"] == predictor and r["severity"] == 0]
+        ax.plot([offset] * len(clean), clean, "o", color=color, label=predictor)  # one value: a dot
         data = [[r[key] for r in rows if r["predictor"] == predictor and r["severity"] == s]
-                for s in (0, *corruption_lib.SEVERITIES)]
-        pos = np.arange(6) + (j - (len(predictors) - 1) / 2) * width
-        box = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
+                for s in corruption_lib.SEVERITIES]
+        box = ax.boxplot(data, positions=np.arange(1, 6) + offset, widths=width * 0.9, patch_artist=True,
+                         showfliers=False, medianprops={"color": "black"})
         for patch in box["boxes"]:
-            patch.set_facecolor(colors[j % len(colors)])
+            patch.set_facecolor(color)
             patch.set_alpha(0.7)
-        ax.plot([], [], "s", color=colors[j % len(colors)], label=predictor)
     ax.set_xticks(np.arange(6), ["clean"] + [str(s) for s in corruption_lib.SEVERITIES])
-    ax.set_xlabel("corruption severity (boxes: spread over the corruptions; clean: one value)")
+    ax.set_xlabel("corruption severity (boxes: quartiles over the corruptions, black line the median; "
+                  "clean: one dot)")
     ax.set_ylabel(label)
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=3, loc="upper left")
