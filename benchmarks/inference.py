@@ -14,7 +14,11 @@ size depend on the sparsity pattern, not on trained values), folds BatchNorm, an
   sparse          ``load_exported(kernels="auto", example=batch)``: each layer timed dense against
                   sparse (im2col + CSR matmul) on its real input and the faster kept
 
-Ratios are dense-fp32 time over each path's (> 1: faster than dense fp32).  Sizes: the export
+The paths are interleaved round by round (``--repeats`` rounds after a warm-up); each ratio is the
+median over rounds of dense-fp32's time over the path's in the same round (> 1: faster than dense
+fp32), and the per-layer dense and sparse times behind the sparse path's choice are kept in the
+JSON.  glibc is told to keep freed memory (``--host-allocator``, as for training), so the large
+batch-256 buffers are not page-faulted in again on every call.  Sizes: the export
 against ``model.pt`` (the dense state dict as the run folder stores it).  Writes JSON and a
 Markdown table (``--out``).
 """
@@ -31,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cigl_bayes.device import fast_path_available
+from cigl_bayes.device import HOST_ALLOCATOR_MODES, configure_host_allocator, fast_path_available
 from cigl_bayes.export import export_network, fold_batchnorm, load_exported
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
 from cigl_bayes.sparsity import densities_for, layer_nnz, sparse_parameter_names
@@ -55,16 +59,26 @@ def masked_network(model: str, sparsity: float, seed: int = 0) -> nn.Module:
     return module
 
 
-def seconds_per_call(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` timed calls after one warm-up."""
+def interleaved_ms(paths: dict, rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Each path called once per round, in turn, after one warm-up call each: (median ms per path,
+    median over rounds of dense-fp32's time over the path's in the same round)."""
     with torch.no_grad():
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
+        for fn in paths.values():
             fn()
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        per_round = []
+        for _ in range(rounds):
+            times = {}
+            for name, fn in paths.items():
+                start = time.perf_counter()
+                fn()
+                times[name] = time.perf_counter() - start
+            per_round.append(times)
+    def median(xs):
+        return sorted(xs)[len(xs) // 2]
+
+    ms = {k: median([r[k] for r in per_round]) * 1e3 for k in paths}
+    ratio = {k: median([r["dense-fp32"] / r[k] for r in per_round]) for k in paths}
+    return ms, ratio
 
 
 def measure(model: str, sparsity: float, batches: list[int], repeats: dict[int, int], folder: Path) -> dict:
@@ -90,14 +104,13 @@ def measure(model: str, sparsity: float, batches: list[int], repeats: dict[int, 
                 return fast(x_cl)
 
         paths = {"dense-fp32": lambda x=x: folded(x), "dense-fast": run_fast, "sparse": lambda x=x, s=sparse: s(x)}
-        times = {name: seconds_per_call(fn, repeats[b]) for name, fn in paths.items()}
+        ms, ratio = interleaved_ms(paths, repeats[b])
         with torch.no_grad():
             gap = float((sparse(x) - folded(x)).abs().max())
         row["batches"][str(b)] = {
-            "ms": {k: v * 1e3 for k, v in times.items()},
-            "speedup_over_dense_fp32": {k: times["dense-fp32"] / v for k, v in times.items()},
+            "ms": ms, "speedup_over_dense_fp32": ratio,
             "sparse_layers": sum(v == "sparse" for v in sparse.kernels.values()),
-            "layers": len(sparse.kernels), "max_abs_logit_gap": gap}
+            "layers": len(sparse.kernels), "max_abs_logit_gap": gap, "layer_timings": sparse.layer_timings}
         r = row["batches"][str(b)]
         print(f"  {model:<10} s={sparsity:<5} batch {b:>3}: dense fp32 {r['ms']['dense-fp32']:8.2f} ms, "
               f"fast ×{r['speedup_over_dense_fp32']['dense-fast']:.2f}, sparse ×"
@@ -122,20 +135,27 @@ def markdown(rows: list[dict], batches: list[int]) -> str:
     return "\n".join(lines)
 
 
+def add_host_allocator_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host-allocator", default="auto", choices=list(HOST_ALLOCATOR_MODES),
+                   help="retain: glibc keeps freed memory (auto: on CPU); system: leave malloc alone")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--models", nargs="+", default=["wrn-22-2", "small-cnn"])
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.99])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 256])
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per setting (default: 30 at batch 1, "
-                   "5 at larger batches)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds (default: 30 at batch 1, "
+                   "7 at larger batches)")
     p.add_argument("--quick", action="store_true", help="small-cnn at 0.95, batches 1 and 8, 3 repeats")
     p.add_argument("--out", default="benchmarks/results/inference")
+    add_host_allocator_argument(p)
     args = p.parse_args(argv)
+    configure_host_allocator(args.host_allocator, torch.device("cpu"))
     if args.quick:
         args.models, args.sparsities, args.batches, args.repeats = ["small-cnn"], [0.95], [1, 8], 3
-    repeats = {b: args.repeats or (30 if b == 1 else 5) for b in args.batches}
+    repeats = {b: args.repeats or (30 if b == 1 else 7) for b in args.batches}
     rows = []
     with tempfile.TemporaryDirectory(prefix="cigl-export-") as tmp:
         for model in args.models:

@@ -90,7 +90,8 @@ class ExportedNetwork(nn.Module):
         self.std = torch.tensor(json.loads(meta["std"])).view(1, -1, 1, 1)
         self.temperature = json.loads(meta["temperature"])
         self.info = json.loads(meta["info"])
-        self.kernels: dict[str, str] = {}
+        self.kernels: dict[str, str] = {}  # layer → "sparse" | "dense", as chosen at load
+        self.layer_timings: dict[str, dict] = {}  # layer → density, dense_ms, sparse_ms (kernels="auto" + example)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
@@ -145,5 +146,5 @@ def load_exported(path: str | Path, *, kernels: str = "auto", max_density: float
     exported = ExportedNetwork(network, meta)
     if kernels != "dense":
         exported.kernels = sparsify(network, max_density=1.0 if kernels == "sparse" else max_density,
-                                    example=example if kernels == "auto" else None)
+                                    example=example if kernels == "auto" else None, timings=exported.layer_timings)
     return exported

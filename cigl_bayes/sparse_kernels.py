@@ -81,11 +81,12 @@ def _time(layer: nn.Module, x: torch.Tensor, repeats: int) -> float:
 
 @torch.no_grad()
 def sparsify(module: nn.Module, *, max_density: float = 0.2, example: torch.Tensor | None = None,
-             repeats: int = 5) -> dict[str, str]:
+             repeats: int = 5, timings: dict | None = None) -> dict[str, str]:
     """Replace, in place, every Conv2d (groups 1) and Linear of ``module`` whose weight density is at
     most ``max_density`` by its sparse version.  With ``example`` (an input batch), each such layer
     is instead timed on its real input, dense against sparse, and the faster kept.  Returns
-    {layer name: "sparse" | "dense"} for the layers considered."""
+    {layer name: "sparse" | "dense"} for the layers considered; ``timings`` (a dict), if given,
+    receives {layer name: {"density", "dense_ms", "sparse_ms"}} for the layers timed."""
     candidates = {name: m for name, m in module.named_modules()
                   if (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
                       and not isinstance(m.padding, str)) or isinstance(m, nn.Linear)}
@@ -104,7 +105,10 @@ def sparsify(module: nn.Module, *, max_density: float = 0.2, example: torch.Tens
     for name, layer in candidates.items():
         sparse = (SparseConv2d if isinstance(layer, nn.Conv2d) else SparseLinear)(layer)
         if example is not None and name in inputs:
-            faster = _time(sparse, inputs[name], repeats) < _time(layer, inputs[name], repeats)
+            sparse_s, dense_s = _time(sparse, inputs[name], repeats), _time(layer, inputs[name], repeats)
+            faster = sparse_s < dense_s
+            if timings is not None:
+                timings[name] = {"density": sparse.density, "dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3}
         else:
             faster = sparse.density <= max_density and sparse.density < 1.0
         choice[name] = "sparse" if faster else "dense"

@@ -158,3 +158,18 @@ def test_export_cli_round_trips_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, 
         from experiments.cli import run_cli
 
         run_cli(lambda: export.main([str(tmp_path / "run"), "--out", str(tmp_path)]))
+
+
+def test_sparsify_by_timing_records_both_kernels_and_keeps_outputs():
+    model = masked_small_cnn(0.95)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    timings = {}
+    choice = sparsify(model, example=x, repeats=2, timings=timings)
+    assert set(timings) == set(choice)
+    for name, t in timings.items():
+        assert t["dense_ms"] > 0 and t["sparse_ms"] > 0 and 0 < t["density"] <= 1
+        assert choice[name] == ("sparse" if t["sparse_ms"] < t["dense_ms"] else "dense")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
