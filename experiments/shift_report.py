@@ -10,7 +10,8 @@ temperature_scaled, predictive, mc-z, swag (those the run has) — as Ovadia et 
 
   shift.csv     accuracy, ECE, NLL, Brier per predictor, corruption (family) and severity (0 = clean)
   ood.csv       AUROC, AUPR, FPR@95%TPR per predictor, OOD set and score (max-probability,
-                predictive entropy, and mutual information for predictors with draws)
+                predictive entropy, and mutual information for predictors with draws), with the
+                score's mean on the clean test subset (mean_in) and on the OOD set (mean_out)
   shift.json    all of it, with timings and the sets' sizes
   ece_vs_severity.png, accuracy_vs_severity.png   box plots over the corruptions per severity
   ood_scores.png   histograms of predictive entropy, in-distribution against each OOD set
@@ -130,7 +131,8 @@ def analyse(run_dir: Path, args, built: dict[str, ShiftSets]) -> tuple[dict, Shi
                 out_scores = uncertainty(p, part(i, draws), score)
                 ood_rows.append({"run": run_dir.name, "method": run.config.method, "predictor": name,
                                  "ood_set": corruption.split(":", 1)[1], "score": score,
-                                 **metrics.ood_detection(in_scores, out_scores)})
+                                 **metrics.ood_detection(in_scores, out_scores),
+                                 "mean_in": float(in_scores.mean()), "mean_out": float(out_scores.mean())})
     report = {"run": str(run_dir), "method": run.config.method, "sparsity": run.config.sparsity,
               "images_per_set": len(sets.clean), "ood_images_per_set": args.ood_size,
               "corruptions": list(args.corruptions), "ood_sets": list(args.ood),

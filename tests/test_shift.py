@@ -198,6 +198,8 @@ def test_shift_report_on_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeyp
     by_hand = metrics.ood_detection(1 - probs.max(-1).values, 1 - blobs.max(-1).values)
     row = next(r for r in ood_rows if r["predictor"] == "wma" and r["ood_set"] == "blobs" and r["score"] == "max_prob")
     assert row["auroc"] == pytest.approx(by_hand["auroc"]) and row["fpr95"] == pytest.approx(by_hand["fpr95"])
+    assert row["mean_in"] == pytest.approx(float((1 - probs.max(-1).values).mean()))
+    assert row["mean_out"] == pytest.approx(float((1 - blobs.max(-1).values).mean()))
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("| cigl |") >= 1
 
 
