@@ -77,6 +77,17 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def check_run_folders(runs: list) -> None:
+    """Run folders given to a report: each must exist, and none may be given twice."""
+    for r in runs:
+        if not r.is_dir():
+            raise FileNotFoundError(f"run folder {r} does not exist")
+    resolved = [r.resolve() for r in runs]
+    repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
+    if repeated:
+        raise ValueError(f"run {repeated[0]} is given more than once (one run is one chain, one report)")
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run ``main``; bad input → 'error: …' on one line and exit status 2."""
     from cigl_bayes.runs import CheckpointError, RunFolderBusy

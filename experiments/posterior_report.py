@@ -33,7 +33,7 @@ from cigl_bayes.predict import combine
 from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 from inference import diagnostics, load_run
 
-from .cli import ArgumentParser, run_cli
+from .cli import ArgumentParser, check_run_folders, run_cli
 
 
 @dataclasses.dataclass
@@ -252,13 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.bn_batches is not None and args.bn_batches < 1:
         raise ValueError(f"--bn-batches must be ≥ 1, got {args.bn_batches}")
-    for r in args.runs:  # check every folder before creating anything
-        if not r.is_dir():
-            raise FileNotFoundError(f"run folder {r} does not exist")
-    resolved = [r.resolve() for r in args.runs]
-    repeated = sorted({str(r) for r in resolved if resolved.count(r) > 1})
-    if repeated:
-        raise ValueError(f"run {repeated[0]} is given more than once: the same run is not two chains")
+    check_run_folders(args.runs)  # every folder, before anything is created
     out = args.out or args.runs[0] / "posterior"
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")

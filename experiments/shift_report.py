@@ -46,7 +46,7 @@ from cigl_bayes.runs import (
 from cigl_bayes.shift import ShiftSets, build_shift_sets
 from inference import load_run
 
-from .cli import ArgumentParser, run_cli
+from .cli import ArgumentParser, check_run_folders, run_cli
 
 FAMILY_OF = {name: family for family, names in corruption_lib.FAMILIES.items() for name in names}
 PREDICTOR_ORDER = ("final", "wma", "temperature_scaled", "predictive", "mc-z", "swag")
@@ -299,12 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
         if len(set(given)) < len(given):
             raise ValueError(f"a {what} is given more than once")
-    for r in args.runs:
-        if not r.is_dir():
-            raise FileNotFoundError(f"run folder {r} does not exist")
-    resolved = [r.resolve() for r in args.runs]
-    if len(set(resolved)) < len(resolved):
-        raise ValueError("a run is given more than once")
+    check_run_folders(args.runs)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise NotADirectoryError(f"--out {args.out} is a file, not a folder")
     reports, built = [], {}
