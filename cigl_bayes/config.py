@@ -157,6 +157,21 @@ class TrainConfig:
         return 1.0 - self.random_mask_rate if self.method_config.random_mask else 1.0
 
     @property
+    def final_bn_recomputed(self) -> bool:
+        """Whether the ``final`` predictor gets BatchNorm statistics of its own.
+
+        CigL trains under M⊙Z⊙W with an *unscaled* Z ~ Bernoulli(keep), so the running statistics
+        tracked in training belong to pre-activations about keep × those of M⊙W; evaluating M⊙W
+        with them is off by 1/keep (ECE 0.31 for keep 0.9 on WRN-22-2 in the study's pilot).  For
+        such methods ``final`` is M⊙W with BatchNorm recomputed on the training images, as for
+        every averaged weight setting.  Methods without Z keep the training statistics, which
+        belong to the weights they evaluate; so does weight dropout (Z/keep), whose rescaling keeps
+        the pre-activations' mean, as inverted dropout does (its noise still widens their variance
+        in training, the usual dropout approximation)."""
+        m = self.method_config
+        return m.random_mask and not m.rescale_random_mask and self.keep < 1.0
+
+    @property
     def dropout(self) -> float:
         """Activation-dropout rate (MC-dropout baseline uses the random-mask rate)."""
         return self.random_mask_rate if self.method_config.activation_dropout else 0.0

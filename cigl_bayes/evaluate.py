@@ -1,7 +1,8 @@
 """After training: every predictor of the method, temperature scaling, and the run folder.
 
 Predictors (each gives test log-probabilities):
-  final       the last weights M⊙W (training BatchNorm statistics)
+  final       the last weights M⊙W (training BatchNorm statistics; recomputed for CigL, whose
+              statistics were tracked under M⊙Z⊙W: ``TrainConfig.final_bn_recomputed``)
   wma         the WMA mean of M⊙Z⊙W, BatchNorm statistics recomputed (CigL's output model)
   predictive  softmax averaged over the collected samples, BN recomputed for each ("w/o WMA")
   mc-dropout  softmax averaged over S passes with dropout kept on (RigL + MC dropout)
@@ -40,7 +41,7 @@ def predictor_log_probs(trainer, loaders: dict) -> dict[str, dict[str, torch.Ten
     out: dict[str, dict[str, torch.Tensor]] = {}
     for name in names:
         draws = predictor_draws(name, final, samples, wma=trainer.wma.mean() if name == "wma" else None,
-                                count=max(1, len(samples)))
+                                count=max(1, len(samples)), final_bn_recomputed=cfg.final_bn_recomputed)
         per_split = draws_log_probs(net, draws, loaders, trainer.data.train_eval, cfg.bn_batches)
         out[name] = {k: combine(name, v) for k, v in per_split.items()}
     if method.activation_dropout:
@@ -56,6 +57,10 @@ def output_state_dict(trainer) -> dict:
             return {k: v.detach().cpu().clone() for k, v in net.module.state_dict().items()}
     with torch.no_grad():
         net.apply_mask_()
+    if trainer.cfg.final_bn_recomputed:  # the final weights with their own BatchNorm statistics, as ``final``
+        final = Snapshot(net.effective_flat().detach().clone(), net.other_flat().detach().clone())
+        with weights_loaded(net, final, trainer.data.train_eval, trainer.cfg.bn_batches):
+            return {k: v.detach().cpu().clone() for k, v in net.module.state_dict().items()}
     return {k: v.detach().cpu().clone() for k, v in net.module.state_dict().items()}
 
 
@@ -92,6 +97,8 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
         "sparsity_target": cfg.sparsity if trainer.method.sparse else 0.0,
         "sparsity_actual": _sparsity_of(state, trainer.net.sparse_names),
         "output_predictor": output,
+        # which BatchNorm statistics the `final` predictor used (TrainConfig.final_bn_recomputed)
+        "final_bn": "recomputed" if cfg.final_bn_recomputed else "training",
         "temperature": temperature,
         "epochs": trainer.epoch,
         "steps": trainer.step,
@@ -107,11 +114,12 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
         "history": trainer.history,
         "completed": True,
     }
+    diagrams = {name: metrics.reliability_data(by_split["test"], labels["test"], from_logits=True)
+                for name, by_split in preds.items()}
+    result["reliability"] = {"test": {name: metrics.reliability_to_dict(d) for name, d in diagrams.items()}}
     arrays = {"labels": labels["test"].numpy()}
     arrays.update({name: by_split["test"].exp().numpy().astype(np.float32) for name, by_split in preds.items()})
     atomic_write_npz(arrays, out / "predictions.npz")
-    diagrams = {name: metrics.reliability_data(by_split["test"], labels["test"], from_logits=True)
-                for name, by_split in preds.items()}
     metrics.plot_reliability_diagram(diagrams, out / "reliability.png",
                                      title=f"{cfg.method} · {cfg.model} · sparsity {cfg.sparsity}")
     atomic_write_json(result, out / "metrics.json")

@@ -243,6 +243,43 @@ def reliability_data(
     return _reliability(_probs(s, fl), y, n_bins, tol)
 
 
+def reliability_to_dict(data: ReliabilityData) -> dict:
+    """JSON-ready bins of a reliability diagram: ``bin_edges``, ``counts``, ``accuracy`` and
+    ``confidence`` per bin (None for an empty bin).  Small enough to keep in metrics.json, so that
+    diagrams can be redrawn, and pooled over runs, where the predictions themselves are absent."""
+    def clean(a: np.ndarray) -> list:
+        return [None if not math.isfinite(v) else float(v) for v in a.tolist()]
+
+    return {"bin_edges": [float(e) for e in data.bin_edges], "counts": [int(c) for c in data.counts],
+            "accuracy": clean(data.accuracy), "confidence": clean(data.mean_confidence)}
+
+
+def pooled_reliability(parts: Sequence[Mapping]) -> ReliabilityData:
+    """The reliability diagram of the union of several prediction sets (e.g. one run per seed) from
+    their :func:`reliability_to_dict` bins: per bin, counts add up and accuracy and confidence are
+    count-weighted means, so ECE = Σ_b |B_b|/N · |acc_b − conf_b| over the pooled bins.  That is the
+    ECE of all predictions together, not the mean of the parts' ECEs."""
+    if not parts:
+        raise ValueError("nothing to pool")
+    edges = np.asarray(parts[0]["bin_edges"], dtype=np.float64)
+    if any(not np.array_equal(np.asarray(p["bin_edges"], dtype=np.float64), edges) for p in parts):
+        raise ValueError("reliability bins differ between the parts; pool only diagrams with the same bins")
+    counts = np.sum([np.asarray(p["counts"], dtype=np.float64) for p in parts], axis=0)
+
+    def weighted(key: str) -> np.ndarray:
+        return np.sum([np.nan_to_num(np.asarray(p[key], dtype=np.float64)) * np.asarray(p["counts"]) for p in parts],
+                      axis=0)
+
+    nonempty = counts > 0
+    safe = np.maximum(counts, 1.0)
+    acc_sum, conf_sum = weighted("accuracy"), weighted("confidence")
+    gap = np.abs(acc_sum - conf_sum) / safe
+    return ReliabilityData(bin_edges=edges, counts=counts.astype(np.int64),
+                           mean_confidence=np.where(nonempty, conf_sum / safe, np.nan),
+                           accuracy=np.where(nonempty, acc_sum / safe, np.nan),
+                           ece=float((counts * gap).sum() / counts.sum()), mce=float(gap[nonempty].max()))
+
+
 def ece(scores: Any, labels: Any, *, n_bins: int = 15, from_logits: bool | None = None) -> float:
     """Top-label expected calibration error ``Σ_b |B_b|/N · |acc_b − conf_b|`` (L1, equal-width bins)."""
     return reliability_data(scores, labels, n_bins=n_bins, from_logits=from_logits).ece

@@ -10,11 +10,14 @@ on, with samples x_t = (M⊙Z⁽ᵗ⁾⊙W⁽ᵗ⁾, θ⁽ᵗ⁾), t = 1..T (pap
   swag        (1/S) Σ_s softmax f(x; x̃_s), x̃_s ~ N(x̄, ½(Σ_diag + D Dᵀ/(K−1)))   S passes
 
 (:func:`predictor_draws`).  BatchNorm statistics are recomputed on the training data for every
-weight setting but ``final``, whose statistics were tracked during training (SWA/SWAG do the
-same for averaged weights).  MC dropout (rigl-mcdp) keeps the weights and samples activations
-instead (:func:`mc_dropout_log_probs`).  The run's evaluation (``cigl_bayes.evaluate``), the
-Python API (``inference.load_run``) and ``experiments.posterior_report`` all draw their weights
-from here.
+weight setting (SWA/SWAG do the same for averaged weights) except ``final`` of a method without
+an unscaled random mask, whose statistics were tracked during training for the very weights it
+evaluates (key ``"final"``).  Under CigL's unscaled Z they were tracked for M⊙Z⊙W, not M⊙W, so
+there ``final`` is recomputed too (key ``"final:bn-recomputed"``,
+:attr:`cigl_bayes.config.TrainConfig.final_bn_recomputed`).  MC dropout (rigl-mcdp) keeps the
+weights and samples activations instead (:func:`mc_dropout_log_probs`).  The run's evaluation
+(``cigl_bayes.evaluate``), the Python API (``inference.load_run``) and
+``experiments.posterior_report`` all draw their weights from here.
 
 Every predictor returns *log-probabilities* (N, C) on the CPU: log-softmax of the logits for
 a single weight setting, log of the averaged softmax for an ensemble.  Softmax of
@@ -119,14 +122,19 @@ def ensemble_log_probs(log_probs: Iterable[torch.Tensor]) -> torch.Tensor:
 
 
 PREDICTORS = ("final", "wma", "predictive", "mc-z", "swag")  # the weight-draw predictors
+TRAINING_BN_KEY = "final"  # the one draw key evaluated with the BatchNorm statistics tracked in training
+FINAL_RECOMPUTED_KEY = "final:bn-recomputed"  # M⊙W with BatchNorm recomputed (CigL: trained under M⊙Z⊙W)
 SINGLE_WEIGHT = ("final", "wma")  # one weight setting: no draws to average
 
 
 def predictor_draws(name: str, final: Snapshot, samples: Sequence[Snapshot] = (), *, wma: Snapshot | None = None,
                     keep: float = 1.0, count: int = 10, seed: int = 0,
-                    swag_sample: Callable[[torch.Generator], Snapshot] | None = None) -> list[tuple[str, Snapshot]]:
+                    swag_sample: Callable[[torch.Generator], Snapshot] | None = None,
+                    final_bn_recomputed: bool = False) -> list[tuple[str, Snapshot]]:
     """The weight settings predictor ``name`` averages over, each with a key that names it (a cache
-    key for its BatchNorm statistics; ``"final"`` keeps the training statistics).
+    key for its BatchNorm statistics; only ``"final"`` keeps the training statistics, and
+    ``final_bn_recomputed`` — CigL's unscaled Z — gives ``final`` the key
+    ``"final:bn-recomputed"`` instead, so its statistics are recomputed for M⊙W).
 
     ``final`` is M⊙W; ``samples`` the collected x_t; ``wma`` their mean (computed from ``samples``
     when not given); ``count`` the draws of mc-z and swag, and the cap on the samples of
@@ -136,7 +144,7 @@ def predictor_draws(name: str, final: Snapshot, samples: Sequence[Snapshot] = ()
     if count < 1:
         raise ValueError(f"draws must be ≥ 1, got {count}")
     if name == "final":
-        return [("final", final)]
+        return [(FINAL_RECOMPUTED_KEY if final_bn_recomputed else TRAINING_BN_KEY, final)]
     if name == "mc-z":
         gen = torch.Generator().manual_seed(seed)
         w = final.sparse
@@ -163,10 +171,10 @@ def predictor_draws(name: str, final: Snapshot, samples: Sequence[Snapshot] = ()
 def draws_log_probs(net: SparseNetwork, draws: Sequence[tuple[str, Snapshot]], loaders: dict, bn_loader=None,
                     bn_batches: int | None = None) -> dict[str, list[torch.Tensor]]:
     """{split: [log-probabilities of each draw]} over ``loaders``; BatchNorm is recomputed on
-    ``bn_loader`` for every draw but ``final`` (skipped when ``bn_loader`` is None)."""
+    ``bn_loader`` for every draw but the one keyed ``"final"`` (skipped when ``bn_loader`` is None)."""
     out: dict[str, list[torch.Tensor]] = {k: [] for k in loaders}
     for key, snap in draws:
-        if key == "final":
+        if key == TRAINING_BN_KEY:
             for k, loader in loaders.items():
                 out[k].append(predict_log_probs(net, loader, snap.sparse))
             continue

@@ -145,7 +145,7 @@ def plot_zw(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
     xs = np.arange(len(rows))
     ax.scatter(xs - 0.08, [r["accuracy_w"] for r in rows], marker="o", color="tab:blue", zorder=3,
-               label="M⊙W (final weights, as trained)")
+               label="M⊙W (final weights, the final predictor)")
     ax.errorbar(xs + 0.08, [r["accuracy_zw_mean"] for r in rows], yerr=[r["accuracy_zw_std"] for r in rows],
                 fmt="s", color="tab:orange", capsize=4, label="M⊙Zᵢ⊙W: mean ± sd over fresh masks Zᵢ")
     ax.set_xticks(xs, [f"{r['run']}\ns={r['sparsity']:g}" for r in rows], fontsize=7)
@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
           "Reliability diagrams of the first run: `reliability.png`.", "",
           "## Z–W correlation (paper App. C.1)", "",
           _table(zw_rows, ["run", "sparsity", "keep", "accuracy_w", "accuracy_zw_mean", "accuracy_zw_std"]), "",
-          "accuracy_w: M⊙W as trained; accuracy_zw_mean: mean over fresh Zᵢ ~ Bernoulli(keep) of M⊙Zᵢ⊙W "
+          "accuracy_w: M⊙W, the final predictor (CigL: BatchNorm recomputed for it); "
+          "accuracy_zw_mean: mean over fresh Zᵢ ~ Bernoulli(keep) of M⊙Zᵢ⊙W "
           "(BatchNorm recomputed for each).  Plot: `zw.png`.", ""]
     for i, group in enumerate(chain_groups(analyses)):
         md += group_report(group, out, "" if i == 0 else f"-{i}", args)

@@ -12,7 +12,13 @@ sweep continues where it stopped.  Output in ``results/<study>/``: runs.csv (one
 summary.csv/json (mean ± std over seeds), table_accuracy.md (Table 1), table_ece.md (Table 3,
 marking ≥ 15% ECE reduction vs RigL), ablations.md, baselines.md, and the plots
 accuracy_vs_sparsity.png, ece_vs_sparsity.png (Fig. 1c), reliability_dense_vs_sparse.png
-(Fig. 1a–b) and baselines.png (Fig. 4).
+(Fig. 1a–b) and baselines.png (Fig. 4); also paired.md (per-seed differences against RigL),
+regime.md (accuracy, confidence − accuracy and training NLL: the regime the runs reach),
+keep.md (the keep probability of Z chosen on the validation split), one
+reliability_rigl_vs_cigl_s<sparsity>.png per sparsity (pooled over seeds from metrics.json) and
+posterior.md (each CigL run's posterior report, ``--posterior``, summarised over seeds).  Every
+table is rebuilt from the small files of all finished runs, so a study can accumulate across
+machines.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -46,9 +53,13 @@ PROTOCOLS: dict[str, dict] = {
     # bf16 fast path of an AMX CPU, ≈ 1 h 50 min in float32 on an AVX2-only one.  The paper's optimiser;
     # a cosine descent to the step schedule's lr at T*, held through the WMA window (cosine-window);
     # ΔT = 100, mask updates until 75%, T* = 0.8·E.
+    # After each CigL run, its posterior report (predictors with costs, Z–W) is kept beside it, so the
+    # WMA / predictive / mc-z / swag comparison accumulates from small files; BatchNorm recomputed on
+    # 10 batches of 500 training images per weight setting keeps it ≈ 10 min a run on the AVX2 CPU.
     "cpu-study": {"config": {"model": "wrn-22-2", "epochs": CPU_STUDY_EPOCHS,
                              "lr_schedule": "cosine-window"},
-                  "methods": ["rigl", "cigl", "cigl-keep0.99"], "sparsities": [0.95], "seeds": [0, 1, 2]},
+                  "methods": ["rigl", "cigl", "cigl-keep0.99"], "sparsities": [0.95], "seeds": [0, 1, 2],
+                  "posterior": ["--bn-batches", "10", "--mc-samples", "4", "--swag-samples", "4"]},
     "cpu-smoke": {"config": {"model": "small-cnn", "epochs": 6, "subset": 5000, "test_subset": 2000,
                              "batch_size": 64, "delta_t": 20, "log_every": 10},
                   "methods": ["dense", "rigl", "cigl"], "sparsities": [0.9, 0.95], "seeds": [0, 1]},
@@ -106,27 +117,49 @@ def run_dir(root: Path, method: str, sparsity: float, seed: int, engine: str) ->
     return root / f"{method}-{engine}-s{sparsity:g}-seed{seed}"
 
 
-def rows_of(result: dict, method: str, engine: str) -> list[dict]:
+TEST_KEYS = ("accuracy", "ece", "nll", "brier", "confidence")
+VAL_KEYS = ("accuracy", "ece", "nll")
+# summary columns: the test metrics, over-confidence (mean confidence − accuracy), the validation
+# metrics (for choices such as keep: never the test set), and the last epoch's training NLL
+SUMMARY_KEYS = (*TEST_KEYS, "overconfidence", *(f"val_{k}" for k in VAL_KEYS), "train_nll")
+
+
+def rows_of(result: dict, method: str, engine: str, keep: float | None = None) -> list[dict]:
     """One row per reported predictor variant of a finished run: the method's output, and for
-    rigl also its temperature-scaled output (``rigl+ts``)."""
+    rigl also its temperature-scaled output (``rigl+ts``).  Each row holds the test metrics,
+    ``overconfidence`` = mean top-class confidence − accuracy (> 0: over-confident), the same
+    predictor's validation metrics (``val_*``), the last epoch's mean training NLL
+    (``train_nll``: how far the network fits its training data) and the keep probability of Z."""
     out = result["output_predictor"]
     variants = [(method, out)]
     if method == "rigl" and "temperature_scaled" in result["test"]:
         variants.append(("rigl+ts", "temperature_scaled"))
-    return [{"method": name, "engine": engine, "sparsity": result["sparsity_target"], "seed": result["seed"],
-             "predictor": pred, **{k: result["test"][pred][k] for k in ("accuracy", "ece", "nll", "brier")}}
-            for name, pred in variants]
+    history = result.get("history") or [{}]
+    rows = []
+    for name, pred in variants:
+        test = result["test"][pred]
+        row = {"method": name, "engine": engine, "sparsity": result["sparsity_target"], "seed": result["seed"],
+               "predictor": pred, "keep": keep, **{k: test.get(k) for k in TEST_KEYS}}
+        row["overconfidence"] = (test["confidence"] - test["accuracy"]) if "confidence" in test else None
+        val = (result.get("val") or {}).get(pred, {})
+        row.update({f"val_{k}": val.get(k) for k in VAL_KEYS})
+        row["train_nll"] = history[-1].get("train_data_loss")
+        rows.append(row)
+    return rows
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean ± std (ddof 1) over seeds of every :data:`SUMMARY_KEYS` column the rows have."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["method"], r["engine"], r["sparsity"])].append(r)
     summary = []
     for (method, engine, sparsity), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0])):
         entry = {"method": method, "engine": engine, "sparsity": sparsity, "seeds": len(rs)}
-        for k in ("accuracy", "ece", "nll", "brier"):
-            values = np.array([r[k] for r in rs])
+        for k in SUMMARY_KEYS:
+            values = np.array([r[k] for r in rs if r.get(k) is not None], dtype=np.float64)
+            if len(values) < len(rs):
+                continue  # a run without this metric (an older metrics.json): leave the column out
             entry[f"{k}_mean"] = float(values.mean())
             entry[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         summary.append(entry)
@@ -253,8 +286,120 @@ def study_rows(runs_root: Path, engine: str) -> list[dict]:
         except (OSError, ValueError):
             continue
         if result.get("completed"):
-            rows += rows_of(result, match["method"], engine)
+            rows += rows_of(result, match["method"], engine, keep=_keep_of(folder))
     return rows
+
+
+def _keep_of(folder: Path) -> float | None:
+    """Keep probability of Z of the run in ``folder`` (1 for methods without Z), from its config.json."""
+    try:
+        return TrainConfig.from_dict(json.loads((folder / "config.json").read_text())).keep
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def regime_table(summary: list[dict]) -> str:
+    """Where the study's training lands: per method and sparsity, test accuracy, mean confidence,
+    over-confidence (confidence − accuracy) and the last epoch's training NLL.  The paper's
+    calibration gain is a cure for over-confidence; a regime without it cannot show the gain."""
+    lines = ["| method | sparsity | seeds | test accuracy (%) | mean confidence (%) | confidence − accuracy (pp) "
+             "| last-epoch training NLL |", "|---|---|---|---|---|---|---|"]
+    for e in sorted(summary, key=lambda e: (e["sparsity"], e["method"])):
+        if "overconfidence_mean" not in e:
+            continue
+        train = f"{e['train_nll_mean']:.3f} ± {e['train_nll_std']:.3f}" if "train_nll_mean" in e else "–"
+        lines.append(f"| {e['method']} | {e['sparsity']:g} | {e['seeds']} | {_cell(e, 'accuracy')} | "
+                     f"{_cell(e, 'confidence')} | {_cell(e, 'overconfidence')} | {train} |")
+    return "\n".join(lines)
+
+
+def family_of(name: str) -> str | None:
+    """The trainer method a sweep method name trains (``cigl-keep0.99`` → ``cigl``), or None for a
+    name that is read from another run, such as ``rigl+ts``."""
+    try:
+        return method_spec(name)[0]
+    except ValueError:
+        return None
+
+
+def keep_choice(rows: list[dict], family: str = "cigl") -> tuple[float | None, str]:
+    """The keep probability of Z for ``family`` (the base method of ``cigl``, ``cigl-keep0.99``, …),
+    chosen on the **validation split**: the lowest validation NLL of the output predictor, averaged
+    first over seeds and then over the sparsities at which every candidate keep has runs.  NLL is
+    a proper scoring rule, so it rewards accuracy and calibration together; the test set plays no
+    part.  Returns (chosen keep or None, a Markdown table with the reason)."""
+    mine = [r for r in rows if r.get("keep") is not None and r.get("val_nll") is not None
+            and family_of(r["method"]) == family and r["method"] not in BASELINES]
+    by_cell: dict[tuple[float, float], list[dict]] = defaultdict(list)
+    for r in mine:
+        by_cell[(r["keep"], r["sparsity"])].append(r)
+    keeps = sorted({k for k, _ in by_cell})
+    shared = sorted(set.intersection(*({s for k2, s in by_cell if k2 == k} for k in keeps))) if keeps else []
+    lines = [f"Validation split only (the test set is not used). Family `{family}`; output predictor of each run; "
+             "mean ± std over seeds.", "",
+             "| keep | sparsity | seeds | val accuracy (%) | val ECE (%) | val NLL |", "|---|---|---|---|---|---|"]
+    def stat(rs: list[dict], key: str, scale: float, digits: int) -> str:
+        v = np.array([r[key] for r in rs], dtype=np.float64) * scale
+        return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+
+    for (k, s), rs in sorted(by_cell.items()):
+        lines.append(f"| {k:g} | {s:g} | {len(rs)} | {stat(rs, 'val_accuracy', 100, 2)} | "
+                     f"{stat(rs, 'val_ece', 100, 2)} | {stat(rs, 'val_nll', 1, 4)} |")
+    if len(keeps) < 2 or not shared:
+        return None, "\n".join(lines + ["", "No choice yet: fewer than two keep values have finished runs at a "
+                                           "common sparsity."])
+    score = {k: float(np.mean([np.mean([r["val_nll"] for r in by_cell[(k, s)]]) for s in shared])) for k in keeps}
+    best = min(keeps, key=lambda k: score[k])
+    ranking = ", ".join(f"keep {k:g}: {score[k]:.4f}" for k in sorted(keeps, key=lambda k: score[k]))
+    return best, "\n".join(lines + ["", f"Mean validation NLL over sparsities {', '.join(f'{s:g}' for s in shared)}: "
+                                       f"{ranking}. **Chosen: keep {best:g}.**"])
+
+
+def reliability_bins(folder: Path) -> dict | None:
+    """Test reliability bins of the run's output predictor: from metrics.json, or, for a run
+    evaluated before metrics.json kept them, computed from predictions.npz; None when neither has them."""
+    try:
+        result = json.loads((folder / "metrics.json").read_text())
+        output = result["output_predictor"]
+    except (OSError, ValueError, KeyError):
+        return None
+    stored = (result.get("reliability") or {}).get("test", {}).get(output)
+    if stored is not None:
+        return stored
+    try:
+        with np.load(folder / "predictions.npz") as z:
+            probs, labels = z[output], z["labels"]
+    except (OSError, KeyError, ValueError):
+        return None
+    return metrics.reliability_to_dict(metrics.reliability_data(probs, labels, from_logits=False))
+
+
+def plot_reliability_rigl_vs_cigl(runs_root: Path, rows: list[dict], engine: str, sparsity: float, path: Path) -> bool:
+    """Test reliability diagrams of RigL and of every CigL variant at ``sparsity``, each pooled over
+    its seeds from the bins kept in metrics.json (so it works from committed small files).
+    Returns False (and draws nothing) when RigL or CigL has no such run."""
+    methods = ["rigl", *sorted({r["method"] for r in rows if family_of(r["method"]) == "cigl"})]
+    panels = {}
+    for m in methods:
+        parts, seeds = [], []
+        for r in rows:
+            if r["method"] != m or r["sparsity"] != sparsity:
+                continue
+            bins = reliability_bins(run_dir(runs_root, m, sparsity, r["seed"], engine))
+            if bins is None:
+                print(f"note: {m} seed {r['seed']} at sparsity {sparsity:g} has no reliability bins in metrics.json "
+                      "and no predictions.npz; left out of the RigL-vs-CigL reliability plot", file=sys.stderr)
+                continue
+            parts.append(bins)
+            seeds.append(r["seed"])
+        if parts:
+            pred = next(r["predictor"] for r in rows if r["method"] == m and r["sparsity"] == sparsity)
+            panels[f"{m} ({pred}), seeds {', '.join(map(str, sorted(seeds)))}"] = metrics.pooled_reliability(parts)
+    if len(panels) < 2 or not any(k.startswith("rigl") for k in panels):
+        return False
+    metrics.plot_reliability_diagram(panels, path, title=f"Test-set reliability at sparsity {sparsity:g}, "
+                                     "pooled over seeds (15 bins)")
+    return True
 
 
 def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[int], protocol: str, engine: str,
@@ -289,6 +434,72 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
     plot_vs_sparsity(summary, "ece", "ECE (15 bins)", root / "ece_vs_sparsity.png")
     plot_reliability_dense_vs_sparse(root / "runs", rows, engine, root / "reliability_dense_vs_sparse.png")
     plot_baselines(summary, baselines, root / "baselines.png")
+    atomic_write_bytes(("# Regime reached\n\n" + header + "\n\n" + regime_table(summary) + "\n").encode(),
+                       root / "regime.md")
+    _, keep_text = keep_choice(rows)
+    atomic_write_bytes(("# Keep probability of Z\n\n" + keep_text + "\n").encode(), root / "keep.md")
+    for sparsity in sorted({r["sparsity"] for r in rows if r["sparsity"] > 0}):
+        plot_reliability_rigl_vs_cigl(root / "runs", rows, engine, sparsity,
+                                      root / f"reliability_rigl_vs_cigl_s{sparsity:g}.png")
+    atomic_write_bytes(("# Posterior predictors per run (experiments.posterior_report)\n\n"
+                        "Test split; mean ± std over seeds; each run's report is in runs/<run>/posterior/.  "
+                        "The reports may recompute BatchNorm on fewer batches than the run's own evaluation "
+                        "(the protocol's --bn-batches), so their final/wma rows can differ slightly from "
+                        "metrics.json.\n\n"
+                        + posterior_table(root / "runs") + "\n").encode(), root / "posterior.md")
+
+
+def posterior_of(folder: Path, options: list[str], progress: bool) -> Path | None:
+    """``experiments.posterior_report`` of one finished run with collected samples, into
+    ``folder/posterior`` (once: an existing predictors.json is kept).  Returns the report folder,
+    or None for a run without samples (nothing to report on)."""
+    from . import posterior_report
+
+    out = folder / "posterior"
+    if (out / "predictors.json").is_file():
+        return out
+    if not any((folder / "samples").glob("sample_*.pt")):
+        return None
+    try:
+        posterior_report.main([str(folder), "--out", str(out), *options, *([] if progress else ["--no-progress"])])
+    except (OSError, ValueError, RuntimeError) as err:  # the run itself is fine: report it and go on
+        print(f"warning: posterior report of {folder} failed ({err}); the sweep goes on without it. "
+              f"Retry: python -m experiments.posterior_report {folder} --out {out}", file=sys.stderr)
+        return None
+    return out
+
+
+def posterior_table(runs_root: Path) -> str:
+    """The predictors of every run's posterior report (``runs/<run>/posterior/predictors.json``),
+    mean ± std over seeds per method, sparsity and predictor: accuracy, ECE and NLL with the
+    forward passes each needs."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for path in sorted(runs_root.glob("*/posterior/predictors.json")) if runs_root.is_dir() else []:
+        match = RUN_NAME.match(path.parent.parent.name)
+        if not match:
+            continue
+        try:
+            found = json.loads(path.read_text())["predictors"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for r in found:
+            if r.get("run") != path.parent.parent.name:  # a report over several runs: only this run's rows
+                continue
+            groups[(match["method"], match["engine"], float(match["sparsity"]), r["predictor"])].append(
+                r | {"seed": int(match["seed"])})
+    order = {name: i for i, name in enumerate(("final", "wma", "predictive", "mc-z", "swag"))}
+    lines = ["| method | engine | sparsity | predictor | seeds | forward passes | accuracy (%) | ECE (%) | NLL |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (method, engine, sparsity, pred), rs in sorted(groups.items(),
+                                                       key=lambda kv: (kv[0][:3], order.get(kv[0][3], 9))):
+        def stat(key: str, scale: float, digits: int, rs=rs) -> str:
+            v = np.array([r[key] for r in rs], dtype=np.float64) * scale
+            return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+        passes = sorted({r["forward_passes"] for r in rs})
+        lines.append(f"| {method} | {engine} | {sparsity:g} | {pred} | {', '.join(str(r['seed']) for r in rs)} | "
+                     f"{'/'.join(map(str, passes))} | {stat('accuracy', 100, 2)} | {stat('ece', 100, 2)} | "
+                     f"{stat('nll', 1, 4)} |")
+    return "\n".join(lines) if groups else "No posterior reports yet."
 
 
 def paired_table(rows: list[dict]) -> str:
@@ -323,9 +534,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     add_host_allocator_argument(p)
+    p.add_argument("--posterior", choices=["auto", "on", "off"], default="auto",
+                   help="posterior report of each finished run with samples, kept in runs/<run>/posterior "
+                        "(auto: the protocol's choice; cpu-study: on)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     proto = PROTOCOLS[args.protocol]
+    posterior_options = proto.get("posterior", []) if args.posterior != "off" else None
+    if args.posterior == "auto" and "posterior" not in proto:
+        posterior_options = None
+    if posterior_options is not None and args.data_dir:
+        posterior_options = [*posterior_options, "--data-dir", args.data_dir]
     methods = args.methods or proto["methods"]
     sparsities = args.sparsities or proto["sparsities"]
     seeds = args.seeds if args.seeds is not None else proto["seeds"]
@@ -350,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = run_dir(runs_root, method, sparsity, seed, args.engine)
         if finished_result(folder, cfg) is None:
             run(cfg, folder, progress=args.progress)
+        if posterior_options is not None and (cfg.method_config.wma or cfg.method_config.snapshots):
+            posterior_of(folder, [*posterior_options, "--device", args.device], args.progress)
         # after every run, over every finished run of the study (earlier invocations and machines too)
         rows = study_rows(runs_root, args.engine)
         shown = list(dict.fromkeys([*methods, *(r["method"] for r in rows if r["method"] != "rigl+ts")]))

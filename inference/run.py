@@ -33,7 +33,15 @@ from cigl_bayes.averaging import Snapshot, SnapshotStore
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import resolve_device
 from cigl_bayes.network import SparseNetwork
-from cigl_bayes.predict import PREDICTORS, SINGLE_WEIGHT, nnz, predict_log_probs, predictor_draws, recompute_batchnorm
+from cigl_bayes.predict import (
+    PREDICTORS,
+    SINGLE_WEIGHT,
+    TRAINING_BN_KEY,
+    nnz,
+    predict_log_probs,
+    predictor_draws,
+    recompute_batchnorm,
+)
 from cigl_bayes.runs import CheckpointError, load_checkpoint
 from cigl_bayes.sparsity import sparse_parameter_names
 
@@ -147,7 +155,8 @@ class TrainedRun:
                 d = swag.sample(gen, scale=0.5)
                 return Snapshot(d.sparse.to(self.device, dtype), d.other.to(self.device, dtype))
         return predictor_draws(predictor, self._final(), self.samples, wma=self.wma, keep=self.keep,
-                               count=count, seed=seed, swag_sample=sampler)
+                               count=count, seed=seed, swag_sample=sampler,
+                               final_bn_recomputed=self.config.final_bn_recomputed)
 
     @property
     def keep(self) -> float:
@@ -173,7 +182,8 @@ class TrainedRun:
     def predict(self, images, predictor: str = "wma", draws: int | None = None, *, seed: int = 0,
                 batch_size: int = 500) -> Prediction:
         """Class probabilities of ``predictor`` for ``images``: handles normalisation, BatchNorm
-        (recomputed on the training data for every weight setting but ``final``) and eval mode.
+        (recomputed on the training data for every weight setting but ``final``, and for CigL's ``final`` too:
+        ``TrainConfig.final_bn_recomputed``) and eval mode.
         ``draws`` caps the samples of ``predictive`` and sets how many ``mc-z``/``swag`` draw
         (default ``mc_samples`` of the run's config)."""
         x = self.prepare(images)
@@ -226,7 +236,7 @@ class TrainedRun:
     def _load(self, key: str, snap: Snapshot) -> None:
         """Load the weights and their BatchNorm statistics (recomputed once per key, then cached)."""
         self.net.load_flat_(snap.sparse, snap.other)
-        if key == "final":
+        if key == TRAINING_BN_KEY:
             self.net.module.load_state_dict(self._final_state)
         elif key in self._bn_cache:
             self.net.module.load_state_dict(self._bn_cache[key], strict=False)

@@ -61,6 +61,10 @@ SVI_SCORE = fid("test_svi_regrowth_score_at_positive_sigma_is_the_models_gradien
                 "test_svi_regrowth_score_at_sigma_zero_is_the_dense_gradient",
                 "test_svi_regrowth_converges_to_the_sigma_zero_choice_as_sigma_falls")
 ELBO = ("tests/test_elbo_equivalence.py",)
+FINAL_BN = ("tests/test_posterior.py::test_cigl_final_gets_batchnorm_statistics_of_its_own_weights",
+            "tests/test_posterior.py::test_which_methods_recompute_final_batchnorm")
+FINAL_BN_MODEL = ("tests/test_posterior.py::"
+                  "test_model_pt_of_cigl_without_wma_holds_the_final_weights_batchnorm_statistics",)
 
 MUTANTS: list[Mutant] = [
     # -- the random mask Z --------------------------------------------------------------------
@@ -102,6 +106,15 @@ MUTANTS: list[Mutant] = [
     Mutant("no-bn-recompute", "BatchNorm statistics are not recomputed for the averaged weights",
            "cigl_bayes/predict.py", "            recompute_batchnorm(net, bn_loader, snap.sparse, bn_batches)",
            "            pass", BN),
+    Mutant("cigl-final-training-bn", "CigL's final predictor M⊙W keeps the BatchNorm statistics tracked under M⊙Z⊙W",
+           "cigl_bayes/evaluate.py", "final_bn_recomputed=cfg.final_bn_recomputed)", "final_bn_recomputed=False)",
+           FINAL_BN),
+    Mutant("model-pt-final-training-bn", "model.pt of a CigL run without WMA keeps the training BatchNorm statistics",
+           "cigl_bayes/evaluate.py", "    if trainer.cfg.final_bn_recomputed:  # the final weights",
+           "    if False:  # the final weights", FINAL_BN_MODEL),
+    Mutant("final-bn-rule-off", "no method's final predictor recomputes BatchNorm",
+           "cigl_bayes/config.py", "return m.random_mask and not m.rescale_random_mask and self.keep < 1.0",
+           "return False", FINAL_BN),
     Mutant("bn-recompute-ema", "BatchNorm recomputed as a momentum-0.1 running average, not exact",
            "cigl_bayes/predict.py", "m.momentum = None  # cumulative moving average",
            "m.momentum = 0.1", BN),

@@ -23,7 +23,9 @@ from cigl_bayes.metrics import (
     mce,
     nll,
     plot_reliability_diagram,
+    pooled_reliability,
     reliability_data,
+    reliability_to_dict,
     to_probs,
 )
 
@@ -300,6 +302,26 @@ def test_reliability_counts_sum_to_n():
     assert np.isnan(r.accuracy[empty]).all() and not np.isnan(r.accuracy[~empty]).any()
     # the count-weighted per-bin accuracy is the overall accuracy
     assert np.nansum(r.accuracy * r.counts) / 777 == pytest.approx(accuracy(z, y))
+
+
+def test_pooled_reliability_of_two_parts_is_the_reliability_of_their_union():
+    """Pooling the JSON bins of two prediction sets gives the diagram (and ECE) of all the
+    predictions together, which is not the mean of the two ECEs."""
+    import json
+
+    z1, y1 = _logits(400, 10, scale=4.0, seed=11)
+    z2, y2 = _logits(300, 10, scale=0.5, seed=12)
+    parts = [json.loads(json.dumps(reliability_to_dict(reliability_data(z, y)))) for z, y in ((z1, y1), (z2, y2))]
+    pooled = pooled_reliability(parts)
+    union = reliability_data(torch.cat([z1, z2]), torch.cat([y1, y2]))
+    np.testing.assert_array_equal(pooled.counts, union.counts)
+    np.testing.assert_allclose(pooled.accuracy, union.accuracy, equal_nan=True, rtol=1e-12)
+    np.testing.assert_allclose(pooled.mean_confidence, union.mean_confidence, equal_nan=True, rtol=1e-12)
+    assert pooled.ece == pytest.approx(union.ece, rel=1e-12) and pooled.mce == pytest.approx(union.mce, rel=1e-12)
+    mean_of_parts = (ece(z1, y1) + ece(z2, y2)) / 2
+    assert abs(pooled.ece - mean_of_parts) > 1e-4
+    with pytest.raises(ValueError, match="bins differ"):
+        pooled_reliability([parts[0], reliability_to_dict(reliability_data(z1, y1, n_bins=10))])
 
 
 def _is_png(path) -> bool:

@@ -21,7 +21,7 @@ def tiny_cfg(cifar_data_dir, cache_dir) -> TrainConfig:
     os.environ["CIGL_CACHE_DIR"] = str(cache_dir)
     return TrainConfig(method="cigl", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.8, epochs=3,
                        subset=400, test_subset=200, batch_size=50, wma_start_epoch=0, delta_t=4, device="cpu",
-                       log_every=4)
+                       log_every=4, amp="off")  # float32 everywhere: compared against plain module forwards
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,88 @@ def test_posterior_report_refuses_missing_and_unfinished_runs(tiny_cfg, tmp_path
     run(tiny_cfg, out, progress=False, stop_after_epochs=1)
     with pytest.raises(ValueError, match="stopped at epoch 1 of 3; resume it first"):
         posterior_report.main([str(out), "--device", "cpu"])
+
+
+def _masked_module_log_probs(trainer, loaders, recompute_bn: bool) -> torch.Tensor:
+    """Test log-probabilities of a plain copy of the module holding M⊙W, evaluated in eval mode, with
+    BatchNorm statistics re-estimated by torch's own SWA helper (``update_bn``) when asked."""
+    import copy
+
+    from torch.optim.swa_utils import update_bn
+
+    net = trainer.net
+    module = copy.deepcopy(net.module)
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, m in zip(net.sparse_names, net.mask.views(net.mask.float)):
+            params[name].mul_(m)
+    if recompute_bn:
+        update_bn(trainer.data.train_eval.epoch(0), module)
+    module.eval()
+    with torch.no_grad():
+        return torch.cat([torch.log_softmax(module(x).float(), -1) for x, _ in loaders["test"].epoch(0)])
+
+
+def test_cigl_final_gets_batchnorm_statistics_of_its_own_weights(trained):
+    """CigL trains under M⊙Z⊙W with an unscaled Z, so the BatchNorm statistics tracked in training
+    belong to pre-activations ≈ keep × those of M⊙W.  Its ``final`` predictor evaluates M⊙W with
+    statistics recomputed on the training images (torch's update_bn as the reference), not with
+    the training ones."""
+    from cigl_bayes.evaluate import predictor_log_probs
+
+    assert trained.cfg.final_bn_recomputed and trained.cfg.keep < 1
+    loaders = {"test": trained.data.test}
+    got = predictor_log_probs(trained, loaders)["final"]["test"]
+    torch.testing.assert_close(got, _masked_module_log_probs(trained, loaders, recompute_bn=True),
+                               rtol=1e-4, atol=1e-4)
+    stale = _masked_module_log_probs(trained, loaders, recompute_bn=False)
+    assert (got - stale).abs().max() > 1e-3  # the test can tell the two statistics apart
+
+
+def test_rigl_final_keeps_its_training_batchnorm_statistics(tiny_cfg, tmp_path):
+    from cigl_bayes.evaluate import predictor_log_probs
+
+    trainer = Trainer(dataclasses.replace(tiny_cfg, method="rigl", epochs=1), tmp_path, progress=False)
+    trainer.fit()
+    assert not trainer.cfg.final_bn_recomputed
+    loaders = {"test": trainer.data.test}
+    got = predictor_log_probs(trainer, loaders)["final"]["test"]
+    torch.testing.assert_close(got, _masked_module_log_probs(trainer, loaders, recompute_bn=False),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method, rate, expected", [
+    ("cigl", 0.1, True), ("cigl", 0.01, True), ("cigl-no-wma", 0.1, True), ("cigl", 0.0, False),
+    ("rigl", 0.1, False), ("rigl-wdp", 0.1, False), ("dense", 0.1, False), ("cigl-no-rm", 0.1, False)])
+def test_which_methods_recompute_final_batchnorm(method, rate, expected):
+    """Only an unscaled random mask (CigL) leaves the training statistics on other weights than M⊙W."""
+    assert TrainConfig(method=method, random_mask_rate=rate).final_bn_recomputed is expected
+
+
+def test_model_pt_of_cigl_without_wma_holds_the_final_weights_batchnorm_statistics(tiny_cfg, tmp_path):
+    """cigl-no-wma writes its final weights to model.pt; their BatchNorm statistics must be the
+    ones recomputed for M⊙W (torch's update_bn as the reference), not those tracked under M⊙Z⊙W."""
+    import copy
+
+    from torch.optim.swa_utils import update_bn
+
+    from cigl_bayes.evaluate import output_state_dict
+
+    trainer = Trainer(dataclasses.replace(tiny_cfg, method="cigl-no-wma", epochs=1, random_mask_rate=0.3), tmp_path,
+                      progress=False)
+    trainer.fit()
+    assert trainer.cfg.final_bn_recomputed
+    training_stats = {k: v.clone() for k, v in trainer.net.module.state_dict().items() if "running_" in k}
+    state = output_state_dict(trainer)
+    module = copy.deepcopy(trainer.net.module)
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, m in zip(trainer.net.sparse_names, trainer.net.mask.views(trainer.net.mask.float)):
+            params[name].mul_(m)
+    update_bn(trainer.data.train_eval.epoch(0), module)
+    expected = module.state_dict()
+    stats = [k for k in state if "running_" in k]
+    assert stats
+    for k in stats:
+        torch.testing.assert_close(state[k], expected[k], rtol=1e-4, atol=1e-5)
+    assert any((state[k] - training_stats[k]).abs().max() > 1e-3 for k in stats)  # the two can be told apart

@@ -14,7 +14,7 @@ def test_cpu_smoke_sweep_end_to_end(cifar_data_dir, cache_dir, tmp_path, monkeyp
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
     args = ["--protocol", "cpu-smoke", "--methods", "dense", "rigl", "cigl", "rigl+ls", "--sparsities", "0.9",
             "--seeds", "0", "1", "--epochs", "2", "--subset", "640", "--data-dir", str(cifar_data_dir),
-            "--results", str(tmp_path), "--study", "tiny", "--device", "cpu", "--no-progress"]
+            "--results", str(tmp_path), "--study", "tiny", "--device", "cpu", "--no-progress", "--posterior", "on"]
     assert sweep.main(args) == 0
     root = tmp_path / "tiny"
     runs = sorted(p.name for p in (root / "runs").iterdir())
@@ -33,8 +33,15 @@ def test_cpu_smoke_sweep_end_to_end(cifar_data_dir, cache_dir, tmp_path, monkeyp
     ece_table = (root / "table_ece.md").read_text()
     assert "| cigl |" in ece_table and "| rigl+ts |" in ece_table and "±" in ece_table
     for name in ("accuracy_vs_sparsity.png", "ece_vs_sparsity.png", "reliability_dense_vs_sparse.png",
-                 "baselines.png", "ablations.md", "baselines.md", "summary.csv"):
+                 "baselines.png", "ablations.md", "baselines.md", "summary.csv", "regime.md", "keep.md",
+                 "reliability_rigl_vs_cigl_s0.9.png"):
         assert (root / name).stat().st_size > 0, name
+    # each CigL run's posterior report sits beside it, and the study's posterior.md summarises them
+    for seed in (0, 1):
+        assert (root / "runs" / f"cigl-plain-s0.9-seed{seed}" / "posterior" / "predictors.json").is_file()
+    assert not (root / "runs" / "rigl-plain-s0.9-seed0" / "posterior").exists()
+    posterior = (root / "posterior.md").read_text()
+    assert "| cigl | plain | 0.9 | wma | 0, 1 |" in posterior and "| cigl | plain | 0.9 | mc-z | 0, 1 |" in posterior
     # a second call finds every run finished: same tables, no training
     before = {p: (root / "runs" / p / "metrics.json").stat().st_mtime_ns for p in runs}
     assert sweep.main(args) == 0
@@ -78,3 +85,95 @@ def test_paired_differences_are_per_seed_against_rigl():
     table = sweep.paired_table(rows)
     assert "| cigl | 0.95 | 0 | -1.00 | -25% | +1.00 |" in table
     assert "| cigl | 0.95 | 1 | +1.00 | +20% | -1.00 |" in table
+
+
+def _row(method, seed, keep, val_nll, accuracy=0.8, confidence=0.85, sparsity=0.95):
+    return {"method": method, "engine": "plain", "sparsity": sparsity, "seed": seed, "predictor": "wma",
+            "keep": keep, "accuracy": accuracy, "ece": 0.03, "nll": 0.6, "brier": 0.3, "confidence": confidence,
+            "overconfidence": confidence - accuracy, "val_accuracy": accuracy, "val_ece": 0.02, "val_nll": val_nll,
+            "train_nll": 0.4}
+
+
+def test_keep_is_chosen_by_validation_nll_never_by_the_test_set():
+    rows = [_row("cigl", k, 0.9, 0.70, accuracy=0.90) for k in (0, 1)]  # better on test, worse on validation
+    rows += [_row("cigl-keep0.99", k, 0.99, 0.65, accuracy=0.70) for k in (0, 1)]
+    rows += [_row("rigl", 0, 1.0, 0.50), _row("rigl+ts", 0, 1.0, 0.40)]  # other families: not candidates
+    best, text = sweep.keep_choice(rows)
+    assert best == 0.99 and "Chosen: keep 0.99" in text and "keep 0.99: 0.6500, keep 0.9: 0.7000" in text
+    # only the sparsities every keep has count: a lone 0.9 run at 0.9 sparsity does not sway the choice
+    best, _ = sweep.keep_choice(rows + [_row("cigl", 0, 0.9, 0.10, sparsity=0.9)])
+    assert best == 0.99
+    best, text = sweep.keep_choice([r for r in rows if r["keep"] == 0.9])
+    assert best is None and "No choice yet" in text
+
+
+def test_regime_table_reports_overconfidence_as_confidence_minus_accuracy():
+    rows = [_row("rigl", 0, 1.0, 0.6, accuracy=0.80, confidence=0.86), _row("rigl", 1, 1.0, 0.6, accuracy=0.78,
+                                                                          confidence=0.86)]
+    summary = sweep.aggregate(rows)
+    assert summary[0]["overconfidence_mean"] == pytest.approx(0.07)
+    table = sweep.regime_table(summary)
+    assert "| rigl | 0.95 | 2 | 79.00 ± 1.41 | 86.00 ± 0.00 | 7.00 ± 1.41 | 0.400 ± 0.000 |" in table
+
+
+def test_rigl_vs_cigl_reliability_is_pooled_from_the_committed_small_files(tmp_path):
+    """The plot needs only metrics.json (no predictions.npz), pooled over the seeds of each method."""
+    import torch
+
+    from cigl_bayes import metrics
+
+    rows = []
+    for method, seed in (("rigl", 0), ("rigl", 1), ("cigl", 0)):
+        z = torch.randn(200, 10, generator=torch.Generator().manual_seed(seed)) * 3
+        y = torch.randint(0, 10, (200,), generator=torch.Generator().manual_seed(seed + 7))
+        result = {"completed": True, "output_predictor": "final" if method == "rigl" else "wma",
+                  "reliability": {"test": {("final" if method == "rigl" else "wma"):
+                                           metrics.reliability_to_dict(metrics.reliability_data(z, y))}}}
+        folder = sweep.run_dir(tmp_path, method, 0.95, seed, "plain")
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(result))
+        rows.append(_row(method, seed, 1.0, 0.6) | {"predictor": result["output_predictor"]})
+    rows.append(_row("rigl+ts", 0, 1.0, 0.6))  # read from the rigl runs: not a panel of its own
+    out = tmp_path / "rel.png"
+    assert sweep.plot_reliability_rigl_vs_cigl(tmp_path, rows, "plain", 0.95, out)
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert not sweep.plot_reliability_rigl_vs_cigl(tmp_path, [r for r in rows if r["method"] == "rigl"], "plain",
+                                                   0.95, tmp_path / "none.png")
+
+
+def test_runs_evaluated_before_the_new_fields_still_make_the_reports(tmp_path):
+    """An older metrics.json (no confidence, val split, training NLL or reliability bins) gives rows
+    with None there: the tables leave those columns out instead of failing, and the reliability bins
+    are computed from predictions.npz when it is there."""
+    import numpy as np
+
+    old = {"completed": True, "output_predictor": "final", "sparsity_target": 0.95, "seed": 0,
+           "test": {"final": {"accuracy": 0.8, "ece": 0.03, "nll": 0.6, "brier": 0.3}}, "history": [{}]}
+    rows = sweep.rows_of(old, "rigl", "plain", keep=1.0)
+    assert rows[0]["overconfidence"] is None and rows[0]["val_nll"] is None and rows[0]["train_nll"] is None
+    summary = sweep.aggregate(rows)
+    assert summary[0]["accuracy_mean"] == 0.8 and "overconfidence_mean" not in summary[0]
+    assert "| rigl |" not in sweep.regime_table(summary)
+    assert sweep.keep_choice(rows)[0] is None
+    folder = tmp_path / "rigl-plain-s0.95-seed0"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps(old))
+    assert sweep.reliability_bins(folder) is None
+    probs = np.full((4, 10), 0.02, dtype=np.float32)
+    probs[:, 0] = 0.82
+    np.savez(folder / "predictions.npz", labels=np.array([0, 0, 0, 1]), final=probs)
+    bins = sweep.reliability_bins(folder)
+    assert sum(bins["counts"]) == 4 and bins["accuracy"][12] == pytest.approx(0.75)  # 0.82 falls in bin 13 of 15
+
+
+def test_posterior_table_credits_each_run_with_its_own_rows_only(tmp_path):
+    """A report made over two runs lists both in the first run's predictors.json; only the run's own
+    rows count for it."""
+    for seed in (0, 1):
+        folder = tmp_path / f"cigl-plain-s0.95-seed{seed}" / "posterior"
+        folder.mkdir(parents=True)
+        rows = [{"run": f"cigl-plain-s0.95-seed{k}", "predictor": "wma", "accuracy": 0.8 + k / 10, "ece": 0.02,
+                 "nll": 0.5, "forward_passes": 1} for k in ((0, 1) if seed == 0 else (1,))]
+        (folder / "predictors.json").write_text(json.dumps({"predictors": rows}))
+    table = sweep.posterior_table(tmp_path)
+    assert "| cigl | plain | 0.95 | wma | 0, 1 | 1 | 85.00 ± 7.07 |" in table
