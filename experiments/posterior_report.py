@@ -10,7 +10,8 @@ the test split with their costs, and the Z–W study of paper App. C.1 (accuracy
 the mean accuracy of M⊙Zᵢ⊙W).  Runs that differ only by seed become the chains of one arviz
 ``InferenceData`` (draw = collected sample).  Writes into ``--out`` (default: RUN_DIR/posterior
 of the first run): report.md, predictors.json/.csv, zw.csv, reliability.png, zw.png,
-posterior.nc, trace.png, forest.png.
+posterior.nc, draws.json (per-draw summaries of each chain, for pooling seeds across machines),
+trace.png, forest.png.
 """
 
 from __future__ import annotations
@@ -179,6 +180,10 @@ def group_report(group: list[RunAnalysis], out: Path, tag: str, args) -> list[st
         posterior_predictive=ppc, observed=labels.numpy(), train_loss=loss)
     nc = out / f"posterior{tag}.nc"
     diagnostics.save_netcdf(idata, nc)
+    # small enough for git: the sweep pools runs from different machines into chains (posterior.md)
+    chains_json = out / f"draws{tag}.json"
+    atomic_write_json({"chains": [{"run": a.run_dir.name, **summary} for a, summary in
+                                  zip(with_samples, diagnostics.chain_summaries(idata))]}, chains_json)
     summary = diagnostics.summary_table(idata, var_names=["layer_norm", "theta_norm"])
     diagnostics.plot_trace(idata, out / f"trace{tag}.png", var_names=["layer_norm", "theta_norm"])
     diagnostics.plot_forest(idata, out / f"forest{tag}.png", var_names=["layer_norm"])
@@ -201,8 +206,9 @@ def group_report(group: list[RunAnalysis], out: Path, tag: str, args) -> list[st
     runs = ", ".join(a.run_dir.name for a in with_samples)
     lines += [f"## Posterior{' ' + tag.strip('-') if tag else ''}: {len(chains)} chain(s) × {n_draws} draws "
               f"({runs})", "",
-              f"InferenceData: `{nc.name}` (groups: {', '.join(idata.groups())}); plots `trace{tag}.png`, "
-              f"`forest{tag}.png`.", "", "### az.summary (layer weight norms)", "",
+              f"InferenceData: `{nc.name}` (groups: {', '.join(idata.groups())}); per-draw summaries of each "
+              f"chain, small enough to commit: `{chains_json.name}`; plots `trace{tag}.png`, `forest{tag}.png`.", "",
+              "### az.summary (layer weight norms)", "",
               summary.to_markdown() if hasattr(summary, "to_markdown") and _has_tabulate() else "```\n"
               + summary.to_string() + "\n```", "",
               "R-hat compares chains, i.e. runs from different seeds.  A network posterior is multimodal: "

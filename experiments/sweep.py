@@ -16,7 +16,8 @@ accuracy_vs_sparsity.png, ece_vs_sparsity.png (Fig. 1c), reliability_dense_vs_sp
 regime.md (accuracy, confidence − accuracy and training NLL: the regime the runs reach),
 keep.md (the keep probability of Z chosen on the validation split), one
 reliability_rigl_vs_cigl_s<sparsity>.png per sparsity (pooled over seeds from metrics.json) and
-posterior.md (each CigL run's posterior report, ``--posterior``, summarised over seeds).  Every
+posterior.md (each CigL run's posterior report, ``--posterior``, summarised over seeds, and arviz
+R-hat / ESS across seeds with posterior_chains_<method>_<engine>_s<sparsity>.png).  Every
 table is rebuilt from the small files of all finished runs, so a study can accumulate across
 machines.
 """
@@ -446,7 +447,15 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
                         "The reports may recompute BatchNorm on fewer batches than the run's own evaluation "
                         "(the protocol's --bn-batches), so their final/wma rows can differ slightly from "
                         "metrics.json.\n\n"
-                        + posterior_table(root / "runs") + "\n").encode(), root / "posterior.md")
+                        + posterior_table(root / "runs")
+                        + "\n\n## Across seeds: arviz with one chain per seed\n\n"
+                        "Each run's posterior report keeps per-draw summaries of its samples "
+                        "(runs/<run>/posterior/draws.json: test NLL and accuracy of each collected sample with "
+                        "BatchNorm recomputed, ‖θ‖, per-layer weight norms), so runs that finished on different "
+                        "machines are pooled here as chains.  R-hat ≫ 1 across seeds says the seeds sit in "
+                        "different modes, which is expected for networks; ESS is that of the few epoch-end "
+                        "draws of each chain.\n\n"
+                        + posterior_chains_table(root / "runs", root) + "\n").encode(), root / "posterior.md")
 
 
 def posterior_of(folder: Path, options: list[str], progress: bool) -> Path | None:
@@ -500,6 +509,70 @@ def posterior_table(runs_root: Path) -> str:
                      f"{'/'.join(map(str, passes))} | {stat('accuracy', 100, 2)} | {stat('ece', 100, 2)} | "
                      f"{stat('nll', 1, 4)} |")
     return "\n".join(lines) if groups else "No posterior reports yet."
+
+
+def chain_summaries_of(runs_root: Path) -> dict[tuple, dict[int, dict]]:
+    """Each run's own chain from its posterior report's ``draws.json``, grouped by method, engine and
+    sparsity: {(method, engine, sparsity): {seed: chain summary}}."""
+    groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for path in sorted(runs_root.glob("*/posterior/draws.json")) if runs_root.is_dir() else []:
+        name = path.parent.parent.name
+        match = RUN_NAME.match(name)
+        if not match:
+            continue
+        try:
+            chains = json.loads(path.read_text())["chains"]
+        except (OSError, ValueError, KeyError):
+            continue
+        own = [c for c in chains if c.get("run") == name]
+        if own:
+            groups[(match["method"], match["engine"], float(match["sparsity"]))][int(match["seed"])] = own[0]
+    return groups
+
+
+def posterior_chains_table(runs_root: Path, plot_root: Path) -> str:
+    """arviz across seeds from the committed per-draw summaries: each seed's run is one chain.
+
+    Per group (method, engine, sparsity): ``az.summary`` (mean, sd, ESS, R-hat) of the draws' test
+    NLL, test accuracy and ‖θ‖, and the largest R-hat / smallest bulk ESS over the per-layer weight
+    norms; a trace plot ``posterior_chains_<method>_<engine>_s<sparsity>.png`` where draws ≥ 2."""
+    from inference import diagnostics
+
+    groups = chain_summaries_of(runs_root)
+    if not groups:
+        return "No per-draw summaries yet (runs/<run>/posterior/draws.json)."
+
+    def num(v: float, digits: int) -> str:
+        return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
+
+    lines = ["| method | engine | sparsity | chains (seeds) | draws | quantity | mean | sd | ess_bulk | r_hat |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (method, engine, sparsity), by_seed in sorted(groups.items()):
+        seeds = sorted(by_seed)
+        try:
+            idata = diagnostics.summaries_inference_data([by_seed[s] for s in seeds], [f"seed{s}" for s in seeds])
+        except ValueError as err:
+            lines.append(f"| {method} | {engine} | {sparsity:g} | {seeds} | – | not pooled: {err} | | | | |")
+            continue
+        post = idata.posterior
+        chains = f"{len(seeds)} ({', '.join(map(str, seeds))})"
+        head = f"| {method} | {engine} | {sparsity:g} | {chains} | {post.sizes['draw']} |"
+        scalars = [v for v in ("test_nll", "test_accuracy", "theta_norm") if v in post]
+        table = diagnostics.summary_table(idata, var_names=[*scalars, "layer_norm"], round_to="none")
+        for v in scalars:
+            r = table.loc[v]
+            lines.append(f"{head} {v} | {num(r['mean'], 4)} | {num(r['sd'], 4)} | {num(r['ess_bulk'], 1)} | "
+                         f"{num(r['r_hat'], 3)} |")
+        layer_rows = table[[str(i).startswith("layer_norm[") for i in table.index]]
+        lines.append(f"{head} layer_norm ({len(layer_rows)} layers): min ess_bulk, max r_hat | | | "
+                     f"{num(layer_rows['ess_bulk'].min(), 1)} | {num(layer_rows['r_hat'].max(), 3)} |")
+        if post.sizes["draw"] >= 2:
+            diagnostics.plot_trace(idata, plot_root / f"posterior_chains_{method}_{engine}_s{sparsity:g}.png",
+                                   var_names=[*scalars],
+                                   title=f"{method} ({engine}) at sparsity {sparsity:g}: each collected sample's "
+                                         "test NLL, test accuracy and ‖θ‖; one line per seed; x: value (left), "
+                                         "draw = collected epoch (right)")
+    return "\n".join(lines)
 
 
 def paired_table(rows: list[dict]) -> str:

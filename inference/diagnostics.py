@@ -52,6 +52,7 @@ with warnings.catch_warnings():
     import arviz as az
 
 __all__ = [
+    "chain_summaries",
     "compare_predictors",
     "load_netcdf",
     "plot_forest",
@@ -59,6 +60,7 @@ __all__ = [
     "posterior_inference_data",
     "predictor_elpd",
     "save_netcdf",
+    "summaries_inference_data",
     "summary_table",
 ]
 
@@ -312,6 +314,94 @@ def posterior_inference_data(
     return az.InferenceData(**groups)
 
 
+# ----------------------------------------------------------------------------------------------
+# per-chain summaries small enough to commit: chains from different machines
+
+
+SUMMARY_VARS = ("layer_norm", "density", "theta_norm", "test_nll", "test_accuracy")
+
+
+def chain_summaries(idata: az.InferenceData) -> list[dict[str, Any]]:
+    """The permutation-invariant per-draw summaries of each chain, as JSON-able dicts.
+
+    A study's runs finish on different machines, and their samples (weights) are not kept in git,
+    so the chains of one posterior never sit on one machine.  What R-hat and ESS across seeds need
+    is far smaller: per draw, ``layer_norm`` and ``density`` (per layer), ``theta_norm``, the
+    ``train_loss`` at the draw's epoch, and, if the held-out groups are present, the draw's test
+    NLL ``−(1/n) Σᵢ log p(yᵢ | θ_s)`` (from ``log_likelihood``) and test accuracy (from
+    ``posterior_predictive`` against ``observed_data``).  The traced individual ``weight`` values
+    are left out: they are not comparable across seeds (different masks, permuted units).
+    :func:`summaries_inference_data` turns a list of these (one per run) back into InferenceData.
+    """
+    post = idata.posterior
+    layers = [str(v) for v in post["layer"].values]
+    n_chain = int(post.sizes["chain"])
+    per_var: dict[str, np.ndarray] = {
+        "layer_norm": post["layer_norm"].transpose("chain", "draw", "layer").values,
+        "density": post["density"].transpose("chain", "draw", "layer").values,
+        "theta_norm": post["theta_norm"].transpose("chain", "draw").values,
+    }
+    if "log_likelihood" in idata.groups():
+        per_var["test_nll"] = -idata.log_likelihood["y"].mean("test_point").transpose("chain", "draw").values
+    if "posterior_predictive" in idata.groups() and "observed_data" in idata.groups():
+        hits = idata.posterior_predictive["y"] == idata.observed_data["y"]
+        per_var["test_accuracy"] = hits.mean("test_point").transpose("chain", "draw").values.astype(np.float64)
+    if "sample_stats" in idata.groups() and "train_loss" in idata.sample_stats:
+        per_var["train_loss"] = idata.sample_stats["train_loss"].transpose("chain", "draw").values
+    return [{"layers": layers, **{name: arr[c].tolist() for name, arr in per_var.items()}} for c in range(n_chain)]
+
+
+def summaries_inference_data(
+    summaries: Sequence[Mapping[str, Any]], chain_names: Sequence[str] | None = None
+) -> az.InferenceData:
+    """InferenceData of chains given as :func:`chain_summaries` dicts (one per chain, e.g. per seed).
+
+    ``posterior`` holds ``layer_norm`` and ``density`` (chain, draw, layer), ``theta_norm`` and,
+    where every chain has them, ``test_nll`` and ``test_accuracy`` (chain, draw): quantities
+    derived from the draw θ_s, so arviz's R-hat and ESS apply to them as to any function of the
+    posterior.  ``sample_stats`` holds ``train_loss`` where every chain has it.  Chains are
+    truncated to the shortest, as in :func:`posterior_inference_data`; chains with different
+    layers, or a chain without draws, raise ``ValueError``.  ``chain_names`` label the chain
+    coordinate (default 0, 1, …).
+    """
+    if len(summaries) == 0:
+        raise ValueError("no chain summaries given")
+    layers = list(summaries[0]["layers"])
+    for c, s in enumerate(summaries):
+        if list(s["layers"]) != layers:
+            raise ValueError(f"chain {c} has layers {list(s['layers'])[:3]}…, chain 0 has {layers[:3]}…: "
+                             "not the same network")
+    lengths = [len(s["theta_norm"]) for s in summaries]
+    if min(lengths) == 0:
+        raise ValueError(f"chains {[c for c, n in enumerate(lengths) if n == 0]} hold no draws")
+    n_draw = min(lengths)
+    names = list(chain_names) if chain_names is not None else list(range(len(summaries)))
+    if len(names) != len(summaries):
+        raise ValueError(f"{len(names)} chain names for {len(summaries)} chains")
+    coords = {"chain": names, "draw": np.arange(n_draw), "layer": layers}
+
+    def stacked(name: str) -> np.ndarray:
+        arr = np.stack([np.asarray(s[name], dtype=np.float64)[:n_draw] for s in summaries])
+        if arr.ndim == 3 and arr.shape[2] != len(layers):
+            raise ValueError(f"{name} has {arr.shape[2]} values per draw for {len(layers)} layers")
+        return arr
+
+    def shared(candidates: Sequence[str]) -> list[str]:
+        return [n for n in candidates if all(n in s for s in summaries)]
+
+    data_vars: dict[str, Any] = {name: (("chain", "draw", "layer"), stacked(name))
+                                 for name in ("layer_norm", "density")}
+    for name in shared(("theta_norm", "test_nll", "test_accuracy")):
+        data_vars[name] = (("chain", "draw"), stacked(name))
+    attrs = _attrs(draws_per_chain_collected=lengths, draws_truncated=int(sum(lengths) - len(lengths) * n_draw),
+                   source="chain summaries")
+    groups = {"posterior": xr.Dataset(data_vars, coords=coords, attrs=attrs)}
+    if shared(("train_loss",)):
+        groups["sample_stats"] = xr.Dataset({"train_loss": (("chain", "draw"), stacked("train_loss"))},
+                                            coords={"chain": names, "draw": np.arange(n_draw)}, attrs=_attrs())
+    return az.InferenceData(**groups)
+
+
 def save_netcdf(idata: az.InferenceData, path: str | Path) -> Path:
     """Write ``idata`` to netCDF atomically: a temporary file in the same folder, then ``os.replace``."""
     return atomic_write_via(path, idata.to_netcdf)
@@ -336,6 +426,7 @@ def summary_table(
     *,
     kind: Literal["all", "stats", "diagnostics"] = "all",
     hdi_prob: float | None = None,
+    round_to: int | str | None = None,
 ) -> pd.DataFrame:
     """``az.summary`` of the posterior: mean, sd, HDI, MCSE, ``ess_bulk``, ``ess_tail``, ``r_hat``.
 
@@ -343,12 +434,13 @@ def summary_table(
     than 4 draws per chain ESS, MCSE and R-hat are NaN; constant quantities give NaN MCSE/R-hat.
     arviz's warnings about these cases are silenced and a note is put in ``df.attrs["notes"]``.
     Across seeds, R-hat ≫ 1 means the runs sit in different modes (expected for networks).
+    ``round_to`` is arviz's (None: its default rounding; ``"none"``: full precision).
     """
     post = idata.posterior
     n_chain, n_draw = int(post.sizes["chain"]), int(post.sizes["draw"])
     with _quiet_arviz():
         df = az.summary(idata, var_names=list(var_names) if var_names is not None else None, kind=kind,
-                        hdi_prob=hdi_prob)
+                        hdi_prob=hdi_prob, round_to=round_to)
     notes = []
     if n_chain < 2:
         if "r_hat" in df.columns:
@@ -572,13 +664,15 @@ def plot_trace(
     path: str | Path,
     var_names: Sequence[str] = DEFAULT_TRACE_VARS,
     *,
+    title: str | None = None,
     dpi: int = 100,
     **kwargs: Any,
 ) -> Path:
     """``az.plot_trace`` (one row per variable, every layer / chain overlaid) written atomically as PNG.
 
     Needs ≥ 2 draws per chain (a trace and a density of one value are meaningless; ``ValueError``).
-    Uses pyplot (arviz does); the figure is closed afterwards.  Extra ``kwargs`` go to arviz.
+    ``title`` replaces the default figure title (which describes per-layer variables).  Uses
+    pyplot (arviz does); the figure is closed afterwards.  Extra ``kwargs`` go to arviz.
     """
     n_draw = int(idata.posterior.sizes["draw"])
     if n_draw < 2:
@@ -588,8 +682,8 @@ def plot_trace(
         axes = az.plot_trace(idata, var_names=list(var_names), show=False, **kwargs)
         fig = np.ravel(axes)[0].figure
         chains = ", ".join(map(str, idata.posterior["chain"].values))
-        fig.suptitle(f"posterior samples: one line per layer, line style per chain ({chains}: one seed each); "
-                     "x: sample value (left), draw = collected epoch (right)", fontsize=9)
+        fig.suptitle(title or f"posterior samples: one line per layer, line style per chain ({chains}: one seed "
+                     "each); x: sample value (left), draw = collected epoch (right)", fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 0.96))
         return atomic_save_figure(fig, path, dpi)
 

@@ -214,6 +214,20 @@ MUTANTS: list[Mutant] = [
     Mutant("likelihood-not-scaled", "the likelihood plate is not scaled by N/B",
            "inference/model.py", 'pyro.plate("data", self.n_train, subsample=',
            'pyro.plate("data", x.shape[0], subsample=', ELBO),
+    # -- arviz across machines: chains pooled from committed per-draw summaries ---------------
+    Mutant("pooled-chains-all-first", "seeds pooled into arviz chains all hold the first seed's draws",
+           "inference/diagnostics.py",
+           "arr = np.stack([np.asarray(s[name], dtype=np.float64)[:n_draw] for s in summaries])",
+           "arr = np.stack([np.asarray(summaries[0][name], dtype=np.float64)[:n_draw] for s in summaries])",
+           ("tests/test_diagnostics.py::test_chains_summarised_apart_pool_to_the_joint_diagnostics",
+            "tests/test_sweep.py::test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat")),
+    Mutant("draw-test-nll-summed", "a draw's test NLL summed over the test points instead of averaged",
+           "inference/diagnostics.py", '-idata.log_likelihood["y"].mean("test_point")',
+           '-idata.log_likelihood["y"].sum("test_point")',
+           ("tests/test_diagnostics.py::test_chain_summaries_hold_each_draws_test_nll_accuracy_and_norms",)),
+    Mutant("sweep-chain-not-own", "a multi-run report's draws.json credits its first chain to the run",
+           "experiments/sweep.py", 'own = [c for c in chains if c.get("run") == name]', "own = chains",
+           ("tests/test_sweep.py::test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat",)),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import matplotlib.pyplot as plt
@@ -188,6 +189,56 @@ def test_rhat_near_one_for_same_distribution_and_large_for_different_means():
     apart = [[_snapshot(rng, offset=3.0 * c) for _ in range(200)] for c in range(3)]
     df = diag.summary_table(diag.posterior_inference_data(apart, LAYERS, n_weights=5), var_names=["theta_norm"])
     assert df.loc["theta_norm", "r_hat"] > 1.5
+
+
+def test_chain_summaries_hold_each_draws_test_nll_accuracy_and_norms():
+    idata, inputs = _full_idata((5, 5))
+    summaries = json.loads(json.dumps(diag.chain_summaries(idata)))  # what draws.json stores
+    assert len(summaries) == 2 and summaries[0]["layers"] == [name for name, _ in LAYERS]
+    for c, s in enumerate(summaries):
+        np.testing.assert_allclose(s["test_nll"], -inputs["log_likelihood"][c].mean(axis=1))
+        hits = inputs["posterior_predictive"][c] == inputs["observed"]
+        np.testing.assert_allclose(s["test_accuracy"], hits.mean(axis=1))
+        np.testing.assert_allclose(s["train_loss"], inputs["train_loss"][c])
+        np.testing.assert_allclose(s["layer_norm"], idata.posterior["layer_norm"].values[c])
+        np.testing.assert_allclose(s["density"], idata.posterior["density"].values[c])
+        np.testing.assert_allclose(s["theta_norm"], idata.posterior["theta_norm"].values[c])
+    assert "weight" not in summaries[0]  # single weights are not comparable across seeds
+
+
+def test_chains_summarised_apart_pool_to_the_joint_diagnostics():
+    """Runs that finished on different machines, each summarised alone, give the R-hat and ESS of
+    the InferenceData built from all their samples at once."""
+    rng = np.random.default_rng(11)
+    chains = [[_snapshot(rng, offset=0.3 * c) for _ in range(8)] for c in range(3)]
+    loss = [rng.random(8) for _ in chains]
+    joint = diag.posterior_inference_data(chains, LAYERS, n_weights=4, train_loss=loss)
+    apart = [diag.chain_summaries(diag.posterior_inference_data([ch], LAYERS, train_loss=[lo]))[0]
+             for ch, lo in zip(chains, loss)]
+    pooled = diag.summaries_inference_data(apart, ["seed0", "seed1", "seed2"])
+    assert list(pooled.posterior["chain"].values) == ["seed0", "seed1", "seed2"]
+    want = diag.summary_table(joint, var_names=["layer_norm", "theta_norm", "density"], round_to="none")
+    got = diag.summary_table(pooled, var_names=["layer_norm", "theta_norm", "density"], round_to="none")
+    assert list(got.index) == list(want.index)
+    for col in ("mean", "sd", "ess_bulk", "r_hat"):
+        np.testing.assert_allclose(got[col].to_numpy(float), want[col].to_numpy(float), rtol=1e-9)
+    np.testing.assert_allclose(pooled.sample_stats["train_loss"].values, np.stack(loss))
+    # chains of unequal length are cut to the shortest, as posterior_inference_data does
+    short = dict(apart[1], theta_norm=apart[1]["theta_norm"][:5], layer_norm=apart[1]["layer_norm"][:5],
+                 density=apart[1]["density"][:5], train_loss=apart[1]["train_loss"][:5])
+    cut = diag.summaries_inference_data([apart[0], short])
+    assert cut.posterior.sizes["draw"] == 5 and cut.posterior.attrs["draws_truncated"] == 3
+
+
+def test_chain_summaries_of_different_networks_are_refused():
+    idata, _ = _full_idata((3, 3))
+    a, b = diag.chain_summaries(idata)
+    with pytest.raises(ValueError, match="not the same network"):
+        diag.summaries_inference_data([a, dict(b, layers=["x", "y", "z"])])
+    with pytest.raises(ValueError, match="hold no draws"):
+        diag.summaries_inference_data([a, dict(b, theta_norm=[], layer_norm=[], density=[])])
+    with pytest.raises(ValueError, match="no chain summaries"):
+        diag.summaries_inference_data([])
 
 
 def test_point_predictor_elpd_is_the_plain_test_log_density():

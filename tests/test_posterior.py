@@ -129,6 +129,13 @@ def test_posterior_report_on_two_seeds(tiny_cfg, tmp_path):
     idata = az.from_netcdf(folder / "posterior.nc")
     assert idata.posterior.sizes["chain"] == 2 and idata.posterior.sizes["draw"] == 3
     assert "log_likelihood" in idata.groups() and "sample_stats" in idata.groups()
+    # draws.json: each run's chain, per draw, small enough to commit; the same numbers as the netCDF
+    chains = json.loads((folder / "draws.json").read_text())["chains"]
+    assert [c["run"] for c in chains] == [r.name for r in runs]
+    for c, chain in enumerate(chains):
+        assert chain["theta_norm"] == pytest.approx(idata.posterior["theta_norm"].values[c].tolist())
+        assert chain["test_nll"] == pytest.approx((-idata.log_likelihood["y"].values[c].mean(-1)).tolist())
+        assert chain["train_loss"] == pytest.approx(idata.sample_stats["train_loss"].values[c].tolist())
     text = (folder / "report.md").read_text()
     assert "R-hat" in text and "Z–W" in text
 

@@ -177,3 +177,32 @@ def test_posterior_table_credits_each_run_with_its_own_rows_only(tmp_path):
         (folder / "predictors.json").write_text(json.dumps({"predictors": rows}))
     table = sweep.posterior_table(tmp_path)
     assert "| cigl | plain | 0.95 | wma | 0, 1 | 1 | 85.00 ± 7.07 |" in table
+
+
+def test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat(tmp_path):
+    """Seeds become chains from their committed draws.json alone; R-hat and ESS are arviz's on the
+    stacked per-draw values, and a report over several runs credits each run with its own chain."""
+    import arviz as az
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    chains = {seed: {"layers": ["conv", "fc"], "theta_norm": list(rng.normal(10 + seed, 0.1, 6)),
+                     "test_nll": list(rng.normal(0.6, 0.01, 6)), "test_accuracy": list(rng.uniform(0.7, 0.8, 6)),
+                     "layer_norm": rng.normal(3, 0.1, (6, 2)).tolist(), "density": [[0.05, 0.1]] * 6,
+                     "train_loss": list(rng.random(6))} for seed in (0, 1, 2)}
+    for seed in (0, 1, 2):
+        folder = tmp_path / "runs" / f"cigl-keep0.99-plain-s0.95-seed{seed}" / "posterior"
+        folder.mkdir(parents=True)
+        own = [{"run": folder.parent.name, **chains[seed]}]
+        other = [{"run": "cigl-keep0.99-plain-s0.95-seed7", **chains[0]}] if seed == 2 else []
+        (folder / "draws.json").write_text(json.dumps({"chains": other + own}))
+    table = sweep.posterior_chains_table(tmp_path / "runs", tmp_path)
+    row = next(line for line in table.splitlines() if "| theta_norm |" in line)
+    assert row.startswith("| cigl-keep0.99 | plain | 0.95 | 3 (0, 1, 2) | 6 |")
+    want = float(az.rhat(np.array([chains[s]["theta_norm"] for s in (0, 1, 2)])))
+    assert want > 1.5 and row.split("|")[-2].strip() == f"{want:.3f}"  # seeds 1 apart: different modes
+    nll = next(line for line in table.splitlines() if "| test_nll |" in line)
+    assert nll.split("|")[7].strip() == f"{np.mean([chains[s]['test_nll'] for s in (0, 1, 2)]):.4f}"
+    assert "layer_norm (2 layers)" in table
+    assert (tmp_path / "posterior_chains_cigl-keep0.99_plain_s0.95.png").stat().st_size > 0
+    assert "No per-draw summaries" in sweep.posterior_chains_table(tmp_path / "none", tmp_path)
