@@ -58,7 +58,9 @@ class TrainingDiverged(RuntimeError):
 @dataclasses.dataclass
 class Data:
     train: data_lib.DeviceLoader  # shuffled, augmented
-    train_eval: data_lib.DeviceLoader  # same images, fixed order, no augmentation (BN recompute)
+    # same images, no augmentation, one fixed seeded shuffle (BN recompute): the stored order is by class,
+    # and BatchNorm statistics averaged over single-class batches miss the between-class variance
+    train_eval: data_lib.DeviceLoader
     val: data_lib.DeviceLoader | None
     test: data_lib.DeviceLoader
     num_classes: int
@@ -87,7 +89,7 @@ def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = N
     return Data(
         train=data_lib.DeviceLoader(train, batch_size=cfg.batch_size, shuffle=True, augment=cfg.augment,
                                     seed=cfg.seed, shard=(info.rank, info.world), **common),
-        train_eval=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=False, **common),
+        train_eval=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=True, seed=cfg.seed, **common),
         val=data_lib.DeviceLoader(val, batch_size=eval_bs, shuffle=False, **common) if len(val) else None,
         test=data_lib.DeviceLoader(test, batch_size=eval_bs, shuffle=False, **common),
         num_classes=len(train.classes),
@@ -116,7 +118,7 @@ def build_imagenet_data(cfg: TrainConfig, device: torch.device, info: DistInfo) 
 
     return Data(
         train=loader(train, True, batch_size=cfg.batch_size, shuffle=True, shard=(info.rank, info.world)),
-        train_eval=loader(train, False, batch_size=eval_bs, shuffle=False),
+        train_eval=loader(train, False, batch_size=eval_bs, shuffle=True),  # mixed classes, fixed order
         val=loader(val, False, batch_size=eval_bs, shuffle=False) if len(val) else None,
         test=loader(test, False, batch_size=eval_bs, shuffle=False),
         num_classes=len(full.classes),

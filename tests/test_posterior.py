@@ -234,3 +234,30 @@ def test_model_pt_of_cigl_without_wma_holds_the_final_weights_batchnorm_statisti
     for k in stats:
         torch.testing.assert_close(state[k], expected[k], rtol=1e-4, atol=1e-5)
     assert any((state[k] - training_stats[k]).abs().max() > 1e-3 for k in stats)  # the two can be told apart
+
+
+def test_batchnorm_recomputation_batches_mix_the_classes_of_a_class_sorted_training_set(monkeypatch):
+    """CIFAR's folders store the training images class by class.  BatchNorm recomputation averages
+    per-batch statistics (a cumulative average over batches), so single-class batches would lose the
+    between-class variance, and a ``--bn-batches`` prefix would see one or two classes only.  The
+    recomputation loader therefore serves one fixed, seeded shuffle: each batch's variance is the
+    whole set's, every batch holds every class, and the order is the same every time."""
+    import numpy as np
+
+    from cigl_bayes import data as data_lib
+    from cigl_bayes import train as train_lib
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 200).astype(np.int64)  # sorted by class, as the JPEG folders are
+    images = np.clip(labels[:, None, None, None] * 25 + rng.normal(0, 5, (2000, 8, 8, 3)), 0, 255).astype(np.uint8)
+    ds = data_lib.ArrayDataset(images, labels, tuple(f"c{i}" for i in range(10)))
+    monkeypatch.setattr(train_lib.data_lib, "load_dataset", lambda *a, **k: (ds, ds.take(np.arange(100))))
+    cfg = TrainConfig(model="small-cnn", epochs=1, batch_size=100, device="cpu", amp="off", seed=3).resolved()
+    loader = train_lib.build_data(cfg, torch.device("cpu")).train_eval
+    batches = list(loader.epoch(0))
+    whole = torch.cat([x for x, _ in batches]).double()
+    mean_of_batch_vars = torch.stack([x.double().var() for x, _ in batches]).mean()
+    assert float(mean_of_batch_vars) == pytest.approx(float(whole.var()), rel=0.05)
+    assert all(len(torch.unique(y)) == 10 for _, y in batches)
+    again = torch.cat([y for _, y in loader.epoch(0)])
+    assert torch.equal(again, torch.cat([y for _, y in batches]))
