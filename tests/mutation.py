@@ -118,6 +118,13 @@ MUTANTS: list[Mutant] = [
     Mutant("final-bn-rule-off", "no method's final predictor recomputes BatchNorm",
            "cigl_bayes/config.py", "return m.random_mask and not m.rescale_random_mask and self.keep < 1.0",
            "return False", FINAL_BN),
+    Mutant("bn-loader-class-sorted",
+           "BatchNorm is recomputed over the training split in its stored, class-sorted order",
+           "cigl_bayes/train.py",
+           "train_eval=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=True, seed=cfg.seed, **common),",
+           "train_eval=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=False, **common),",
+           ("tests/test_posterior.py::"
+            "test_batchnorm_recomputation_batches_mix_the_classes_of_a_class_sorted_training_set",)),
     Mutant("bn-recompute-ema", "BatchNorm recomputed as a momentum-0.1 running average, not exact",
            "cigl_bayes/predict.py", "m.momentum = None  # cumulative moving average",
            "m.momentum = 0.1", BN),
