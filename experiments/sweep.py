@@ -478,22 +478,29 @@ def posterior_of(folder: Path, options: list[str], progress: bool) -> Path | Non
     return out
 
 
+def own_report_entries(runs_root: Path, filename: str, key: str):
+    """(run-name match, entries) of every run's posterior report ``runs/<run>/posterior/<filename>``:
+    the list under ``key``, only the entries whose "run" is that run (a report made over several
+    runs lists all of them in the first run's folder).  Unreadable files are skipped."""
+    for path in sorted(runs_root.glob(f"*/posterior/{filename}")) if runs_root.is_dir() else []:
+        name = path.parent.parent.name
+        match = RUN_NAME.match(name)
+        if not match:
+            continue
+        try:
+            entries = json.loads(path.read_text())[key]
+        except (OSError, ValueError, KeyError):
+            continue
+        yield match, [e for e in entries if e.get("run") == name]
+
+
 def posterior_table(runs_root: Path) -> str:
     """The predictors of every run's posterior report (``runs/<run>/posterior/predictors.json``),
     mean ± std over seeds per method, sparsity and predictor: accuracy, ECE and NLL with the
     forward passes each needs."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for path in sorted(runs_root.glob("*/posterior/predictors.json")) if runs_root.is_dir() else []:
-        match = RUN_NAME.match(path.parent.parent.name)
-        if not match:
-            continue
-        try:
-            found = json.loads(path.read_text())["predictors"]
-        except (OSError, ValueError, KeyError):
-            continue
+    for match, found in own_report_entries(runs_root, "predictors.json", "predictors"):
         for r in found:
-            if r.get("run") != path.parent.parent.name:  # a report over several runs: only this run's rows
-                continue
             groups[(match["method"], match["engine"], float(match["sparsity"]), r["predictor"])].append(
                 r | {"seed": int(match["seed"])})
     order = {name: i for i, name in enumerate(("final", "wma", "predictive", "mc-z", "swag"))}
@@ -515,16 +522,7 @@ def chain_summaries_of(runs_root: Path) -> dict[tuple, dict[int, dict]]:
     """Each run's own chain from its posterior report's ``draws.json``, grouped by method, engine and
     sparsity: {(method, engine, sparsity): {seed: chain summary}}."""
     groups: dict[tuple, dict[int, dict]] = defaultdict(dict)
-    for path in sorted(runs_root.glob("*/posterior/draws.json")) if runs_root.is_dir() else []:
-        name = path.parent.parent.name
-        match = RUN_NAME.match(name)
-        if not match:
-            continue
-        try:
-            chains = json.loads(path.read_text())["chains"]
-        except (OSError, ValueError, KeyError):
-            continue
-        own = [c for c in chains if c.get("run") == name]
+    for match, own in own_report_entries(runs_root, "draws.json", "chains"):
         if own:
             groups[(match["method"], match["engine"], float(match["sparsity"]))][int(match["seed"])] = own[0]
     return groups

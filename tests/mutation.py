@@ -232,9 +232,10 @@ MUTANTS: list[Mutant] = [
            "inference/diagnostics.py", '-idata.log_likelihood["y"].mean("test_point")',
            '-idata.log_likelihood["y"].sum("test_point")',
            ("tests/test_diagnostics.py::test_chain_summaries_hold_each_draws_test_nll_accuracy_and_norms",)),
-    Mutant("sweep-chain-not-own", "a multi-run report's draws.json credits its first chain to the run",
-           "experiments/sweep.py", 'own = [c for c in chains if c.get("run") == name]', "own = chains",
-           ("tests/test_sweep.py::test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat",)),
+    Mutant("sweep-chain-not-own", "a multi-run report credits all its entries (the first chain) to the run",
+           "experiments/sweep.py", 'yield match, [e for e in entries if e.get("run") == name]', "yield match, entries",
+           ("tests/test_sweep.py::test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat",
+            "tests/test_sweep.py::test_posterior_table_credits_each_run_with_its_own_rows_only")),
 ]
 
 
