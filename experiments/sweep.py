@@ -15,7 +15,9 @@ accuracy_vs_sparsity.png, ece_vs_sparsity.png (Fig. 1c), reliability_dense_vs_sp
 (Fig. 1a–b) and baselines.png (Fig. 4); also paired.md (per-seed differences against RigL),
 regime.md (accuracy, confidence − accuracy and training NLL: the regime the runs reach),
 keep.md (the keep probability of Z chosen on the validation split), one
-reliability_rigl_vs_cigl_s<sparsity>.png per sparsity (pooled over seeds from metrics.json) and
+reliability_rigl_vs_cigl_s<sparsity>.png per sparsity (pooled over seeds from metrics.json),
+training_curves.csv and training_nll_s<sparsity>.png (per-epoch training NLL, and each method's
+paired difference from RigL: where a gap in fit opens) and
 posterior.md (each CigL run's posterior report, ``--posterior``, summarised over seeds, and arviz
 R-hat / ESS across seeds with posterior_chains_<method>_<engine>_s<sparsity>.png).  Every
 table is rebuilt from the small files of all finished runs, so a study can accumulate across
@@ -442,6 +444,11 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
     for sparsity in sorted({r["sparsity"] for r in rows if r["sparsity"] > 0}):
         plot_reliability_rigl_vs_cigl(root / "runs", rows, engine, sparsity,
                                       root / f"reliability_rigl_vs_cigl_s{sparsity:g}.png")
+    curves = training_curves(root / "runs", rows, engine)
+    if curves:
+        atomic_write_csv(curves, root / "training_curves.csv")
+    for sparsity in sorted({c["sparsity"] for c in curves if c["sparsity"] > 0}):
+        plot_training_curves(curves, sparsity, root / f"training_nll_s{sparsity:g}.png")
     atomic_write_bytes(("# Posterior predictors per run (experiments.posterior_report)\n\n"
                         "Test split; mean ± std over seeds; each run's report is in runs/<run>/posterior/.  "
                         "The reports may recompute BatchNorm on fewer batches than the run's own evaluation "
@@ -586,6 +593,80 @@ def paired_table(rows: list[dict]) -> str:
         rel = f"{d_ece / rigl['ece']:+.0%}" if rigl["ece"] > 0 else "–"
         lines.append(f"| {method} | {sparsity:g} | {seed} | {100 * d_ece:+.2f} | {rel} | {100 * d_acc:+.2f} |")
     return "\n".join(lines)
+
+
+
+def training_curves(runs_root: Path, rows: list[dict], engine: str) -> list[dict]:
+    """One row per finished run and epoch: the epoch's mean training NLL (``train_data_loss`` of
+    metrics.json's history, the cross-entropy of the augmented batches under the masks the run
+    trains with, M⊙Z⊙W for CigL).  Read from the small files, so it works on runs finished elsewhere."""
+    curves = []
+    for method, sparsity, seed in sorted({(r["method"], r["sparsity"], r["seed"]) for r in rows}):
+        try:
+            result = json.loads((run_dir(runs_root, method, sparsity, seed, engine) / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue  # a derived row such as rigl+ts has no folder of its own
+        curves += [{"method": method, "sparsity": sparsity, "seed": seed, "epoch": h["epoch"],
+                    "train_nll": h["train_data_loss"]}
+                   for h in result.get("history") or [] if "epoch" in h and "train_data_loss" in h]
+    return curves
+
+
+def paired_curve(curves: list[dict], method: str, sparsity: float) -> dict[int, tuple[float, int]]:
+    """Epoch → (mean over seeds of ``method``'s training NLL minus RigL's of the same seed, number
+    of seeds paired); seeds without a RigL run of that sparsity are left out."""
+    nll = {(c["method"], c["sparsity"], c["seed"], c["epoch"]): c["train_nll"] for c in curves}
+    diffs: dict[int, list[float]] = defaultdict(list)
+    for (m, s, seed, epoch), value in nll.items():
+        rigl = nll.get(("rigl", s, seed, epoch))
+        if m == method and s == sparsity and rigl is not None:
+            diffs[epoch].append(value - rigl)
+    return {epoch: (float(np.mean(d)), len(d)) for epoch, d in sorted(diffs.items())}
+
+
+def plot_training_curves(curves: list[dict], sparsity: float, path: Path) -> bool:
+    """Left: training NLL per epoch of every method at ``sparsity`` (and dense), mean over seeds with
+    the seeds' range shaded.  Right: each method's paired difference from RigL (same seed).  Shows
+    where a gap in fit opens.  Returns False (and draws nothing) when no run has a history."""
+    import matplotlib.pyplot as plt
+
+    chosen = [c for c in curves if c["sparsity"] in (0.0, sparsity)]
+    if not chosen:
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for method in sorted({c["method"] for c in chosen}):
+        by_epoch: dict[int, list[float]] = defaultdict(list)
+        for c in chosen:
+            if c["method"] == method:
+                by_epoch[c["epoch"]].append(c["train_nll"])
+        epochs = sorted(by_epoch)
+        seeds = len({c["seed"] for c in chosen if c["method"] == method})
+        line, = left.plot(epochs, [np.mean(by_epoch[e]) for e in epochs], marker=".",
+                          label=f"{method} ({seeds} seed{'s' if seeds > 1 else ''})")
+        left.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                          color=line.get_color(), alpha=0.2)
+        paired = paired_curve(curves, method, sparsity) if method != "rigl" else {}
+        if paired:
+            n_paired = max(n for _, n in paired.values())
+            right.plot(list(paired), [d for d, _ in paired.values()], marker=".", color=line.get_color(),
+                       label=f"{method} − rigl ({n_paired} paired seed{'s' if n_paired > 1 else ''})")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left.set_yscale("log")
+    left.set_xlabel("epoch")
+    left.set_ylabel("mean training NLL (augmented batches)")
+    left.set_title(f"Training fit at sparsity {sparsity:g}")
+    left.legend(fontsize=8)
+    right.axhline(0, color="grey", lw=0.8)
+    right.set_xlabel("epoch")
+    right.set_ylabel("Δ training NLL vs RigL, same seed")
+    right.set_title("Paired difference (> 0: fits worse than RigL)")
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=8)
+    atomic_save_figure(fig, path)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -236,6 +236,10 @@ MUTANTS: list[Mutant] = [
            "experiments/sweep.py", 'yield match, [e for e in entries if e.get("run") == name]', "yield match, entries",
            ("tests/test_sweep.py::test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat",
             "tests/test_sweep.py::test_posterior_table_credits_each_run_with_its_own_rows_only")),
+    Mutant("training-curve-other-seed", "the training-NLL difference subtracts RigL's first seed, not the same seed",
+           "experiments/sweep.py", 'rigl = nll.get(("rigl", s, seed, epoch))',
+           'rigl = nll.get(("rigl", s, 0, epoch))',
+           ("tests/test_sweep.py::test_training_curves_pair_each_method_with_rigl_of_the_same_seed",)),
 ]
 
 

@@ -206,3 +206,27 @@ def test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat(tmp_path):
     assert "layer_norm (2 layers)" in table
     assert (tmp_path / "posterior_chains_cigl-keep0.99_plain_s0.95.png").stat().st_size > 0
     assert "No per-draw summaries" in sweep.posterior_chains_table(tmp_path / "none", tmp_path)
+
+
+def test_training_curves_pair_each_method_with_rigl_of_the_same_seed(tmp_path):
+    """Per-epoch training NLL comes from each run's own metrics.json history, and the paired
+    difference subtracts the RigL run of the same seed and sparsity (a seed without one is left out)."""
+    histories = {("rigl", 0): [1.5, 1.0], ("rigl", 1): [1.7, 1.2], ("cigl", 0): [1.6, 1.3],
+                 ("cigl", 2): [9.0, 9.0]}  # cigl seed 2 has no RigL partner
+    rows = []
+    for (method, seed), nll in histories.items():
+        folder = sweep.run_dir(tmp_path, method, 0.95, seed, "plain")
+        folder.mkdir(parents=True)
+        history = [{"epoch": e + 1, "train_data_loss": v} for e, v in enumerate(nll)]
+        (folder / "metrics.json").write_text(json.dumps({"completed": True, "history": history}))
+        rows.append(_row(method, seed, 1.0, 0.6))
+    rows.append(_row("rigl+ts", 0, 1.0, 0.6))  # derived from the rigl run: no folder, no curve
+    curves = sweep.training_curves(tmp_path, rows, "plain")
+    assert len(curves) == 8 and {c["method"] for c in curves} == {"rigl", "cigl"}
+    assert {(c["seed"], c["epoch"], c["train_nll"]) for c in curves if c["method"] == "cigl"} == {
+        (0, 1, 1.6), (0, 2, 1.3), (2, 1, 9.0), (2, 2, 9.0)}
+    paired = sweep.paired_curve(curves, "cigl", 0.95)
+    assert paired[1] == (pytest.approx(0.1), 1) and paired[2] == (pytest.approx(0.3), 1)
+    out = tmp_path / "curves.png"
+    assert sweep.plot_training_curves(curves, 0.95, out) and out.read_bytes()[:4] == b"\x89PNG"
+    assert not sweep.plot_training_curves(curves, 0.9, tmp_path / "none.png")
