@@ -595,7 +595,6 @@ def paired_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-
 def training_curves(runs_root: Path, rows: list[dict], engine: str) -> list[dict]:
     """One row per finished run and epoch: the epoch's mean training NLL (``train_data_loss`` of
     metrics.json's history, the cross-entropy of the augmented batches under the masks the run
@@ -629,6 +628,7 @@ def plot_training_curves(curves: list[dict], sparsity: float, path: Path) -> boo
     the seeds' range shaded.  Right: each method's paired difference from RigL (same seed).  Shows
     where a gap in fit opens.  Returns False (and draws nothing) when no run has a history."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     chosen = [c for c in curves if c["sparsity"] in (0.0, sparsity)]
     if not chosen:
@@ -650,8 +650,6 @@ def plot_training_curves(curves: list[dict], sparsity: float, path: Path) -> boo
             n_paired = max(n for _, n in paired.values())
             right.plot(list(paired), [d for d, _ in paired.values()], marker=".", color=line.get_color(),
                        label=f"{method} − rigl ({n_paired} paired seed{'s' if n_paired > 1 else ''})")
-    from matplotlib.ticker import MaxNLocator
-
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_yscale("log")
