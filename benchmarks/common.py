@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import platform
 import statistics
 import tempfile
 import time
@@ -57,16 +56,6 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> f
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
-
-
-def environment(device: torch.device) -> dict:
-    env = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-           "cpu_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-    return env
 
 
 def flops_per_step(trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor]) -> int:

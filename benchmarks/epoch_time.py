@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.device import resolve_device
+from cigl_bayes.device import describe_host, resolve_device
 from cigl_bayes.runs import atomic_write_json
 from experiments.cli import add_host_allocator_argument, apply_host_allocator
 
-from .common import environment, fast_path, flops_per_step, make_trainer, synchronize, synthetic_data
+from .common import fast_path, flops_per_step, make_trainer, synchronize, synthetic_data
 
 
 class _NoBar:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
               "images_per_second": images / min(times), "gpu_busy_fraction": gpu_busy_fraction(trainer, device),
               "fast_path": fast_path(trainer),
               "achieved_gflops": flops * len(data.train) / min(times) / 1e9,
-              **environment(device)}
+              **describe_host(device)}
     busy = result["gpu_busy_fraction"]
     print(f"epoch time · {args.method} ({args.engine}) · {args.model} · batch {args.batch_size} · "
           f"{result.get('gpu', result['device'])}")

@@ -35,13 +35,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cigl_bayes.device import HOST_ALLOCATOR_MODES, configure_host_allocator, fast_path_available
+from cigl_bayes.device import HOST_ALLOCATOR_MODES, configure_host_allocator, describe_host, fast_path_available
 from cigl_bayes.export import export_network, fold_batchnorm, load_exported
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
 from cigl_bayes.sparsity import densities_for, layer_nnz, sparse_parameter_names
 from models import build_model
-
-from .common import environment
 
 
 def masked_network(model: str, sparsity: float, seed: int = 0) -> nn.Module:
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(measure(model, sparsity, args.batches, repeats, Path(tmp)))
     out = Path(args.out)
     result = {"rows": rows, "batches": args.batches, "repeats": repeats,
-              "bf16_fast_path": fast_path_available(torch.device("cpu")), **environment(torch.device("cpu"))}
+              "bf16_fast_path": fast_path_available(torch.device("cpu")), **describe_host(torch.device("cpu"))}
     atomic_write_json(result, out / "inference.json")
     table = markdown(rows, args.batches)
     atomic_write_bytes((table + "\n").encode(), out / "inference.md")

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.device import cpu_bf16_matmul, resolve_device
+from cigl_bayes.device import describe_host, resolve_device
 from cigl_bayes.runs import atomic_write_json
 
-from .common import environment, make_trainer, synchronize, synthetic_data
+from .common import make_trainer, synchronize, synthetic_data
 
 SETTINGS = [("fp32", "off", "off"), ("fp32+channels-last", "off", "on"), ("bf16", "bf16", "off"),
             ("bf16+channels-last", "bf16", "on")]
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:<20} {seconds[label] * 1e3:9.1f} ms/step", flush=True)
     fastest = min(seconds, key=seconds.get)
     result = {"model": args.model, "batch_size": args.batch_size, "seconds_per_step": seconds, "fastest": fastest,
-              "cpu_bf16_matmul": cpu_bf16_matmul() if device.type == "cpu" else None, **environment(device)}
+              **describe_host(device)}
     print(f"fastest: {fastest}; bf16 matrix instructions: {result['cpu_bf16_matmul']}")
     atomic_write_json(result, Path(args.out))
     return 0

@@ -26,12 +26,12 @@ import torch
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.device import resolve_device
+from cigl_bayes.device import describe_host, resolve_device
 from cigl_bayes.runs import atomic_write_json
 from experiments.cli import add_host_allocator_argument, apply_host_allocator
 from inference.swag import SparseSWAG
 
-from .common import VARIANTS, environment, fast_path, flops_per_step, make_trainer, median, synthetic_data, timed
+from .common import VARIANTS, fast_path, flops_per_step, make_trainer, median, synthetic_data, timed
 
 
 def measure(model: str, batch_size: int, device: torch.device, rounds: int, steps: int, warmup: int,
@@ -99,7 +99,7 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
         "mask_update_fraction": mask_update / (delta_t * step["cigl"]),
         "collect_fraction": collect / (steps_per_epoch * step["cigl"]),
         "swag_fraction": swag_update / (steps_per_epoch * step["cigl"]),
-        **environment(device),
+        **describe_host(device),
     }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import platform
+from pathlib import Path
 
 import torch
 
@@ -42,6 +44,30 @@ def fast_path_available(device: torch.device) -> bool:
     """True where bf16 autocast + channels-last is the faster default: CUDA, or a CPU with bf16
     matrix instructions (measured in docs/performance.md)."""
     return device.type == "cuda" or (device.type == "cpu" and cpu_bf16_matmul() is not None)
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name ("AMD EPYC 7B13", "Intel(R) Xeon(R) Platinum 8481C", ...): the first
+    ``model name`` of /proc/cpuinfo on Linux, else what :mod:`platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_host(device: torch.device) -> dict:
+    """Where a computation ran: device, its name, torch version and CPU threads.  Kept with run
+    results so that a study accumulated over several machines says which machine made each row."""
+    host = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_threads": torch.get_num_threads(), "cpu": cpu_model_name(),
+            "cpu_bf16_matmul": cpu_bf16_matmul()}
+    if device.type == "cuda":
+        host["gpu"] = torch.cuda.get_device_name(device)
+    return host
 
 
 # glibc ``mallopt`` parameters (<malloc.h>)

@@ -17,6 +17,7 @@ import torch
 from . import data as data_lib
 from . import metrics
 from .averaging import Snapshot
+from .device import describe_host
 from .predict import combine, draws_log_probs, mc_dropout_log_probs, predictor_draws, weights_loaded
 from .runs import atomic_torch_save, atomic_write_json, atomic_write_npz
 
@@ -69,6 +70,16 @@ def _sparsity_of(state: dict, names: list[str]) -> float:
     return zeros / max(1, sum(state[n].numel() for n in names))
 
 
+def runtime_of(trainer) -> dict:
+    """Host and resolved speed options of the trainer.  ``compute_dtype`` is the dtype of the
+    forward pass's matrix products: "bfloat16" under autocast, else the parameters' dtype; so
+    ``--amp auto`` is recorded as what it chose on this machine."""
+    dtype = trainer.net.autocast_dtype or trainer.cfg.torch_dtype
+    return {**describe_host(trainer.device), "compute_dtype": str(dtype).removeprefix("torch."),
+            "channels_last": trainer.cfg.speed_options(trainer.device)["channels_last"],
+            "compile": trainer.cfg.compile}
+
+
 def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
     """Evaluate all predictors and write metrics.json, predictions.npz, reliability.png, model.pt."""
     cfg, out = trainer.cfg, trainer.out
@@ -112,6 +123,8 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
         "test": {name: r["test"] for name, r in report.items()},
         "val": {name: r["val"] for name, r in report.items() if "val" in r},
         "history": trainer.history,
+        # the machine and numerics that finished the run (a resumed run may have started elsewhere)
+        "runtime": runtime_of(trainer),
         "completed": True,
     }
     diagrams = {name: metrics.reliability_data(by_split["test"], labels["test"], from_logits=True)

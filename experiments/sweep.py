@@ -132,7 +132,8 @@ def rows_of(result: dict, method: str, engine: str, keep: float | None = None) -
     rigl also its temperature-scaled output (``rigl+ts``).  Each row holds the test metrics,
     ``overconfidence`` = mean top-class confidence − accuracy (> 0: over-confident), the same
     predictor's validation metrics (``val_*``), the last epoch's mean training NLL
-    (``train_nll``: how far the network fits its training data) and the keep probability of Z."""
+    (``train_nll``: how far the network fits its training data), the keep probability of Z and
+    the dtype its matrix products ran in (``compute_dtype``: "bfloat16" under autocast)."""
     out = result["output_predictor"]
     variants = [(method, out)]
     if method == "rigl" and "temperature_scaled" in result["test"]:
@@ -147,6 +148,7 @@ def rows_of(result: dict, method: str, engine: str, keep: float | None = None) -
         val = (result.get("val") or {}).get(pred, {})
         row.update({f"val_{k}": val.get(k) for k in VAL_KEYS})
         row["train_nll"] = history[-1].get("train_data_loss")
+        row["compute_dtype"] = (result.get("runtime") or {}).get("compute_dtype")  # None: not recorded
         rows.append(row)
     return rows
 
@@ -272,6 +274,20 @@ def finished_result(folder: Path, cfg: TrainConfig) -> dict | None:
     mine = cfg.resolved(n_train=result.get("n_train"))
     same = all(getattr(saved, f) == getattr(mine, f) for f in mine.to_dict() if f not in RESUME_FREE_FIELDS)
     return result if result.get("completed") and same else None
+
+
+def check_precision(result: dict | None, cfg: TrainConfig, amp: str) -> None:
+    """Refuse a finished run whose matrix products ran in another dtype than an explicit ``--amp``
+    asks for.  ``amp`` is resume-free (``--amp auto`` lets a study accumulate over machines with and
+    without bf16), so without this check a bf16 study could silently reuse float32 runs."""
+    if result is None or amp == "auto":
+        return
+    wanted = "bfloat16" if amp == "bf16" else cfg.dtype
+    ran = (result.get("runtime") or {}).get("compute_dtype")
+    if ran != wanted:
+        raise ValueError(f"run {cfg.method} s={cfg.sparsity:g} seed {cfg.seed} finished with compute dtype "
+                         f"{ran or '(not recorded)'}, but --amp {amp} asks for {wanted}; give this precision "
+                         "its own --study")
 
 
 RUN_NAME = re.compile(r"^(?P<method>.+)-(?P<engine>plain|svi)-s(?P<sparsity>[0-9.]+)-seed(?P<seed>\d+)$")
@@ -683,6 +699,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="override the protocol's model")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
+                   help="bf16 autocast (auto: where the hardware has bf16 matrix instructions).  bf16 or off "
+                        "also checks that the study's finished runs ran so; give each precision its own --study")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     add_host_allocator_argument(p)
     p.add_argument("--posterior", choices=["auto", "on", "off"], default="auto",
                    help="posterior report of each finished run with samples, kept in runs/<run>/posterior "
@@ -700,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else proto["seeds"]
     check_distinct(methods, sparsities, seeds)
     cells = grid(methods, sparsities, seeds)  # validates method names
-    overrides = dict(proto["config"], device=args.device, data_dir=args.data_dir)
+    overrides = dict(proto["config"], device=args.device, data_dir=args.data_dir, amp=args.amp,
+                     channels_last=args.channels_last)
     for name in ("epochs", "subset", "test_subset", "model"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
@@ -714,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     apply_host_allocator(args)
     root = Path(args.results) / (args.study or args.protocol)
     runs_root = root / "runs"
+    for method, sparsity, seed, cfg in configs:  # before any training: a finished run of another precision
+        check_precision(finished_result(run_dir(runs_root, method, sparsity, seed, args.engine), cfg), cfg, args.amp)
     for method, sparsity, seed, cfg in tqdm(configs, desc=f"sweep {root.name}", unit="run",
                                             disable=not args.progress):
         folder = run_dir(runs_root, method, sparsity, seed, args.engine)

@@ -240,6 +240,22 @@ MUTANTS: list[Mutant] = [
            "experiments/sweep.py", 'rigl = nll.get(("rigl", s, seed, epoch))',
            'rigl = nll.get(("rigl", s, 0, epoch))',
            ("tests/test_sweep.py::test_training_curves_pair_each_method_with_rigl_of_the_same_seed",)),
+    Mutant("compare-pairs-other-seed", "compare_studies pairs each run of A with B's run of another seed",
+           "experiments/compare_studies.py", "b = b_index.get(tuple(a[k] for k in PAIR_KEY))",
+           "b = b_index.get(tuple(a[k] if k != \"seed\" else (a[k] + 1) % 3 for k in PAIR_KEY))",
+           ("tests/test_compare_studies.py::test_runs_are_paired_by_seed_and_judged_against_the_seed_noise_of_a",)),
+    Mutant("compare-noise-of-b", "the seed-noise yardstick is taken from the pairs' differences, not A's seeds",
+           "experiments/compare_studies.py", "noise = _std([r[m] for r in seeds_of_a[key]])",
+           "noise = _std(deltas)",
+           ("tests/test_compare_studies.py::test_a_shift_larger_than_the_seed_noise_is_named",)),
+    Mutant("runtime-ignores-autocast", "metrics.json records the parameters' dtype even when bf16 autocast ran",
+           "cigl_bayes/evaluate.py", "dtype = trainer.net.autocast_dtype or trainer.cfg.torch_dtype",
+           "dtype = trainer.cfg.torch_dtype",
+           ("tests/test_speed_options.py::test_runs_record_the_precision_their_products_ran_in",)),
+    Mutant("amp-precision-unchecked", "an explicit --amp reuses finished runs of another precision",
+           "experiments/sweep.py", "    if result is None or amp == \"auto\":\n        return\n",
+           "    return\n",
+           ("tests/test_sweep.py::test_an_explicit_amp_refuses_finished_runs_of_another_precision",)),
 ]
 
 

@@ -85,3 +85,16 @@ def test_compiled_forward_equals_eager(cfg, tmp_path):
     assert compiled.net._call is not compiled.net._functional_call
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_c, grad_e, rtol=1e-4, atol=1e-6)
+
+
+def test_runs_record_the_precision_their_products_ran_in(cfg, tmp_path):
+    """metrics.json → runtime.compute_dtype is what the forward pass used, so a study can tell a bf16
+    run from a float32 one whatever --amp auto chose on the machine that ran it."""
+    from cigl_bayes.evaluate import runtime_of
+
+    for amp, dtype, expected in (("bf16", "float32", "bfloat16"), ("off", "float32", "float32"),
+                                 ("off", "float64", "float64")):
+        trainer = Trainer(dataclasses.replace(cfg, amp=amp, dtype=dtype), tmp_path / f"{amp}-{dtype}", progress=False)
+        runtime = runtime_of(trainer)
+        assert runtime["compute_dtype"] == expected, (amp, dtype)
+        assert runtime["device"] == "cpu" and runtime["cpu"] and runtime["channels_last"] is False

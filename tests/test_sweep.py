@@ -6,7 +6,9 @@ import csv
 import json
 
 import pytest
+import torch
 
+from cigl_bayes.device import fast_path_available
 from experiments import sweep
 
 
@@ -23,6 +25,9 @@ def test_cpu_smoke_sweep_end_to_end(cifar_data_dir, cache_dir, tmp_path, monkeyp
     with open(root / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["method"] for r in rows} == {"dense", "rigl", "rigl+ts", "cigl", "rigl+ls"}
+    # each row says in which dtype its run's matrix products ran: what --amp auto chose on this CPU
+    chosen = "bfloat16" if fast_path_available(torch.device("cpu")) else "float32"
+    assert {r["compute_dtype"] for r in rows} == {chosen}
     summary = json.loads((root / "summary.json").read_text())["summary"]
     cigl = next(e for e in summary if e["method"] == "cigl")
     values = [float(r["ece"]) for r in rows if r["method"] == "cigl"]
@@ -76,6 +81,43 @@ def test_a_run_finished_elsewhere_is_read_from_its_small_files(tmp_path):
     assert sweep.finished_result(tmp_path, TrainConfig(model="small-cnn", epochs=5, sparsity=0.9)) is None
     (tmp_path / "metrics.json").write_text('{"completed": tr')  # truncated: train again
     assert sweep.finished_result(tmp_path, cfg) is None
+
+
+def _finished_run(folder, amp: str, compute_dtype: str | None):
+    """A run folder as a finished cpu-smoke sweep cell (rigl, 0.9, seed 0) leaves it: config.json as
+    the sweep builds it with ``--amp amp``, metrics.json saying its products ran in ``compute_dtype``."""
+    from cigl_bayes.config import TrainConfig
+
+    cfg = TrainConfig(**dict(sweep.PROTOCOLS["cpu-smoke"]["config"], device="cpu", data_dir=None, amp=amp,
+                             channels_last="auto"), method="rigl", engine="plain", sparsity=0.9, seed=0)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(cfg.resolved(n_train=4500).to_dict()))
+    runtime = {} if compute_dtype is None else {"runtime": {"compute_dtype": compute_dtype}}
+    (folder / "metrics.json").write_text(json.dumps({"completed": True, "n_train": 4500, "seed": 0, **runtime}))
+    return cfg
+
+
+def test_an_explicit_amp_refuses_finished_runs_of_another_precision(tmp_path):
+    """--amp is resume-free (a study accumulates over machines with and without bf16), so a bf16
+    study must not silently count a float32 run: asked explicitly, the precision is checked."""
+    cfg = _finished_run(tmp_path / "a", "auto", "float32")
+    result = sweep.finished_result(tmp_path / "a", cfg)
+    sweep.check_precision(result, cfg, "auto")
+    sweep.check_precision(result, cfg, "off")
+    with pytest.raises(ValueError, match="compute dtype float32, but --amp bf16 asks for bfloat16"):
+        sweep.check_precision(result, cfg, "bf16")
+    with pytest.raises(ValueError, match=r"\(not recorded\)"):
+        sweep.check_precision({"completed": True}, cfg, "off")
+    # through the CLI: refused before anything trains, the finished run untouched
+    folder = tmp_path / "study" / "runs" / "rigl-plain-s0.9-seed0"
+    _finished_run(folder, "bf16", "float32")
+    before = (folder / "metrics.json").read_bytes()
+    with pytest.raises(ValueError, match="give this precision its own --study"):
+        sweep.main(["--protocol", "cpu-smoke", "--methods", "rigl", "--sparsities", "0.9", "--seeds", "0",
+                    "--amp", "bf16", "--device", "cpu", "--results", str(tmp_path), "--study", "study",
+                    "--no-progress"])
+    assert (folder / "metrics.json").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [
+        "config.json", "metrics.json"]
 
 
 def test_paired_differences_are_per_seed_against_rigl():
