@@ -71,11 +71,9 @@ def _sparsity_of(state: dict, names: list[str]) -> float:
 
 
 def runtime_of(trainer) -> dict:
-    """Host and resolved speed options of the trainer.  ``compute_dtype`` is the dtype of the
-    forward pass's matrix products: "bfloat16" under autocast, else the parameters' dtype; so
-    ``--amp auto`` is recorded as what it chose on this machine."""
-    dtype = trainer.net.autocast_dtype or trainer.cfg.torch_dtype
-    return {**describe_host(trainer.device), "compute_dtype": str(dtype).removeprefix("torch."),
+    """Host and resolved speed options of the trainer that evaluates the run, with
+    ``compute_dtype`` (:attr:`Trainer.compute_dtype`): so ``--amp auto`` is recorded as what it chose."""
+    return {**describe_host(trainer.device), "compute_dtype": trainer.compute_dtype,
             "channels_last": trainer.cfg.speed_options(trainer.device)["channels_last"],
             "compile": trainer.cfg.compile}
 

@@ -394,7 +394,7 @@ class Trainer:
                                          "train_data_loss": self.epoch_data_loss,
                                          "train_regulariser": mean_loss - self.epoch_data_loss,
                                          "seconds": time.perf_counter() - start,
-                                         "density": self.net.mask.density})
+                                         "density": self.net.mask.density, "compute_dtype": self.compute_dtype})
                     self.save_checkpoint()
                     if interrupted:
                         raise KeyboardInterrupt(f"interrupted; checkpoint saved at epoch {self.epoch}")
@@ -405,6 +405,13 @@ class Trainer:
     @property
     def finished_training(self) -> bool:
         return self.epoch >= self.cfg.epochs
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype of the forward pass's matrix products: "bfloat16" under autocast, else the
+        parameters' dtype ("float32", "float64").  Recorded per epoch in ``history`` and in
+        metrics.json → runtime, so a run resumed on a machine with another precision shows it."""
+        return str(self.net.autocast_dtype or self.cfg.torch_dtype).removeprefix("torch.")
 
 
 def _main_thread() -> bool:

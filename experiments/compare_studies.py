@@ -9,15 +9,15 @@ seed.  Each such pair is two trainings from the same seed, so its difference B �
 of the changed setting plus the chaos that any change of floating-point summation order sets off.
 The yardstick is the **seed noise** of study A: the standard deviation (ddof 1) of a metric over
 A's seeds for that method, sparsity and predictor.  A setting leaves a metric *within seed
-noise* when the mean paired difference is no larger than that standard deviation, i.e. changing
-the setting moves the metric less than changing the seed does.
+noise* when the mean paired difference is no larger than that standard deviation: a threshold on
+the size of the shift (at most one seed SD), not a significance test.
 
 Output in ``--out`` (default ``B/vs-<A's name>``):
 
   paired.csv      one row per pair: both runs' accuracy, ECE, NLL, their difference, compute dtypes
   comparison.md   per method, sparsity and predictor: mean ± std of the paired differences against
                   A's seed noise, and the verdict
-  comparison.png  B against A for accuracy, ECE and NLL, one point per pair, with the diagonal
+  comparison.png  each pair's Δ for accuracy, ECE and NLL, the mean Δ and the band ±1 seed SD of A
 """
 
 from __future__ import annotations
@@ -31,32 +31,54 @@ import numpy as np
 
 from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_csv
 
+from . import sweep
 from .cli import ArgumentParser, run_cli
-from .sweep import study_rows
 
 METRICS = ("accuracy", "ece", "nll")
 PAIR_KEY = ("method", "engine", "sparsity", "seed", "predictor")
+GROUP_KEY = ("method", "engine", "sparsity", "predictor")
 # accuracy and ECE are shown in percentage points, NLL in nats
 SCALE = {"accuracy": 100.0, "ece": 100.0, "nll": 1.0}
 UNIT = {"accuracy": "pp", "ece": "pp", "nll": "nats"}
+DIGITS = {"accuracy": 2, "ece": 2, "nll": 3}
+NAME = {"accuracy": "accuracy", "ece": "ECE", "nll": "NLL"}
 
 
 def study_runs(study: Path) -> list[dict]:
-    """Rows of every finished run of ``study`` (both engines), as :func:`experiments.sweep.study_rows`."""
-    if not (study / "runs").is_dir():
+    """One row per predictor variant of every finished run of ``study`` (both engines; the rows of
+    :func:`experiments.sweep.rows_of`, with ``compute_dtype``, the run's ``folder`` and its
+    ``test_fingerprint``).  A run whose metrics.json lacks a metric is named in the error."""
+    if not study.is_dir() or not (study / "runs").is_dir():
         raise FileNotFoundError(f"{study} is not a sweep study: it has no runs/ folder")
-    return [*study_rows(study / "runs", "plain"), *study_rows(study / "runs", "svi")]
+    rows = []
+    for engine in ("plain", "svi"):
+        for folder, result in sweep.finished_runs(study / "runs", engine):
+            try:
+                variants = sweep.rows_of(result, sweep.RUN_NAME.match(folder.name)["method"], engine)
+                for row in variants:
+                    for m in METRICS:
+                        row[m] = float(row[m])
+            except (KeyError, TypeError) as err:
+                raise ValueError(f"{folder}/metrics.json has no usable {err} for its predictors") from None
+            extra = {"compute_dtype": sweep.precision_of(folder, result), "folder": folder.name,
+                     "test_fingerprint": result.get("test_fingerprint")}
+            rows += [{**row, **extra} for row in variants]
+    return rows
 
 
 def pair_runs(a_rows: list[dict], b_rows: list[dict]) -> list[dict]:
     """One row per (method, engine, sparsity, seed, predictor) present in both studies: A's and B's
-    metrics and their difference ``delta_<metric>`` = B − A."""
+    metrics and their difference ``delta_<metric>`` = B − A.  Runs scored on different test
+    images (their ``test_fingerprint`` differs) cannot be paired and are refused."""
     b_index = {tuple(r[k] for k in PAIR_KEY): r for r in b_rows}
     pairs = []
     for a in a_rows:
         b = b_index.get(tuple(a[k] for k in PAIR_KEY))
         if b is None:
             continue
+        if a.get("test_fingerprint") and b.get("test_fingerprint") and a["test_fingerprint"] != b["test_fingerprint"]:
+            raise ValueError(f"runs {a.get('folder')} of the two studies were scored on different test images "
+                             "(test_fingerprint differs): compare studies of the same protocol and test set")
         row = {k: a[k] for k in PAIR_KEY}
         row.update({"a_compute_dtype": a.get("compute_dtype"), "b_compute_dtype": b.get("compute_dtype")})
         for m in METRICS:
@@ -72,24 +94,27 @@ def _std(values: list[float]) -> float:
 def noise_summary(pairs: list[dict], a_rows: list[dict]) -> list[dict]:
     """Per (method, engine, sparsity, predictor): the paired differences' mean and std, study A's
     seed standard deviation of each metric (over all of A's seeds of that group, paired or not),
-    and ``within_noise_<metric>``: |mean difference| ≤ A's seed std (None with fewer than 2 seeds)."""
-    group = ("method", "engine", "sparsity", "predictor")
+    and ``within_noise_<metric>``: |mean difference| ≤ A's seed std.  It is None where that cannot
+    be judged: fewer than 2 seeds of A, or a non-finite metric (a diverged run) in the group."""
     seeds_of_a: dict[tuple, list[dict]] = defaultdict(list)
     for r in a_rows:
-        seeds_of_a[tuple(r[k] for k in group)].append(r)
+        seeds_of_a[tuple(r[k] for k in GROUP_KEY)].append(r)
     by_group: dict[tuple, list[dict]] = defaultdict(list)
     for p in pairs:
-        by_group[tuple(p[k] for k in group)].append(p)
+        by_group[tuple(p[k] for k in GROUP_KEY)].append(p)
     summary = []
-    for key, ps in sorted(by_group.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][3])):
-        entry = dict(zip(group, key, strict=True))
+    for key, ps in sorted(by_group.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1], kv[0][3])):
+        entry = dict(zip(GROUP_KEY, key, strict=True))
         entry.update({"pairs": len(ps), "seeds_a": len(seeds_of_a[key])})
         for m in METRICS:
             deltas = [p[f"delta_{m}"] for p in ps]
-            noise = _std([r[m] for r in seeds_of_a[key]])
+            seed_values = [r[m] for r in seeds_of_a[key]]
+            noise = _std(seed_values)
             mean = float(np.mean(deltas))
+            finite = all(math.isfinite(v) for v in [*deltas, *seed_values])
             entry.update({f"delta_{m}_mean": mean, f"delta_{m}_std": _std(deltas), f"seed_std_{m}": noise,
-                          f"within_noise_{m}": None if math.isnan(noise) else bool(abs(mean) <= noise)})
+                          f"finite_{m}": finite,
+                          f"within_noise_{m}": bool(abs(mean) <= noise) if finite and len(seed_values) > 1 else None})
         summary.append(entry)
     return summary
 
@@ -99,53 +124,78 @@ def _pm(mean: float, std: float, scale: float, digits: int) -> str:
     return text if math.isnan(std) else f"{text} ± {std * scale:.{digits}f}"
 
 
-def comparison_table(summary: list[dict], a_name: str, b_name: str) -> str:
-    digits = {"accuracy": 2, "ece": 2, "nll": 3}
-    head = " | ".join(f"Δ {m} ({UNIT[m]}) | seed std of A" for m in METRICS)
+def _verdict(e: dict) -> str:
+    if not all(e[f"finite_{m}"] for m in METRICS):
+        return "– (a metric is not finite: " + ", ".join(NAME[m] for m in METRICS if not e[f"finite_{m}"]) + ")"
+    if e["seeds_a"] < 2:
+        return "– (1 seed of A: no seed SD)"
+    outside = [m for m in METRICS if not e[f"within_noise_{m}"]]
+    return "**within**" if not outside else "outside: " + ", ".join(NAME[m] for m in outside)
+
+
+def comparison_table(summary: list[dict], a_name: str, b_name: str, notes: list[str] = ()) -> str:
+    head = " | ".join(f"Δ {NAME[m]} ({UNIT[m]}) | seed SD of A, {NAME[m]}" for m in METRICS)
     lines = [f"# {b_name} against {a_name}", "",
              f"Paired runs (same method, engine, sparsity, seed, predictor); Δ = {b_name} − {a_name}, mean ± std "
-             f"over the pairs.  *Seed std of A*: the standard deviation over {a_name}'s seeds.  Verdict: "
-             "**within** when |mean Δ| ≤ that std for accuracy, ECE and NLL alike, else the metrics outside it.",
-             "", f"| method | sparsity | predictor | pairs | {head} | verdict |",
-             "|---|---|---|---|" + "---|---|" * len(METRICS) + "---|"]
+             f"over the pairs (for ECE and NLL, Δ < 0 means {b_name} is better).  *Seed SD of A*: the standard "
+             f"deviation over {a_name}'s seeds.  Verdict: **within** when |mean Δ| ≤ one seed SD for accuracy, ECE "
+             "and NLL alike — the setting shifts the metric less than one seed SD — else the metrics outside it.  "
+             "A threshold on the size of the shift, not a significance test: with 2–3 seeds the SD itself is "
+             "uncertain by about ±50%.", ""]
+    lines += [f"* {n}" for n in notes]
+    lines += ["", f"| method | engine | sparsity | predictor | pairs | {head} | verdict |",
+              "|---|---|---|---|---|" + "---|---|" * len(METRICS) + "---|"]
     for e in summary:
         cells = []
         for m in METRICS:
-            cells += [_pm(e[f"delta_{m}_mean"], e[f"delta_{m}_std"], SCALE[m], digits[m]),
-                      "–" if math.isnan(e[f"seed_std_{m}"]) else f"{e[f'seed_std_{m}'] * SCALE[m]:.{digits[m]}f}"]
-        verdicts = [e[f"within_noise_{m}"] for m in METRICS]
-        if any(v is None for v in verdicts):
-            verdict = f"– ({e['seeds_a']} seed of A: no noise estimate)"
-        elif all(verdicts):
-            verdict = "**within**"
-        else:
-            verdict = "outside: " + ", ".join(m for m, v in zip(METRICS, verdicts, strict=True) if not v)
-        lines.append(f"| {e['method']} | {e['sparsity']:g} | {e['predictor']} | {e['pairs']} | "
-                     + " | ".join(cells) + f" | {verdict} |")
+            noise = e[f"seed_std_{m}"]
+            cells += [_pm(e[f"delta_{m}_mean"], e[f"delta_{m}_std"], SCALE[m], DIGITS[m]),
+                      "–" if math.isnan(noise) else f"{noise * SCALE[m]:.{DIGITS[m]}f}"]
+        lines.append(f"| {e['method']} | {e['engine']} | {e['sparsity']:g} | {e['predictor']} | {e['pairs']} | "
+                     + " | ".join(cells) + f" | {_verdict(e)} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_pairs(pairs: list[dict], a_name: str, b_name: str, path: Path) -> None:
+def plot_pairs(pairs: list[dict], summary: list[dict], a_name: str, b_name: str, path: Path) -> None:
+    """Each pair's Δ = B − A per group, the mean Δ, and the band ±1 seed SD of A: a mean inside the
+    band is the verdict *within*."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 4))
-    series = sorted({(p["method"], p["sparsity"], p["predictor"]) for p in pairs})
-    for ax, m in zip(axes, METRICS, strict=True):
-        for method, sparsity, predictor in series:
-            ps = [p for p in pairs if (p["method"], p["sparsity"], p["predictor"]) == (method, sparsity, predictor)]
-            ax.scatter([p[f"a_{m}"] * SCALE[m] for p in ps], [p[f"b_{m}"] * SCALE[m] for p in ps], s=25,
-                       label=f"{method} s={sparsity:g} ({predictor})")
-        values = [p[f"{side}_{m}"] * SCALE[m] for p in pairs for side in "ab"]
-        lo, hi = min(values), max(values)
-        pad = 0.05 * (hi - lo or 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=0.8, label="B = A")
-        unit = {"pp": "%", "nats": "nats"}[UNIT[m]]
-        ax.set_xlabel(f"{m} of {a_name} ({unit})")
-        ax.set_ylabel(f"{m} of {b_name} ({unit})")
-        ax.set_title(f"test {m}: one point per seed")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Same seeds, one setting changed: {b_name} against {a_name}")
+    labels = [f"{e['method']} ({e['engine']}, s={e['sparsity']:g})\n{e['predictor']}" for e in summary]
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(1.2 + 1.6 * len(summary) * len(METRICS), 4.2), squeeze=False)
+    for ax, m in zip(axes[0], METRICS, strict=True):
+        for i, e in enumerate(summary):
+            noise = e[f"seed_std_{m}"] * SCALE[m]
+            if math.isfinite(noise):
+                ax.add_patch(plt.Rectangle((i - 0.3, -noise), 0.6, 2 * noise, color="tab:green", alpha=0.2,
+                                           label="±1 seed SD of A" if i == 0 else None))
+            ds = [p[f"delta_{m}"] * SCALE[m] for p in pairs if all(p[k] == e[k] for k in GROUP_KEY)]
+            ax.scatter([i] * len(ds), ds, s=18, color="tab:blue", label="one pair (same seed)" if i == 0 else None)
+            ax.scatter([i], [e[f"delta_{m}_mean"] * SCALE[m]], marker="_", s=400, color="black",
+                       label="mean Δ" if i == 0 else None)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(summary)), labels, fontsize=7)
+        ax.set_xlim(-0.6, len(summary) - 0.4)
+        ax.set_ylabel(f"Δ test {NAME[m]} = B − A ({UNIT[m]})")
+        ax.set_title(f"test {NAME[m]}")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Same seeds, one setting changed: B = {b_name}, A = {a_name}", fontsize=10)
+    fig.tight_layout()
     atomic_save_figure(fig, path)
+
+
+def _display_names(a_dir: Path, b_dir: Path) -> tuple[str, str]:
+    a, b = a_dir.resolve(), b_dir.resolve()
+    if a.name != b.name:
+        return a.name, b.name
+    return f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}"
+
+
+def _precisions(rows: list[dict]) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for r in {r["folder"]: r for r in rows}.values():
+        counts[r.get("compute_dtype") or "not recorded"] += 1
+    return ", ".join(f"{dtype} ({n} runs)" for dtype, n in sorted(counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,17 +206,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: STUDY_B/vs-<STUDY_A's name>)")
     args = p.parse_args(argv)
     a_dir, b_dir = Path(args.study_a), Path(args.study_b)
+    if a_dir.resolve() == b_dir.resolve():
+        raise ValueError(f"{a_dir} is compared with itself; give two different studies")
     a_rows, b_rows = study_runs(a_dir), study_runs(b_dir)
     pairs = pair_runs(a_rows, b_rows)
     if not pairs:
         raise ValueError(f"no finished run of {a_dir} has a partner (same method, engine, sparsity, seed) in {b_dir}")
-    out = Path(args.out) if args.out else b_dir / f"vs-{a_dir.name}"
+    a_name, b_name = _display_names(a_dir, b_dir)
+    out = Path(args.out) if args.out else b_dir / f"vs-{a_dir.resolve().name}"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    keys = {tuple(p[k] for k in PAIR_KEY) for p in pairs}
+    unpaired = {side: sorted({r["folder"] for r in rows if tuple(r[k] for k in PAIR_KEY) not in keys})
+                for side, rows in (("A", a_rows), ("B", b_rows))}
+    notes = [f"A = {a_dir} ran in {_precisions(a_rows)}; B = {b_dir} ran in {_precisions(b_rows)}."]
+    notes += [f"Runs of {side} without a partner, left out: {', '.join(names)}."
+              for side, names in unpaired.items() if names]
     out.mkdir(parents=True, exist_ok=True)
     summary = noise_summary(pairs, a_rows)
-    table = comparison_table(summary, a_dir.name, b_dir.name)
+    table = comparison_table(summary, a_name, b_name, notes)
     atomic_write_csv(pairs, out / "paired.csv")
     atomic_write_bytes(table.encode(), out / "comparison.md")
-    plot_pairs(pairs, a_dir.name, b_dir.name, out / "comparison.png")
+    plot_pairs(pairs, summary, a_name, b_name, out / "comparison.png")
     print(table)
     print(f"results: {out}")
     return 0

@@ -132,8 +132,7 @@ def rows_of(result: dict, method: str, engine: str, keep: float | None = None) -
     rigl also its temperature-scaled output (``rigl+ts``).  Each row holds the test metrics,
     ``overconfidence`` = mean top-class confidence − accuracy (> 0: over-confident), the same
     predictor's validation metrics (``val_*``), the last epoch's mean training NLL
-    (``train_nll``: how far the network fits its training data), the keep probability of Z and
-    the dtype its matrix products ran in (``compute_dtype``: "bfloat16" under autocast)."""
+    (``train_nll``: how far the network fits its training data) and the keep probability of Z."""
     out = result["output_predictor"]
     variants = [(method, out)]
     if method == "rigl" and "temperature_scaled" in result["test"]:
@@ -148,7 +147,6 @@ def rows_of(result: dict, method: str, engine: str, keep: float | None = None) -
         val = (result.get("val") or {}).get(pred, {})
         row.update({f"val_{k}": val.get(k) for k in VAL_KEYS})
         row["train_nll"] = history[-1].get("train_data_loss")
-        row["compute_dtype"] = (result.get("runtime") or {}).get("compute_dtype")  # None: not recorded
         rows.append(row)
     return rows
 
@@ -276,26 +274,25 @@ def finished_result(folder: Path, cfg: TrainConfig) -> dict | None:
     return result if result.get("completed") and same else None
 
 
-def check_precision(result: dict | None, cfg: TrainConfig, amp: str) -> None:
-    """Refuse a finished run whose matrix products ran in another dtype than an explicit ``--amp``
-    asks for.  ``amp`` is resume-free (``--amp auto`` lets a study accumulate over machines with and
-    without bf16), so without this check a bf16 study could silently reuse float32 runs."""
-    if result is None or amp == "auto":
-        return
-    wanted = "bfloat16" if amp == "bf16" else cfg.dtype
-    ran = (result.get("runtime") or {}).get("compute_dtype")
-    if ran != wanted:
-        raise ValueError(f"run {cfg.method} s={cfg.sparsity:g} seed {cfg.seed} finished with compute dtype "
-                         f"{ran or '(not recorded)'}, but --amp {amp} asks for {wanted}; give this precision "
-                         "its own --study")
-
-
 RUN_NAME = re.compile(r"^(?P<method>.+)-(?P<engine>plain|svi)-s(?P<sparsity>[0-9.]+)-seed(?P<seed>\d+)$")
 
 
-def study_rows(runs_root: Path, engine: str) -> list[dict]:
-    """Rows of every finished run of ``engine`` under ``runs_root`` (folder names from :func:`run_dir`)."""
-    rows = []
+def check_precision(folder: Path, result: dict | None, dtype: str, amp: str) -> None:
+    """Refuse a finished run whose matrix products ran (in any epoch, or in its evaluation) in
+    another dtype than an explicit ``--amp`` asks for.  ``amp`` is resume-free (``--amp auto`` lets a
+    study accumulate over machines with and without bf16), so without this check a bf16 study
+    could silently count float32 runs.  ``dtype``: the parameters' dtype (what ``--amp off`` means)."""
+    if result is None or amp == "auto":
+        return
+    wanted = "bfloat16" if amp == "bf16" else dtype
+    ran = precision_of(folder, result)
+    if ran != wanted:
+        raise ValueError(f"run {folder.name} ran in {ran or 'a precision it did not record (--amp auto)'}, "
+                         f"but --amp {amp} asks for {wanted}; give this precision its own --study, or use --amp auto")
+
+
+def finished_runs(runs_root: Path, engine: str):
+    """(folder, metrics) of every finished run of ``engine`` under ``runs_root``."""
     for folder in sorted(runs_root.glob("*")) if runs_root.is_dir() else []:
         match = RUN_NAME.match(folder.name)
         if not match or match["engine"] != engine:
@@ -305,8 +302,36 @@ def study_rows(runs_root: Path, engine: str) -> list[dict]:
         except (OSError, ValueError):
             continue
         if result.get("completed"):
-            rows += rows_of(result, match["method"], engine, keep=_keep_of(folder))
+            yield folder, result
+
+
+def study_rows(runs_root: Path, engine: str) -> list[dict]:
+    """Rows of every finished run of ``engine`` under ``runs_root`` (folder names from :func:`run_dir`),
+    each with the dtype its matrix products ran in (``compute_dtype``, :func:`precision_of`)."""
+    rows = []
+    for folder, result in finished_runs(runs_root, engine):
+        method = RUN_NAME.match(folder.name)["method"]
+        precision = precision_of(folder, result)
+        rows += [{**row, "compute_dtype": precision} for row in rows_of(result, method, engine, keep=_keep_of(folder))]
     return rows
+
+
+def precision_of(folder: Path, result: dict) -> str | None:
+    """The dtype(s) a finished run's matrix products ran in, joined by "+" when they changed (a run
+    resumed on a machine with another precision): from each epoch's ``compute_dtype`` in
+    ``history`` and metrics.json → ``runtime`` (the evaluation).  Runs from before those records
+    fall back to their config.json's explicit ``amp`` ("bf16" or "off"); None where only ``auto``
+    is known, whose choice depended on the machine."""
+    seen = {h["compute_dtype"] for h in result.get("history") or [] if h.get("compute_dtype")}
+    if (result.get("runtime") or {}).get("compute_dtype"):
+        seen.add(result["runtime"]["compute_dtype"])
+    if seen:
+        return "+".join(sorted(seen))
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {"bf16": "bfloat16", "off": saved.get("dtype", "float32")}.get(saved.get("amp"))
 
 
 def _keep_of(folder: Path) -> float | None:
@@ -700,8 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
-                   help="bf16 autocast (auto: where the hardware has bf16 matrix instructions).  bf16 or off "
-                        "also checks that the study's finished runs ran so; give each precision its own --study")
+                   help="bf16 autocast (auto: where the hardware has bf16 matrix instructions; elsewhere bf16 is "
+                        "emulated and many times slower).  bf16 or off also checks that every finished run of "
+                        "the study ran so; give each precision its own --study")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto")
     add_host_allocator_argument(p)
     p.add_argument("--posterior", choices=["auto", "on", "off"], default="auto",
@@ -735,13 +761,15 @@ def main(argv: list[str] | None = None) -> int:
     apply_host_allocator(args)
     root = Path(args.results) / (args.study or args.protocol)
     runs_root = root / "runs"
-    for method, sparsity, seed, cfg in configs:  # before any training: a finished run of another precision
-        check_precision(finished_result(run_dir(runs_root, method, sparsity, seed, args.engine), cfg), cfg, args.amp)
+    dtype = configs[0][3].dtype
+    for folder, result in finished_runs(runs_root, args.engine):  # before any training: every run the tables read
+        check_precision(folder, result, dtype, args.amp)
     for method, sparsity, seed, cfg in tqdm(configs, desc=f"sweep {root.name}", unit="run",
                                             disable=not args.progress):
         folder = run_dir(runs_root, method, sparsity, seed, args.engine)
         if finished_result(folder, cfg) is None:
-            run(cfg, folder, progress=args.progress)
+            result = run(cfg, folder, progress=args.progress)
+            check_precision(folder, result, dtype, args.amp)  # a resumed run may have started in another one
         if posterior_options is not None and (cfg.method_config.wma or cfg.method_config.snapshots):
             posterior_of(folder, [*posterior_options, "--device", args.device], args.progress)
         # after every run, over every finished run of the study (earlier invocations and machines too)

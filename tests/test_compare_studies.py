@@ -10,18 +10,20 @@ import sys
 import pytest
 
 from experiments import compare_studies
+from experiments.cli import USER_ERRORS
 
 
-def _study(root, accuracies: dict[int, float], compute_dtype: str, ece: float = 0.03, nll: float = 0.6):
+def _study(root, accuracies: dict[int, float], compute_dtype: str, ece: float = 0.03, nll: float = 0.6,
+           engine: str = "plain", fingerprint: str = "test-set-1"):
     """A sweep study with one finished rigl run per seed (only the small files a study keeps)."""
     for seed, accuracy in accuracies.items():
-        folder = root / "runs" / f"rigl-plain-s0.95-seed{seed}"
+        folder = root / "runs" / f"rigl-{engine}-s0.95-seed{seed}"
         folder.mkdir(parents=True)
         test = {"accuracy": accuracy, "ece": ece + 0.01 * seed, "nll": nll + 0.1 * seed, "brier": 0.3,
                 "confidence": accuracy + 0.02}
         (folder / "metrics.json").write_text(json.dumps({
             "completed": True, "output_predictor": "final", "sparsity_target": 0.95, "seed": seed,
-            "test": {"final": test}, "history": [{"train_data_loss": 0.5}],
+            "test": {"final": test}, "history": [{"train_data_loss": 0.5}], "test_fingerprint": fingerprint,
             "runtime": {"compute_dtype": compute_dtype}}))
     return root
 
@@ -39,7 +41,9 @@ def test_runs_are_paired_by_seed_and_judged_against_the_seed_noise_of_a(tmp_path
     assert {pairs[k]["a_compute_dtype"] for k in pairs} == {"float32"}
     assert {pairs[k]["b_compute_dtype"] for k in pairs} == {"bfloat16"}
     table = (out / "comparison.md").read_text()
-    assert "| rigl | 0.95 | final | 3 | +0.30 ± 0.20 | 2.00 |" in table and "**within** |" in table
+    assert "| rigl | plain | 0.95 | final | 3 | +0.30 ± 0.20 | 2.00 |" in table and "**within** |" in table
+    assert "ran in float32 (3 runs)" in table and "ran in bfloat16 (4 runs)" in table
+    assert "Runs of B without a partner, left out: rigl-plain-s0.95-seed7." in table
     assert (out / "comparison.png").stat().st_size > 0
 
 
@@ -70,3 +74,49 @@ def test_studies_without_common_runs_are_refused_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.compare_studies", str(a), str(tmp_path / "nowhere")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no runs/ folder" in proc.stderr
+
+
+def test_engines_stay_apart_and_a_diverged_run_is_not_judged(tmp_path):
+    a = _study(tmp_path / "a", {0: 0.70, 1: 0.72}, "float32")
+    _study(tmp_path / "a", {0: 0.60, 1: 0.64}, "float32", engine="svi")
+    b = _study(tmp_path / "b", {0: 0.70, 1: 0.72}, "float32")
+    _study(tmp_path / "b", {0: 0.70, 1: 0.74}, "float32", engine="svi")  # svi moved by +10 points
+    summary = compare_studies.noise_summary(compare_studies.pair_runs(compare_studies.study_runs(a),
+                                                                       compare_studies.study_runs(b)),
+                                            compare_studies.study_runs(a))
+    table = compare_studies.comparison_table(summary, "a", "b")
+    assert "| rigl | plain | 0.95 | final | 2 | +0.00 ± 0.00 |" in table
+    assert "| rigl | svi | 0.95 | final | 2 | +10.00 ± 0.00 |" in table
+    metrics = tmp_path / "b" / "runs" / "rigl-plain-s0.95-seed1" / "metrics.json"
+    stored = json.loads(metrics.read_text())
+    stored["test"]["final"]["nll"] = float("nan")
+    metrics.write_text(json.dumps(stored))
+    summary = compare_studies.noise_summary(compare_studies.pair_runs(compare_studies.study_runs(a),
+                                                                       compare_studies.study_runs(b)),
+                                            compare_studies.study_runs(a))
+    plain = next(e for e in summary if e["engine"] == "plain")
+    assert plain["within_noise_nll"] is None and plain["within_noise_accuracy"] is True
+    assert "– (a metric is not finite: NLL)" in compare_studies.comparison_table(summary, "a", "b")
+
+
+@pytest.mark.parametrize("case", ["itself", "other-test-set", "missing-metric", "out-is-a-file"])
+def test_bad_comparisons_are_refused_before_anything_is_written(tmp_path, case):
+    a = _study(tmp_path / "a", {0: 0.7, 1: 0.72}, "float32")
+    b = _study(tmp_path / "b", {0: 0.7, 1: 0.72}, "float32", fingerprint="test-set-2" if case == "other-test-set"
+               else "test-set-1")
+    args, expected = [str(a), str(b)], {"itself": "compared with itself", "other-test-set": "different test images",
+                                        "missing-metric": "rigl-plain-s0.95-seed1/metrics.json has no usable",
+                                        "out-is-a-file": "is a file"}[case]
+    if case == "itself":
+        args = [str(a), str(tmp_path / "a" / ".." / "a")]
+    if case == "missing-metric":
+        metrics = b / "runs" / "rigl-plain-s0.95-seed1" / "metrics.json"
+        stored = json.loads(metrics.read_text())
+        del stored["test"]["final"]["nll"]
+        metrics.write_text(json.dumps(stored))
+    if case == "out-is-a-file":
+        (tmp_path / "file").write_text("x")
+        args += ["--out", str(tmp_path / "file")]
+    with pytest.raises(USER_ERRORS, match=expected):  # the CLI reports these in one line, exit status 2
+        compare_studies.main(args)
+    assert not (b / "vs-a").exists()

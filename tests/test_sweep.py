@@ -83,41 +83,57 @@ def test_a_run_finished_elsewhere_is_read_from_its_small_files(tmp_path):
     assert sweep.finished_result(tmp_path, cfg) is None
 
 
-def _finished_run(folder, amp: str, compute_dtype: str | None):
-    """A run folder as a finished cpu-smoke sweep cell (rigl, 0.9, seed 0) leaves it: config.json as
-    the sweep builds it with ``--amp amp``, metrics.json saying its products ran in ``compute_dtype``."""
+def _finished_run(folder, amp: str, epochs_in: list[str], evaluated_in: str | None, method: str = "rigl"):
+    """A run folder as a finished cpu-smoke sweep cell (``method``, 0.9, seed 0) leaves it: config.json
+    as the sweep builds it with ``--amp amp``; metrics.json saying in which dtype each epoch's and
+    the evaluation's matrix products ran (an empty list / None: a run from before those records)."""
     from cigl_bayes.config import TrainConfig
 
     cfg = TrainConfig(**dict(sweep.PROTOCOLS["cpu-smoke"]["config"], device="cpu", data_dir=None, amp=amp,
-                             channels_last="auto"), method="rigl", engine="plain", sparsity=0.9, seed=0)
+                             channels_last="auto"), method=method, engine="plain", sparsity=0.9, seed=0)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(cfg.resolved(n_train=4500).to_dict()))
-    runtime = {} if compute_dtype is None else {"runtime": {"compute_dtype": compute_dtype}}
-    (folder / "metrics.json").write_text(json.dumps({"completed": True, "n_train": 4500, "seed": 0, **runtime}))
-    return cfg
+    result = {"completed": True, "n_train": 4500, "seed": 0,
+              "history": [{"epoch": k + 1, **({"compute_dtype": d} if d else {})} for k, d in enumerate(epochs_in)]}
+    if evaluated_in:
+        result["runtime"] = {"compute_dtype": evaluated_in}
+    (folder / "metrics.json").write_text(json.dumps(result))
+    return cfg, result
 
 
 def test_an_explicit_amp_refuses_finished_runs_of_another_precision(tmp_path):
     """--amp is resume-free (a study accumulates over machines with and without bf16), so a bf16
-    study must not silently count a float32 run: asked explicitly, the precision is checked."""
-    cfg = _finished_run(tmp_path / "a", "auto", "float32")
-    result = sweep.finished_result(tmp_path / "a", cfg)
-    sweep.check_precision(result, cfg, "auto")
-    sweep.check_precision(result, cfg, "off")
-    with pytest.raises(ValueError, match="compute dtype float32, but --amp bf16 asks for bfloat16"):
-        sweep.check_precision(result, cfg, "bf16")
-    with pytest.raises(ValueError, match=r"\(not recorded\)"):
-        sweep.check_precision({"completed": True}, cfg, "off")
-    # through the CLI: refused before anything trains, the finished run untouched
-    folder = tmp_path / "study" / "runs" / "rigl-plain-s0.9-seed0"
-    _finished_run(folder, "bf16", "float32")
-    before = (folder / "metrics.json").read_bytes()
-    with pytest.raises(ValueError, match="give this precision its own --study"):
-        sweep.main(["--protocol", "cpu-smoke", "--methods", "rigl", "--sparsities", "0.9", "--seeds", "0",
+    study must not silently count a float32 run: asked explicitly, the precision is checked, over
+    every epoch (a run resumed on another machine) and the evaluation."""
+    fp32 = tmp_path / "fp32"
+    _, result = _finished_run(fp32, "auto", ["float32"] * 2, "float32")
+    sweep.check_precision(fp32, result, "float32", "auto")
+    sweep.check_precision(fp32, result, "float32", "off")
+    with pytest.raises(ValueError, match="run fp32 ran in float32, but --amp bf16 asks for bfloat16"):
+        sweep.check_precision(fp32, result, "float32", "bf16")
+    mixed = tmp_path / "mixed"  # started in float32, resumed under bf16
+    _, result = _finished_run(mixed, "bf16", ["float32", "bfloat16"], "bfloat16")
+    assert sweep.precision_of(mixed, result) == "bfloat16+float32"
+    with pytest.raises(ValueError, match="ran in bfloat16\\+float32"):
+        sweep.check_precision(mixed, result, "float32", "bf16")
+    old = tmp_path / "old"  # from before the records: an explicit amp in config.json settles it, auto does not
+    _, result = _finished_run(old, "off", [None], None)
+    sweep.check_precision(old, result, "float32", "off")
+    old_auto = tmp_path / "old-auto"
+    _, result = _finished_run(old_auto, "auto", [None], None)
+    with pytest.raises(ValueError, match="did not record"):
+        sweep.check_precision(old_auto, result, "float32", "off")
+    # through the CLI: refused before anything trains, for every run the tables would read (here a
+    # cigl run the invocation does not ask for), and nothing of it touched
+    runs = tmp_path / "study" / "runs"
+    _finished_run(runs / "rigl-plain-s0.9-seed0", "bf16", ["bfloat16"], "bfloat16")
+    _finished_run(runs / "cigl-plain-s0.9-seed0", "auto", ["float32"], "float32", method="cigl")
+    before = {p: p.read_bytes() for p in runs.rglob("*.json")}
+    with pytest.raises(ValueError, match="run cigl-plain-s0.9-seed0 ran in float32.*its own --study"):
+        sweep.main(["--protocol", "cpu-smoke", "--methods", "rigl", "--sparsities", "0.9", "--seeds", "0", "1",
                     "--amp", "bf16", "--device", "cpu", "--results", str(tmp_path), "--study", "study",
                     "--no-progress"])
-    assert (folder / "metrics.json").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "metrics.json"]
+    assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
 
 
 def test_paired_differences_are_per_seed_against_rigl():
