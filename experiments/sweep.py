@@ -169,10 +169,18 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def _cell(entry: dict | None, key: str, scale: float = 100.0) -> str:
+def mean_pm(values, digits: int = 2) -> str:
+    """"mean ± std" (ddof 1) of ``values``; only the value when there is one (no spread to show)."""
+    v = np.asarray(values, dtype=np.float64)
+    return f"{v.mean():.{digits}f}" if len(v) < 2 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def _cell(entry: dict | None, key: str, scale: float = 100.0, digits: int = 2) -> str:
     if entry is None:
         return "–"
-    return f"{entry[f'{key}_mean'] * scale:.2f} ± {entry[f'{key}_std'] * scale:.2f}"
+    if entry.get("seeds", 2) < 2:  # one seed: no ± (a std of 0 would claim no seed noise)
+        return f"{entry[f'{key}_mean'] * scale:.{digits}f}"
+    return f"{entry[f'{key}_mean'] * scale:.{digits}f} ± {entry[f'{key}_std'] * scale:.{digits}f}"
 
 
 def pivot_table(summary: list[dict], key: str, methods: list[str], mark_vs_rigl: bool = False) -> str:
@@ -180,17 +188,25 @@ def pivot_table(summary: list[dict], key: str, methods: list[str], mark_vs_rigl:
     sparsities = sorted({e["sparsity"] for e in summary if e["sparsity"] > 0})
     index = {(e["method"], e["sparsity"]): e for e in summary}
     lines = ["| method | " + " | ".join(f"{s:g}" for s in sparsities) + " |", "|---|" + "---|" * len(sparsities)]
+    most = max((e["seeds"] for e in summary if e["method"] in methods), default=0)
+    fewer = False
     for m in methods:
         cells = []
         for s in sparsities:
             e = index.get((m, s)) or index.get((m, 0.0))
             text = _cell(e, key)
+            if e is not None and e["seeds"] < most:
+                text += f" (n = {e['seeds']})"
+                fewer = True
             rigl = index.get(("rigl", s))
             if mark_vs_rigl and e is not None and rigl is not None and m != "rigl" and e["sparsity"] > 0:
                 cut = 1 - e[f"{key}_mean"] / rigl[f"{key}_mean"] if rigl[f"{key}_mean"] > 0 else 0.0
                 text += f" **({-cut:+.0%})**" if cut >= 0.15 else f" ({-cut:+.0%})"
             cells.append(text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if fewer:
+        lines += ["", f"(n = k): k of the {most} seeds so far; a change versus RigL there compares unequal seed sets "
+                  "(`paired.md` pairs runs by seed)."]
     return "\n".join(lines)
 
 
@@ -351,7 +367,7 @@ def regime_table(summary: list[dict]) -> str:
     for e in sorted(summary, key=lambda e: (e["sparsity"], e["method"])):
         if "overconfidence_mean" not in e:
             continue
-        train = f"{e['train_nll_mean']:.3f} ± {e['train_nll_std']:.3f}" if "train_nll_mean" in e else "–"
+        train = _cell(e, "train_nll", scale=1.0, digits=3) if "train_nll_mean" in e else "–"
         lines.append(f"| {e['method']} | {e['sparsity']:g} | {e['seeds']} | {_cell(e, 'accuracy')} | "
                      f"{_cell(e, 'confidence')} | {_cell(e, 'overconfidence')} | {train} |")
     return "\n".join(lines)
@@ -383,8 +399,7 @@ def keep_choice(rows: list[dict], family: str = "cigl") -> tuple[float | None, s
              "mean ± std over seeds.", "",
              "| keep | sparsity | seeds | val accuracy (%) | val ECE (%) | val NLL |", "|---|---|---|---|---|---|"]
     def stat(rs: list[dict], key: str, scale: float, digits: int) -> str:
-        v = np.array([r[key] for r in rs], dtype=np.float64) * scale
-        return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+        return mean_pm([r[key] * scale for r in rs], digits)
 
     for (k, s), rs in sorted(by_cell.items()):
         lines.append(f"| {k:g} | {s:g} | {len(rs)} | {stat(rs, 'val_accuracy', 100, 2)} | "
@@ -557,8 +572,7 @@ def posterior_table(runs_root: Path) -> str:
     for (method, engine, sparsity, pred), rs in sorted(groups.items(),
                                                        key=lambda kv: (kv[0][:3], order.get(kv[0][3], 9))):
         def stat(key: str, scale: float, digits: int, rs=rs) -> str:
-            v = np.array([r[key] for r in rs], dtype=np.float64) * scale
-            return f"{v.mean():.{digits}f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+            return mean_pm([r[key] * scale for r in rs], digits)
         passes = sorted({r["forward_passes"] for r in rs})
         lines.append(f"| {method} | {engine} | {sparsity:g} | {pred} | {', '.join(str(r['seed']) for r in rs)} | "
                      f"{'/'.join(map(str, passes))} | {stat('accuracy', 100, 2)} | {stat('ece', 100, 2)} | "

@@ -288,3 +288,16 @@ def test_training_curves_pair_each_method_with_rigl_of_the_same_seed(tmp_path):
     out = tmp_path / "curves.png"
     assert sweep.plot_training_curves(curves, 0.95, out) and out.read_bytes()[:4] == b"\x89PNG"
     assert not sweep.plot_training_curves(curves, 0.9, tmp_path / "none.png")
+
+
+def test_tables_show_no_spread_for_one_seed_and_flag_unequal_seed_sets():
+    """A single seed has no seed noise to show (not "± 0.00"), and a method with fewer seeds than
+    RigL is marked, since its change versus RigL then compares unequal seed sets."""
+    summary = [{"method": "rigl", "sparsity": 0.95, "seeds": 2, "ece_mean": 0.0433, "ece_std": 0.0119},
+               {"method": "cigl", "sparsity": 0.95, "seeds": 1, "ece_mean": 0.0225, "ece_std": 0.0}]
+    table = sweep.pivot_table(summary, "ece", ["rigl", "cigl"], mark_vs_rigl=True)
+    assert "| rigl | 4.33 ± 1.19 |" in table and "| cigl | 2.25 (n = 1) **(-48%)** |" in table
+    assert "k of the 2 seeds so far" in table
+    assert sweep.mean_pm([0.5]) == "0.50" and sweep.mean_pm([0.5, 0.7]) == "0.60 ± 0.14"
+    even = sweep.pivot_table([{**summary[1], "seeds": 2}, summary[0]], "ece", ["rigl", "cigl"])
+    assert "(n = " not in even and "seeds so far" not in even
