@@ -72,11 +72,12 @@ class RunAnalysis:
     train_loss: list[float]  # at the epochs the samples were collected
     zw: dict
     test_fingerprint: str | None = None
+    compute_dtype: str = "float32"  # precision of the evaluation (``--amp``)
 
 
 def analyse(run_dir: Path, args) -> RunAnalysis:
     """Every predictor of the run on its test split (weights from ``inference.load_run``), and the Z–W study."""
-    run = load_run(run_dir, data_dir=args.data_dir, device=args.device)
+    run = load_run(run_dir, data_dir=args.data_dir, device=args.device, amp=args.amp)
     if args.bn_batches is not None:
         run.bn_batches = args.bn_batches
     cfg = run.config
@@ -105,7 +106,7 @@ def analyse(run_dir: Path, args) -> RunAnalysis:
     # sample i is collected at the end of epoch T* + i (0-based), i.e. history epoch T* + i + 1
     train_loss = [by_epoch.get(e + 1, float("nan")) for e in run.sample_epochs]
     return RunAnalysis(run_dir, cfg, labels, preds, run.samples, layers, train_loss, zw,
-                       data_lib.fingerprint(run.data().test))
+                       data_lib.fingerprint(run.data().test), run.compute_dtype)
 
 
 def check_same_test_points(analyses: list[RunAnalysis]) -> None:
@@ -250,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bn-batches", type=int, default=None, help="training batches for BN recomputation (all)")
     p.add_argument("--weights", type=int, default=32, help="active weights traced individually in arviz")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
+                   help="precision of every forward pass, BatchNorm recomputation included (default: "
+                        "the run's own --amp; off: float32).  Recorded as compute_dtype in predictors.json")
     p.add_argument("--data-dir", default=None, help="data folder if it moved since training")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
@@ -269,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     for a in analyses:
         for name, pr in a.predictors.items():
             rows.append({"run": a.run_dir.name, "method": a.cfg.method, "sparsity": a.cfg.sparsity, "predictor": name,
-                         **pr.metrics, "forward_passes": pr.forward_passes, "parameters_stored": pr.parameters_stored})
+                         **pr.metrics, "forward_passes": pr.forward_passes, "parameters_stored": pr.parameters_stored,
+                         "compute_dtype": a.compute_dtype})
         zw_rows.append(a.zw)
     atomic_write_json({"predictors": rows, "zw": zw_rows}, out / "predictors.json")
     atomic_write_csv(rows, out / "predictors.csv")
@@ -281,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 
     md = ["# Posterior report", "", f"Runs: {', '.join(str(a.run_dir) for a in analyses)}", "",
           "## Predictors on the test split", "",
-          _table(rows, ["run", "predictor", "accuracy", "ece", "nll", "brier", "forward_passes", "parameters_stored"]),
+          _table(rows, ["run", "predictor", "accuracy", "ece", "nll", "brier", "forward_passes", "parameters_stored",
+                       "compute_dtype"]),
           "", "forward_passes: forward passes per test batch; parameters_stored: numbers kept to predict "
           "(non-zeros of every weight setting kept; SWAG: mean, second moment and K deviations on the support).",
           "Reliability diagrams of the first run: `reliability.png`.", "",

@@ -95,7 +95,7 @@ def predictions(run, images: np.ndarray, draws: int,
 
 def analyse(run_dir: Path, args, built: dict[str, ShiftSets]) -> tuple[dict, ShiftSets]:
     """Every predictor of one run on the clean, corrupted and OOD sets (``built``: sets per data set)."""
-    run = load_run(run_dir, data_dir=args.data_dir, device=args.device)
+    run = load_run(run_dir, data_dir=args.data_dir, device=args.device, amp=args.amp)
     if args.bn_batches is not None:
         run.bn_batches = args.bn_batches
     if run.config.dataset not in built:
@@ -134,6 +134,7 @@ def analyse(run_dir: Path, args, built: dict[str, ShiftSets]) -> tuple[dict, Shi
                                  **metrics.ood_detection(in_scores, out_scores),
                                  "mean_in": float(in_scores.mean()), "mean_out": float(out_scores.mean())})
     report = {"run": str(run_dir), "method": run.config.method, "sparsity": run.config.sparsity,
+              "compute_dtype": run.compute_dtype,
               "images_per_set": len(sets.clean), "ood_images_per_set": args.ood_size,
               "corruptions": list(args.corruptions), "ood_sets": list(args.ood),
               "forward_passes": {n: 1 if d is None else int(d.shape[0]) for n, (_, d) in preds.items()},
@@ -284,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draws", type=int, default=4, help="draws of mc-z and swag (predictive: every sample)")
     p.add_argument("--bn-batches", type=int, default=None, help="training batches for BatchNorm (default: the run's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
+                   help="precision of every forward pass, BatchNorm recomputation included (default: "
+                        "the run's own --amp; off: float32).  Recorded as compute_dtype in shift.json")
     p.add_argument("--data-dir", default=None, help="data folder if it moved since training")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)

@@ -159,6 +159,12 @@ class TrainedRun:
                                final_bn_recomputed=self.config.final_bn_recomputed)
 
     @property
+    def compute_dtype(self) -> str:
+        """The dtype of this loaded run's matrix products ("bfloat16" under autocast), as
+        :attr:`cigl_bayes.train.Trainer.compute_dtype` records it for training."""
+        return str(self.net.autocast_dtype or self.net.sparse_params[0].dtype).removeprefix("torch.")
+
+    @property
     def keep(self) -> float:
         """Keep probability of the mc-z masks: the run's 1 − random-mask rate."""
         return 1.0 - self.config.random_mask_rate
@@ -293,10 +299,18 @@ class TrainedRun:
         return diagnostics.posterior_inference_data([self.samples], layers, train_loss=[loss])
 
 
-def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto") -> TrainedRun:
+def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
+             amp: str | None = None) -> TrainedRun:
     """Read a finished run folder (see docs/api.md): config, network in eval mode with its final
     weights and BatchNorm statistics, mask, WMA mean and the stored samples, checked against the
-    checkpoint.  ``data_dir`` is where the training images are, for BatchNorm recomputation."""
+    checkpoint.  ``data_dir`` is where the training images are, for BatchNorm recomputation.
+
+    ``amp`` is the precision of every forward pass made from the loaded run, BatchNorm
+    recomputation included: None keeps the run's own ``--amp`` (resolved on this machine, as
+    training resolved it on its own), "off" evaluates in float32, "bf16" under bf16 autocast.
+    The precision in use is :attr:`TrainedRun.compute_dtype`."""
+    if amp is not None and amp not in ("auto", "bf16", "off"):
+        raise ValueError(f"amp must be auto, bf16, off or None (the run's own), got {amp!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist")
@@ -312,7 +326,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     if state["epoch"] < cfg.epochs:
         raise RunFolderError(f"run {run_dir} stopped at epoch {state['epoch']} of {cfg.epochs}; resume it first "
                              "(the same training command with the same --out)")
-    cfg = dataclasses.replace(cfg, device=str(dev), data_dir=data_dir or cfg.data_dir)
+    cfg = dataclasses.replace(cfg, device=str(dev), data_dir=data_dir or cfg.data_dir, amp=amp or cfg.amp)
     net = _network(cfg, state["module"], dev)
     net.mask.load_state_dict(state["mask"])
     net.module.load_state_dict(state["module"])

@@ -262,6 +262,9 @@ MUTANTS: list[Mutant] = [
            "experiments/sweep.py", "    if result is None or amp == \"auto\":\n        return\n",
            "    return\n",
            ("tests/test_sweep.py::test_an_explicit_amp_refuses_finished_runs_of_another_precision",)),
+    Mutant("load-run-ignores-amp", "load_run evaluates in the run's own precision whatever amp asks for",
+           "inference/run.py", "amp=amp or cfg.amp)", "amp=cfg.amp)",
+           ("tests/test_api.py::test_load_run_evaluates_in_the_precision_asked_for",)),
 ]
 
 

@@ -48,6 +48,23 @@ def test_load_run_reproduces_the_trainers_predictions(finished, cifar_data_dir):
     assert trained.metrics["test"]["wma"]["accuracy"] == metrics["test"]["wma"]["accuracy"]
 
 
+def test_load_run_evaluates_in_the_precision_asked_for(finished, cifar_data_dir):
+    """``amp`` overrides the run's own precision for every forward pass: None keeps what training
+    used (recorded in metrics.json), "off" is float32, "bf16" autocasts (and changes the numbers)."""
+    out, _, metrics, test = finished
+    as_trained = load_run(out, data_dir=str(cifar_data_dir))
+    assert as_trained.compute_dtype == metrics["runtime"]["compute_dtype"]
+    fp32 = load_run(out, data_dir=str(cifar_data_dir), amp="off")
+    bf16 = load_run(out, data_dir=str(cifar_data_dir), amp="bf16")
+    assert (fp32.compute_dtype, bf16.compute_dtype) == ("float32", "bfloat16")
+    assert fp32.net.autocast_dtype is None and bf16.net.autocast_dtype is torch.bfloat16
+    p32, p16 = (r.predict(test.images[:16], "wma").probs for r in (fp32, bf16))
+    assert p16.dtype == torch.float32 and not torch.equal(p32, p16)
+    torch.testing.assert_close(p16, p32, atol=0.05, rtol=0)  # same weights, rounded products
+    with pytest.raises(ValueError, match="amp must be"):
+        load_run(out, data_dir=str(cifar_data_dir), amp="fp16")
+
+
 def test_predictive_draws_and_uncertainty(finished, cifar_data_dir):
     out, _, _, test = finished
     trained = load_run(out, data_dir=str(cifar_data_dir))
