@@ -308,7 +308,8 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     ``amp`` is the precision of every forward pass made from the loaded run, BatchNorm
     recomputation included: None keeps the run's own ``--amp`` (resolved on this machine, as
     training resolved it on its own), "off" evaluates in float32, "bf16" under bf16 autocast.
-    The precision in use is :attr:`TrainedRun.compute_dtype`."""
+    The precision in use is :attr:`TrainedRun.compute_dtype`.  A ``final`` predictor that keeps the
+    BatchNorm statistics tracked in training (RigL, dense) keeps them from training's precision."""
     if amp is not None and amp not in ("auto", "bf16", "off"):
         raise ValueError(f"amp must be auto, bf16, off or None (the run's own), got {amp!r}")
     run_dir = Path(run_dir)
