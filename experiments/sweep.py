@@ -169,18 +169,23 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return summary
 
 
+def _pm(mean: float, std: float, n: int, digits: int) -> str:
+    """"mean ± std", or only the mean for one seed (a std of 0 would claim no seed noise)."""
+    if n < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def mean_pm(values, digits: int = 2) -> str:
     """"mean ± std" (ddof 1) of ``values``; only the value when there is one (no spread to show)."""
     v = np.asarray(values, dtype=np.float64)
-    return f"{v.mean():.{digits}f}" if len(v) < 2 else f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+    return _pm(v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0, len(v), digits)
 
 
 def _cell(entry: dict | None, key: str, scale: float = 100.0, digits: int = 2) -> str:
     if entry is None:
         return "–"
-    if entry.get("seeds", 2) < 2:  # one seed: no ± (a std of 0 would claim no seed noise)
-        return f"{entry[f'{key}_mean'] * scale:.{digits}f}"
-    return f"{entry[f'{key}_mean'] * scale:.{digits}f} ± {entry[f'{key}_std'] * scale:.{digits}f}"
+    return _pm(entry[f"{key}_mean"] * scale, entry[f"{key}_std"] * scale, entry.get("seeds", 2), digits)
 
 
 def pivot_table(summary: list[dict], key: str, methods: list[str], mark_vs_rigl: bool = False) -> str:

@@ -253,7 +253,7 @@ MUTANTS: list[Mutant] = [
            "return str(self.cfg.torch_dtype)",
            ("tests/test_speed_options.py::test_runs_record_the_precision_their_products_ran_in",)),
     Mutant("one-seed-shows-zero-spread", "a single seed is shown as mean ± 0.00, as if it had no seed noise",
-           "experiments/sweep.py", "    if entry.get(\"seeds\", 2) < 2:", "    if False:",
+           "experiments/sweep.py", "    if n < 2:", "    if False:",
            ("tests/test_sweep.py::test_tables_show_no_spread_for_one_seed_and_flag_unequal_seed_sets",)),
     Mutant("unequal-seeds-unmarked", "a method with fewer seeds than RigL is compared with it unmarked",
            "experiments/sweep.py", "if e is not None and e[\"seeds\"] < most:", "if False:",
