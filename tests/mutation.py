@@ -265,6 +265,13 @@ MUTANTS: list[Mutant] = [
     Mutant("load-run-ignores-amp", "load_run evaluates in the run's own precision whatever amp asks for",
            "inference/run.py", "amp=amp or cfg.amp)", "amp=cfg.amp)",
            ("tests/test_api.py::test_load_run_evaluates_in_the_precision_asked_for",)),
+    Mutant("paired-interval-normal-quantile", "the paired interval uses the normal 1.96 instead of Student's t "
+           "with n − 1 degrees of freedom (far too narrow for 2–3 seeds)",
+           "experiments/sweep.py", "stats.t.ppf(0.975, len(values) - 1)", "1.96",
+           ("tests/test_sweep.py::test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds",)),
+    Mutant("paired-bar-counts-any-gain", "every seed with a lower ECE counts as passing the paper's −15% bar",
+           "experiments/sweep.py", "np.sum(rel <= criterion)", "np.sum(rel < 0)",
+           ("tests/test_sweep.py::test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds",)),
 ]
 
 

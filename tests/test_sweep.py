@@ -145,6 +145,21 @@ def test_paired_differences_are_per_seed_against_rigl():
     assert "| cigl | 0.95 | 1 | +1.00 | +20% | -1.00 |" in table
 
 
+def test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds():
+    rows = [{"method": "rigl", "sparsity": 0.95, "seed": k, "ece": 0.04, "accuracy": 0.80} for k in (0, 1, 2)]
+    # ΔECE −25%, −12.5%, −5% (one seed passes the −15% bar); Δaccuracy +1, +2, +3 points
+    rows += [{"method": "cigl", "sparsity": 0.95, "seed": k, "ece": e, "accuracy": a}
+             for k, e, a in [(0, 0.03, 0.81), (1, 0.035, 0.82), (2, 0.038, 0.83)]]
+    rows += [{"method": "cigl-keep0.99", "sparsity": 0.95, "seed": 0, "ece": 0.02, "accuracy": 0.79},
+             {"method": "cigl-keep0.99", "sparsity": 0.95, "seed": 5, "ece": 0.01, "accuracy": 0.70},  # no RigL 5
+             {"method": "dense", "sparsity": 0.0, "seed": 0, "ece": 0.05, "accuracy": 0.9}]
+    table = sweep.paired_summary(rows)
+    # mean +2, std 1, half-width t(0.975, 2) · 1/√3 = 4.3027 / 1.7321 = 2.484
+    assert "| cigl | 0.95 | 3 | -0.57 ± 0.40 | [-1.57, +0.44] | -14% | 1 of 3 | +2.00 ± 1.00 | [-0.48, +4.48] |" in table
+    assert "| cigl-keep0.99 | 0.95 | 1 | -2.00 | – | -50% | 1 of 1 | -1.00 | – |" in table
+    assert "| rigl |" not in table and "dense" not in table
+
+
 def _row(method, seed, keep, val_nll, accuracy=0.8, confidence=0.85, sparsity=0.95):
     return {"method": method, "engine": "plain", "sparsity": sparsity, "seed": seed, "predictor": "wma",
             "keep": keep, "accuracy": accuracy, "ece": 0.03, "nll": 0.6, "brier": 0.3, "confidence": confidence,
