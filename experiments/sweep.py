@@ -678,7 +678,8 @@ def paired_summary(rows: list[dict], criterion: float = -0.15) -> str:
         if method == "rigl" or rigl is None or sparsity == 0:
             continue
         rel = (r["ece"] - rigl["ece"]) / rigl["ece"] if rigl["ece"] > 0 else float("nan")
-        pairs[(method, sparsity)].append((100 * (r["ece"] - rigl["ece"]), rel, 100 * (r["accuracy"] - rigl["accuracy"])))
+        d_ece, d_acc = 100 * (r["ece"] - rigl["ece"]), 100 * (r["accuracy"] - rigl["accuracy"])
+        pairs[(method, sparsity)].append((d_ece, rel, d_acc))
 
     def interval(values: np.ndarray) -> str:
         if len(values) < 2:

@@ -155,7 +155,8 @@ def test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds():
              {"method": "dense", "sparsity": 0.0, "seed": 0, "ece": 0.05, "accuracy": 0.9}]
     table = sweep.paired_summary(rows)
     # mean +2, std 1, half-width t(0.975, 2) · 1/√3 = 4.3027 / 1.7321 = 2.484
-    assert "| cigl | 0.95 | 3 | -0.57 ± 0.40 | [-1.57, +0.44] | -14% | 1 of 3 | +2.00 ± 1.00 | [-0.48, +4.48] |" in table
+    assert ("| cigl | 0.95 | 3 | -0.57 ± 0.40 | [-1.57, +0.44] | -14% | 1 of 3 | +2.00 ± 1.00 | [-0.48, +4.48] |"
+            in table)
     assert "| cigl-keep0.99 | 0.95 | 1 | -2.00 | – | -50% | 1 of 1 | -1.00 | – |" in table
     assert "| rigl |" not in table and "dense" not in table
 
