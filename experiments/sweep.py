@@ -667,7 +667,8 @@ def paired_summary(rows: list[dict], criterion: float = -0.15) -> str:
     (sample std, ddof 1), and the 95% interval d̄ ± t₀.₉₇₅,ₙ₋₁ · s/√n of a paired t-test (Student's
     t with n − 1 degrees of freedom; none for n = 1).  An interval that contains 0 does not tell
     the method from RigL at that confidence.  The relative ECE change is the mean of the per-seed
-    ratios ΔECE_k / ECE_k(RigL), and "≤ −15%" counts the seeds that pass the paper's bar.
+    ratios ΔECE_k / ECE_k(RigL), and "≤ −15%" counts the seeds that pass the paper's bar; a seed
+    whose RigL ECE is 0 has no ratio and is left out of those two columns.
     """
     from scipy import stats
 
@@ -693,9 +694,11 @@ def paired_summary(rows: list[dict], criterion: float = -0.15) -> str:
     for (method, sparsity), ds in sorted(pairs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         d_ece, rel, d_acc = (np.array(v, dtype=np.float64) for v in zip(*ds))
         n = len(ds)
-        passed = int(np.sum(rel <= criterion))
+        ok = np.isfinite(rel)
+        mean_rel = f"{rel[ok].mean():+.0%}" if ok.any() else "–"
+        passed = f"{int(np.sum(rel[ok] <= criterion))} of {int(ok.sum())}"
         lines.append(f"| {method} | {sparsity:g} | {n} | {_signed_pm(d_ece)} | {interval(d_ece)} "
-                     f"| {np.mean(rel):+.0%} | {passed} of {n} | {_signed_pm(d_acc)} | {interval(d_acc)} |")
+                     f"| {mean_rel} | {passed} | {_signed_pm(d_acc)} | {interval(d_acc)} |")
     return "\n".join(lines)
 
 

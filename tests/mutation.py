@@ -270,8 +270,11 @@ MUTANTS: list[Mutant] = [
            "experiments/sweep.py", "stats.t.ppf(0.975, len(values) - 1)", "1.96",
            ("tests/test_sweep.py::test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds",)),
     Mutant("paired-bar-counts-any-gain", "every seed with a lower ECE counts as passing the paper's −15% bar",
-           "experiments/sweep.py", "np.sum(rel <= criterion)", "np.sum(rel < 0)",
+           "experiments/sweep.py", "np.sum(rel[ok] <= criterion)", "np.sum(rel[ok] < 0)",
            ("tests/test_sweep.py::test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds",)),
+    Mutant("paired-ratio-nan", "a seed whose RigL ECE is 0 turns the mean relative ECE change into nan",
+           "experiments/sweep.py", "rel[ok].mean()", "rel.mean()",
+           ("tests/test_sweep.py::test_paired_summary_leaves_a_zero_rigl_ece_out_of_the_ratios",)),
 ]
 
 
