@@ -137,7 +137,11 @@ def check_out_dir(out: str | Path) -> Path:
 
 
 class RunFolderBusy(RuntimeError):
-    """Another process is writing the same run folder."""
+    """Another process is writing the same run folder (``owner``: its pid as the lock file says, or None)."""
+
+    def __init__(self, message: str, owner: str | None = None):
+        super().__init__(message)
+        self.owner = owner
 
 
 class RunFolderLock:
@@ -161,10 +165,10 @@ class RunFolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or None
             os.close(fd)
-            raise RunFolderBusy(f"run folder {self.path.parent} is being written by another process (pid {owner}); "
-                                "wait for it or use another --out") from None
+            raise RunFolderBusy(f"run folder {self.path.parent} is being written by another process "
+                                f"(pid {owner or 'unknown'}); wait for it or use another --out", owner=owner) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
         except FileNotFoundError:

@@ -31,7 +31,7 @@ from cigl_bayes import metrics
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.predict import combine
-from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from cigl_bayes.runs import RunFolderLock, atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 from inference import diagnostics, load_run
 
 from .cli import ArgumentParser, check_run_folders, run_cli
@@ -240,35 +240,10 @@ def _has_tabulate() -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m experiments.posterior_report", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("runs", nargs="+", type=Path, help="finished run folders")
-    p.add_argument("--out", type=Path, default=None, help="report folder (default: FIRST_RUN/posterior)")
-    p.add_argument("--swag-rank", type=int, default=20, help="K: deviation columns kept by SWAG")
-    p.add_argument("--swag-samples", type=int, default=10, help="S: SWAG draws averaged")
-    p.add_argument("--mc-samples", type=int, default=10, help="S: fresh random masks Z for mc-z")
-    p.add_argument("--bn-batches", type=int, default=None, help="training batches for BN recomputation (all)")
-    p.add_argument("--weights", type=int, default=32, help="active weights traced individually in arviz")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
-                   help="precision of every forward pass, BatchNorm recomputation included (default: "
-                        "the run's own --amp; off: float32).  Recorded as compute_dtype in predictors.json")
-    p.add_argument("--data-dir", default=None, help="data folder if it moved since training")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    args = p.parse_args(argv)
-    for name in ("swag_rank", "swag_samples", "mc_samples", "weights"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
-    if args.bn_batches is not None and args.bn_batches < 1:
-        raise ValueError(f"--bn-batches must be ≥ 1, got {args.bn_batches}")
-    check_run_folders(args.runs)  # every folder, before anything is created
-    out = args.out or args.runs[0] / "posterior"
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+def write_report(args, out: Path) -> list[str]:
+    """Analyse every run of ``args.runs`` and write the report files into ``out``; returns report.md's lines."""
     analyses = [analyse(r, args) for r in args.runs]
     check_same_test_points(analyses)
-    out.mkdir(parents=True, exist_ok=True)
     rows, zw_rows = [], []
     for a in analyses:
         for name, pr in a.predictors.items():
@@ -299,6 +274,44 @@ def main(argv: list[str] | None = None) -> int:
     for i, group in enumerate(chain_groups(analyses)):
         md += group_report(group, out, "" if i == 0 else f"-{i}", args)
     atomic_write_bytes("\n".join(md).encode(), out / "report.md")
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m experiments.posterior_report", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("runs", nargs="+", type=Path, help="finished run folders")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default: FIRST_RUN/posterior)")
+    p.add_argument("--swag-rank", type=int, default=20, help="K: deviation columns kept by SWAG")
+    p.add_argument("--swag-samples", type=int, default=10, help="S: SWAG draws averaged")
+    p.add_argument("--mc-samples", type=int, default=10, help="S: fresh random masks Z for mc-z")
+    p.add_argument("--bn-batches", type=int, default=None, help="training batches for BN recomputation (all)")
+    p.add_argument("--weights", type=int, default=32, help="active weights traced individually in arviz")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default=None,
+                   help="precision of every forward pass, BatchNorm recomputation included (default: "
+                        "the run's own --amp; off: float32).  Recorded as compute_dtype in predictors.json")
+    p.add_argument("--data-dir", default=None, help="data folder if it moved since training")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    for name in ("swag_rank", "swag_samples", "mc_samples", "weights"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
+    if args.bn_batches is not None and args.bn_batches < 1:
+        raise ValueError(f"--bn-batches must be ≥ 1, got {args.bn_batches}")
+    check_run_folders(args.runs)  # every folder, before anything is created
+    out = args.out or args.runs[0] / "posterior"
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with RunFolderLock(out):  # one writer per report folder: a second report of it is refused at once
+            md = write_report(args, out)
+    except BaseException:
+        if created and not any(out.iterdir()):  # refused or failed before writing: leave no empty folder
+            out.rmdir()
+        raise
     print("\n".join(md[:12]))
     print(f"report: {out / 'report.md'}")
     return 0

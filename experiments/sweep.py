@@ -8,7 +8,11 @@ Methods are the trainer's (dense static set rigl cigl cigl-no-rm cigl-no-wma rig
 plus the baselines of paper Fig. 4 as ``rigl+mixup`` (α = 0.2) and ``rigl+ls`` (ε = 0.1); RigL
 with temperature scaling is read from every rigl run (``rigl+ts``, no extra training).  Dense
 runs once per seed.  Finished runs are skipped and unfinished ones resume, so an interrupted
-sweep continues where it stopped.  Output in ``results/<study>/``: runs.csv (one row per run),
+sweep continues where it stopped.  Several sweeps may share one study: a run (or posterior
+report) another process is writing is skipped, so two sweeps of the same grid split it between
+them (on a CPU, give each ``OMP_NUM_THREADS`` = cores / sweeps).
+
+Output in ``results/<study>/``: runs.csv (one row per run),
 summary.csv/json (mean ± std over seeds), table_accuracy.md (Table 1), table_ece.md (Table 3,
 marking ≥ 15% ECE reduction vs RigL), ablations.md, baselines.md, and the plots
 accuracy_vs_sparsity.png, ece_vs_sparsity.png (Fig. 1c), reliability_dense_vs_sparse.png
@@ -40,7 +44,7 @@ from tqdm.auto import tqdm
 
 from cigl_bayes import metrics
 from cigl_bayes.config import METHODS, RESUME_FREE_FIELDS, TrainConfig
-from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from cigl_bayes.runs import RunFolderBusy, atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 from inference.training import run
 
 from .cli import ArgumentParser, add_host_allocator_argument, apply_host_allocator, run_cli
@@ -544,6 +548,10 @@ def posterior_of(folder: Path, options: list[str], progress: bool) -> Path | Non
         return None
     try:
         posterior_report.main([str(folder), "--out", str(out), *options, *([] if progress else ["--no-progress"])])
+    except RunFolderBusy as busy:  # another sweep is writing this report
+        print(f"sweep: skipped the posterior report of {folder.name}: another process "
+              f"(pid {busy.owner or 'unknown'}) is writing it", file=sys.stderr)
+        return None
     except (OSError, ValueError, RuntimeError) as err:  # the run itself is fine: report it and go on
         print(f"warning: posterior report of {folder} failed ({err}); the sweep goes on without it. "
               f"Retry: python -m experiments.posterior_report {folder} --out {out}", file=sys.stderr)
@@ -841,7 +849,12 @@ def main(argv: list[str] | None = None) -> int:
                                             disable=not args.progress):
         folder = run_dir(runs_root, method, sparsity, seed, args.engine)
         if finished_result(folder, cfg) is None:
-            result = run(cfg, folder, progress=args.progress)
+            try:
+                result = run(cfg, folder, progress=args.progress)
+            except RunFolderBusy as busy:  # another sweep of this study is training it: leave the run to that one
+                print(f"sweep: skipped {folder.name}: another process (pid {busy.owner or 'unknown'}) is training it; "
+                      "its row joins the tables once it is finished", file=sys.stderr)
+                continue
             check_precision(folder, result, dtype, args.amp)  # a resumed run may have started in another one
         if posterior_options is not None and (cfg.method_config.wma or cfg.method_config.snapshots):
             posterior_of(folder, [*posterior_options, "--device", args.device], args.progress)
@@ -849,6 +862,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = study_rows(runs_root, args.engine)
         shown = list(dict.fromkeys([*methods, *(r["method"] for r in rows if r["method"] != "rigl+ts")]))
         write_reports(root, rows, shown, sorted({r["seed"] for r in rows}), args.protocol, args.engine, overrides)
+    if not (root / "table_accuracy.md").is_file():  # every cell was skipped, and no run of the study is finished
+        print(f"sweep: no finished run in {root} yet", file=sys.stderr)
+        return 0
     print((root / "table_accuracy.md").read_text())
     print((root / "table_ece.md").read_text())
     print(f"results: {root}")

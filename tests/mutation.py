@@ -275,6 +275,17 @@ MUTANTS: list[Mutant] = [
     Mutant("paired-ratio-nan", "a seed whose RigL ECE is 0 turns the mean relative ECE change into nan",
            "experiments/sweep.py", "rel[ok].mean()", "rel.mean()",
            ("tests/test_sweep.py::test_paired_summary_leaves_a_zero_rigl_ece_out_of_the_ratios",)),
+    Mutant("sweep-busy-run-aborts", "a run another sweep is training stops this sweep (exit 2), not skipped",
+           "experiments/sweep.py", "except RunFolderBusy as busy:  # another sweep of this study is training it",
+           "except ZeroDivisionError as busy:  # another sweep of this study is training it",
+           ("tests/test_sweep.py::test_two_sweeps_of_one_study_split_its_grid",)),
+    Mutant("posterior-report-unlocked", "a posterior report takes no lock on its folder: two writers at once",
+           "experiments/posterior_report.py", "with RunFolderLock(out):  # one writer per report folder",
+           "with RunFolderLock(out.parent):  # one writer per report folder",
+           ("tests/test_sweep.py::test_two_sweeps_of_one_study_split_its_grid",)),
+    Mutant("posterior-report-leaves-empty-folder", "a refused posterior report leaves an empty report folder",
+           "experiments/posterior_report.py", "        if created and not any(out.iterdir()):", "        if False:",
+           ("tests/test_posterior.py::test_posterior_report_refuses_missing_and_unfinished_runs",)),
 ]
 
 

@@ -149,6 +149,7 @@ def test_posterior_report_refuses_missing_and_unfinished_runs(tiny_cfg, tmp_path
     run(tiny_cfg, out, progress=False, stop_after_epochs=1)
     with pytest.raises(ValueError, match="stopped at epoch 1 of 3; resume it first"):
         posterior_report.main([str(out), "--device", "cpu"])
+    assert not (out / "posterior").exists()  # a refused report leaves no (empty) report folder behind
 
 
 def _masked_module_log_probs(trainer, loaders, recompute_bn: bool) -> torch.Tensor:

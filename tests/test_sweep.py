@@ -53,6 +53,49 @@ def test_cpu_smoke_sweep_end_to_end(cifar_data_dir, cache_dir, tmp_path, monkeyp
     assert before == {p: (root / "runs" / p / "metrics.json").stat().st_mtime_ns for p in runs}
 
 
+def test_two_sweeps_of_one_study_split_its_grid(cifar_data_dir, cache_dir, tmp_path, monkeypatch, capsys):
+    """A run, or a posterior report, that another process is writing is skipped (not trained twice,
+    not an error), so two sweeps of one grid share it.  The other process is stood in for by locks
+    this test holds, as RunFolderLock would hold them for another sweep."""
+    import os
+
+    from cigl_bayes.runs import RunFolderLock
+
+    monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
+    args = ["--protocol", "cpu-smoke", "--methods", "rigl", "cigl", "--sparsities", "0.9", "--seeds", "0",
+            "--epochs", "2", "--subset", "640", "--data-dir", str(cifar_data_dir), "--results", str(tmp_path),
+            "--study", "shared", "--device", "cpu", "--no-progress", "--posterior", "on"]
+    runs = tmp_path / "shared" / "runs"
+    rigl, cigl = runs / "rigl-plain-s0.9-seed0", runs / "cigl-plain-s0.9-seed0"
+    (cigl / "posterior").mkdir(parents=True)
+    rigl.mkdir()
+    with RunFolderLock(rigl), RunFolderLock(cigl / "posterior"):
+        assert sweep.main(args) == 0
+        err = capsys.readouterr().err
+        assert f"skipped {rigl.name}: another process (pid {os.getpid()}) is training it" in err
+        assert f"skipped the posterior report of {cigl.name}: another process (pid {os.getpid()})" in err
+        assert not (rigl / "metrics.json").exists() and (cigl / "metrics.json").is_file()
+        assert not (cigl / "posterior" / "predictors.json").exists()
+        with open(tmp_path / "shared" / "runs.csv") as f:
+            assert {r["method"] for r in csv.DictReader(f)} == {"cigl"}  # the tables hold what is finished
+    assert sweep.main(args) == 0  # the other writer is gone: this sweep takes what it left
+    assert (rigl / "metrics.json").is_file() and (cigl / "posterior" / "predictors.json").is_file()
+    with open(tmp_path / "shared" / "runs.csv") as f:
+        assert {r["method"] for r in csv.DictReader(f)} == {"rigl", "rigl+ts", "cigl"}
+
+
+def test_a_sweep_whose_every_run_is_busy_ends_cleanly(tmp_path, capsys):
+    from cigl_bayes.runs import RunFolderLock
+
+    rigl = tmp_path / "shared" / "runs" / "rigl-plain-s0.9-seed0"
+    rigl.mkdir(parents=True)
+    with RunFolderLock(rigl):
+        assert sweep.main(["--protocol", "cpu-smoke", "--methods", "rigl", "--sparsities", "0.9", "--seeds", "0",
+                           "--results", str(tmp_path), "--study", "shared", "--device", "cpu", "--no-progress"]) == 0
+    assert "no finished run in" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["runs"]
+
+
 def test_sweep_rejects_unknown_method_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         sweep.main(["--methods", "rigl", "magic", "--results", str(tmp_path), "--no-progress"])
