@@ -86,3 +86,27 @@ def test_inference_quick(tmp_path):
         assert set(m["ms"]) == {"dense-fp32", "dense-fast", "sparse"} and m["max_abs_logit_gap"] < 1e-3
         assert m["speedup_over_dense_fp32"]["dense-fp32"] == 1.0
     assert "| small-cnn | 0.95 |" in (tmp_path / "inference.md").read_text()
+
+
+def test_side_by_side_quick(tmp_path):
+    """One process on every core against two side by side: both groups ran, with the threads asked."""
+    from benchmarks import side_by_side
+
+    out = tmp_path / "side.json"
+    assert side_by_side.main(["--quick", "--jobs", "2", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["cores"] == side_by_side.cpu_cores() and r["threads_per_job"] == max(1, r["cores"] // 2)
+    assert r["one_process_seconds_per_step"] > 0 and r["side_by_side_seconds_per_step"] > 0
+    (only,) = r["per_round"]  # --quick: one round, so the median ratio is that round's
+    assert len(only["side_by_side"]) == 2 and only["one_process"] == r["one_process_seconds_per_step"]
+    throughput = sum(1 / t for t in only["side_by_side"])  # steps per second of the two, together
+    assert r["side_by_side_over_one"] == only["ratio"] == pytest.approx(throughput * only["one_process"], rel=1e-9)
+
+
+def test_side_by_side_names_a_failing_worker(tmp_path):
+    from benchmarks import side_by_side
+
+    with pytest.raises(RuntimeError, match="a benchmark worker failed: .*no-such-model"):
+        side_by_side.main(["--model", "no-such-model", "--steps", "1", "--warmup", "0", "--rounds", "1",
+                           "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
