@@ -7,11 +7,13 @@ hour than one.
 
 Every worker is a fresh process (``OMP_NUM_THREADS`` and torch's thread count set before any
 work) that builds a trainer of ``--method`` on synthetic data at the default fast path, warms up,
-waits until every worker of its group is ready, and times ``--steps`` training steps.  A group's
-throughput is its workers' steps per second, summed; ``side_by_side_over_one`` is the N-worker
-group's throughput over the one-worker group's (> 1: side by side gets more done).  The groups
-alternate for ``--rounds`` rounds and the ratio is the median of the per-round ratios, so it
-carries little of the machine's drift; still, time it only on a quiet machine.
+waits until every worker of its group is ready, and then trains for ``--seconds`` of wall-clock
+time: all workers of a group start together and stop together (to within one step), so their
+steps overlap.  A group's throughput is its workers' completed steps per second, summed;
+``side_by_side_over_one`` is the N-worker group's throughput over the one-worker group's (> 1:
+side by side gets more done).  The groups alternate for ``--rounds`` rounds and the ratio is the
+median of the per-round ratios, so it carries little of the machine's drift; still, time it only
+on a quiet machine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -54,37 +57,57 @@ def worker(args) -> int:
     for i in range(args.warmup):
         trainer.train_step(*batches[i % len(batches)])
     print("ready", flush=True)
-    sys.stdin.readline()
-    start = time.perf_counter()
-    for i in range(args.steps):
-        trainer.train_step(*batches[i % len(batches)])
-    seconds = (time.perf_counter() - start) / args.steps
-    print(json.dumps({"seconds_per_step": seconds, "threads": torch.get_num_threads(),
+    if sys.stdin.readline().strip() != "go":  # the parent is gone or gave up: do not train on unasked
+        return 1
+    start_wall, start, steps = time.time(), time.perf_counter(), 0
+    while time.perf_counter() - start < args.seconds:  # a fixed window, the same for every worker of the group
+        trainer.train_step(*batches[steps % len(batches)])
+        steps += 1
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"steps": steps, "seconds": elapsed, "seconds_per_step": elapsed / steps,
+                      "start": start_wall, "end": start_wall + elapsed, "threads": torch.get_num_threads(),
                       "fast_path": fast_path(trainer)}), flush=True)
     return 0
 
 
+def _line(proc: subprocess.Popen, timeout: float) -> str:
+    """The next line ``proc`` prints, or "" if it prints none within ``timeout`` seconds or ends."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else ""
+
+
 def run_group(workers: int, threads: int, args) -> list[dict]:
-    """Start ``workers`` processes on ``threads`` threads each, release them together, collect their times."""
+    """Start ``workers`` processes on ``threads`` threads each, release them together, collect their windows."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "benchmarks.side_by_side", "--worker", "--threads", str(threads),
                "--model", args.model, "--batch-size", str(args.batch_size), "--method", args.method,
-               "--steps", str(args.steps), "--warmup", str(args.warmup)]
+               "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
     errors = [tempfile.TemporaryFile(mode="w+") for _ in range(workers)]  # a file: a chatty worker never blocks
     procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                               env=env, cwd=REPO) for err in errors]
+
+    def failed(i: int, what: str) -> RuntimeError:
+        procs[i].kill()
+        procs[i].wait()
+        errors[i].seek(0)
+        last = (errors[i].read().strip().splitlines() or ["no output"])[-1]
+        return RuntimeError(f"a benchmark worker {what}: {last}")
+
     try:
-        for p, err in zip(procs, errors):
-            if p.stdout.readline().strip() != "ready":
-                p.wait()
-                err.seek(0)
-                last = (err.read().strip().splitlines() or ["no output"])[-1]
-                raise RuntimeError(f"a benchmark worker failed: {last}")
-        for p in procs:  # released together: the timed steps overlap
+        for i, p in enumerate(procs):
+            if _line(p, args.timeout).strip() != "ready":
+                raise failed(i, f"failed before its steps (or took over {args.timeout:g} s)")
+        for p in procs:  # released together: the timed windows overlap
             p.stdin.write("go\n")
             p.stdin.flush()
-        return [json.loads(p.stdout.readline()) for p in procs]
+        results = []
+        for i, p in enumerate(procs):
+            line = _line(p, args.seconds + args.timeout)
+            if not line.strip():
+                raise failed(i, "failed during its steps")
+            results.append(json.loads(line))
+        return results
     finally:
         for p in procs:
             if p.poll() is None:
@@ -108,16 +131,16 @@ def measure(args) -> dict:
         b = run_group(args.jobs, threads, args)
         one.append(a)
         side.append(b)
-        ratios.append(sum(1 / w["seconds_per_step"] for w in b) / (1 / a[0]["seconds_per_step"]))
+        ratios.append(sum(w["steps"] / w["seconds"] for w in b) / (a[0]["steps"] / a[0]["seconds"]))
     return {
-        "model": args.model, "method": args.method, "batch_size": args.batch_size, "steps": args.steps,
+        "model": args.model, "method": args.method, "batch_size": args.batch_size, "seconds": args.seconds,
         "rounds": args.rounds, "cores": cores, "jobs": args.jobs, "threads_per_job": threads,
         "fast_path": one[0][0]["fast_path"],
         "one_process_seconds_per_step": statistics.median(r[0]["seconds_per_step"] for r in one),
         "side_by_side_seconds_per_step": statistics.median(w["seconds_per_step"] for r in side for w in r),
         "side_by_side_over_one": statistics.median(ratios),
-        "per_round": [{"one_process": a[0]["seconds_per_step"], "side_by_side": [w["seconds_per_step"] for w in b],
-                       "ratio": ratio} for a, b, ratio in zip(one, side, ratios)],
+        "per_round": [{"one_process": a[0], "side_by_side": b, "ratio": ratio}
+                      for a, b, ratio in zip(one, side, ratios)],
         **describe_host(resolve_device("cpu")),
     }
 
@@ -128,8 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="cigl")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--jobs", type=int, default=2, help="processes side by side (each on cores / jobs threads)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per worker and round")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=20.0, help="timed window per round (wall clock)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before the window")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds a worker may take to get ready")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="small-cnn, batch 64, few steps (< 60 s)")
     p.add_argument("--out", default="benchmarks/results/side_by_side.json")
@@ -139,10 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return worker(args)
     if args.quick:
-        args.model, args.batch_size, args.steps, args.warmup, args.rounds = "small-cnn", 64, 4, 1, 1
-    for name in ("jobs", "steps", "rounds"):
+        args.model, args.batch_size, args.seconds, args.warmup, args.rounds = "small-cnn", 64, 2.0, 1, 1
+    for name in ("jobs", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be ≥ 1")
+    for name in ("seconds", "timeout"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name} must be > 0")
     from cigl_bayes.runs import atomic_write_json
 
     r = measure(args)

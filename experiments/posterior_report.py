@@ -11,12 +11,15 @@ the mean accuracy of M⊙Zᵢ⊙W).  Runs that differ only by seed become the ch
 ``InferenceData`` (draw = collected sample).  Writes into ``--out`` (default: RUN_DIR/posterior
 of the first run): report.md, predictors.json/.csv, zw.csv, reliability.png, zw.png,
 posterior.nc, draws.json (per-draw summaries of each chain, for pooling seeds across machines),
-trace.png, forest.png.
+trace.png, forest.png; report.md is written last, so it marks a finished report.  One process
+writes a report folder at a time (``.lock`` while it runs); a second is refused (exit 2), and a
+refused or failed report leaves no folder of its own behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -309,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         with RunFolderLock(out):  # one writer per report folder: a second report of it is refused at once
             md = write_report(args, out)
     except BaseException:
-        if created and not any(out.iterdir()):  # refused or failed before writing: leave no empty folder
-            out.rmdir()
+        if created:  # refused or failed before writing: leave no empty folder (rmdir keeps a non-empty one)
+            with contextlib.suppress(OSError):
+                out.rmdir()
         raise
     print("\n".join(md[:12]))
     print(f"report: {out / 'report.md'}")

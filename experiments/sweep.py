@@ -32,6 +32,7 @@ machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import re
@@ -535,14 +536,31 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
                         + posterior_chains_table(root / "runs", root) + "\n").encode(), root / "posterior.md")
 
 
+@contextlib.contextmanager
+def tables_lock(root: Path):
+    """Hold ``root/.tables.lock`` (``flock``, blocking) while one process rebuilds a study's tables,
+    so that sweeps sharing the study rebuild one after another, never interleaved.  The file stays
+    (git-ignored, like every ``.lock``); where ``fcntl`` does not exist (Windows) this is a no-op."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".tables.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
 def posterior_of(folder: Path, options: list[str], progress: bool) -> Path | None:
     """``experiments.posterior_report`` of one finished run with collected samples, into
-    ``folder/posterior`` (once: an existing predictors.json is kept).  Returns the report folder,
-    or None for a run without samples (nothing to report on)."""
+    ``folder/posterior`` (once: a finished report, the report.md it writes last, is kept).  Returns the
+    report folder, or None for a run without samples (nothing to report on) or whose report another
+    process is writing."""
     from . import posterior_report
 
     out = folder / "posterior"
-    if (out / "predictors.json").is_file():
+    if (out / "report.md").is_file():
         return out
     if not any((folder / "samples").glob("sample_*.pt")):
         return None
@@ -845,6 +863,18 @@ def main(argv: list[str] | None = None) -> int:
     dtype = configs[0][3].dtype
     for folder, result in finished_runs(runs_root, args.engine):  # before any training: every run the tables read
         check_precision(folder, result, dtype, args.amp)
+
+    def rebuild_tables() -> None:
+        """The study's tables over every finished run: earlier invocations, other machines and other
+        sweeps sharing the study too (serialised, so the last rebuild reads every run finished before it)."""
+        with tables_lock(root):
+            rows = study_rows(runs_root, args.engine)
+            if rows:
+                shown = list(dict.fromkeys([*methods, *(r["method"] for r in rows if r["method"] != "rigl+ts")]))
+                write_reports(root, rows, shown, sorted({r["seed"] for r in rows}), args.protocol, args.engine,
+                              overrides)
+
+    left_to_others = []
     for method, sparsity, seed, cfg in tqdm(configs, desc=f"sweep {root.name}", unit="run",
                                             disable=not args.progress):
         folder = run_dir(runs_root, method, sparsity, seed, args.engine)
@@ -852,17 +882,20 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 result = run(cfg, folder, progress=args.progress)
             except RunFolderBusy as busy:  # another sweep of this study is training it: leave the run to that one
-                print(f"sweep: skipped {folder.name}: another process (pid {busy.owner or 'unknown'}) is training it; "
-                      "its row joins the tables once it is finished", file=sys.stderr)
+                left_to_others.append(folder.name)
+                print(f"sweep: skipped {folder.name}: another process (pid {busy.owner or 'unknown'}) is writing it",
+                      file=sys.stderr)
                 continue
             check_precision(folder, result, dtype, args.amp)  # a resumed run may have started in another one
         if posterior_options is not None and (cfg.method_config.wma or cfg.method_config.snapshots):
             posterior_of(folder, [*posterior_options, "--device", args.device], args.progress)
-        # after every run, over every finished run of the study (earlier invocations and machines too)
-        rows = study_rows(runs_root, args.engine)
-        shown = list(dict.fromkeys([*methods, *(r["method"] for r in rows if r["method"] != "rigl+ts")]))
-        write_reports(root, rows, shown, sorted({r["seed"] for r in rows}), args.protocol, args.engine, overrides)
-    if not (root / "table_accuracy.md").is_file():  # every cell was skipped, and no run of the study is finished
+        rebuild_tables()
+    if left_to_others:
+        rebuild_tables()  # with what the other processes finished meanwhile
+        print(f"sweep: {len(left_to_others)} run(s) of this grid were left to other processes "
+              f"({', '.join(left_to_others)}); run the sweep again once they end: it takes in what they "
+              "finished and resumes what they did not", file=sys.stderr)
+    if not (root / "table_accuracy.md").is_file():
         print(f"sweep: no finished run in {root} yet", file=sys.stderr)
         return 0
     print((root / "table_accuracy.md").read_text())

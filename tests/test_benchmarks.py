@@ -89,24 +89,28 @@ def test_inference_quick(tmp_path):
 
 
 def test_side_by_side_quick(tmp_path):
-    """One process on every core against two side by side: both groups ran, with the threads asked."""
+    """One process on every core against two side by side: every worker ran on the threads asked,
+    the two side-by-side windows overlapped, and the ratio is their summed throughput over the one's."""
     from benchmarks import side_by_side
 
     out = tmp_path / "side.json"
     assert side_by_side.main(["--quick", "--jobs", "2", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["cores"] == side_by_side.cpu_cores() and r["threads_per_job"] == max(1, r["cores"] // 2)
-    assert r["one_process_seconds_per_step"] > 0 and r["side_by_side_seconds_per_step"] > 0
+    cores = side_by_side.cpu_cores()
+    assert r["cores"] == cores and r["threads_per_job"] == max(1, cores // 2)
     (only,) = r["per_round"]  # --quick: one round, so the median ratio is that round's
-    assert len(only["side_by_side"]) == 2 and only["one_process"] == r["one_process_seconds_per_step"]
-    throughput = sum(1 / t for t in only["side_by_side"])  # steps per second of the two, together
-    assert r["side_by_side_over_one"] == only["ratio"] == pytest.approx(throughput * only["one_process"], rel=1e-9)
+    one, side = only["one_process"], only["side_by_side"]
+    assert one["threads"] == cores and [w["threads"] for w in side] == [r["threads_per_job"]] * 2
+    assert max(w["start"] for w in side) < min(w["end"] for w in side)  # released together: they overlap
+    assert all(w["steps"] >= 1 and w["seconds"] >= r["seconds"] for w in [one, *side])
+    throughput = sum(w["steps"] / w["seconds"] for w in side)
+    assert r["side_by_side_over_one"] == only["ratio"] == pytest.approx(throughput * one["seconds"] / one["steps"])
 
 
 def test_side_by_side_names_a_failing_worker(tmp_path):
     from benchmarks import side_by_side
 
-    with pytest.raises(RuntimeError, match="a benchmark worker failed: .*no-such-model"):
-        side_by_side.main(["--model", "no-such-model", "--steps", "1", "--warmup", "0", "--rounds", "1",
+    with pytest.raises(RuntimeError, match="a benchmark worker failed before its steps.*no-such-model"):
+        side_by_side.main(["--model", "no-such-model", "--seconds", "1", "--warmup", "0", "--rounds", "1",
                            "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()

@@ -68,20 +68,43 @@ def test_two_sweeps_of_one_study_split_its_grid(cifar_data_dir, cache_dir, tmp_p
     runs = tmp_path / "shared" / "runs"
     rigl, cigl = runs / "rigl-plain-s0.9-seed0", runs / "cigl-plain-s0.9-seed0"
     (cigl / "posterior").mkdir(parents=True)
+    (cigl / "posterior" / "predictors.json").write_text("{}")  # as a report killed after its first file leaves it
     rigl.mkdir()
     with RunFolderLock(rigl), RunFolderLock(cigl / "posterior"):
         assert sweep.main(args) == 0
         err = capsys.readouterr().err
-        assert f"skipped {rigl.name}: another process (pid {os.getpid()}) is training it" in err
+        assert f"skipped {rigl.name}: another process (pid {os.getpid()}) is writing it" in err
+        assert f"1 run(s) of this grid were left to other processes ({rigl.name}); run the sweep again" in err
         assert f"skipped the posterior report of {cigl.name}: another process (pid {os.getpid()})" in err
         assert not (rigl / "metrics.json").exists() and (cigl / "metrics.json").is_file()
-        assert not (cigl / "posterior" / "predictors.json").exists()
+        assert not (cigl / "posterior" / "report.md").exists()
         with open(tmp_path / "shared" / "runs.csv") as f:
             assert {r["method"] for r in csv.DictReader(f)} == {"cigl"}  # the tables hold what is finished
     assert sweep.main(args) == 0  # the other writer is gone: this sweep takes what it left
-    assert (rigl / "metrics.json").is_file() and (cigl / "posterior" / "predictors.json").is_file()
+    assert (rigl / "metrics.json").is_file() and (cigl / "posterior" / "report.md").is_file()
+    assert json.loads((cigl / "posterior" / "predictors.json").read_text())["predictors"]  # the partial one redone
     with open(tmp_path / "shared" / "runs.csv") as f:
         assert {r["method"] for r in csv.DictReader(f)} == {"rigl", "rigl+ts", "cigl"}
+
+
+def test_table_rebuilds_of_one_study_wait_for_each_other(tmp_path):
+    """Sweeps sharing a study rebuild its tables one at a time: a second rebuild waits for the first."""
+    import threading
+
+    order = []
+
+    def other_sweep():
+        with sweep.tables_lock(tmp_path):
+            order.append("other")
+
+    with sweep.tables_lock(tmp_path):
+        other = threading.Thread(target=other_sweep)
+        other.start()
+        other.join(0.5)
+        assert other.is_alive() and order == []  # it waits while this one holds the lock
+        order.append("first")
+    other.join(10)
+    assert order == ["first", "other"]
 
 
 def test_a_sweep_whose_every_run_is_busy_ends_cleanly(tmp_path, capsys):
@@ -93,7 +116,7 @@ def test_a_sweep_whose_every_run_is_busy_ends_cleanly(tmp_path, capsys):
         assert sweep.main(["--protocol", "cpu-smoke", "--methods", "rigl", "--sparsities", "0.9", "--seeds", "0",
                            "--results", str(tmp_path), "--study", "shared", "--device", "cpu", "--no-progress"]) == 0
     assert "no finished run in" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["runs"]
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [".tables.lock", "runs"]  # no tables
 
 
 def test_sweep_rejects_unknown_method_before_training(tmp_path):
