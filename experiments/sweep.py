@@ -672,17 +672,28 @@ def posterior_chains_table(runs_root: Path, plot_root: Path) -> str:
 
 
 def paired_table(rows: list[dict]) -> str:
-    """Per seed and sparsity: each method's ECE and accuracy minus RigL's (percentage points)."""
+    """Per seed and sparsity: each method's ECE and accuracy minus RigL's (percentage points), and
+    the precision the two runs trained in (``compute_dtype``).  A pair whose runs trained in different
+    precisions is marked †: its difference mixes the method's effect with the precision's."""
     index = {(r["method"], r["sparsity"], r["seed"]): r for r in rows}
-    lines = ["| method | sparsity | seed | ΔECE (pp) | ΔECE / RigL's ECE | Δaccuracy (pp) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | sparsity | seed | ΔECE (pp) | ΔECE / RigL's ECE | Δaccuracy (pp) | precision |",
+             "|---|---|---|---|---|---|---|"]
+    mixed = False
     for (method, sparsity, seed), r in sorted(index.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
         rigl = index.get(("rigl", sparsity, seed))
         if method == "rigl" or rigl is None or sparsity == 0:
             continue
         d_ece, d_acc = r["ece"] - rigl["ece"], r["accuracy"] - rigl["accuracy"]
         rel = f"{d_ece / rigl['ece']:+.0%}" if rigl["ece"] > 0 else "–"
-        lines.append(f"| {method} | {sparsity:g} | {seed} | {100 * d_ece:+.2f} | {rel} | {100 * d_acc:+.2f} |")
+        ours, theirs = r.get("compute_dtype") or "unrecorded", rigl.get("compute_dtype") or "unrecorded"
+        precision = ours if ours == theirs else f"{ours} vs rigl's {theirs} †"
+        mixed |= ours != theirs
+        lines.append(f"| {method} | {sparsity:g} | {seed} | {100 * d_ece:+.2f} | {rel} | {100 * d_acc:+.2f} "
+                     f"| {precision} |")
+    if mixed:
+        lines += ["", "†: the two runs of this pair trained in different precisions (float32 on a CPU without "
+                  "bf16 matrix instructions, bfloat16 autocast on one with them), so the difference mixes "
+                  "the method's effect with the precision's."]
     return "\n".join(lines)
 
 

@@ -207,8 +207,19 @@ def test_paired_differences_are_per_seed_against_rigl():
             for m, k, e, a in [("rigl", 0, 0.04, 0.80), ("cigl", 0, 0.03, 0.81), ("rigl", 1, 0.05, 0.79),
                                ("cigl", 1, 0.06, 0.78)]]
     table = sweep.paired_table(rows)
-    assert "| cigl | 0.95 | 0 | -1.00 | -25% | +1.00 |" in table
-    assert "| cigl | 0.95 | 1 | +1.00 | +20% | -1.00 |" in table
+    assert "| cigl | 0.95 | 0 | -1.00 | -25% | +1.00 | unrecorded |" in table
+    assert "| cigl | 0.95 | 1 | +1.00 | +20% | -1.00 | unrecorded |" in table
+    assert "†" not in table
+
+
+def test_paired_differences_mark_a_pair_trained_in_two_precisions():
+    rows = [{"method": m, "sparsity": 0.95, "seed": k, "ece": 0.04, "accuracy": 0.8, "compute_dtype": d}
+            for m, k, d in [("rigl", 0, "float32"), ("cigl", 0, "float32"), ("rigl", 1, "bfloat16"),
+                            ("cigl", 1, "float32")]]
+    table = sweep.paired_table(rows)
+    assert "| cigl | 0.95 | 0 | +0.00 | +0% | +0.00 | float32 |" in table
+    assert "| cigl | 0.95 | 1 | +0.00 | +0% | +0.00 | float32 vs rigl's bfloat16 † |" in table
+    assert "†: the two runs of this pair trained in different precisions" in table
 
 
 def test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds():
