@@ -673,8 +673,9 @@ def posterior_chains_table(runs_root: Path, plot_root: Path) -> str:
 
 def paired_table(rows: list[dict]) -> str:
     """Per seed and sparsity: each method's ECE and accuracy minus RigL's (percentage points), and
-    the precision the two runs trained in (``compute_dtype``).  A pair whose runs trained in different
-    precisions is marked †: its difference mixes the method's effect with the precision's."""
+    the precision the two runs trained in (``compute_dtype``; "unrecorded" for runs from before that
+    record).  A pair whose runs are recorded in different precisions is marked †: its difference
+    mixes the method's effect with the precision's."""
     index = {(r["method"], r["sparsity"], r["seed"]): r for r in rows}
     lines = ["| method | sparsity | seed | ΔECE (pp) | ΔECE / RigL's ECE | Δaccuracy (pp) | precision |",
              "|---|---|---|---|---|---|---|"]
@@ -686,8 +687,10 @@ def paired_table(rows: list[dict]) -> str:
         d_ece, d_acc = r["ece"] - rigl["ece"], r["accuracy"] - rigl["accuracy"]
         rel = f"{d_ece / rigl['ece']:+.0%}" if rigl["ece"] > 0 else "–"
         ours, theirs = r.get("compute_dtype") or "unrecorded", rigl.get("compute_dtype") or "unrecorded"
-        precision = ours if ours == theirs else f"{ours} vs rigl's {theirs} †"
-        mixed |= ours != theirs
+        known_apart = "unrecorded" not in (ours, theirs) and ours != theirs
+        precision = (ours if ours == theirs else f"{ours} vs rigl's {theirs} †" if known_apart
+                     else f"{ours}, rigl's {theirs}")  # a run from before the record: not known to differ
+        mixed |= known_apart
         lines.append(f"| {method} | {sparsity:g} | {seed} | {100 * d_ece:+.2f} | {rel} | {100 * d_acc:+.2f} "
                      f"| {precision} |")
     if mixed:

@@ -295,8 +295,8 @@ MUTANTS: list[Mutant] = [
            "        if False:  # refused or failed",
            ("tests/test_posterior.py::test_posterior_report_refuses_missing_and_unfinished_runs",)),
     Mutant("paired-precision-unmarked", "a pair of runs trained in two precisions reads as an ordinary pair",
-           "experiments/sweep.py", 'precision = ours if ours == theirs else f"{ours} vs rigl\'s {theirs} †"',
-           "precision = ours",
+           "experiments/sweep.py", 'known_apart = "unrecorded" not in (ours, theirs) and ours != theirs',
+           "known_apart = False",
            ("tests/test_sweep.py::test_paired_differences_mark_a_pair_trained_in_two_precisions",)),
 ]
 

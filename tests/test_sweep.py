@@ -215,10 +215,11 @@ def test_paired_differences_are_per_seed_against_rigl():
 def test_paired_differences_mark_a_pair_trained_in_two_precisions():
     rows = [{"method": m, "sparsity": 0.95, "seed": k, "ece": 0.04, "accuracy": 0.8, "compute_dtype": d}
             for m, k, d in [("rigl", 0, "float32"), ("cigl", 0, "float32"), ("rigl", 1, "bfloat16"),
-                            ("cigl", 1, "float32")]]
+                            ("cigl", 1, "float32"), ("rigl", 2, None), ("cigl", 2, "float32")]]
     table = sweep.paired_table(rows)
     assert "| cigl | 0.95 | 0 | +0.00 | +0% | +0.00 | float32 |" in table
     assert "| cigl | 0.95 | 1 | +0.00 | +0% | +0.00 | float32 vs rigl's bfloat16 † |" in table
+    assert "| cigl | 0.95 | 2 | +0.00 | +0% | +0.00 | float32, rigl's unrecorded |" in table  # not known to differ
     assert "†: the two runs of this pair trained in different precisions" in table
 
 
