@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from cigl_bayes import metrics
 from cigl_bayes.config import METHODS, RESUME_FREE_FIELDS, TrainConfig
+from cigl_bayes.device import resolve_device
 from cigl_bayes.runs import RunFolderBusy, atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 from inference.training import run
 
@@ -341,6 +342,19 @@ def study_rows(runs_root: Path, engine: str) -> list[dict]:
         precision = precision_of(folder, result)
         rows += [{**row, "compute_dtype": precision} for row in rows_of(result, method, engine, keep=_keep_of(folder))]
     return rows
+
+
+def mixed_precision_note(study: str, recorded: set[str | None], here: str) -> str | None:
+    """A one-line note when ``--amp auto`` would train this study's new runs in another precision
+    (``here``) than its finished runs recorded: bf16 moves CigL's WMA beyond seed noise in the
+    precision check of docs/performance.md, so a study mixing the two needs saying so before it trains."""
+    others = sorted(p for p in recorded if p and p != here)
+    if not others:
+        return None
+    keep = "off" if here == "bfloat16" else "bf16"
+    return (f"note: finished runs of {study} ran in {', '.join(others)}, but --amp auto trains here in {here}, "
+            f"so the study will mix precisions (runs.csv → compute_dtype; paired.md marks mixed pairs); to keep "
+            f"one precision, give --amp {keep} and a --study of its own")
 
 
 def precision_of(folder: Path, result: dict) -> str | None:
@@ -875,8 +889,18 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.results) / (args.study or args.protocol)
     runs_root = root / "runs"
     dtype = configs[0][3].dtype
+    recorded = set()
     for folder, result in finished_runs(runs_root, args.engine):  # before any training: every run the tables read
         check_precision(folder, result, dtype, args.amp)
+        recorded.add(precision_of(folder, result))
+    unfinished = [cfg for method, sparsity, seed, cfg in configs
+                  if finished_result(run_dir(runs_root, method, sparsity, seed, args.engine), cfg) is None]
+    if args.amp == "auto" and unfinished:
+        cfg = unfinished[0]
+        here = "bfloat16" if cfg.speed_options(resolve_device(cfg.device))["autocast_dtype"] else dtype
+        note = mixed_precision_note(root.name, recorded, here)
+        if note:
+            print(note, file=sys.stderr)
 
     def rebuild_tables() -> None:
         """The study's tables over every finished run: earlier invocations, other machines and other

@@ -298,6 +298,10 @@ MUTANTS: list[Mutant] = [
            "experiments/sweep.py", 'known_apart = "unrecorded" not in (ours, theirs) and ours != theirs',
            "known_apart = False",
            ("tests/test_sweep.py::test_paired_differences_mark_a_pair_trained_in_two_precisions",)),
+    Mutant("mixed-precision-silent", "--amp auto mixes a new precision into a study without a word",
+           "experiments/sweep.py", "    others = sorted(p for p in recorded if p and p != here)",
+           "    others = []",
+           ("tests/test_sweep.py::test_a_sweep_says_when_amp_auto_would_mix_precisions_into_a_study",)),
 ]
 
 

@@ -202,6 +202,15 @@ def test_an_explicit_amp_refuses_finished_runs_of_another_precision(tmp_path):
     assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
 
 
+def test_a_sweep_says_when_amp_auto_would_mix_precisions_into_a_study():
+    note = sweep.mixed_precision_note("cpu-study", {"float32", None}, "bfloat16")
+    assert note.startswith("note: finished runs of cpu-study ran in float32, but --amp auto trains here in bfloat16")
+    assert "--amp off and a --study of its own" in note
+    assert "--amp bf16" in sweep.mixed_precision_note("s", {"bfloat16"}, "float32")
+    assert sweep.mixed_precision_note("s", {"float32", None}, "float32") is None  # unrecorded is not "other"
+    assert sweep.mixed_precision_note("s", set(), "bfloat16") is None  # a new study
+
+
 def test_paired_differences_are_per_seed_against_rigl():
     rows = [{"method": m, "sparsity": 0.95, "seed": k, "ece": e, "accuracy": a}
             for m, k, e, a in [("rigl", 0, 0.04, 0.80), ("cigl", 0, 0.03, 0.81), ("rigl", 1, 0.05, 0.79),
