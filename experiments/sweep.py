@@ -351,10 +351,11 @@ def mixed_precision_note(study: str, recorded: set[str | None], here: str) -> st
     others = sorted(p for p in recorded if p and p != here)
     if not others:
         return None
-    keep = "off" if here == "bfloat16" else "bf16"
+    amp = {"float32": "off", "bfloat16": "bf16"}.get(others[0]) if len(others) == 1 else None
+    keep = (f"; to keep the study's {others[0]}, give --amp {amp} (refused where runs predate the precision "
+            f"record: then train into a --study of its own and move the finished folders in)") if amp else ""
     return (f"note: finished runs of {study} ran in {', '.join(others)}, but --amp auto trains here in {here}, "
-            f"so the study will mix precisions (runs.csv → compute_dtype; paired.md marks mixed pairs); to keep "
-            f"one precision, give --amp {keep} and a --study of its own")
+            f"so the study will mix precisions (runs.csv → compute_dtype; paired.md marks mixed pairs){keep}")
 
 
 def precision_of(folder: Path, result: dict) -> str | None:
@@ -700,18 +701,24 @@ def paired_table(rows: list[dict]) -> str:
             continue
         d_ece, d_acc = r["ece"] - rigl["ece"], r["accuracy"] - rigl["accuracy"]
         rel = f"{d_ece / rigl['ece']:+.0%}" if rigl["ece"] > 0 else "–"
-        ours, theirs = r.get("compute_dtype") or "unrecorded", rigl.get("compute_dtype") or "unrecorded"
-        known_apart = "unrecorded" not in (ours, theirs) and ours != theirs
-        precision = (ours if ours == theirs else f"{ours} vs rigl's {theirs} †" if known_apart
-                     else f"{ours}, rigl's {theirs}")  # a run from before the record: not known to differ
+        precision, known_apart = pair_precision(r, rigl)
         mixed |= known_apart
         lines.append(f"| {method} | {sparsity:g} | {seed} | {100 * d_ece:+.2f} | {rel} | {100 * d_acc:+.2f} "
                      f"| {precision} |")
     if mixed:
-        lines += ["", "†: the two runs of this pair trained in different precisions (float32 on a CPU without "
-                  "bf16 matrix instructions, bfloat16 autocast on one with them), so the difference mixes "
-                  "the method's effect with the precision's."]
+        lines += ["", "†: the two runs of this pair recorded different precisions (runs.csv → compute_dtype), "
+                  "so the difference mixes the method's effect with the precision's."]
     return "\n".join(lines)
+
+
+def pair_precision(row: dict, rigl: dict) -> tuple[str, bool]:
+    """(what paired.md shows, whether the two runs are *known* to differ) for a pair's precisions
+    (``compute_dtype``).  A run from before that record shows "unrecorded" and is not known to differ."""
+    ours, theirs = row.get("compute_dtype") or "unrecorded", rigl.get("compute_dtype") or "unrecorded"
+    known_apart = "unrecorded" not in (ours, theirs) and ours != theirs
+    if ours == theirs:
+        return ours, False
+    return (f"{ours} vs rigl's {theirs} †", True) if known_apart else (f"{ours}, rigl's {theirs}", False)
 
 
 def paired_summary(rows: list[dict], criterion: float = -0.15) -> str:
@@ -722,7 +729,8 @@ def paired_summary(rows: list[dict], criterion: float = -0.15) -> str:
     t with n − 1 degrees of freedom; none for n = 1).  An interval that contains 0 does not tell
     the method from RigL at that confidence.  The relative ECE change is the mean of the per-seed
     ratios ΔECE_k / ECE_k(RigL), and "≤ −15%" counts the seeds that pass the paper's bar; a seed
-    whose RigL ECE is 0 has no ratio and is left out of those two columns.
+    whose RigL ECE is 0 has no ratio and is left out of those two columns.  The last column counts
+    the pairs whose runs recorded different precisions (:func:`pair_precision`), pooled here all the same.
     """
     from scipy import stats
 
@@ -734,7 +742,7 @@ def paired_summary(rows: list[dict], criterion: float = -0.15) -> str:
             continue
         rel = (r["ece"] - rigl["ece"]) / rigl["ece"] if rigl["ece"] > 0 else float("nan")
         d_ece, d_acc = 100 * (r["ece"] - rigl["ece"]), 100 * (r["accuracy"] - rigl["accuracy"])
-        pairs[(method, sparsity)].append((d_ece, rel, d_acc))
+        pairs[(method, sparsity)].append((d_ece, rel, d_acc, float(pair_precision(r, rigl)[1])))
 
     def interval(values: np.ndarray) -> str:
         if len(values) < 2:
@@ -743,16 +751,18 @@ def paired_summary(rows: list[dict], criterion: float = -0.15) -> str:
         return f"[{values.mean() - half:+.2f}, {values.mean() + half:+.2f}]"
 
     lines = ["| method | sparsity | paired seeds | ΔECE (pp) | 95% interval | mean ΔECE / RigL's ECE "
-             f"| seeds with ≤ {criterion:.0%} | Δaccuracy (pp) | 95% interval |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| seeds with ≤ {criterion:.0%} | Δaccuracy (pp) | 95% interval | pairs of two precisions |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (method, sparsity), ds in sorted(pairs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        d_ece, rel, d_acc = (np.array(v, dtype=np.float64) for v in zip(*ds))
+        d_ece, rel, d_acc, apart = (np.array(v, dtype=np.float64) for v in zip(*ds))
+        n_apart = int(apart.sum())
         n = len(ds)
         ok = np.isfinite(rel)
         mean_rel = f"{rel[ok].mean():+.0%}" if ok.any() else "–"
         passed = f"{int(np.sum(rel[ok] <= criterion))} of {int(ok.sum())}"
         lines.append(f"| {method} | {sparsity:g} | {n} | {_signed_pm(d_ece)} | {interval(d_ece)} "
-                     f"| {mean_rel} | {passed} | {_signed_pm(d_acc)} | {interval(d_acc)} |")
+                     f"| {mean_rel} | {passed} | {_signed_pm(d_acc)} | {interval(d_acc)} "
+                     f"| {f'{n_apart} †' if n_apart else 0} |")
     return "\n".join(lines)
 
 

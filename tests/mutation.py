@@ -295,12 +295,15 @@ MUTANTS: list[Mutant] = [
            "        if False:  # refused or failed",
            ("tests/test_posterior.py::test_posterior_report_refuses_missing_and_unfinished_runs",)),
     Mutant("paired-precision-unmarked", "a pair of runs trained in two precisions reads as an ordinary pair",
-           "experiments/sweep.py", 'known_apart = "unrecorded" not in (ours, theirs) and ours != theirs',
-           "known_apart = False",
+           "experiments/sweep.py", '    known_apart = "unrecorded" not in (ours, theirs) and ours != theirs',
+           "    known_apart = False",
            ("tests/test_sweep.py::test_paired_differences_mark_a_pair_trained_in_two_precisions",)),
     Mutant("mixed-precision-silent", "--amp auto mixes a new precision into a study without a word",
            "experiments/sweep.py", "    others = sorted(p for p in recorded if p and p != here)",
            "    others = []",
+           ("tests/test_sweep.py::test_a_sweep_says_when_amp_auto_would_mix_precisions_into_a_study",)),
+    Mutant("mixed-precision-note-unwired", "the sweep never asks whether --amp auto would mix precisions",
+           "experiments/sweep.py", '    if args.amp == "auto" and unfinished:', "    if False and unfinished:",
            ("tests/test_sweep.py::test_a_sweep_says_when_amp_auto_would_mix_precisions_into_a_study",)),
 ]
 

@@ -202,13 +202,49 @@ def test_an_explicit_amp_refuses_finished_runs_of_another_precision(tmp_path):
     assert {p: p.read_bytes() for p in runs.rglob("*") if p.is_file()} == before
 
 
-def test_a_sweep_says_when_amp_auto_would_mix_precisions_into_a_study():
+def test_a_sweep_says_when_amp_auto_would_mix_precisions_into_a_study(tmp_path, monkeypatch, capsys):
     note = sweep.mixed_precision_note("cpu-study", {"float32", None}, "bfloat16")
     assert note.startswith("note: finished runs of cpu-study ran in float32, but --amp auto trains here in bfloat16")
-    assert "--amp off and a --study of its own" in note
-    assert "--amp bf16" in sweep.mixed_precision_note("s", {"bfloat16"}, "float32")
+    assert "to keep the study's float32, give --amp off" in note
+    assert "give --amp bf16" in sweep.mixed_precision_note("s", {"bfloat16"}, "float32")
+    assert "give --amp" not in sweep.mixed_precision_note("s", {"bfloat16", "float32"}, "float64")
     assert sweep.mixed_precision_note("s", {"float32", None}, "float32") is None  # unrecorded is not "other"
     assert sweep.mixed_precision_note("s", set(), "bfloat16") is None  # a new study
+    # through the CLI, on a machine whose --amp auto means bf16, before anything trains
+    runs = tmp_path / "study" / "runs"
+    _finished_run(runs / "rigl-plain-s0.9-seed0", "auto", ["float32"], "float32")
+
+    class WouldTrain(Exception):
+        pass
+
+    def no_training(*args, **kwargs):
+        raise WouldTrain
+
+    monkeypatch.setattr(sweep, "run", no_training)
+    monkeypatch.setattr(sweep, "study_rows", lambda *args, **kwargs: [])  # the stub run has no test metrics
+    monkeypatch.setattr("cigl_bayes.config.fast_path_available", lambda device: True)
+    argv = ["--protocol", "cpu-smoke", "--methods", "rigl", "--sparsities", "0.9", "--device", "cpu",
+            "--results", str(tmp_path), "--study", "study", "--no-progress"]
+    with pytest.raises(WouldTrain):
+        sweep.main([*argv, "--seeds", "0", "1"])  # seed 1 would train, in bf16
+    err = capsys.readouterr().err
+    assert "note: finished runs of study ran in float32, but --amp auto trains here in bfloat16" in err
+    assert sweep.main([*argv, "--seeds", "0"]) == 0  # nothing left to train: nothing to say
+    assert "note:" not in capsys.readouterr().err
+    monkeypatch.setattr("cigl_bayes.config.fast_path_available", lambda device: False)  # float32 here
+    with pytest.raises(WouldTrain):
+        sweep.main([*argv, "--seeds", "0", "1"])
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_paired_summary_counts_the_pairs_of_two_precisions():
+    rows = [{"method": m, "sparsity": 0.95, "seed": k, "ece": 0.04, "accuracy": 0.8, "compute_dtype": d}
+            for m, k, d in [("rigl", 0, "float32"), ("cigl", 0, "float32"), ("rigl", 1, "bfloat16"),
+                            ("cigl", 1, "float32"), ("rigl", 2, None), ("cigl", 2, "float32"),
+                            ("cigl-keep0.99", 0, "float32")]]
+    table = sweep.paired_summary(rows)
+    assert "| cigl | 0.95 | 3 |" in table and table.splitlines()[2].endswith("| 1 † |")
+    assert table.splitlines()[3].startswith("| cigl-keep0.99 | 0.95 | 1 |") and table.endswith("| 0 |")
 
 
 def test_paired_differences_are_per_seed_against_rigl():
@@ -229,7 +265,7 @@ def test_paired_differences_mark_a_pair_trained_in_two_precisions():
     assert "| cigl | 0.95 | 0 | +0.00 | +0% | +0.00 | float32 |" in table
     assert "| cigl | 0.95 | 1 | +0.00 | +0% | +0.00 | float32 vs rigl's bfloat16 † |" in table
     assert "| cigl | 0.95 | 2 | +0.00 | +0% | +0.00 | float32, rigl's unrecorded |" in table  # not known to differ
-    assert "†: the two runs of this pair trained in different precisions" in table
+    assert "†: the two runs of this pair recorded different precisions" in table
 
 
 def test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds():
