@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.out.exists() and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give a file name such as model.safetensors")
-    run = load_run(args.run, data_dir=args.data_dir, device=args.device)
+    # the exported model computes in float32, so its BatchNorm statistics are recomputed in float32
+    # too, whatever the run's own --amp (bf16 statistics differ by ~1e-3 on a bf16 CPU)
+    run = load_run(args.run, data_dir=args.data_dir, device=args.device, amp="off")
     stored = run.metrics or {}
     predictor = args.predictor or ("wma" if stored.get("output_predictor") == "wma" and run.samples else "final")
     network = run.network(predictor).to("cpu")

@@ -305,6 +305,9 @@ MUTANTS: list[Mutant] = [
     Mutant("mixed-precision-note-unwired", "the sweep never asks whether --amp auto would mix precisions",
            "experiments/sweep.py", '    if args.amp == "auto" and unfinished:', "    if False and unfinished:",
            ("tests/test_sweep.py::test_a_sweep_says_when_amp_auto_would_mix_precisions_into_a_study",)),
+    Mutant("export-bn-in-run-precision", "a bf16 run is exported with BatchNorm statistics recomputed in bf16",
+           "experiments/export.py", 'device=args.device, amp="off")', "device=args.device)",
+           ("tests/test_export.py::test_export_cli_round_trips_a_tiny_run",)),
 ]
 
 
