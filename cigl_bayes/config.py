@@ -194,6 +194,12 @@ class TrainConfig:
                 "channels_last": self.channels_last == "on" or (self.channels_last == "auto" and fp32),
                 "compile": self.compile}
 
+    def compute_dtype(self, device: torch.device) -> str:
+        """The dtype the matrix products of a run on ``device`` would run in ("bfloat16" where
+        :meth:`speed_options` turns autocast on, else the parameters' dtype), as recorded per epoch
+        in ``history`` → ``compute_dtype``."""
+        return "bfloat16" if self.speed_options(device)["autocast_dtype"] is not None else self.dtype
+
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / self.batch_size)
 

@@ -906,8 +906,7 @@ def main(argv: list[str] | None = None) -> int:
     unfinished = [cfg for method, sparsity, seed, cfg in configs
                   if finished_result(run_dir(runs_root, method, sparsity, seed, args.engine), cfg) is None]
     if args.amp == "auto" and unfinished:
-        cfg = unfinished[0]
-        here = "bfloat16" if cfg.speed_options(resolve_device(cfg.device))["autocast_dtype"] else dtype
+        here = unfinished[0].compute_dtype(resolve_device(unfinished[0].device))
         note = mixed_precision_note(root.name, recorded, here)
         if note:
             print(note, file=sys.stderr)
