@@ -69,11 +69,16 @@ PROTOCOLS: dict[str, dict] = {
     "cpu-study": {"config": {"model": "wrn-22-2", "epochs": CPU_STUDY_EPOCHS,
                              "lr_schedule": "cosine-window"},
                   "methods": ["rigl", "cigl", "cigl-keep0.99"], "sparsities": [0.95], "seeds": [0, 1, 2],
+                  "pinned": {"cigl": {"random_mask_rate": 0.1}},
                   "posterior": ["--bn-batches", "10", "--mc-samples", "4", "--swag-samples", "4"]},
     "cpu-smoke": {"config": {"model": "small-cnn", "epochs": 6, "subset": 5000, "test_subset": 2000,
                              "batch_size": 64, "delta_t": 20, "log_every": 10},
-                  "methods": ["dense", "rigl", "cigl"], "sparsities": [0.9, 0.95], "seeds": [0, 1]},
+                  "methods": ["dense", "rigl", "cigl"], "sparsities": [0.9, 0.95], "seeds": [0, 1],
+                  "pinned": {"cigl": {"random_mask_rate": 0.1}}},
 }
+# "pinned": settings a protocol fixes behind a method name, so that the runs a study has committed
+# keep their meaning when a library default changes (the study's plain ``cigl`` is keep 0.9, the
+# default these runs were trained with); an explicit ``<method>-keep<k>`` still wins.
 BASELINES = {"rigl+mixup": ("rigl", {"mixup": 0.2}), "rigl+ls": ("rigl", {"label_smoothing": 0.1})}
 ABLATIONS = ["rigl", "cigl-no-rm", "cigl-no-wma", "cigl"]
 
@@ -98,6 +103,16 @@ def method_spec(name: str) -> tuple[str, dict]:
         return base, {"random_mask_rate": round(1.0 - value, 12)}
     raise ValueError(f"unknown method {name!r}; known: {', '.join([*METHODS, *BASELINES])}, "
                      "or <random-mask method>-keep<k> (e.g. cigl-keep0.99)")
+
+
+def cell_config(proto: dict, method: str, sparsity: float, seed: int, engine: str, overrides: dict) -> TrainConfig:
+    """The validated TrainConfig of one grid cell: the protocol's settings with the command line's
+    ``overrides``, what the protocol pins behind ``method``, then what the method name itself says."""
+    base, extra = method_spec(method)
+    settings = {**overrides, **proto.get("pinned", {}).get(method, {}), **extra}
+    cfg = TrainConfig(**settings, method=base, engine=engine, sparsity=sparsity, seed=seed)
+    cfg.validate()  # every cell checked before any training starts
+    return cfg
 
 
 def check_distinct(methods: list[str], sparsities: list[float], seeds: list[int]) -> None:
@@ -888,12 +903,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "subset", "test_subset", "model"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    configs = []
-    for method, sparsity, seed in cells:
-        base, extra = method_spec(method)
-        cfg = TrainConfig(**{**overrides, **extra}, method=base, engine=args.engine, sparsity=sparsity, seed=seed)
-        cfg.validate()  # every cell checked before any training starts
-        configs.append((method, sparsity, seed, cfg))
+    configs = [(method, sparsity, seed, cell_config(proto, method, sparsity, seed, args.engine, overrides))
+               for method, sparsity, seed in cells]
 
     apply_host_allocator(args)
     root = Path(args.results) / (args.study or args.protocol)
