@@ -195,7 +195,7 @@ def _precisions(rows: list[dict]) -> str:
     counts: dict[str, int] = defaultdict(int)
     for r in {r["folder"]: r for r in rows}.values():
         counts[r.get("compute_dtype") or "not recorded"] += 1
-    return ", ".join(f"{dtype} ({n} runs)" for dtype, n in sorted(counts.items()))
+    return ", ".join(f"{dtype} ({n} run{'' if n == 1 else 's'})" for dtype, n in sorted(counts.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
