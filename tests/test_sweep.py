@@ -176,6 +176,9 @@ def test_the_committed_study_runs_still_count_as_finished_under_the_protocol(stu
     pinned = sweep.cell_config(proto, "cigl", 0.95, 0, "plain", overrides)
     assert pinned.random_mask_rate == pytest.approx(0.1) and pinned.keep == pytest.approx(0.9)
     assert sweep.cell_config(proto, "cigl-keep0.99", 0.95, 0, "plain", overrides).keep == pytest.approx(0.99)
+    # and the ablation and baseline that draw Z stay at the keep of the ``cigl`` they are compared with
+    for method in ["cigl-no-wma", "rigl-wdp"]:
+        assert sweep.cell_config(proto, method, 0.95, 0, "plain", overrides).keep == pytest.approx(0.9), method
 
 
 def _finished_run(folder, amp: str, epochs_in: list[str], evaluated_in: str | None, method: str = "rigl"):
