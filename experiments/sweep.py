@@ -92,7 +92,8 @@ def method_spec(name: str) -> tuple[str, dict]:
     """Sweep method name → (trainer method, extra config).
 
     ``<method>-keep<k>`` runs a random-mask method at keep probability k (e.g. ``cigl-keep0.99``,
-    the official code's value; plain ``cigl`` uses the library default)."""
+    the official code's value; plain ``cigl`` uses the library default, unless the protocol pins
+    it: cpu-study and cpu-smoke keep 0.9, see ``AT_KEEP_09``)."""
     if name in BASELINES:
         return BASELINES[name]
     if name in METHODS:
