@@ -35,7 +35,9 @@ def build_parser(preset: str) -> argparse.ArgumentParser:
                    help="paper: the paper's CIFAR settings; quick: a few CPU minutes")
     add_train_arguments(p, TrainConfig(method="cigl", engine="svi"), exclude=("engine",))
     p.add_argument("--keep", type=float, default=None, help="keep probability of Z (= 1 - random-mask rate)")
-    p.set_defaults(**PRESETS[preset])
+    # None = not given (the help still names TrainConfig's default), so --keep can tell an explicit
+    # --random-mask-rate that happens to equal the default from an absent one
+    p.set_defaults(**PRESETS[preset], random_mask_rate=None)
     return p
 
 
@@ -47,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep is not None:
         if not 0.0 < args.keep <= 1.0:  # NaN fails this too
             raise ValueError(f"--keep must be in (0, 1], got {args.keep}")
-        given_rate = args.random_mask_rate != TrainConfig().random_mask_rate
-        if given_rate and abs(args.random_mask_rate - (1.0 - args.keep)) > 1e-12:
+        if args.random_mask_rate is not None and abs(args.random_mask_rate - (1.0 - args.keep)) > 1e-12:
             raise ValueError(f"--keep {args.keep} and --random-mask-rate {args.random_mask_rate} disagree "
                              "(keep = 1 − rate); give one of them")
         args.random_mask_rate = 1.0 - args.keep
+    elif args.random_mask_rate is None:
+        args.random_mask_rate = TrainConfig().random_mask_rate
     args.device = init_from_env(args.device)[1]  # joins torchrun's process group if there is one
     apply_host_allocator(args)
     cfg = config_from_args(args, engine="svi")

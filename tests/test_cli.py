@@ -80,6 +80,8 @@ def call_cli(main, argv: list[str], capsys) -> tuple[int, str]:
         (["--lr", "nan"], "lr must be a finite number"),
         (["--sigma", "inf"], "sigma must be a finite number"),
         (["--keep", "0.9", "--random-mask-rate", "0.01"], "disagree"),
+        (["--keep", "0.5", "--random-mask-rate", "0.1"], "disagree"),  # a rate equal to the default is given too
+        (["--keep", "0.5", "--random-mask-rate", "0.01"], "disagree"),
         (["--epochs", "abc"], "invalid int value"),
         (["--no-such-option"], "unrecognized arguments"),
         (["--lr-schedule", "linear"], "unknown lr schedule"),
