@@ -167,7 +167,7 @@ class TrainedRun:
     @property
     def keep(self) -> float:
         """Keep probability of the mc-z masks: the run's 1 − random-mask rate."""
-        return 1.0 - self.config.random_mask_rate
+        return 1.0 - self.config.mask_rate
 
     def parameters_stored(self, predictor: str, draws: list[tuple[str, Snapshot]], swag_rank: int = 20) -> int:
         """Numbers kept to make the prediction: non-zeros of every weight setting kept (mc-z keeps

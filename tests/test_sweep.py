@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -149,36 +150,38 @@ def test_a_run_finished_elsewhere_is_read_from_its_small_files(tmp_path):
     assert sweep.finished_result(tmp_path, cfg) is None
 
 
-@pytest.mark.parametrize("study", ["cpu-study", "cpu-study-bf16"])
+@pytest.mark.parametrize("study", ["cpu-study", "cpu-study-bf16", "precision-fp32", "precision-bf16"])
 def test_the_committed_study_runs_still_count_as_finished_under_the_protocol(study, monkeypatch):
-    """Every run committed under docs/results/<study>/runs is what the cpu-study protocol builds
-    today for its folder name, so a sweep reads it instead of refusing or retraining it; and the
-    protocol's plain ``cigl`` stays keep 0.9 (the runs' setting) whatever the library default is."""
+    """Every run committed under docs/results/<study>/runs is what its protocol (with the overrides
+    its summary.json records) builds today for its folder name, so a sweep reads it instead of
+    refusing or retraining it; and the protocol's plain ``cigl`` stays keep 0.9 (the runs' setting)
+    though the library's default is keep 0.99, and would stay so under any other default."""
     from pathlib import Path
 
-    from cigl_bayes.config import TrainConfig
+    from cigl_bayes.config import METHODS, TrainConfig
 
-    proto = sweep.PROTOCOLS["cpu-study"]
-    overrides = dict(proto["config"], device="auto", data_dir=None, amp="auto", channels_last="auto")
-    runs = sorted((Path(__file__).parent.parent / "docs" / "results" / study / "runs").glob("*-seed*"))
+    root = Path(__file__).parent.parent / "docs" / "results" / study
+    summary = json.loads((root / "summary.json").read_text())
+    proto, overrides = sweep.PROTOCOLS[summary["protocol"]], summary["overrides"]
+    runs = sorted((root / "runs").glob("*-seed*"))
     assert runs, f"no committed runs of {study}"
     for folder in runs:
         match = sweep.RUN_NAME.match(folder.name)
         cfg = sweep.cell_config(proto, match["method"], float(match["sparsity"]), int(match["seed"]),
                                 match["engine"], overrides)
         assert sweep.finished_result(folder, cfg) is not None, f"{folder.name} no longer matches its cell"
-    # a different library default (here keep 0.99) must not change what the study's ``cigl`` cells mean
-    def with_keep_099_by_default(**settings):
-        settings.setdefault("random_mask_rate", 0.01)
-        return TrainConfig(**settings)
-
-    monkeypatch.setattr(sweep, "TrainConfig", with_keep_099_by_default)
-    pinned = sweep.cell_config(proto, "cigl", 0.95, 0, "plain", overrides)
-    assert pinned.random_mask_rate == pytest.approx(0.1) and pinned.keep == pytest.approx(0.9)
-    assert sweep.cell_config(proto, "cigl-keep0.99", 0.95, 0, "plain", overrides).keep == pytest.approx(0.99)
-    # and the ablation and baseline that draw Z stay at the keep of the ``cigl`` they are compared with
-    for method in ["cigl-no-wma", "rigl-wdp"]:
-        assert sweep.cell_config(proto, method, 0.95, 0, "plain", overrides).keep == pytest.approx(0.9), method
+    # the library's default (keep 0.99 for cigl) must not change what the study's ``cigl`` cells mean ...
+    assert TrainConfig(method="cigl").keep == pytest.approx(0.99)
+    for default_rate in [None, 0.3]:  # ... today's default, or any later one
+        if default_rate is not None:
+            for name in ["cigl", "cigl-no-wma", "rigl-wdp"]:
+                monkeypatch.setitem(METHODS, name, dataclasses.replace(METHODS[name], random_mask_rate=default_rate))
+        pinned = sweep.cell_config(proto, "cigl", 0.95, 0, "plain", overrides)
+        assert pinned.random_mask_rate == pytest.approx(0.1) and pinned.keep == pytest.approx(0.9)
+        assert sweep.cell_config(proto, "cigl-keep0.99", 0.95, 0, "plain", overrides).keep == pytest.approx(0.99)
+        # and the ablation and baseline that draw Z stay at the keep of the ``cigl`` they are compared with
+        for method in ["cigl-no-wma", "rigl-wdp"]:
+            assert sweep.cell_config(proto, method, 0.95, 0, "plain", overrides).keep == pytest.approx(0.9), method
 
 
 def _finished_run(folder, amp: str, epochs_in: list[str], evaluated_in: str | None, method: str = "rigl"):
