@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.random_mask_rate is not None and abs(args.random_mask_rate - (1.0 - args.keep)) > 1e-12:
             raise ValueError(f"--keep {args.keep} and --random-mask-rate {args.random_mask_rate} disagree "
                              "(keep = 1 − rate); give one of them")
-        args.random_mask_rate = 1.0 - args.keep
+        args.random_mask_rate = round(1.0 - args.keep, 12)  # 1 − 0.99 is 0.010000000000000009, not the default 0.01
     args.device = init_from_env(args.device)[1]  # joins torchrun's process group if there is one
     apply_host_allocator(args)
     cfg = config_from_args(args, engine="svi")

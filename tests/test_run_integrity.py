@@ -46,6 +46,18 @@ def test_keep_and_random_mask_rate_must_agree():
         svi_cifar.main(["--keep", "nan", "--out", "/nonexistent/never-written"])
 
 
+def test_keep_099_gives_the_default_rate_exactly(monkeypatch):
+    """--keep 0.99 must name the same config as the default (rate 0.01), not 1 − 0.99 =
+    0.010000000000000009, which a resume or the sweep would treat as another run."""
+    from cigl_bayes.config import TrainConfig
+    from experiments import svi_cifar
+
+    seen = []
+    monkeypatch.setattr(svi_cifar, "run", lambda cfg, out, progress: seen.append(cfg))
+    svi_cifar.main(["--keep", "0.99", "--device", "cpu", "--out", "/nonexistent/never-written"])
+    assert seen[0].resolved(n_train=45_000).random_mask_rate == TrainConfig(method="cigl").resolved().random_mask_rate
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--seeds", "0", "0"], "--seeds repeats 0"),
     (["--methods", "rigl", "rigl"], "--methods repeats rigl"),
