@@ -215,7 +215,11 @@ class TrainConfig:
         return math.ceil(n_train / self.batch_size)
 
     def resolved(self, n_train: int | None = None) -> TrainConfig:
-        """Fill model-dependent defaults; rescale paper step counts to this run's length."""
+        """Fill model-dependent defaults; rescale paper step counts to this run's length.
+
+        The result holds numbers, not "the default": e.g. ``random_mask_rate`` becomes the method's
+        rate.  So change the method (or model, epochs) on the unresolved config and resolve again;
+        ``dataclasses.replace(cfg.resolved(), method="rigl-wdp")`` would keep CigL's rate 0.01."""
         self.validate()
         d = MODEL_DEFAULTS.get(self.model, GENERIC_DEFAULTS)
         scale = 1.0

@@ -134,7 +134,7 @@ def analyse(run_dir: Path, args, built: dict[str, ShiftSets]) -> tuple[dict, Shi
                                  **metrics.ood_detection(in_scores, out_scores),
                                  "mean_in": float(in_scores.mean()), "mean_out": float(out_scores.mean())})
     report = {"run": str(run_dir), "method": run.config.method, "sparsity": run.config.sparsity,
-              "compute_dtype": run.compute_dtype,
+              "compute_dtype": run.compute_dtype, "mc_z_keep": run.keep,
               "images_per_set": len(sets.clean), "ood_images_per_set": args.ood_size,
               "corruptions": list(args.corruptions), "ood_sets": list(args.ood),
               "forward_passes": {n: 1 if d is None else int(d.shape[0]) for n, (_, d) in preds.items()},
@@ -265,10 +265,13 @@ def comparison(reports: list[dict]) -> tuple[list[dict], str]:
             auroc = [r["auroc"] for r in rep["ood"] if r["predictor"] == predictor and r["score"] == "entropy"]
             rows.append({"run": Path(rep["run"]).name, "method": rep["method"], "predictor": predictor,
                          "passes": rep["forward_passes"].get(predictor, 1),
+                         # mc-z draws Z at the run's keep (a run without Z: 1 − its method's default rate)
+                         "keep": rep.get("mc_z_keep", "") if predictor == "mc-z" else "",
                          **{f"ece_{k}": v for k, v in by_ece[predictor].items() if k != "predictor"},
                          **{f"acc_{k}": v for k, v in by_acc[predictor].items() if k != "predictor"},
                          "ood_auroc_entropy": float(np.mean(auroc)) if auroc else float("nan")})
-    cols = ["run", "predictor", "passes"] + [f"ece_s{s}" for s in range(6)] + ["acc_s0", "acc_s5", "ood_auroc_entropy"]
+    cols = ["run", "predictor", "passes", "keep", *(f"ece_s{s}" for s in range(6)), "acc_s0", "acc_s5",
+            "ood_auroc_entropy"]
     return rows, _md_table(rows, cols)
 
 

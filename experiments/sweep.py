@@ -872,7 +872,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu-smoke")
     p.add_argument("--study", default=None, help="results/<study>/ (default: the protocol name)")
     p.add_argument("--results", default="results", help="parent folder of studies")
-    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="sweep methods (default: the protocol's): the trainer's, rigl+mixup, rigl+ls, or "
+                        "<random-mask method>-keep<k>.  cpu-study and cpu-smoke pin cigl, cigl-no-wma and "
+                        "rigl-wdp at keep 0.9 (their committed runs'); cigl-keep0.99 asks for the default 0.99")
     p.add_argument("--sparsities", nargs="+", type=float, default=None)
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--engine", choices=["plain", "svi"], default="plain")
@@ -911,6 +914,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides[name] = getattr(args, name)
     configs = [(method, sparsity, seed, cell_config(proto, method, sparsity, seed, args.engine, overrides))
                for method, sparsity, seed in cells]
+    pinned = sorted({method for method, *_ in cells} & set(proto.get("pinned", {})))
+    if pinned:
+        print(f"sweep: protocol {args.protocol} pins " + "; ".join(
+            f"{m}: " + ", ".join(f"{k}={v}" for k, v in proto["pinned"][m].items()) for m in pinned), file=sys.stderr)
 
     apply_host_allocator(args)
     root = Path(args.results) / (args.study or args.protocol)

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         bands[name] = (grid_means.mean(0).numpy(), std.numpy())
 
     out = Path(args.out)
-    atomic_write_json({"config": cfg.to_dict(), "noise_std": args.noise_std, "n_train": args.n_train,
+    atomic_write_json({"config": trainer.cfg.to_dict(), "noise_std": args.noise_std, "n_train": args.n_train,
                        "samples": len(samples), "predictors": rows}, out / "metrics.json")
     atomic_write_csv(rows, out / "metrics.csv")
     plot(out / "toy_regression.png", grid, bands, x_train, y_train, title=f"{args.method} ({args.engine}) · "

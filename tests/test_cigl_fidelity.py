@@ -12,7 +12,6 @@ The trainers run in float64 on random 8×8 images (no data set needed), a few st
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 
 import pyro
@@ -155,6 +154,19 @@ def test_z_is_drawn_fresh_every_step_and_enters_the_forward_pass(tmp_path):
         assert dropped == pytest.approx(0.1, abs=0.03)  # keep = 0.9 as asked
     for a, b in zip(zs.draws, zs.draws[1:]):
         assert not torch.equal(a, b)  # a fresh Z on every step
+
+
+def test_a_default_cigl_trainer_draws_z_at_keep_099_and_records_it(tmp_path):
+    """End to end: a Trainer built without a rate draws Z at the library default (keep 0.99) and its
+    resolved config (config.json) says so, so the run keeps its meaning under a later default."""
+    trainer = make_trainer(tmp_path, delta_t=1000)
+    assert trainer.z_source.keep == pytest.approx(0.99)
+    zs = ZSpy(trainer)
+    take_steps(trainer, trainer.data.train.epoch(0), 4)
+    m = trainer.net.mask.flat
+    dropped = 1 - float(torch.cat([z[m] for z in zs.draws]).mean())  # ≈ 4 × 4,800 sparse weights
+    assert dropped == pytest.approx(0.01, abs=0.004)
+    assert trainer.cfg.to_dict()["random_mask_rate"] == pytest.approx(0.01)  # what fit() writes to config.json
 
 
 def test_only_the_m_and_z_entries_move_in_a_step(tmp_path):
@@ -337,7 +349,7 @@ def test_t_star_and_keep_defaults():
     assert TrainConfig(epochs=10).resolved(n_train=1000).wma_start_epoch == 8  # 0.8 · epochs
     assert paper.keep == pytest.approx(0.99)  # the official code's; chosen by the cpu-study (validation NLL)
     assert paper.random_mask_rate == pytest.approx(0.01)  # resolved, so config.json records it
-    assert dataclasses.replace(paper, method="rigl").keep == 1.0
+    assert TrainConfig(method="rigl").resolved(n_train=45_000).keep == 1.0
     assert TrainConfig(method="cigl-no-wma").keep == pytest.approx(0.99)  # the ablation keeps CigL's Z
     assert TrainConfig(method="rigl-wdp").keep == pytest.approx(0.9)  # the dropout baselines: rate 0.1
     assert TrainConfig(method="rigl-mcdp").dropout == pytest.approx(0.1)

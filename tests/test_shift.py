@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 
@@ -201,6 +202,13 @@ def test_shift_report_on_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeyp
     assert row["mean_in"] == pytest.approx(float((1 - probs.max(-1).values).mean()))
     assert row["mean_out"] == pytest.approx(float((1 - blobs.max(-1).values).mean()))
     assert (tmp_path / "cmp" / "comparison.md").read_text().count("| cigl |") >= 1
+    # mc-z draws at each run's own keep: CigL's default 0.99; RigL (no Z) 1 − its method's rate 0.1
+    assert report["mc_z_keep"] == pytest.approx(0.99)
+    assert json.loads((runs[1] / "shift" / "shift.json").read_text())["mc_z_keep"] == pytest.approx(0.9)
+    with open(tmp_path / "cmp" / "comparison.csv") as f:
+        keeps = {(r["run"], r["predictor"]): r["keep"] for r in csv.DictReader(f)}
+    assert float(keeps["cigl", "mc-z"]) == pytest.approx(0.99) and float(keeps["rigl", "mc-z"]) == pytest.approx(0.9)
+    assert keeps["cigl", "wma"] == ""
 
 
 @pytest.mark.parametrize(("extra", "match"), [

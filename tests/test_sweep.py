@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,6 +121,22 @@ def test_a_sweep_whose_every_run_is_busy_ends_cleanly(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == [".tables.lock", "runs"]  # no tables
 
 
+def test_a_sweep_says_which_settings_its_protocol_pins(tmp_path, capsys):
+    """cpu-smoke trains its plain ``cigl`` at keep 0.9, not the library default: the sweep says so."""
+    from cigl_bayes.runs import RunFolderLock
+
+    cigl, cigl_099 = (tmp_path / "s" / "runs" / f"{m}-plain-s0.9-seed0" for m in ["cigl", "cigl-keep0.99"])
+    cigl.mkdir(parents=True)
+    cigl_099.mkdir()
+    argv = ["--protocol", "cpu-smoke", "--sparsities", "0.9", "--seeds", "0", "--results", str(tmp_path),
+            "--study", "s", "--device", "cpu", "--no-progress", "--methods"]
+    with RunFolderLock(cigl), RunFolderLock(cigl_099):  # busy: nothing trains
+        assert sweep.main([*argv, "cigl"]) == 0
+        assert "pins cigl: random_mask_rate=0.1" in capsys.readouterr().err
+        assert sweep.main([*argv, "cigl-keep0.99"]) == 0  # nothing pinned behind this name
+        assert "pins" not in capsys.readouterr().err
+
+
 def test_sweep_rejects_unknown_method_before_training(tmp_path):
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         sweep.main(["--methods", "rigl", "magic", "--results", str(tmp_path), "--no-progress"])
@@ -150,20 +167,35 @@ def test_a_run_finished_elsewhere_is_read_from_its_small_files(tmp_path):
     assert sweep.finished_result(tmp_path, cfg) is None
 
 
-@pytest.mark.parametrize("study", ["cpu-study", "cpu-study-bf16", "precision-fp32", "precision-bf16"])
+RESULTS = Path(__file__).parent.parent / "docs" / "results"
+# Every committed sweep study with runs: a folder with the summary.json a sweep writes (its protocol and
+# overrides) and runs/ (docs/results/cpu-smoke keeps its tables only), and docs/results/shift-small, the
+# two runs of the shift report's example, made by the cpu-smoke sweep command in docs/reproduction.md
+# (its study folder was not kept, so neither was a summary.json).
+COMMITTED_STUDIES = [*sorted(p.parent.name for p in RESULTS.glob("*/summary.json") if (p.parent / "runs").is_dir()),
+                     "shift-small"]
+SHIFT_SMALL = {"protocol": "cpu-smoke", "overrides": {**sweep.PROTOCOLS["cpu-smoke"]["config"], "subset": 45000,
+                                                      "test_subset": 10000, "epochs": 12}}
+
+
+def test_the_committed_studies_are_found():
+    assert {"cpu-study", "cpu-study-bf16", "precision-fp32", "precision-bf16"} <= set(COMMITTED_STUDIES)
+
+
+@pytest.mark.parametrize("study", COMMITTED_STUDIES)
 def test_the_committed_study_runs_still_count_as_finished_under_the_protocol(study, monkeypatch):
     """Every run committed under docs/results/<study>/runs is what its protocol (with the overrides
     its summary.json records) builds today for its folder name, so a sweep reads it instead of
     refusing or retraining it; and the protocol's plain ``cigl`` stays keep 0.9 (the runs' setting)
     though the library's default is keep 0.99, and would stay so under any other default."""
-    from pathlib import Path
-
     from cigl_bayes.config import METHODS, TrainConfig
 
-    root = Path(__file__).parent.parent / "docs" / "results" / study
-    summary = json.loads((root / "summary.json").read_text())
+    root = RESULTS / study
+    if study == "shift-small":
+        summary, runs = SHIFT_SMALL, sorted(root.glob("*-seed*"))
+    else:
+        summary, runs = json.loads((root / "summary.json").read_text()), sorted((root / "runs").glob("*-seed*"))
     proto, overrides = sweep.PROTOCOLS[summary["protocol"]], summary["overrides"]
-    runs = sorted((root / "runs").glob("*-seed*"))
     assert runs, f"no committed runs of {study}"
     for folder in runs:
         match = sweep.RUN_NAME.match(folder.name)
