@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_bytes((f"# Shift and OOD: {', '.join(r.name for r in args.runs)}\n\n{table}\n\n"
                             "ece_sK: mean ECE over the corruptions at severity K (s0: clean); acc_s0/acc_s5: "
                             "accuracy clean and at severity 5; ood_auroc_entropy: mean AUROC over the OOD sets, "
-                            "scored by predictive entropy; passes: forward passes per input.\n").encode(),
+                            "scored by predictive entropy; passes: forward passes per input; keep: the keep "
+                            "probability of mc-z's Z draws (mc-z rows only).\n").encode(),
                            args.out / "comparison.md")
         atomic_write_json([{k: v for k, v in r.items()} for r in reports], args.out / "shift.json")
     return 0

@@ -873,9 +873,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default=None, help="results/<study>/ (default: the protocol name)")
     p.add_argument("--results", default="results", help="parent folder of studies")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="sweep methods (default: the protocol's): the trainer's, rigl+mixup, rigl+ls, or "
+                   help="sweep methods (default: the protocol's): the trainer's methods, rigl+mixup, rigl+ls, or "
                         "<random-mask method>-keep<k>.  cpu-study and cpu-smoke pin cigl, cigl-no-wma and "
-                        "rigl-wdp at keep 0.9 (their committed runs'); cigl-keep0.99 asks for the default 0.99")
+                        "rigl-wdp at keep 0.9 (the keep of their committed runs); cigl-keep0.99 asks for the "
+                        "default 0.99")
     p.add_argument("--sparsities", nargs="+", type=float, default=None)
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--engine", choices=["plain", "svi"], default="plain")
@@ -917,7 +918,8 @@ def main(argv: list[str] | None = None) -> int:
     pinned = sorted({method for method, *_ in cells} & set(proto.get("pinned", {})))
     if pinned:
         print(f"sweep: protocol {args.protocol} pins " + "; ".join(
-            f"{m}: " + ", ".join(f"{k}={v}" for k, v in proto["pinned"][m].items()) for m in pinned), file=sys.stderr)
+            f"{m}: " + ", ".join(f"{k}={v}" + (f" (keep {1 - v:g})" if k == "random_mask_rate" else "")
+                                 for k, v in proto["pinned"][m].items()) for m in pinned), file=sys.stderr)
 
     apply_host_allocator(args)
     root = Path(args.results) / (args.study or args.protocol)

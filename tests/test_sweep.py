@@ -132,7 +132,7 @@ def test_a_sweep_says_which_settings_its_protocol_pins(tmp_path, capsys):
             "--study", "s", "--device", "cpu", "--no-progress", "--methods"]
     with RunFolderLock(cigl), RunFolderLock(cigl_099):  # busy: nothing trains
         assert sweep.main([*argv, "cigl"]) == 0
-        assert "pins cigl: random_mask_rate=0.1" in capsys.readouterr().err
+        assert "pins cigl: random_mask_rate=0.1 (keep 0.9)" in capsys.readouterr().err
         assert sweep.main([*argv, "cigl-keep0.99"]) == 0  # nothing pinned behind this name
         assert "pins" not in capsys.readouterr().err
 
@@ -197,6 +197,9 @@ def test_the_committed_study_runs_still_count_as_finished_under_the_protocol(stu
         summary, runs = json.loads((root / "summary.json").read_text()), sorted((root / "runs").glob("*-seed*"))
     proto, overrides = sweep.PROTOCOLS[summary["protocol"]], summary["overrides"]
     assert runs, f"no committed runs of {study}"
+    for key, value in proto["config"].items():  # the protocol's own settings, as today (the command line
+        if key not in ("epochs", "subset", "test_subset", "model"):  # may override only these)
+            assert overrides.get(key) == value, f"{study}: the protocol's {key} changed from {overrides.get(key)!r}"
     for folder in runs:
         match = sweep.RUN_NAME.match(folder.name)
         cfg = sweep.cell_config(proto, match["method"], float(match["sparsity"]), int(match["seed"]),
