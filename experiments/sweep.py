@@ -186,7 +186,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
         groups[(r["method"], r["engine"], r["sparsity"])].append(r)
     summary = []
     for (method, engine, sparsity), rs in sorted(groups.items(), key=lambda kv: (kv[0][2], kv[0][0])):
-        entry = {"method": method, "engine": engine, "sparsity": sparsity, "seeds": len(rs)}
+        entry = {"method": method, "engine": engine, "sparsity": sparsity, "seeds": len(rs),
+                 "predictor": "/".join(sorted({r["predictor"] for r in rs}))}
         for k in SUMMARY_KEYS:
             values = np.array([r[k] for r in rs if r.get(k) is not None], dtype=np.float64)
             if len(values) < len(rs):
@@ -243,27 +244,41 @@ def pivot_table(summary: list[dict], key: str, methods: list[str], mark_vs_rigl:
     return "\n".join(lines)
 
 
-def plot_vs_sparsity(summary: list[dict], key: str, label: str, path: Path) -> None:
+def _seeds_label(method: str, entries: list[dict]) -> str:
+    """Legend entry: the method, the predictor its numbers come from, and how many seeds each point has."""
+    counts = sorted({e["seeds"] for e in entries})
+    n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    predictors = sorted({e.get("predictor") or "?" for e in entries})
+    return f"{method} ({'/'.join(predictors)}, {n} seed{'s' if counts[-1] > 1 else ''})"
+
+
+def plot_title(what: str, study: str) -> str:
+    return f"{what}, {study}: mean ± std over seeds (test split)"
+
+
+def plot_vs_sparsity(summary: list[dict], key: str, label: str, path: Path, title: str = "") -> None:
     """Metric versus sparsity per method (x: −log10(1 − sparsity), so 0.9, 0.99, 0.999 are evenly
-    spaced as in the paper's Fig. 1c); dense as a horizontal line."""
+    spaced as in the paper's Fig. 1c); dense as a horizontal line; error bars: std over seeds."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     by_method: dict[str, list[dict]] = defaultdict(list)
     for e in summary:
         by_method[e["method"]].append(e)
     for m, es in sorted(by_method.items()):
         es = sorted(es, key=lambda e: e["sparsity"])
         if all(e["sparsity"] == 0 for e in es):
-            ax.axhline(es[0][f"{key}_mean"], color="grey", ls=":", label=m)
+            ax.axhline(es[0][f"{key}_mean"], color="grey", ls=":", label=_seeds_label(m, es) + ", any sparsity")
             continue
         x = [-math.log10(1 - e["sparsity"]) for e in es]
         ax.errorbar(x, [e[f"{key}_mean"] for e in es], yerr=[e[f"{key}_std"] for e in es], marker="o", capsize=3,
-                    label=m)
+                    label=_seeds_label(m, es))
     ticks = sorted({e["sparsity"] for e in summary if e["sparsity"] > 0})
     ax.set_xticks([-math.log10(1 - s) for s in ticks], [f"{s:g}" for s in ticks])
-    ax.set_xlabel("sparsity")
+    ax.set_xlabel("sparsity (axis spaced by −log₁₀(1 − sparsity))")
     ax.set_ylabel(label)
+    if title:
+        ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     atomic_save_figure(fig, path)
@@ -289,21 +304,25 @@ def plot_reliability_dense_vs_sparse(root: Path, rows: list[dict], engine: str, 
         metrics.plot_reliability_diagram(chosen, out, title="dense vs sparse")
 
 
-def plot_baselines(summary: list[dict], methods: list[str], path: Path) -> None:
+def plot_baselines(summary: list[dict], methods: list[str], path: Path, title: str = "") -> None:
+    """Fig. 4: test ECE of RigL's calibration baselines and CigL, bars per sparsity; error bars: std over seeds."""
     import matplotlib.pyplot as plt
 
     sparsities = sorted({e["sparsity"] for e in summary if e["sparsity"] > 0})
     index = {(e["method"], e["sparsity"]): e for e in summary}
     present = [m for m in methods if any((m, s) in index for s in sparsities)]
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     width = 0.8 / max(1, len(present))
     for i, m in enumerate(present):
         xs = [j + i * width for j, s in enumerate(sparsities) if (m, s) in index]
         es = [index[(m, s)] for s in sparsities if (m, s) in index]
-        ax.bar(xs, [e["ece_mean"] for e in es], width, yerr=[e["ece_std"] for e in es], capsize=2, label=m)
+        ax.bar(xs, [e["ece_mean"] for e in es], width, yerr=[e["ece_std"] for e in es], capsize=2,
+               label=_seeds_label(m, es))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sparsities))], [f"{s:g}" for s in sparsities])
     ax.set_xlabel("sparsity")
-    ax.set_ylabel("ECE")
+    ax.set_ylabel("ECE (15 bins)")
+    if title:
+        ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     atomic_save_figure(fig, path)
@@ -540,10 +559,13 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
     text = ("# Baselines (Fig. 4)\n\n" + header + "\n\nECE\n\n" + pivot_table(summary, "ece", baselines, True)
             + "\n\nAccuracy\n\n" + pivot_table(summary, "accuracy", baselines) + "\n")
     atomic_write_bytes(text.encode(), root / "baselines.md")
-    plot_vs_sparsity(summary, "accuracy", "test accuracy", root / "accuracy_vs_sparsity.png")
-    plot_vs_sparsity(summary, "ece", "ECE (15 bins)", root / "ece_vs_sparsity.png")
+    study = f"study {root.name} ({protocol}, {engine} engine)"
+    plot_vs_sparsity(summary, "accuracy", "test accuracy", root / "accuracy_vs_sparsity.png",
+                     plot_title("Accuracy vs sparsity", study))
+    plot_vs_sparsity(summary, "ece", "test ECE (15 bins)", root / "ece_vs_sparsity.png",
+                     plot_title("ECE vs sparsity", study))
     plot_reliability_dense_vs_sparse(root / "runs", rows, engine, root / "reliability_dense_vs_sparse.png")
-    plot_baselines(summary, baselines, root / "baselines.png")
+    plot_baselines(summary, baselines, root / "baselines.png", plot_title("Calibration baselines", study))
     atomic_write_bytes(("# Regime reached\n\n" + header + "\n\n" + regime_table(summary) + "\n").encode(),
                        root / "regime.md")
     _, keep_text = keep_choice(rows)
