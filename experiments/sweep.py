@@ -244,16 +244,24 @@ def pivot_table(summary: list[dict], key: str, methods: list[str], mark_vs_rigl:
     return "\n".join(lines)
 
 
-def _seeds_label(method: str, entries: list[dict]) -> str:
-    """Legend entry: the method, the predictor its numbers come from, and how many seeds each point has."""
+def _legend_label(method: str, entries: list[dict]) -> str:
+    """Legend entry of one method's summary entries: the method, the predictor its numbers come from, and
+    how many seeds its points have (a range where sparsities differ)."""
     counts = sorted({e["seeds"] for e in entries})
     n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    predictors = sorted({e.get("predictor") or "?" for e in entries})
+    predictors = sorted({p for e in entries for p in (e.get("predictor") or "?").split("/")})
     return f"{method} ({'/'.join(predictors)}, {n} seed{'s' if counts[-1] > 1 else ''})"
 
 
-def plot_title(what: str, study: str) -> str:
-    return f"{what}, {study}: mean ± std over seeds (test split)"
+def plot_title(what: str, study: str, protocol: str, engine: str) -> str:
+    """Title of a summary plot: what it shows, of which study, and how its points and bars are made."""
+    return (f"{what}, study {study} (protocol {protocol}, {engine} engine)\n"
+            "test split; mean ± std over seeds (no bar: one seed)")
+
+
+def _std_or_nan(entries: list[dict], key: str) -> list[float]:
+    """Error bars: the std over seeds, none (nan) for a single seed, whose 0.0 would read as 'no spread'."""
+    return [e[f"{key}_std"] if e["seeds"] > 1 else float("nan") for e in entries]
 
 
 def plot_vs_sparsity(summary: list[dict], key: str, label: str, path: Path, title: str = "") -> None:
@@ -268,11 +276,11 @@ def plot_vs_sparsity(summary: list[dict], key: str, label: str, path: Path, titl
     for m, es in sorted(by_method.items()):
         es = sorted(es, key=lambda e: e["sparsity"])
         if all(e["sparsity"] == 0 for e in es):
-            ax.axhline(es[0][f"{key}_mean"], color="grey", ls=":", label=_seeds_label(m, es) + ", any sparsity")
+            ax.axhline(es[0][f"{key}_mean"], color="grey", ls=":", label=_legend_label(m, es) + ", dense reference")
             continue
         x = [-math.log10(1 - e["sparsity"]) for e in es]
-        ax.errorbar(x, [e[f"{key}_mean"] for e in es], yerr=[e[f"{key}_std"] for e in es], marker="o", capsize=3,
-                    label=_seeds_label(m, es))
+        ax.errorbar(x, [e[f"{key}_mean"] for e in es], yerr=_std_or_nan(es, key), marker="o", capsize=3,
+                    label=_legend_label(m, es))
     ticks = sorted({e["sparsity"] for e in summary if e["sparsity"] > 0})
     ax.set_xticks([-math.log10(1 - s) for s in ticks], [f"{s:g}" for s in ticks])
     ax.set_xlabel("sparsity (axis spaced by −log₁₀(1 − sparsity))")
@@ -316,11 +324,11 @@ def plot_baselines(summary: list[dict], methods: list[str], path: Path, title: s
     for i, m in enumerate(present):
         xs = [j + i * width for j, s in enumerate(sparsities) if (m, s) in index]
         es = [index[(m, s)] for s in sparsities if (m, s) in index]
-        ax.bar(xs, [e["ece_mean"] for e in es], width, yerr=[e["ece_std"] for e in es], capsize=2,
-               label=_seeds_label(m, es))
+        ax.bar(xs, [e["ece_mean"] for e in es], width, yerr=_std_or_nan(es, "ece"), capsize=2,
+               label=_legend_label(m, es))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sparsities))], [f"{s:g}" for s in sparsities])
     ax.set_xlabel("sparsity")
-    ax.set_ylabel("ECE (15 bins)")
+    ax.set_ylabel("test ECE (15 bins)")
     if title:
         ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
@@ -559,13 +567,13 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
     text = ("# Baselines (Fig. 4)\n\n" + header + "\n\nECE\n\n" + pivot_table(summary, "ece", baselines, True)
             + "\n\nAccuracy\n\n" + pivot_table(summary, "accuracy", baselines) + "\n")
     atomic_write_bytes(text.encode(), root / "baselines.md")
-    study = f"study {root.name} ({protocol}, {engine} engine)"
     plot_vs_sparsity(summary, "accuracy", "test accuracy", root / "accuracy_vs_sparsity.png",
-                     plot_title("Accuracy vs sparsity", study))
+                     plot_title("Accuracy vs sparsity", root.name, protocol, engine))
     plot_vs_sparsity(summary, "ece", "test ECE (15 bins)", root / "ece_vs_sparsity.png",
-                     plot_title("ECE vs sparsity", study))
+                     plot_title("ECE vs sparsity", root.name, protocol, engine))
     plot_reliability_dense_vs_sparse(root / "runs", rows, engine, root / "reliability_dense_vs_sparse.png")
-    plot_baselines(summary, baselines, root / "baselines.png", plot_title("Calibration baselines", study))
+    plot_baselines(summary, baselines, root / "baselines.png",
+                   plot_title("Calibration baselines (paper Fig. 4)", root.name, protocol, engine))
     atomic_write_bytes(("# Regime reached\n\n" + header + "\n\n" + regime_table(summary) + "\n").encode(),
                        root / "regime.md")
     _, keep_text = keep_choice(rows)

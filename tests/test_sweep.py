@@ -523,22 +523,29 @@ def test_tables_show_no_spread_for_one_seed_and_flag_unequal_seed_sets():
 
 
 def test_the_summary_plots_say_what_they_show(tmp_path, monkeypatch):
-    """A stranger reading ece_vs_sparsity.png or baselines.png learns the study, that points are means ± std
-    over seeds, how many seeds each method has and which predictor its numbers come from."""
-    rows = [{"method": m, "engine": "plain", "sparsity": s, "seed": k, "predictor": p, "keep": None,
-             "accuracy": 0.7 + 0.01 * k, "ece": 0.03 + 0.001 * k}
-            for m, p, seeds in (("rigl", "final", (0, 1, 2)), ("cigl", "wma", (0, 1)), ("dense", "final", (0,)))
-            for s in ((0.0,) if m == "dense" else (0.9, 0.95)) for k in seeds]
-    summary = sweep.aggregate(rows)
+    """A stranger reading the study's ece_vs_sparsity.png, accuracy_vs_sparsity.png or baselines.png learns the
+    study and protocol, that points are means ± std over seeds, how many seeds each method has and which
+    predictor its numbers come from (through write_reports, as a sweep writes them)."""
+    import matplotlib.pyplot as plt
+
+    def row(method, predictor, seed, sparsity):
+        return {**_row(method, seed, None, 0.6, accuracy=0.7 + 0.01 * seed, sparsity=sparsity), "predictor": predictor}
+
+    rows = [row("rigl", "final", k, s) for s in (0.9, 0.95) for k in (0, 1, 2)]
+    rows += [row("cigl", "wma", k, 0.9) for k in (0, 1)] + [row("cigl", "wma", 0, 0.95)]  # 2 seeds, then 1
+    rows += [row("dense", "final", 0, 0.0)]
     figures = {}
     monkeypatch.setattr(sweep, "atomic_save_figure", lambda fig, path: figures.__setitem__(Path(path).name, fig))
-    title = sweep.plot_title("ECE vs sparsity", "study cpu-study (cpu-study, plain engine)")
-    sweep.plot_vs_sparsity(summary, "ece", "test ECE (15 bins)", tmp_path / "ece_vs_sparsity.png", title)
-    sweep.plot_baselines(summary, ["rigl", "cigl"], tmp_path / "baselines.png", title)
-    for name in ("ece_vs_sparsity.png", "baselines.png"):
-        ax = figures[name].axes[0]
-        assert "cpu-study" in ax.get_title() and "mean ± std over seeds" in ax.get_title(), name
-        legend = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert "rigl (final, 3 seeds)" in legend and "cigl (wma, 2 seeds)" in legend, (name, legend)
-    legend = [t.get_text() for t in figures["ece_vs_sparsity.png"].axes[0].get_legend().get_texts()]
-    assert "dense (final, 1 seed), any sparsity" in legend
+    (tmp_path / "my-study" / "runs").mkdir(parents=True)
+    try:
+        sweep.write_reports(tmp_path / "my-study", rows, ["dense", "rigl", "cigl"], [0, 1, 2], "cpu-study", "plain", {})
+        for name in ("ece_vs_sparsity.png", "accuracy_vs_sparsity.png", "baselines.png"):
+            ax = figures[name].axes[0]
+            title = ax.get_title()
+            assert "my-study" in title and "protocol cpu-study" in title and "mean ± std over seeds" in title, name
+            legend = [t.get_text() for t in ax.get_legend().get_texts()]
+            assert "rigl (final, 3 seeds)" in legend and "cigl (wma, 1–2 seeds)" in legend, (name, legend)
+        legend = [t.get_text() for t in figures["ece_vs_sparsity.png"].axes[0].get_legend().get_texts()]
+        assert "dense (final, 1 seed), dense reference" in legend
+    finally:
+        plt.close("all")
