@@ -12,6 +12,11 @@ A's seeds for that method, sparsity and predictor.  A setting leaves a metric *w
 noise* when the mean paired difference is no larger than that standard deviation: a threshold on
 the size of the shift (at most one seed SD), not a significance test.
 
+The changed setting may be the engine: ``--engines plain svi`` pairs A's plain-engine runs with
+B's SVI-engine runs of the same method, sparsity and seed (a sweep keeps one engine per study):
+
+    python -m experiments.compare_studies docs/results/cpu-study docs/results/cpu-study-svi --engines plain svi
+
 Output in ``--out`` (default ``B/vs-<A's name>``):
 
   paired.csv      one row per pair: both runs' accuracy, ECE, NLL, their difference, compute dtypes
@@ -64,6 +69,14 @@ def study_runs(study: Path) -> list[dict]:
                      "test_fingerprint": result.get("test_fingerprint")}
             rows += [{**row, **extra} for row in variants]
     return rows
+
+
+def across_engines(a_rows: list[dict], b_rows: list[dict], a_engine: str, b_engine: str) -> tuple[list, list]:
+    """Keep A's runs of ``a_engine`` and B's of ``b_engine``, both labelled ``"<a_engine>→<b_engine>"``, so
+    that they pair by method, sparsity, seed and predictor: the engine is then the setting compared."""
+    label = f"{a_engine}→{b_engine}"
+    return ([{**r, "engine": label} for r in a_rows if r["engine"] == a_engine],
+            [{**r, "engine": label} for r in b_rows if r["engine"] == b_engine])
 
 
 def pair_runs(a_rows: list[dict], b_rows: list[dict]) -> list[dict]:
@@ -204,14 +217,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study_a", help="the reference study (its seeds give the noise yardstick)")
     p.add_argument("study_b", help="the study with the changed setting")
     p.add_argument("--out", default=None, help="output folder (default: STUDY_B/vs-<STUDY_A's name>)")
+    p.add_argument("--engines", nargs=2, choices=["plain", "svi"], metavar=("ENGINE_A", "ENGINE_B"), default=None,
+                   help="pair A's runs of ENGINE_A with B's runs of ENGINE_B (the engine is the changed setting); "
+                        "default: pair runs of the same engine")
     args = p.parse_args(argv)
     a_dir, b_dir = Path(args.study_a), Path(args.study_b)
-    if a_dir.resolve() == b_dir.resolve():
+    same_engines = args.engines is None or args.engines[0] == args.engines[1]
+    if a_dir.resolve() == b_dir.resolve() and same_engines:
         raise ValueError(f"{a_dir} is compared with itself; give two different studies")
     a_rows, b_rows = study_runs(a_dir), study_runs(b_dir)
+    if args.engines is not None:
+        a_rows, b_rows = across_engines(a_rows, b_rows, *args.engines)
     pairs = pair_runs(a_rows, b_rows)
     if not pairs:
-        raise ValueError(f"no finished run of {a_dir} has a partner (same method, engine, sparsity, seed) in {b_dir}")
+        engines = f"{args.engines[0]} engine" if args.engines else "engine"
+        partner = f"{args.engines[1]} engine" if args.engines else "same engine"
+        raise ValueError(f"no finished run ({engines}) of {a_dir} has a partner (same method, sparsity, seed, "
+                         f"{partner}) in {b_dir}")
     a_name, b_name = _display_names(a_dir, b_dir)
     out = Path(args.out) if args.out else b_dir / f"vs-{a_dir.resolve().name}"
     if out.exists() and not out.is_dir():

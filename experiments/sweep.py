@@ -381,6 +381,20 @@ def finished_runs(runs_root: Path, engine: str):
             yield folder, result
 
 
+def check_one_engine(root: Path, engine: str) -> None:
+    """Refuse a study that holds run folders of the other engine: its tables (runs.csv, table_*.md,
+    paired.md, the plots) are written for one engine, so a sweep of the other would overwrite them
+    with its runs alone.  Each engine gets its own ``--study``; ``experiments.compare_studies
+    --engines plain svi`` pairs them by seed."""
+    runs_root = root / "runs"
+    others = sorted({m["engine"] for f in (runs_root.iterdir() if runs_root.is_dir() else [])
+                     if (m := RUN_NAME.match(f.name)) and m["engine"] != engine})
+    if others:
+        raise ValueError(f"study {root} holds {others[0]}-engine runs and its tables are theirs; give --engine "
+                         f"{engine} its own --study (e.g. {root.name}-{engine}) and pair the two with "
+                         f"python -m experiments.compare_studies {root} <that study> --engines {others[0]} {engine}")
+
+
 def study_rows(runs_root: Path, engine: str) -> list[dict]:
     """Rows of every finished run of ``engine`` under ``runs_root`` (folder names from :func:`run_dir`),
     each with the dtype its matrix products ran in (``compute_dtype``, :func:`precision_of`)."""
@@ -953,6 +967,7 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_host_allocator(args)
     root = Path(args.results) / (args.study or args.protocol)
+    check_one_engine(root, args.engine)
     runs_root = root / "runs"
     dtype = configs[0][3].dtype
     recorded = set()

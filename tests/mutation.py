@@ -317,6 +317,13 @@ MUTANTS: list[Mutant] = [
            "experiments/sweep.py", 'AT_KEEP_09 = {name: {"random_mask_rate": 0.1} for name, spec in METHODS.items() '
            'if spec.random_mask}', "AT_KEEP_09 = {}",
            ("tests/test_sweep.py::test_the_committed_study_runs_still_count_as_finished_under_the_protocol",)),
+    Mutant("sweep-mixes-engines", "a sweep of the other engine writes its tables over a study's (no engine check)",
+           "experiments/sweep.py", "    check_one_engine(root, args.engine)\n", "",
+           ("tests/test_sweep.py::test_a_study_keeps_one_engine_so_a_sweep_of_the_other_cannot_overwrite_its_tables",)),
+    Mutant("compare-engines-ignored", "compare_studies --engines pairs nothing across engines (the option is parsed, "
+           "not applied)", "experiments/compare_studies.py",
+           "        a_rows, b_rows = across_engines(a_rows, b_rows, *args.engines)\n", "",
+           ("tests/test_compare_studies.py::test_engines_can_be_the_compared_setting",)),
 ]
 
 

@@ -120,3 +120,26 @@ def test_bad_comparisons_are_refused_before_anything_is_written(tmp_path, case):
     with pytest.raises(USER_ERRORS, match=expected):  # the CLI reports these in one line, exit status 2
         compare_studies.main(args)
     assert not (b / "vs-a").exists()
+
+
+def test_engines_can_be_the_compared_setting(tmp_path):
+    """--engines plain svi pairs A's plain-engine runs with B's SVI-engine runs of the same seed (a sweep keeps
+    one engine per study); without it, those studies have no pair."""
+    a = _study(tmp_path / "cpu-study", {0: 0.70, 1: 0.72, 2: 0.74}, "float32")
+    b = _study(tmp_path / "cpu-study-svi", {0: 0.71, 1: 0.74}, "float32", engine="svi")
+    with pytest.raises(USER_ERRORS, match="has a partner"):
+        compare_studies.main([str(a), str(b)])
+    assert compare_studies.main([str(a), str(b), "--engines", "plain", "svi"]) == 0
+    with open(b / "vs-cpu-study" / "paired.csv") as f:
+        pairs = {int(r["seed"]): r for r in csv.DictReader(f)}
+    assert sorted(pairs) == [0, 1] and {r["engine"] for r in pairs.values()} == {"plain→svi"}
+    assert [round(float(pairs[k]["delta_accuracy"]), 6) for k in (0, 1)] == [0.01, 0.02]
+    table = (b / "vs-cpu-study" / "comparison.md").read_text()
+    assert "| rigl | plain→svi | 0.95 | final | 2 | +1.50 ± 0.71 | 2.00 |" in table
+    # one study holding both engines compares with itself across them, and the engines must be known ones
+    both = _study(_study(tmp_path / "both", {0: 0.70, 1: 0.72}, "float32"), {0: 0.60, 1: 0.64}, "float32",
+                  engine="svi")
+    assert compare_studies.main([str(both), str(both), "--engines", "plain", "svi", "--out", str(tmp_path / "o")]) == 0
+    assert "| rigl | plain→svi | 0.95 | final | 2 | -9.00 ± 1.41 |" in (tmp_path / "o" / "comparison.md").read_text()
+    with pytest.raises(SystemExit):
+        compare_studies.main([str(a), str(b), "--engines", "plain", "laplace"])

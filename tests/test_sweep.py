@@ -549,3 +549,20 @@ def test_the_summary_plots_say_what_they_show(tmp_path, monkeypatch):
         assert "dense (final, 1 seed), dense reference" in legend
     finally:
         plt.close("all")
+
+
+def test_a_study_keeps_one_engine_so_a_sweep_of_the_other_cannot_overwrite_its_tables(tmp_path):
+    """The tables of a study are those of one engine: a sweep with the other engine is refused in one line before
+    it trains or writes anything, naming the way out (its own --study, compare_studies --engines)."""
+    from experiments.cli import USER_ERRORS
+
+    root = tmp_path / "cpu-study"
+    (root / "runs" / "rigl-plain-s0.95-seed0").mkdir(parents=True)
+    (root / "table_ece.md").write_text("the plain engine's table")
+    args = ["--protocol", "cpu-study", "--methods", "cigl", "--sparsities", "0.95", "--seeds", "0", "--engine", "svi",
+            "--results", str(tmp_path), "--study", "cpu-study", "--device", "cpu", "--no-progress",
+            "--data-dir", str(tmp_path / "no-data")]  # without the check it fails fast on the data, not by training
+    with pytest.raises(USER_ERRORS, match="holds plain-engine runs.*--study.*cpu-study-svi.*--engines plain svi"):
+        sweep.main(args)
+    assert (root / "table_ece.md").read_text() == "the plain engine's table"
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["rigl-plain-s0.95-seed0"]
