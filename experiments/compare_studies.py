@@ -17,7 +17,7 @@ B's SVI-engine runs of the same method, sparsity and seed (a sweep keeps one eng
 
     python -m experiments.compare_studies docs/results/cpu-study docs/results/cpu-study-svi --engines plain svi
 
-Output in ``--out`` (default ``B/vs-<A's name>``):
+Output in ``--out`` (default ``B/vs-<A's name>``, with ``--engines`` ``B/vs-<A's name>-<engine A>-to-<engine B>``):
 
   paired.csv      one row per pair: both runs' accuracy, ECE, NLL, their difference, compute dtypes
   comparison.md   per method, sparsity and predictor: mean ± std of the paired differences against
@@ -146,10 +146,14 @@ def _verdict(e: dict) -> str:
     return "**within**" if not outside else "outside: " + ", ".join(NAME[m] for m in outside)
 
 
-def comparison_table(summary: list[dict], a_name: str, b_name: str, notes: list[str] = ()) -> str:
+def comparison_table(summary: list[dict], a_name: str, b_name: str, notes: list[str] = (),
+                     engines: tuple[str, str] | None = None) -> str:
     head = " | ".join(f"Δ {NAME[m]} ({UNIT[m]}) | seed SD of A, {NAME[m]}" for m in METRICS)
+    paired = ("Paired runs (same method, engine, sparsity, seed, predictor)" if engines is None else
+              f"A's {engines[0]}-engine runs paired with B's {engines[1]}-engine runs (same method, sparsity, "
+              "seed, predictor)")
     lines = [f"# {b_name} against {a_name}", "",
-             f"Paired runs (same method, engine, sparsity, seed, predictor); Δ = {b_name} − {a_name}, mean ± std "
+             f"{paired}; Δ = {b_name} − {a_name}, mean ± std "
              f"over the pairs (for ECE and NLL, Δ < 0 means {b_name} is better).  *Seed SD of A*: the standard "
              f"deviation over {a_name}'s seeds.  Verdict: **within** when |mean Δ| ≤ one seed SD for accuracy, ECE "
              "and NLL alike — the setting shifts the metric less than one seed SD — else the metrics outside it.  "
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                        epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study_a", help="the reference study (its seeds give the noise yardstick)")
     p.add_argument("study_b", help="the study with the changed setting")
-    p.add_argument("--out", default=None, help="output folder (default: STUDY_B/vs-<STUDY_A's name>)")
+    p.add_argument("--out", default=None, help="output folder (default: STUDY_B/vs-<STUDY_A's name>, with --engines "
+                                               "STUDY_B/vs-<STUDY_A's name>-<ENGINE_A>-to-<ENGINE_B>)")
     p.add_argument("--engines", nargs=2, choices=["plain", "svi"], metavar=("ENGINE_A", "ENGINE_B"), default=None,
                    help="pair A's runs of ENGINE_A with B's runs of ENGINE_B (the engine is the changed setting); "
                         "default: pair runs of the same engine")
@@ -228,14 +233,21 @@ def main(argv: list[str] | None = None) -> int:
     a_rows, b_rows = study_runs(a_dir), study_runs(b_dir)
     if args.engines is not None:
         a_rows, b_rows = across_engines(a_rows, b_rows, *args.engines)
+        for study, rows, engine in ((a_dir, a_rows, args.engines[0]), (b_dir, b_rows, args.engines[1])):
+            if not rows:
+                raise ValueError(f"{study} has no finished {engine}-engine run; check the order of the two studies "
+                                 "and of --engines (ENGINE_A goes with the first study)")
     pairs = pair_runs(a_rows, b_rows)
     if not pairs:
-        engines = f"{args.engines[0]} engine" if args.engines else "engine"
-        partner = f"{args.engines[1]} engine" if args.engines else "same engine"
-        raise ValueError(f"no finished run ({engines}) of {a_dir} has a partner (same method, sparsity, seed, "
-                         f"{partner}) in {b_dir}")
+        raise ValueError(f"no finished run of {a_dir} has a partner (same method, "
+                         + ("engine" if args.engines is None else f"{args.engines[1]} engine for its {args.engines[0]}")
+                         + f", sparsity, seed) in {b_dir}")
     a_name, b_name = _display_names(a_dir, b_dir)
-    out = Path(args.out) if args.out else b_dir / f"vs-{a_dir.resolve().name}"
+    out_name = f"vs-{a_dir.resolve().name}"
+    if args.engines is not None:
+        a_name, b_name = f"{a_name} ({args.engines[0]})", f"{b_name} ({args.engines[1]})"
+        out_name += f"-{args.engines[0]}-to-{args.engines[1]}"
+    out = Path(args.out) if args.out else b_dir / out_name
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
     keys = {tuple(p[k] for k in PAIR_KEY) for p in pairs}
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
               for side, names in unpaired.items() if names]
     out.mkdir(parents=True, exist_ok=True)
     summary = noise_summary(pairs, a_rows)
-    table = comparison_table(summary, a_name, b_name, notes)
+    table = comparison_table(summary, a_name, b_name, notes, args.engines)
     atomic_write_csv(pairs, out / "paired.csv")
     atomic_write_bytes(table.encode(), out / "comparison.md")
     plot_pairs(pairs, summary, a_name, b_name, out / "comparison.png")

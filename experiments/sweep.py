@@ -382,17 +382,25 @@ def finished_runs(runs_root: Path, engine: str):
 
 
 def check_one_engine(root: Path, engine: str) -> None:
-    """Refuse a study that holds run folders of the other engine: its tables (runs.csv, table_*.md,
-    paired.md, the plots) are written for one engine, so a sweep of the other would overwrite them
-    with its runs alone.  Each engine gets its own ``--study``; ``experiments.compare_studies
-    --engines plain svi`` pairs them by seed."""
+    """Refuse a study that holds run folders (finished or not) of the other engine: its tables (runs.csv,
+    table_*.md, paired.md, the plots) are written for one engine, so a sweep of the other would overwrite
+    them with its runs alone.  Each engine gets its own ``--study``; ``experiments.compare_studies
+    --engines plain svi`` pairs them by seed.  (Checked before training, outside the tables lock: two
+    sweeps of different engines started at the same moment on an empty study both pass.)"""
     runs_root = root / "runs"
-    others = sorted({m["engine"] for f in (runs_root.iterdir() if runs_root.is_dir() else [])
-                     if (m := RUN_NAME.match(f.name)) and m["engine"] != engine})
-    if others:
-        raise ValueError(f"study {root} holds {others[0]}-engine runs and its tables are theirs; give --engine "
-                         f"{engine} its own --study (e.g. {root.name}-{engine}) and pair the two with "
-                         f"python -m experiments.compare_studies {root} <that study> --engines {others[0]} {engine}")
+    folders = [(f.name, m["engine"]) for f in sorted(runs_root.iterdir() if runs_root.is_dir() else [])
+               if (m := RUN_NAME.match(f.name))]
+    others = [name for name, e in folders if e != engine]
+    if not others:
+        return
+    other = next(e for name, e in folders if e != engine)
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    if any(e == engine for _, e in folders):
+        raise ValueError(f"study {root} mixes engines: beside its {engine}-engine runs it holds {other}-engine "
+                         f"folders ({shown}); move those to a study of their own (e.g. {root}-{other})")
+    raise ValueError(f"study {root} holds {other}-engine runs ({shown}) and its tables are theirs; give --engine "
+                     f"{engine} its own --study ({root.name}-{engine}) and pair the two with python -m "
+                     f"experiments.compare_studies {root} {root}-{engine} --engines {other} {engine}")
 
 
 def study_rows(runs_root: Path, engine: str) -> list[dict]:

@@ -129,13 +129,18 @@ def test_engines_can_be_the_compared_setting(tmp_path):
     b = _study(tmp_path / "cpu-study-svi", {0: 0.71, 1: 0.74}, "float32", engine="svi")
     with pytest.raises(USER_ERRORS, match="has a partner"):
         compare_studies.main([str(a), str(b)])
+    with pytest.raises(USER_ERRORS, match="cpu-study-svi has no finished plain-engine run; check the order"):
+        compare_studies.main([str(b), str(a), "--engines", "plain", "svi"])
     assert compare_studies.main([str(a), str(b), "--engines", "plain", "svi"]) == 0
-    with open(b / "vs-cpu-study" / "paired.csv") as f:
+    out = b / "vs-cpu-study-plain-to-svi"
+    with open(out / "paired.csv") as f:
         pairs = {int(r["seed"]): r for r in csv.DictReader(f)}
     assert sorted(pairs) == [0, 1] and {r["engine"] for r in pairs.values()} == {"plain→svi"}
     assert [round(float(pairs[k]["delta_accuracy"]), 6) for k in (0, 1)] == [0.01, 0.02]
-    table = (b / "vs-cpu-study" / "comparison.md").read_text()
+    table = (out / "comparison.md").read_text()
     assert "| rigl | plain→svi | 0.95 | final | 2 | +1.50 ± 0.71 | 2.00 |" in table
+    assert "# cpu-study-svi (svi) against cpu-study (plain)" in table
+    assert "A's plain-engine runs paired with B's svi-engine runs (same method, sparsity, seed" in table
     # one study holding both engines compares with itself across them, and the engines must be known ones
     both = _study(_study(tmp_path / "both", {0: 0.70, 1: 0.72}, "float32"), {0: 0.60, 1: 0.64}, "float32",
                   engine="svi")

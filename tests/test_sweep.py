@@ -562,7 +562,13 @@ def test_a_study_keeps_one_engine_so_a_sweep_of_the_other_cannot_overwrite_its_t
     args = ["--protocol", "cpu-study", "--methods", "cigl", "--sparsities", "0.95", "--seeds", "0", "--engine", "svi",
             "--results", str(tmp_path), "--study", "cpu-study", "--device", "cpu", "--no-progress",
             "--data-dir", str(tmp_path / "no-data")]  # without the check it fails fast on the data, not by training
-    with pytest.raises(USER_ERRORS, match="holds plain-engine runs.*--study.*cpu-study-svi.*--engines plain svi"):
+    with pytest.raises(USER_ERRORS, match=r"holds plain-engine runs \(rigl-plain-s0.95-seed0\).*--study "
+                                          r"\(cpu-study-svi\).*compare_studies \S+cpu-study \S+cpu-study-svi "
+                                          r"--engines plain svi"):
         sweep.main(args)
     assert (root / "table_ece.md").read_text() == "the plain engine's table"
     assert sorted(p.name for p in (root / "runs").iterdir()) == ["rigl-plain-s0.95-seed0"]
+    # a study that already mixes them (an svi folder copied in by hand) is told to move the strays out
+    (root / "runs" / "cigl-svi-s0.95-seed0").mkdir()
+    with pytest.raises(USER_ERRORS, match=r"mixes engines.*svi-engine folders \(cigl-svi-s0.95-seed0\); move those"):
+        sweep.main([*args[:args.index("--engine")], "--engine", "plain", *args[args.index("--engine") + 2:]])
