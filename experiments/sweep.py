@@ -16,7 +16,8 @@ Output in ``results/<study>/``: runs.csv (one row per run),
 summary.csv/json (mean ± std over seeds), table_accuracy.md (Table 1), table_ece.md (Table 3,
 marking ≥ 15% ECE reduction vs RigL), ablations.md, baselines.md, and the plots
 accuracy_vs_sparsity.png, ece_vs_sparsity.png (Fig. 1c), reliability_dense_vs_sparse.png
-(Fig. 1a–b) and baselines.png (Fig. 4); also paired.md (per-seed differences against RigL,
+(Fig. 1a–b: dense and the sparsest rigl and cigl, pooled over seeds from metrics.json) and
+baselines.png (Fig. 4); also paired.md (per-seed differences against RigL,
 and over seeds their mean ± std and paired-t 95% interval),
 regime.md (accuracy, confidence − accuracy and training NLL: the regime the runs reach),
 keep.md (the keep probability of Z chosen on the validation split), one
@@ -292,26 +293,6 @@ def plot_vs_sparsity(summary: list[dict], key: str, label: str, path: Path, titl
     atomic_save_figure(fig, path)
 
 
-def plot_reliability_dense_vs_sparse(root: Path, rows: list[dict], engine: str, out: Path) -> None:
-    """Fig. 1a–b: reliability of dense and of the sparsest rigl and cigl runs (seed 0 or the first)."""
-    chosen = {}
-    sparse = sorted({r["sparsity"] for r in rows if r["sparsity"] > 0})
-    sparsest = sparse[-1] if sparse else None
-    for method, s in (("dense", 0.0), ("rigl", sparsest), ("cigl", sparsest)):
-        seeds = sorted(r["seed"] for r in rows if r["method"] == method and r["sparsity"] == s)
-        if seeds:
-            folder = run_dir(root, method, s, seeds[0], engine)
-            if not (folder / "predictions.npz").exists():  # finished on another machine: small files only
-                continue
-            result = json.loads((folder / "metrics.json").read_text())
-            with np.load(folder / "predictions.npz") as z:
-                probs = z[result["output_predictor"]]
-                labels = z["labels"]
-            chosen[f"{method} (s={s:g})"] = metrics.reliability_data(probs, labels, from_logits=False)
-    if chosen:
-        metrics.plot_reliability_diagram(chosen, out, title="dense vs sparse")
-
-
 def plot_baselines(summary: list[dict], methods: list[str], path: Path, title: str = "") -> None:
     """Fig. 4: test ECE of RigL's calibration baselines and CigL, bars per sparsity; error bars: std over seeds."""
     import matplotlib.pyplot as plt
@@ -529,27 +510,53 @@ def reliability_bins(folder: Path) -> dict | None:
     return metrics.reliability_to_dict(metrics.reliability_data(probs, labels, from_logits=False))
 
 
+def pooled_panel(runs_root: Path, rows: list[dict], engine: str, method: str,
+                 sparsity: float) -> tuple[str, metrics.ReliabilityData] | None:
+    """One reliability-diagram panel: the test reliability bins of ``method`` at ``sparsity``, pooled
+    over its seeds (counts added, per-bin accuracy and confidence count-weighted) from the bins kept
+    in each run's metrics.json, so that committed small files suffice.  Returns (label, pooled bins),
+    or None when no run of the cell has bins."""
+    parts, seeds = [], []
+    for r in rows:
+        if r["method"] != method or r["sparsity"] != sparsity:
+            continue
+        bins = reliability_bins(run_dir(runs_root, method, sparsity, r["seed"], engine))
+        if bins is None:
+            print(f"note: {method} seed {r['seed']} at sparsity {sparsity:g} has no reliability bins in metrics.json "
+                  "and no predictions.npz; left out of the reliability plots", file=sys.stderr)
+            continue
+        parts.append(bins)
+        seeds.append(r["seed"])
+    if not parts:
+        return None
+    pred = next(r["predictor"] for r in rows if r["method"] == method and r["sparsity"] == sparsity)
+    where = "" if sparsity == 0 else f" at {sparsity:g}"
+    label = f"{method}{where} ({pred}), seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))}"
+    return label, metrics.pooled_reliability(parts)
+
+
+def plot_reliability_dense_vs_sparse(runs_root: Path, rows: list[dict], engine: str, path: Path) -> bool:
+    """Fig. 1a–b: test reliability of dense training against RigL and CigL at the study's highest
+    sparsity, each pooled over its seeds from the committed bins (:func:`pooled_panel`).  Returns
+    False (and draws nothing) when dense or a sparse method has no run with bins."""
+    sparse = sorted({r["sparsity"] for r in rows if r["sparsity"] > 0})
+    if not sparse:
+        return False
+    panels = dict(p for m, s in (("dense", 0.0), ("rigl", sparse[-1]), ("cigl", sparse[-1]))
+                  if (p := pooled_panel(runs_root, rows, engine, m, s)) is not None)
+    if len(panels) < 2 or not next(iter(panels)).startswith("dense"):
+        return False
+    metrics.plot_reliability_diagram(panels, path, title="Test-set reliability, dense vs sparse (paper Fig. 1a–b), "
+                                     "pooled over seeds (15 bins)")
+    return True
+
+
 def plot_reliability_rigl_vs_cigl(runs_root: Path, rows: list[dict], engine: str, sparsity: float, path: Path) -> bool:
     """Test reliability diagrams of RigL and of every CigL variant at ``sparsity``, each pooled over
     its seeds from the bins kept in metrics.json (so it works from committed small files).
     Returns False (and draws nothing) when RigL or CigL has no such run."""
     methods = ["rigl", *sorted({r["method"] for r in rows if family_of(r["method"]) == "cigl"})]
-    panels = {}
-    for m in methods:
-        parts, seeds = [], []
-        for r in rows:
-            if r["method"] != m or r["sparsity"] != sparsity:
-                continue
-            bins = reliability_bins(run_dir(runs_root, m, sparsity, r["seed"], engine))
-            if bins is None:
-                print(f"note: {m} seed {r['seed']} at sparsity {sparsity:g} has no reliability bins in metrics.json "
-                      "and no predictions.npz; left out of the RigL-vs-CigL reliability plot", file=sys.stderr)
-                continue
-            parts.append(bins)
-            seeds.append(r["seed"])
-        if parts:
-            pred = next(r["predictor"] for r in rows if r["method"] == m and r["sparsity"] == sparsity)
-            panels[f"{m} ({pred}), seeds {', '.join(map(str, sorted(seeds)))}"] = metrics.pooled_reliability(parts)
+    panels = dict(p for m in methods if (p := pooled_panel(runs_root, rows, engine, m, sparsity)) is not None)
     if len(panels) < 2 or not any(k.startswith("rigl") for k in panels):
         return False
     metrics.plot_reliability_diagram(panels, path, title=f"Test-set reliability at sparsity {sparsity:g}, "

@@ -418,6 +418,46 @@ def test_rigl_vs_cigl_reliability_is_pooled_from_the_committed_small_files(tmp_p
                                                    0.95, tmp_path / "none.png")
 
 
+def test_dense_vs_sparse_reliability_is_pooled_from_the_committed_small_files(tmp_path, monkeypatch):
+    """Fig. 1a–b is drawn from metrics.json alone (a run finished on another machine has no
+    predictions.npz), with dense and the sparsest RigL and CigL, each pooled over its seeds."""
+    import torch
+
+    from cigl_bayes import metrics
+
+    def bins(seed, scale):
+        z = torch.randn(300, 10, generator=torch.Generator().manual_seed(seed)) * scale
+        y = torch.randint(0, 10, (300,), generator=torch.Generator().manual_seed(seed + 11))
+        return metrics.reliability_to_dict(metrics.reliability_data(z, y))
+
+    rows, stored = [], {}
+    for method, sparsity, seed in (("dense", 0.0, 0), ("dense", 0.0, 1), ("rigl", 0.9, 0), ("rigl", 0.95, 0),
+                                   ("rigl", 0.95, 1), ("cigl", 0.95, 2)):
+        predictor = "wma" if method == "cigl" else "final"
+        stored[(method, sparsity, seed)] = bins(seed, 1.0 + sparsity)
+        folder = sweep.run_dir(tmp_path, method, sparsity, seed, "plain")
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(
+            {"completed": True, "output_predictor": predictor,
+             "reliability": {"test": {predictor: stored[(method, sparsity, seed)]}}}))
+        rows.append(_row(method, seed, 1.0, 0.6, sparsity=sparsity) | {"predictor": predictor})
+    drawn = {}
+    monkeypatch.setattr(metrics, "plot_reliability_diagram",
+                        lambda panels, path, title="": drawn.update(panels=panels, title=title))
+    assert sweep.plot_reliability_dense_vs_sparse(tmp_path, rows, "plain", tmp_path / "rel.png")
+    assert list(drawn["panels"]) == ["dense (final), seeds 0, 1", "rigl at 0.95 (final), seeds 0, 1",
+                                     "cigl at 0.95 (wma), seed 2"]
+    dense = drawn["panels"]["dense (final), seeds 0, 1"]
+    expected = metrics.pooled_reliability([stored[("dense", 0.0, 0)], stored[("dense", 0.0, 1)]])
+    assert dense.counts.sum() == 600 and dense.ece == pytest.approx(expected.ece)
+    assert "dense vs sparse" in drawn["title"] and "pooled over seeds" in drawn["title"]
+    # without a dense run, or with dense alone, there is no dense-vs-sparse figure
+    assert not sweep.plot_reliability_dense_vs_sparse(tmp_path, [r for r in rows if r["method"] != "dense"],
+                                                      "plain", tmp_path / "none.png")
+    assert not sweep.plot_reliability_dense_vs_sparse(tmp_path, [r for r in rows if r["method"] == "dense"],
+                                                      "plain", tmp_path / "none.png")
+
+
 def test_runs_evaluated_before_the_new_fields_still_make_the_reports(tmp_path):
     """An older metrics.json (no confidence, val split, training NLL or reliability bins) gives rows
     with None there: the tables leave those columns out instead of failing, and the reliability bins
