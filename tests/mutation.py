@@ -324,6 +324,17 @@ MUTANTS: list[Mutant] = [
            "not applied)", "experiments/compare_studies.py",
            "        a_rows, b_rows = across_engines(a_rows, b_rows, *args.engines)\n", "        pass\n",
            ("tests/test_compare_studies.py::test_engines_can_be_the_compared_setting",)),
+    Mutant("reliability-panel-one-seed", "a pooled reliability panel keeps only the first seed of its cell",
+           "experiments/sweep.py", '        parts.append(bins)\n        seeds.append(r["seed"])\n',
+           '        parts.append(bins)\n        seeds.append(r["seed"])\n        break\n',
+           ("tests/test_sweep.py::test_dense_vs_sparse_reliability_is_pooled_from_the_committed_small_files",
+            "tests/test_sweep.py::test_rigl_vs_cigl_reliability_is_pooled_from_the_committed_small_files")),
+    Mutant("dense-vs-sparse-needs-predictions", "Fig. 1a–b reads predictions.npz only, so runs finished on another "
+           "machine (small files only) fall out", "experiments/sweep.py",
+           "        bins = reliability_bins(run_dir(runs_root, method, sparsity, r[\"seed\"], engine))\n",
+           "        folder = run_dir(runs_root, method, sparsity, r[\"seed\"], engine)\n"
+           "        bins = reliability_bins(folder) if (folder / \"predictions.npz\").exists() else None\n",
+           ("tests/test_sweep.py::test_dense_vs_sparse_reliability_is_pooled_from_the_committed_small_files",)),
 ]
 
 
