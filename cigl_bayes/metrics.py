@@ -314,7 +314,12 @@ def calibration_metrics(scores: Any, labels: Any, *, from_logits: bool | None = 
 def _draw_reliability(ax: Axes, data: ReliabilityData, title: str | None) -> None:
     """Per bin: a blue bar up to min(accuracy, confidence), then the gap between the two, red and
     hatched where confidence exceeds accuracy (over-confident), orange where accuracy exceeds
-    confidence (under-confident).  Every colour is opaque and named in the legend."""
+    confidence (under-confident).  Every colour is opaque and named in the legend, whose swatches
+    are drawn apart from the bars: a category with no bin (a model never under-confident) still
+    shows its own colour, not matplotlib's fallback for an empty bar container."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     edges = data.bin_edges
     width = np.diff(edges)
     left = edges[:-1]
@@ -322,15 +327,23 @@ def _draw_reliability(ax: Axes, data: ReliabilityData, title: str | None) -> Non
     acc = np.where(full, data.accuracy, 0.0)
     conf = np.where(full, data.mean_confidence, 0.0)
     lo = np.minimum(acc, conf)
-    style = {"width": width, "align": "edge", "edgecolor": "black", "linewidth": 0.6}
-    ax.bar(left, lo, color="tab:blue", label=f"accuracy, up to the confidence (ECE = {data.ece:.4f})", **style)
+    edge = {"edgecolor": "black", "linewidth": 0.6}
+    up_to = {"facecolor": "tab:blue"}
+    over_gap = {"facecolor": "mistyrose", "hatch": "//"}
+    under_gap = {"facecolor": "tab:orange"}
+    ax.bar(left, lo, width=width, align="edge", **edge, **up_to)
     over = full & (conf > acc)
     under = full & (acc > conf)
-    ax.bar(left[over], (conf - acc)[over], bottom=acc[over], **{**style, "width": width[over]}, color="mistyrose",
-           hatch="//", label="gap: confidence above accuracy (over-confident)")
-    ax.bar(left[under], (acc - conf)[under], bottom=conf[under], **{**style, "width": width[under]},
-           color="tab:orange", label="accuracy above confidence (under-confident)")
-    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1.0, label="perfect calibration")
+    ax.bar(left[over], (conf - acc)[over], bottom=acc[over], width=width[over], align="edge", **edge, **over_gap)
+    ax.bar(left[under], (acc - conf)[under], bottom=conf[under], width=width[under], align="edge", **edge,
+           **under_gap)
+    ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1.0)
+    handles = [
+        Line2D([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1.0, label="perfect calibration"),
+        Patch(**edge, **up_to, label=f"accuracy, up to the confidence (ECE = {data.ece:.4f})"),
+        Patch(**edge, **over_gap, label="gap: confidence above accuracy (over-confident)"),
+        Patch(**edge, **under_gap, label="accuracy above confidence (under-confident)"),
+    ]
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_aspect("equal")
@@ -338,7 +351,7 @@ def _draw_reliability(ax: Axes, data: ReliabilityData, title: str | None) -> Non
     ax.set_ylabel("accuracy in the bin")
     if title:
         ax.set_title(title)
-    ax.legend(loc="upper left", fontsize="x-small")
+    ax.legend(handles=handles, loc="upper left", fontsize="x-small")
 
 
 def plot_reliability_diagram(

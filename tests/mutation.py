@@ -335,6 +335,13 @@ MUTANTS: list[Mutant] = [
            "        folder = run_dir(runs_root, method, sparsity, r[\"seed\"], engine)\n"
            "        bins = reliability_bins(folder) if (folder / \"predictions.npz\").exists() else None\n",
            ("tests/test_sweep.py::test_dense_vs_sparse_reliability_is_pooled_from_the_committed_small_files",)),
+    Mutant("reliability-legend-from-bars", "the reliability legend takes its swatches from the bars, so a category "
+           "with no bin (never under-confident) is shown in matplotlib's fallback colour", "cigl_bayes/metrics.py",
+           '    ax.legend(handles=handles, loc="upper left", fontsize="x-small")\n',
+           '    for h, bars in zip(handles[1:], ax.containers):\n        bars.set_label(h.get_label())\n'
+           '    ax.get_lines()[0].set_label(handles[0].get_label())\n'
+           '    ax.legend(loc="upper left", fontsize="x-small")\n',
+           ("tests/test_metrics.py::test_plot_legend_names_each_colour_even_when_a_category_has_no_bin",)),
 ]
 
 

@@ -350,6 +350,28 @@ def test_plot_dict_writes_png_one_panel_each(tmp_path):
     assert _is_png(out)
 
 
+def test_plot_legend_names_each_colour_even_when_a_category_has_no_bin():
+    """A model that is over-confident in every bin draws no orange bar; its legend must still show
+    orange for "under-confident" (an empty bar container used to lend the legend its default blue)."""
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+
+    g = torch.Generator().manual_seed(12)
+    z, y = torch.randn(2000, 10, generator=g) * 10, torch.randint(0, 10, (2000,), generator=g)
+    data = reliability_data(z, y)  # confident logits, labels at random: over-confident in every bin
+    full = data.counts > 0
+    assert (data.mean_confidence[full] > data.accuracy[full]).all()
+    fig = Figure()
+    plot_reliability_diagram(data, ax=fig.subplots())
+    legend = fig.axes[0].get_legend()
+    faces = {t.get_text(): h.get_facecolor() for t, h in zip(legend.get_texts(), legend.legend_handles)
+             if hasattr(h, "get_facecolor")}
+    under = next(v for k, v in faces.items() if "under-confident" in k)
+    over = next(v for k, v in faces.items() if "over-confident" in k)
+    up_to = next(v for k, v in faces.items() if "ECE" in k)
+    assert under == to_rgba("tab:orange") and over == to_rgba("mistyrose") and up_to == to_rgba("tab:blue")
+
+
 def test_plot_on_given_axes_without_path():
     from matplotlib.figure import Figure
 
