@@ -78,6 +78,11 @@ def runtime_of(trainer) -> dict:
             "compile": trainer.cfg.compile}
 
 
+def reliability_title(method: str, model: str, sparsity: float) -> str:
+    """The title of a run's reliability.png (shared with ``experiments.redraw_reliability``)."""
+    return f"{method} · {model} · sparsity {sparsity}"
+
+
 def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
     """Evaluate all predictors and write metrics.json, predictions.npz, reliability.png, model.pt."""
     cfg, out = trainer.cfg, trainer.out
@@ -132,6 +137,6 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
     arrays.update({name: by_split["test"].exp().numpy().astype(np.float32) for name, by_split in preds.items()})
     atomic_write_npz(arrays, out / "predictions.npz")
     metrics.plot_reliability_diagram(diagrams, out / "reliability.png",
-                                     title=f"{cfg.method} · {cfg.model} · sparsity {cfg.sparsity}")
+                                     title=reliability_title(cfg.method, cfg.model, cfg.sparsity))
     atomic_write_json(result, out / "metrics.json")
     return result
