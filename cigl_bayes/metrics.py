@@ -312,8 +312,8 @@ def calibration_metrics(scores: Any, labels: Any, *, from_logits: bool | None = 
 
 
 def _draw_reliability(ax: Axes, data: ReliabilityData, title: str | None) -> None:
-    """Per bin: a blue bar up to min(accuracy, confidence), then the gap between the two, red and
-    hatched where confidence exceeds accuracy (over-confident), orange where accuracy exceeds
+    """Per bin: a blue bar up to min(accuracy, confidence), then the gap between the two, light red
+    and hatched where confidence exceeds accuracy (over-confident), orange where accuracy exceeds
     confidence (under-confident).  Every colour is opaque and named in the legend, whose swatches
     are drawn apart from the bars: a category with no bin (a model never under-confident) still
     shows its own colour, not matplotlib's fallback for an empty bar container."""

@@ -53,6 +53,7 @@ def redraw(folder: Path) -> bool:
     bins = (result.get("reliability") or {}).get("test")
     if not bins:
         return False
+    # a pool of one part is that part's diagram: the inverse of metrics.reliability_to_dict
     diagrams = {name: pooled_reliability([b]) for name, b in bins.items()}
     title = reliability_title(result["method"], result["model"], result["sparsity_target"])
     with RunFolderLock(folder):

@@ -18,7 +18,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _run_folder(path, with_bins: bool = True):
     """A finished run's small files as evaluation writes them: two predictors, one over-confident in
-    every bin (confident logits, random labels) and one a little under-confident."""
+    every bin (confident logits, random labels) and one with informative logits."""
     g = torch.Generator().manual_seed(3)
     y = torch.randint(0, 10, (3000,), generator=g)
     confident = torch.randn(3000, 10, generator=g, dtype=torch.float64) * 10
