@@ -127,6 +127,9 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing ε")
     mc_samples: int = option(10, "forward passes of the sampling predictors (mc-dropout, mc-z, swag)")
     bn_batches: int | None = option(None, "training batches used to recompute BatchNorm statistics (default: all)")
+    val_curves: bool = option(True, "validation accuracy, NLL and ECE after every epoch in history (last weights; "
+                              "WMA from T*)", flag="--no-val-curves")
+    curve_bn_batches: int = option(10, "clean training batches the per-epoch WMA curve recomputes BatchNorm on")
     temperature_scaling: bool = option(True, "fit a temperature on the validation split")
     sigma: float = option(0.0, "guide scale σ of the SVI engine (0: the Delta limit)")
     likelihood: str = option("categorical", "categorical, or gaussian: y ~ N(f(x), 1/τ) (paper Eq. 2)",
@@ -253,7 +256,8 @@ class TrainConfig:
             raise ValueError(f"random-mask rate must be in [0, 1), got {self.mask_rate}")
         check_keep(self.keep)
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "delta_t": self.delta_t,
-                    "mc_samples": self.mc_samples, "log_every": self.log_every}
+                    "mc_samples": self.mc_samples, "log_every": self.log_every,
+                    "curve_bn_batches": self.curve_bn_batches}
         for name, value in positive.items():
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

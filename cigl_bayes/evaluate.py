@@ -1,12 +1,19 @@
-"""After training: every predictor of the method, temperature scaling, and the run folder.
+"""After training: every predictor of the method under every BatchNorm protocol, temperature
+scaling, the weights file and the run folder.
 
 Predictors (each gives test log-probabilities):
-  final       the last weights M⊙W (training BatchNorm statistics; recomputed for CigL, whose
-              statistics were tracked under M⊙Z⊙W: ``TrainConfig.final_bn_recomputed``)
-  wma         the WMA mean of M⊙Z⊙W, BatchNorm statistics recomputed (CigL's output model)
-  predictive  softmax averaged over the collected samples, BN recomputed for each ("w/o WMA")
+  final       the last weights M⊙W
+  wma         the WMA mean of M⊙Z⊙W (CigL's output model)
+  predictive  softmax averaged over the collected samples ("w/o WMA")
   mc-dropout  softmax averaged over S passes with dropout kept on (RigL + MC dropout)
   temperature_scaled  the method's output predictor with T fitted on the validation split
+
+Each weight-setting predictor is evaluated under every BatchNorm protocol it has
+(:data:`cigl_bayes.predict.BN_PROTOCOLS`: ``tracked`` for ``final`` only, ``recomputed-clean``,
+``recomputed-augmented``) into ``metrics.json`` → ``by_bn_protocol``; the headline entries
+(``test``, ``val``) use :func:`cigl_bayes.predict.default_bn_protocol`, recorded in ``bn_protocol``.
+The same code evaluates a finished trainer and a committed weights file
+(:func:`evaluate_weights`), so a re-evaluation equals the original evaluation.
 """
 
 from __future__ import annotations
@@ -18,36 +25,81 @@ from . import data as data_lib
 from . import metrics
 from .averaging import Snapshot
 from .device import describe_host
-from .predict import combine, draws_log_probs, mc_dropout_log_probs, predictor_draws, weights_loaded
+from .predict import (
+    bn_protocols_of,
+    combine,
+    default_bn_protocol,
+    draws_log_probs,
+    mc_dropout_log_probs,
+    predict_log_probs,
+    predictor_draws,
+    weights_loaded,
+)
 from .runs import atomic_torch_save, atomic_write_json, atomic_write_npz
+from .weights import WEIGHTS_FILE, RunWeights, save_run_weights
 
 
 def _labels(loader) -> torch.Tensor:
     return torch.cat([y.cpu() for _, y in loader.epoch(0)])
 
 
-def predictor_log_probs(trainer, loaders: dict) -> dict[str, dict[str, torch.Tensor]]:
-    """{predictor: {split: log-probs}} for the splits in ``loaders`` (e.g. val, test): final, and the
-    method's wma / predictive (weights from :func:`cigl_bayes.predict.predictor_draws`) and mc-dropout."""
-    net, cfg, method = trainer.net, trainer.cfg, trainer.method
+def trainer_weights(trainer) -> RunWeights:
+    """A trainer's weights as an evaluation reads them: M⊙W, M, the tracked buffers, the WMA mean,
+    and the collected samples of a method that predicts with them."""
+    net, method = trainer.net, trainer.method
     with torch.no_grad():
         final = Snapshot(net.effective_flat().detach().clone(), net.other_flat().detach().clone())
     samples = [Snapshot(s.sparse.to(trainer.device), s.other.to(trainer.device)) for s in trainer.samples] \
         if method.snapshots and len(trainer.samples) else []
-    names = ["final"]
-    if method.wma and trainer.wma.count:
-        names.append("wma")
-    if samples:
-        names.append("predictive")
-    out: dict[str, dict[str, torch.Tensor]] = {}
+    return RunWeights(final=final, mask=net.mask.flat.detach().clone(),
+                      buffers={k: v.detach().clone() for k, v in net.module.named_buffers()},
+                      wma=trainer.wma.mean() if method.wma and trainer.wma.count else None, samples=samples)
+
+
+LogProbs = dict[str, dict[str, torch.Tensor]]  # {predictor: {split: log-probabilities}}
+
+
+def evaluate_weights(net, cfg, data, weights: RunWeights, loaders: dict) -> dict[str, LogProbs]:
+    """{protocol: {predictor: {split: log-probs}}} for ``final``, ``wma`` (when there is a mean) and
+    ``predictive`` (when there are samples), each under every protocol it has.  ``net.module``
+    must hold the final θ and the tracked buffers (the ``tracked`` protocol reads them)."""
+    names = ["final"] + (["wma"] if weights.wma is not None else []) + (["predictive"] if weights.samples else [])
+    out: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
     for name in names:
-        draws = predictor_draws(name, final, samples, wma=trainer.wma.mean() if name == "wma" else None,
-                                count=max(1, len(samples)), final_bn_recomputed=cfg.final_bn_recomputed)
-        per_split = draws_log_probs(net, draws, loaders, trainer.data.train_eval, cfg.bn_batches)
-        out[name] = {k: combine(name, v) for k, v in per_split.items()}
-    if method.activation_dropout:
-        out["mc-dropout"] = {k: mc_dropout_log_probs(net, ld, cfg.mc_samples, cfg.seed) for k, ld in loaders.items()}
+        draws = predictor_draws(name, weights.final, weights.samples, wma=weights.wma,
+                                count=max(1, len(weights.samples)), final_bn_recomputed=cfg.final_bn_recomputed)
+        for protocol in (p for p in bn_protocols_of(name) if p in data.bn_protocols):
+            per_split = draws_log_probs(net, draws, loaders, data.bn_loader(protocol), cfg.bn_batches, protocol)
+            out.setdefault(protocol, {})[name] = {k: combine(name, v) for k, v in per_split.items()}
     return out
+
+
+def headline(by_protocol: dict, cfg) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """The headline predictors ({predictor: {split: log-probs}}) and the protocol each one used."""
+    chosen = {}
+    for protocol, by_name in by_protocol.items():
+        for name in by_name:
+            if protocol == default_bn_protocol(name, cfg.final_bn_recomputed):
+                chosen[name] = protocol
+    return {name: by_protocol[protocol][name] for name, protocol in chosen.items()}, chosen
+
+
+@torch.no_grad()
+def validation_point(net, cfg, data, wma: Snapshot | None) -> dict:
+    """Validation accuracy, NLL and ECE of the last weights (tracked BatchNorm statistics), and of
+    the WMA mean so far (statistics recomputed on ``cfg.curve_bn_batches`` clean training batches):
+    one point of the run's per-epoch curves (``history``)."""
+    if data.val is None:
+        return {}
+    labels = _labels(data.val)
+    point = {}
+    last = metrics.calibration_metrics(predict_log_probs(net, data.val), labels, from_logits=True)
+    point.update({f"val_{k}": last[k] for k in ("accuracy", "nll", "ece")})
+    if wma is not None:
+        with weights_loaded(net, wma, data.train_eval, cfg.curve_bn_batches):
+            avg = metrics.calibration_metrics(predict_log_probs(net, data.val, wma.sparse), labels, from_logits=True)
+        point.update({f"val_wma_{k}": avg[k] for k in ("accuracy", "nll", "ece")})
+    return point
 
 
 def output_state_dict(trainer) -> dict:
@@ -83,23 +135,74 @@ def reliability_title(method: str, model: str, sparsity: float) -> str:
     return f"{method} · {model} · sparsity {sparsity}"
 
 
-def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
-    """Evaluate all predictors and write metrics.json, predictions.npz, reliability.png, model.pt."""
-    cfg, out = trainer.cfg, trainer.out
-    loaders = {"test": trainer.data.test}
-    if trainer.data.val is not None:
-        loaders["val"] = trainer.data.val
-    labels = {k: _labels(ld) for k, ld in loaders.items()}
-    preds = predictor_log_probs(trainer, loaders)
-    output = trainer.method.output if trainer.method.output in preds else "final"
-    temperature = None
-    if cfg.temperature_scaling and "val" in loaders:
-        temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])
-        preds["temperature_scaled"] = {
-            k: torch.log_softmax(metrics.apply_temperature(v, temperature), -1) for k, v in preds[output].items()}
+def _trainer_log_probs(trainer, weights: RunWeights, loaders: dict) -> tuple[dict, dict, dict]:
+    """(headline {predictor: {split: log-probs}}, {predictor: protocol}, {protocol: {predictor: ...}})."""
+    cfg = trainer.cfg
+    by_protocol = evaluate_weights(trainer.net, cfg, trainer.data, weights, loaders)
+    preds, used = headline(by_protocol, cfg)
+    if trainer.method.activation_dropout:
+        preds["mc-dropout"] = {k: mc_dropout_log_probs(trainer.net, ld, cfg.mc_samples, cfg.seed)
+                               for k, ld in loaders.items()}
+        used["mc-dropout"] = "tracked"
+    return preds, used, by_protocol
 
-    report = {name: {split: metrics.calibration_metrics(lp, labels[split], from_logits=True)
-                     for split, lp in by_split.items()} for name, by_split in preds.items()}
+
+def predictor_log_probs(trainer, loaders: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """{predictor: {split: log-probs}} of a trainer's headline predictors over ``loaders``: final,
+    the method's wma / predictive and mc-dropout, each under its default BatchNorm protocol."""
+    return _trainer_log_probs(trainer, trainer_weights(trainer), loaders)[0]
+
+
+def score_by_protocol(by_protocol: dict, labels: dict) -> dict:
+    """``by_bn_protocol`` of metrics.json: {protocol: {split: {predictor: metrics}, "reliability": bins}}."""
+    out = {}
+    for protocol, by_name in by_protocol.items():
+        entry = {split: {name: metrics.calibration_metrics(by_split[split], labels[split], from_logits=True)
+                         for name, by_split in by_name.items()} for split in labels}
+        entry["reliability"] = {name: metrics.reliability_to_dict(
+            metrics.reliability_data(by_split["test"], labels["test"], from_logits=True))
+            for name, by_split in by_name.items()}
+        out[protocol] = entry
+    return out
+
+
+def evaluation_loaders(data) -> tuple[dict, dict]:
+    """({split: loader}, {split: labels}) for the test and (when there is one) validation split."""
+    loaders = {"test": data.test}
+    if data.val is not None:
+        loaders["val"] = data.val
+    return loaders, {k: _labels(ld) for k, ld in loaders.items()}
+
+
+def with_temperature(preds: dict, used: dict, output: str, labels: dict, fit: bool) -> float | None:
+    """Fit T on the validation split for the ``output`` predictor and add ``temperature_scaled`` to
+    ``preds`` (and its protocol to ``used``); None when there is no validation split or ``fit`` is off."""
+    if not fit or "val" not in labels:
+        return None
+    temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])
+    preds["temperature_scaled"] = {
+        k: torch.log_softmax(metrics.apply_temperature(v, temperature), -1) for k, v in preds[output].items()}
+    used["temperature_scaled"] = used[output]
+    return temperature
+
+
+def scores(preds: dict, labels: dict) -> dict[str, dict[str, dict]]:
+    """{split: {predictor: metrics}} of the headline predictors."""
+    return {split: {name: metrics.calibration_metrics(by_split[split], y, from_logits=True)
+                    for name, by_split in preds.items()} for split, y in labels.items()}
+
+
+def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
+    """Evaluate all predictors and write metrics.json, predictions.npz, reliability.png, model.pt
+    and weights.safetensors."""
+    cfg, out = trainer.cfg, trainer.out
+    loaders, labels = evaluation_loaders(trainer.data)
+    weights = trainer_weights(trainer)
+    preds, used, by_protocol = _trainer_log_probs(trainer, weights, loaders)
+    output = trainer.method.output if trainer.method.output in preds else "final"
+    temperature = with_temperature(preds, used, output, labels, cfg.temperature_scaling)
+    report = scores(preds, labels)
+    save_run_weights(out / WEIGHTS_FILE, weights, cfg.to_dict(), trainer.net.sparse_names)
     state = output_state_dict(trainer)
     atomic_torch_save(state, out / "model.pt")
     result = {
@@ -123,8 +226,14 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
         "train_fingerprint": data_lib.fingerprint(trainer.data.train_eval),
         "wma_samples": trainer.wma.count,
         "train_seconds": train_seconds,
-        "test": {name: r["test"] for name, r in report.items()},
-        "val": {name: r["val"] for name, r in report.items() if "val" in r},
+        "test": report["test"],
+        "val": report.get("val", {}),
+        # the BatchNorm protocol of each headline entry above, and every predictor under every protocol
+        "bn_protocol": used,
+        "by_bn_protocol": score_by_protocol(by_protocol, labels),
+        # in-time over-parameterisation: the fraction of sparse-layer weights ever active (CigL App. D.1)
+        "itop_rate": trainer.net.mask.itop_rate,
+        "weights_file": WEIGHTS_FILE,
         "history": trainer.history,
         # the machine and numerics that finished the run (a resumed run may have started elsewhere)
         "runtime": runtime_of(trainer),
@@ -140,3 +249,58 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
                                      title=reliability_title(cfg.method, cfg.model, cfg.sparsity))
     atomic_write_json(result, out / "metrics.json")
     return result
+
+
+def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto") -> dict:
+    """Evaluate a committed weights file again, on any machine: the run's network is rebuilt from
+    the config stored in the file, its final weights, tracked buffers, WMA mean and samples loaded,
+    and every predictor scored under every BatchNorm protocol by the code that evaluated it first
+    (:func:`evaluate_weights`).  Returns ``test``, ``val``, ``bn_protocol``, ``by_bn_protocol``,
+    ``temperature``, the test fingerprint and the runtime; training is not repeated."""
+    import dataclasses
+
+    from .config import TrainConfig
+    from .device import resolve_device
+    from .train import build_data, build_network
+    from .weights import load_run_weights
+
+    weights, meta = load_run_weights(weights_path)
+    cfg = TrainConfig.from_dict(meta["config"])
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=data_dir)
+    dev = resolve_device(device)
+    data = build_data(cfg, dev)
+    net = build_network(cfg, data.num_classes, dev)
+    if net.sparse_names != meta["sparse_names"] or sum(net.mask.numels) != weights.mask.numel():
+        from .weights import WeightsFileError
+
+        raise WeightsFileError(f"{weights_path} does not fit the network {cfg.model} builds here")
+    dtype = cfg.torch_dtype
+    weights.final = Snapshot(weights.final.sparse.to(dev, dtype), weights.final.other.to(dev, dtype))
+    if weights.wma is not None:
+        weights.wma = Snapshot(weights.wma.sparse.to(dev, dtype), weights.wma.other.to(dev, dtype))
+    weights.samples = [Snapshot(s.sparse.to(dev, dtype), s.other.to(dev, dtype)) for s in weights.samples]
+    with torch.no_grad():
+        net.mask.flat.copy_(weights.mask.to(dev))
+        net.mask.float.copy_(net.mask.flat)
+        net.load_flat_(weights.final.sparse, weights.final.other)
+        buffers = dict(net.module.named_buffers())
+        missing = sorted(set(buffers) - set(weights.buffers))
+        if missing:
+            from .weights import WeightsFileError
+
+            raise WeightsFileError(f"{weights_path} lacks the buffer {missing[0]!r} of {cfg.model}")
+        for name, value in weights.buffers.items():
+            buffers[name].copy_(value)
+    loaders, labels = evaluation_loaders(data)
+    by_protocol = evaluate_weights(net, cfg, data, weights, loaders)
+    preds, used = headline(by_protocol, cfg)
+    output = cfg.method_config.output if cfg.method_config.output in preds else "final"
+    temperature = with_temperature(preds, used, output, labels, cfg.temperature_scaling)
+    report = scores(preds, labels)
+    host = describe_host(dev)
+    return {"method": cfg.method, "model": cfg.model, "seed": cfg.seed, "sparsity_target": cfg.sparsity,
+            "output_predictor": output, "temperature": temperature, "test": report["test"],
+            "val": report.get("val", {}), "bn_protocol": used, "by_bn_protocol": score_by_protocol(by_protocol, labels),
+            "test_fingerprint": data_lib.fingerprint(data.test),
+            "runtime": {**host, "compute_dtype": cfg.compute_dtype(dev)}}

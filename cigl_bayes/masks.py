@@ -51,9 +51,15 @@ class MaskSchedule:
 
 
 class DeterministicMask:
-    """Boolean masks for a list of weight shapes, stored flat; exact non-zeros per layer."""
+    """Boolean masks for a list of weight shapes, stored flat; exact non-zeros per layer.
 
-    def __init__(self, shapes: Sequence[torch.Size], flat: torch.Tensor, dtype: torch.dtype = torch.float32):
+    ``ever_active`` is the union of every mask M has been since it was made: the weights the
+    sparse training has explored.  Its mean over all sparse-layer weights is the in-time
+    over-parameterisation (ITOP) rate R = |∪_t M_t| / N (Liu et al., ICML 2021; CigL App. D.1),
+    :attr:`itop_rate`."""
+
+    def __init__(self, shapes: Sequence[torch.Size], flat: torch.Tensor, dtype: torch.dtype = torch.float32,
+                 ever_active: torch.Tensor | None = None):
         self.shapes = [torch.Size(s) for s in shapes]
         self.numels = [math.prod(s) for s in self.shapes]
         if flat.dtype != torch.bool or flat.numel() != sum(self.numels):
@@ -61,6 +67,7 @@ class DeterministicMask:
         self.flat = flat
         self.nnz = [int(v.sum()) for v in self.flat_views()]
         self.float = flat.to(dtype)  # 0/1 copy in the weights' dtype, for M⊙Z⊙W
+        self.ever_active = flat.clone() if ever_active is None else ever_active.to(flat.device) | flat
 
     @classmethod
     def random(
@@ -93,8 +100,13 @@ class DeterministicMask:
     def density(self) -> float:
         return sum(self.nnz) / max(1, sum(self.numels))
 
+    @property
+    def itop_rate(self) -> float:
+        """ITOP rate |∪_t M_t| / N: the fraction of all sparse-layer weights that were ever active."""
+        return int(self.ever_active.sum()) / max(1, self.ever_active.numel())
+
     def to(self, device) -> DeterministicMask:
-        return DeterministicMask(self.shapes, self.flat.to(device), self.float.dtype)
+        return DeterministicMask(self.shapes, self.flat.to(device), self.float.dtype, self.ever_active)
 
     # -- update ----------------------------------------------------------------
     def update(
@@ -149,15 +161,21 @@ class DeterministicMask:
             grown_here[picked] = True
         self.flat.copy_(new_flat)
         self.float.copy_(new_flat)
+        self.ever_active |= new_flat
         return grown
 
     # -- persistence -----------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"shapes": [list(s) for s in self.shapes], "flat": self.flat.cpu()}
+        return {"shapes": [list(s) for s in self.shapes], "flat": self.flat.cpu(),
+                "ever_active": self.ever_active.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load M (and the union of past masks; a checkpoint from before ITOP was recorded has
+        none, and the union restarts from the current M, so its rate is then a lower bound)."""
         if [list(s) for s in self.shapes] != state["shapes"]:
             raise ValueError("checkpoint mask shapes do not match the model's sparse weights")
         self.flat.copy_(state["flat"].to(self.flat.device))
         self.float.copy_(self.flat)
         self.nnz = [int(v.sum()) for v in self.flat_views()]
+        ever = state.get("ever_active")
+        self.ever_active = self.flat.clone() if ever is None else ever.to(self.flat.device) | self.flat

@@ -9,7 +9,7 @@ on, with samples x_t = (M⊙Z⁽ᵗ⁾⊙W⁽ᵗ⁾, θ⁽ᵗ⁾), t = 1..T (pap
   mc-z        (1/S) Σ_s softmax f(x; M⊙Z_s⊙W_final), Z_s ~ Bern(keep)    S passes
   swag        (1/S) Σ_s softmax f(x; x̃_s), x̃_s ~ N(x̄, ½(Σ_diag + D Dᵀ/(K−1)))   S passes
 
-(:func:`predictor_draws`).  BatchNorm statistics are recomputed on the training data for every
+(:func:`predictor_draws`).  By default BatchNorm statistics are recomputed on the training data for every
 weight setting (SWA/SWAG do the same for averaged weights) except ``final`` of a method without
 an unscaled random mask, whose statistics were tracked during training for the very weights it
 evaluates (key ``"final"``).  Under CigL's unscaled Z they were tracked for M⊙Z⊙W, not M⊙W, so
@@ -18,6 +18,16 @@ there ``final`` is recomputed too (key ``"final:bn-recomputed"``,
 weights and samples activations instead (:func:`mc_dropout_log_probs`).  The run's evaluation
 (``cigl_bayes.evaluate``), the Python API (``inference.load_run``) and
 ``experiments.posterior_report`` all draw their weights from here.
+
+BatchNorm protocols (:data:`BN_PROTOCOLS`), for comparing methods under the same statistics:
+
+  tracked               the running (EMA) statistics tracked in training, on augmented batches,
+                        for the weights being trained; they exist only for ``final``
+  recomputed-clean      exact averages (momentum None) over the unaugmented training images
+  recomputed-augmented  exact averages over augmented training batches (random crop and flip),
+                        as the official CigL code recomputes them for its WMA model
+
+:func:`draws_log_probs` takes a ``protocol``; without one the draw keys decide, as above.
 
 Every predictor returns *log-probabilities* (N, C) on the CPU: log-softmax of the logits for
 a single weight setting, log of the averaged softmax for an ensemble.  Softmax of
@@ -168,13 +178,49 @@ def predictor_draws(name: str, final: Snapshot, samples: Sequence[Snapshot] = ()
     return [(f"swag:{seed}:{i}", swag_sample(gen)) for i in range(count)]
 
 
+BN_PROTOCOLS = ("tracked", "recomputed-clean", "recomputed-augmented")
+TRACKED, RECOMPUTED_CLEAN, RECOMPUTED_AUGMENTED = BN_PROTOCOLS
+
+
+def check_bn_protocol(protocol: str) -> str:
+    if protocol not in BN_PROTOCOLS:
+        raise ValueError(f"unknown BatchNorm protocol {protocol!r}; known: {', '.join(BN_PROTOCOLS)}")
+    return protocol
+
+
+def bn_protocols_of(name: str) -> tuple[str, ...]:
+    """The protocols predictor ``name`` can be evaluated under: only ``final`` has tracked statistics
+    (an averaged or sampled weight setting was never trained as such)."""
+    return BN_PROTOCOLS if name == "final" else BN_PROTOCOLS[1:]
+
+
+def default_bn_protocol(name: str, final_bn_recomputed: bool = False) -> str:
+    """The protocol a run's headline entry of ``name`` uses (``metrics.json`` → ``test``): tracked
+    for ``final`` (recomputed-clean under CigL's unscaled Z, ``final_bn_recomputed``), and
+    recomputed-clean for every other weight setting."""
+    if name == "final" and not final_bn_recomputed:
+        return TRACKED
+    return RECOMPUTED_CLEAN
+
+
 def draws_log_probs(net: SparseNetwork, draws: Sequence[tuple[str, Snapshot]], loaders: dict, bn_loader=None,
-                    bn_batches: int | None = None) -> dict[str, list[torch.Tensor]]:
-    """{split: [log-probabilities of each draw]} over ``loaders``; BatchNorm is recomputed on
-    ``bn_loader`` for every draw but the one keyed ``"final"`` (skipped when ``bn_loader`` is None)."""
+                    bn_batches: int | None = None, protocol: str | None = None) -> dict[str, list[torch.Tensor]]:
+    """{split: [log-probabilities of each draw]} over ``loaders``.
+
+    Without ``protocol``: BatchNorm is recomputed on ``bn_loader`` for every draw but the one keyed
+    ``"final"`` (skipped when ``bn_loader`` is None).  With ``protocol="tracked"`` every draw keeps
+    the module's tracked statistics (only ``final``'s draw may); with a recomputed protocol every
+    draw, ``final`` included, is recomputed on ``bn_loader`` (the caller passes the protocol's loader)."""
+    if protocol is not None:
+        check_bn_protocol(protocol)
+        foreign = [k for k, _ in draws if k not in (TRAINING_BN_KEY, FINAL_RECOMPUTED_KEY)]
+        if protocol == TRACKED and foreign:
+            raise ValueError(f"tracked BatchNorm statistics exist only for the final weights, not for {foreign[0]!r}")
+        if protocol != TRACKED and bn_loader is None:
+            raise ValueError(f"BatchNorm protocol {protocol!r} needs the training loader to recompute on")
     out: dict[str, list[torch.Tensor]] = {k: [] for k in loaders}
     for key, snap in draws:
-        if key == TRAINING_BN_KEY:
+        if protocol == TRACKED or (protocol is None and key == TRAINING_BN_KEY):
             for k, loader in loaders.items():
                 out[k].append(predict_log_probs(net, loader, snap.sparse))
             continue

@@ -41,6 +41,7 @@ def _atomic(path: str | Path, write: Callable[[Any], Any] | None = None,
                 write(f)
         if write_to is not None:
             write_to(tmp)
+            os.chmod(tmp, 0o666 & ~umask)  # a writer that re-creates the file brings back mkstemp's mode
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -64,6 +64,30 @@ class Data:
     val: data_lib.DeviceLoader | None
     test: data_lib.DeviceLoader
     num_classes: int
+    # same images, augmented (crop + flip) with one seeded plan: the ``recomputed-augmented`` BatchNorm
+    # protocol (the official code recomputes its WMA model's statistics on augmented training batches)
+    train_bn_augmented: data_lib.DeviceLoader | None = None
+
+    @property
+    def bn_protocols(self) -> tuple[str, ...]:
+        """The BatchNorm protocols this data can serve (recomputed-augmented needs its loader;
+        data made by hand, e.g. tensors of a toy problem, may have none)."""
+        from .predict import BN_PROTOCOLS, RECOMPUTED_AUGMENTED
+
+        return tuple(p for p in BN_PROTOCOLS if p != RECOMPUTED_AUGMENTED or self.train_bn_augmented is not None)
+
+    def bn_loader(self, protocol: str):
+        """The loader BatchNorm statistics are recomputed on under ``protocol`` (None: tracked)."""
+        from .predict import RECOMPUTED_AUGMENTED, RECOMPUTED_CLEAN, check_bn_protocol
+
+        check_bn_protocol(protocol)
+        if protocol == RECOMPUTED_CLEAN:
+            return self.train_eval
+        if protocol == RECOMPUTED_AUGMENTED:
+            if self.train_bn_augmented is None:
+                raise ValueError("this data has no augmented training loader for the recomputed-augmented protocol")
+            return self.train_bn_augmented
+        return None
 
 
 def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = None) -> Data:
@@ -93,6 +117,8 @@ def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = N
         val=data_lib.DeviceLoader(val, batch_size=eval_bs, shuffle=False, **common) if len(val) else None,
         test=data_lib.DeviceLoader(test, batch_size=eval_bs, shuffle=False, **common),
         num_classes=len(train.classes),
+        train_bn_augmented=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=True, augment=cfg.augment,
+                                                 seed=cfg.seed, **common),
     )
 
 
@@ -122,6 +148,7 @@ def build_imagenet_data(cfg: TrainConfig, device: torch.device, info: DistInfo) 
         val=loader(val, False, batch_size=eval_bs, shuffle=False) if len(val) else None,
         test=loader(test, False, batch_size=eval_bs, shuffle=False),
         num_classes=len(full.classes),
+        train_bn_augmented=loader(train, True, batch_size=eval_bs, shuffle=True),
     )
 
 
@@ -394,13 +421,24 @@ class Trainer:
                                          "train_data_loss": self.epoch_data_loss,
                                          "train_regulariser": mean_loss - self.epoch_data_loss,
                                          "seconds": time.perf_counter() - start,
-                                         "density": self.net.mask.density, "compute_dtype": self.compute_dtype})
+                                         "density": self.net.mask.density, "itop_rate": self.net.mask.itop_rate,
+                                         "compute_dtype": self.compute_dtype, **self.validation_point()})
                     self.save_checkpoint()
                     if interrupted:
                         raise KeyboardInterrupt(f"interrupted; checkpoint saved at epoch {self.epoch}")
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def validation_point(self) -> dict:
+        """This epoch's point of the validation curves (``cfg.val_curves``).  Every rank computes it
+        (each holds the whole validation split), so a SyncBatchNorm recompute meets its peers."""
+        if not self.cfg.val_curves:
+            return {}
+        from .evaluate import validation_point
+
+        wma = self.wma.mean() if self.method.wma and self.wma.count else None
+        return validation_point(self.net, self.cfg, self.data, wma)
 
     @property
     def finished_training(self) -> bool:

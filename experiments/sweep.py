@@ -76,6 +76,12 @@ PROTOCOLS: dict[str, dict] = {
                   "methods": ["rigl", "cigl", "cigl-keep0.99"], "sparsities": [0.95], "seeds": [0, 1, 2],
                   "pinned": AT_KEEP_09,
                   "posterior": ["--bn-batches", "10", "--mc-samples", "4", "--swag-samples", "4"]},
+    # The pre-registered controlled study (docs/preregistration.md): the cpu-study's training protocol in float32
+    # on five new seeds, every run scored under every BatchNorm protocol, its weights committed
+    # (weights.safetensors).  Order: rigl and cigl-keep0.99 seeds 3–7, then cigl-no-rm and cigl-no-wma seeds 3–5.
+    "controlled": {"config": {"model": "wrn-22-2", "epochs": CPU_STUDY_EPOCHS, "lr_schedule": "cosine-window"},
+                   "methods": ["rigl", "cigl-keep0.99", "cigl-no-rm", "cigl-no-wma-keep0.99"], "sparsities": [0.95],
+                   "seeds": [3, 4, 5, 6, 7]},
     "cpu-smoke": {"config": {"model": "small-cnn", "epochs": 6, "subset": 5000, "test_subset": 2000,
                              "batch_size": 64, "delta_t": 20, "log_every": 10},
                   "methods": ["dense", "rigl", "cigl"], "sparsities": [0.9, 0.95], "seeds": [0, 1],
