@@ -67,6 +67,16 @@ FINAL_BN = ("tests/test_posterior.py::test_cigl_final_gets_batchnorm_statistics_
 FINAL_BN_MODEL = ("tests/test_posterior.py::"
                   "test_model_pt_of_cigl_without_wma_holds_the_final_weights_batchnorm_statistics",)
 
+BNP = "tests/test_bn_protocols.py"
+BN_PROTOCOL = (f"{BNP}::test_each_bn_protocol_uses_its_own_statistics",)
+BN_HEADLINE = (f"{BNP}::test_metrics_json_records_every_protocol_and_each_headlines_own",)
+WEIGHTS_ROUND_TRIP = (f"{BNP}::test_weights_file_round_trip_keeps_every_weight_setting",
+                      f"{BNP}::test_weights_file_round_trip_with_wma")
+ITOP = (f"{BNP}::test_itop_rate_counts_every_weight_that_was_ever_active",
+        f"{BNP}::test_trainer_records_the_itop_rate_of_the_masks_it_went_through")
+CURVES = (f"{BNP}::test_validation_curves_score_the_last_weights_and_the_wma_each_epoch",)
+NO_TEST_FIT = (f"{BNP}::test_temperature_is_fitted_on_the_validation_split_only",)
+
 MUTANTS: list[Mutant] = [
     # -- the random mask Z --------------------------------------------------------------------
     Mutant("no-z-in-forward", "the training forward pass uses M⊙W (no random mask Z)",
@@ -342,6 +352,31 @@ MUTANTS: list[Mutant] = [
            '    ax.get_lines()[0].set_label(handles[0].get_label())\n'
            '    ax.legend(loc="upper left", fontsize="x-small")\n',
            ("tests/test_metrics.py::test_plot_legend_names_each_colour_even_when_a_category_has_no_bin",)),
+    # -- the controlled study's instruments (issue #39) ----------------------------------------
+    Mutant("bn-augmented-reads-clean", "the recomputed-augmented protocol recomputes on the clean images",
+           "cigl_bayes/train.py", "            return self.train_bn_augmented\n",
+           "            return self.train_eval\n", BN_PROTOCOL),
+    Mutant("bn-final-not-tracked", "the final weights are never scored with their tracked statistics",
+           "cigl_bayes/predict.py", 'return BN_PROTOCOLS if name == "final" else BN_PROTOCOLS[1:]',
+           "return BN_PROTOCOLS[1:]", BN_PROTOCOL),
+    Mutant("bn-headline-protocol", "the headline entry of RigL's final uses recomputed statistics, not tracked ones",
+           "cigl_bayes/predict.py", "    if name == \"final\" and not final_bn_recomputed:\n        return TRACKED",
+           "    if False:\n        return TRACKED", BN_HEADLINE),
+    Mutant("weights-file-no-buffers", "the weights file leaves out the tracked BatchNorm buffers",
+           "cigl_bayes/weights.py", 'tensors.update({f"buffer.{k}": v.detach().cpu().contiguous() for k, v in '
+           'weights.buffers.items()})', "pass", WEIGHTS_ROUND_TRIP),
+    Mutant("weights-file-wma-is-final", "the weights file stores the final weights as the WMA mean",
+           "cigl_bayes/weights.py", 'tensors.update(_pack("wma", weights.wma.sparse, weights.wma.sparse != 0, '
+           'weights.wma.other))', 'tensors.update(_pack("wma", weights.final.sparse, weights.final.sparse != 0, '
+           'weights.final.other))', WEIGHTS_ROUND_TRIP),
+    Mutant("itop-not-accumulated", "the ITOP union is not updated by mask updates (rate = density)",
+           "cigl_bayes/masks.py", "        self.ever_active |= new_flat\n", "", ITOP),
+    Mutant("val-curve-wma-no-bn", "the per-epoch WMA validation point keeps the last weights' BatchNorm statistics",
+           "cigl_bayes/evaluate.py", "with weights_loaded(net, wma, data.train_eval, cfg.curve_bn_batches):",
+           "with weights_loaded(net, wma):", CURVES),
+    Mutant("temperature-on-test", "temperature scaling is fitted on the test split",
+           "cigl_bayes/evaluate.py", 'temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])',
+           'temperature = metrics.fit_temperature(preds[output]["test"], labels["test"])', NO_TEST_FIT),
 ]
 
 
