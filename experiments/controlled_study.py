@@ -1,0 +1,290 @@
+"""The registered analysis of the controlled WRN-22-2 study (``docs/preregistration.md``).
+
+    python -m experiments.controlled_study docs/results/controlled
+
+Reads every finished run's ``metrics.json`` under ``<study>/runs/`` (and ``laplace.json`` where the
+Laplace baseline ran, ``experiments.laplace_baseline``) and writes ``registered.md``,
+``registered.json`` and ``validation_curves.png`` into the study folder.  Nothing is fitted here:
+every number is a paired difference of scores the runs already hold, by seed.
+
+Registered (in the order the pre-registration states them):
+  primary      CigL ``wma`` [recomputed-augmented] − RigL ``final`` [tracked], test ECE, seeds 3–7,
+               two-sided paired t-test, α = 0.05, with the accuracy condition
+  controlled   the same sides under one protocol: recomputed-augmented, then recomputed-clean
+  decomposition  cigl-no-rm / cigl-no-wma against RigL and CigL, seeds 3–5, recomputed-augmented
+  baselines    RigL + temperature scaling, RigL + last-layer Laplace, against CigL's primary side
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_json
+
+from .cli import ArgumentParser, run_cli
+
+ALPHA = 0.05
+PRIMARY_SEEDS = (3, 4, 5, 6, 7)
+DECOMPOSITION_SEEDS = (3, 4, 5)
+CIGL, RIGL, NO_RM, NO_WMA = "cigl-keep0.99", "rigl", "cigl-no-rm", "cigl-no-wma-keep0.99"
+SCORES = ("ece", "nll", "brier", "ece10", "accuracy", "overconfidence")
+RUN = "{method}-plain-s0.95-seed{seed}"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: a method's predictor under a BatchNorm protocol (or a baseline)."""
+
+    method: str
+    predictor: str
+    protocol: str | None  # None: the run's headline entry (temperature_scaled) or a baseline file
+
+    def label(self) -> str:
+        where = f" [{self.protocol}]" if self.protocol else ""
+        return f"{self.method} {self.predictor}{where}"
+
+
+@dataclass
+class Paired:
+    """A paired comparison B − A over seeds."""
+
+    name: str
+    a: str
+    b: str
+    score: str
+    seeds: list[int]
+    deltas: list[float]
+    relative: list[float]
+    n: int
+    mean: float
+    sd: float
+    ci_low: float
+    ci_high: float
+    p: float
+
+    def reads(self) -> str:
+        if self.n < 2:
+            return "too few pairs"
+        if self.ci_low > 0:
+            return "higher"
+        if self.ci_high < 0:
+            return "lower"
+        return "no detectable difference"
+
+
+def test_scores(run: dict, side: Side) -> dict | None:
+    """The test metrics of ``side`` in one run's records, or None where the run has no such entry."""
+    if side.method == RIGL and side.predictor == "laplace":
+        return run.get("laplace", {}).get("test")
+    if side.protocol is None:
+        return run["metrics"]["test"].get(side.predictor)
+    return run["metrics"].get("by_bn_protocol", {}).get(side.protocol, {}).get("test", {}).get(side.predictor)
+
+
+def value(scores: dict, score: str) -> float:
+    if score == "overconfidence":
+        return scores["confidence"] - scores["accuracy"]
+    return scores[score]
+
+
+def paired(name: str, runs: dict, a: Side, b: Side, score: str, seeds: tuple[int, ...]) -> Paired:
+    """B − A for every seed in ``seeds`` where both sides exist; paired t interval and test."""
+    used, deltas, relative = [], [], []
+    for seed in seeds:
+        ra, rb = runs.get((a.method, seed)), runs.get((b.method, seed))
+        sa = test_scores(ra, a) if ra else None
+        sb = test_scores(rb, b) if rb else None
+        if sa is None or sb is None:
+            continue
+        va, vb = value(sa, score), value(sb, score)
+        used.append(seed)
+        deltas.append(vb - va)
+        relative.append((vb - va) / va if va else math.nan)
+    d = np.asarray(deltas, dtype=float)
+    n = len(d)
+    mean = float(d.mean()) if n else math.nan
+    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    if n > 1 and sd > 0:
+        half = float(stats.t.ppf(1 - ALPHA / 2, n - 1)) * sd / math.sqrt(n)
+        p = float(stats.ttest_1samp(d, 0.0).pvalue)  # = ttest_rel of the two sides
+    elif n > 1:
+        half, p = 0.0, (0.0 if mean else 1.0)
+    else:
+        half, p = math.nan, math.nan
+    return Paired(name, a.label(), b.label(), score, used, deltas, relative, n, mean, sd, mean - half, mean + half, p)
+
+
+def load_runs(study: Path) -> dict[tuple[str, int], dict]:
+    """{(method, seed): {"metrics": ..., "laplace": ...}} of the finished runs of the study."""
+    runs = {}
+    for folder in sorted((study / "runs").glob("*-plain-s0.95-seed*")):
+        path = folder / "metrics.json"
+        if not path.is_file():
+            continue
+        try:
+            metrics = json.loads(path.read_text())
+        except ValueError as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from None
+        if not metrics.get("completed"):
+            continue
+        method = folder.name.split("-plain-")[0]
+        entry = {"metrics": metrics}
+        laplace = folder / "laplace.json"
+        if laplace.is_file():
+            entry["laplace"] = json.loads(laplace.read_text())
+        runs[(method, int(metrics["seed"]))] = entry
+    return runs
+
+
+def verdict(primary: Paired, accuracy: Paired) -> str:
+    """The pre-registered reading of the primary test."""
+    if primary.n < len(PRIMARY_SEEDS):
+        return (f"interim: {primary.n} of {len(PRIMARY_SEEDS)} pairs finished; the registered test is read only "
+                "at n = 5")
+    if accuracy.ci_high < 0:
+        return "the claim does not hold: CigL loses accuracy (the accuracy interval lies below 0)"
+    if primary.ci_high < 0:
+        return "the claim holds: CigL's ECE is lower (interval below 0) at no detectable loss of accuracy"
+    if primary.ci_low > 0:
+        return "the claim does not hold: CigL's ECE is higher (interval above 0)"
+    return "the claim does not hold at this n: no detectable difference in ECE (the interval includes 0)"
+
+
+PRIMARY = (Side(RIGL, "final", "tracked"), Side(CIGL, "wma", "recomputed-augmented"))
+CONTROLLED = {p: (Side(RIGL, "final", p), Side(CIGL, "wma", p)) for p in ("recomputed-augmented", "recomputed-clean")}
+AUG = "recomputed-augmented"
+DECOMPOSITION = {
+    "averaging without Z (cigl-no-rm − rigl)": (Side(RIGL, "final", AUG), Side(NO_RM, "wma", AUG)),
+    "Z on top of averaging (cigl − cigl-no-rm)": (Side(NO_RM, "wma", AUG), Side(CIGL, "wma", AUG)),
+    "Z without averaging (cigl-no-wma − rigl)": (Side(RIGL, "final", AUG), Side(NO_WMA, "predictive", AUG)),
+}
+BASELINES = {
+    "CigL − RigL + temperature scaling": (Side(RIGL, "temperature_scaled", None), PRIMARY[1]),
+    "CigL − RigL + last-layer Laplace": (Side(RIGL, "laplace", None), PRIMARY[1]),
+}
+
+
+def analyse(runs: dict) -> dict:
+    out: dict = {"alpha": ALPHA, "runs": sorted(f"{m} seed {s}" for m, s in runs)}
+    primary = {s: paired("primary", runs, *PRIMARY, s, PRIMARY_SEEDS) for s in SCORES}
+    out["primary"] = {s: asdict(p) for s, p in primary.items()}
+    out["verdict"] = verdict(primary["ece"], primary["accuracy"])
+    out["controlled"] = {proto: {s: asdict(paired(f"controlled {proto}", runs, *sides, s, PRIMARY_SEEDS))
+                                 for s in SCORES} for proto, sides in CONTROLLED.items()}
+    out["decomposition"] = {name: {s: asdict(paired(name, runs, *sides, s, DECOMPOSITION_SEEDS)) for s in SCORES}
+                            for name, sides in DECOMPOSITION.items()}
+    out["baselines"] = {name: {s: asdict(paired(name, runs, *sides, s, PRIMARY_SEEDS)) for s in SCORES}
+                        for name, sides in BASELINES.items()}
+    itop = {}
+    for method in (RIGL, CIGL, NO_RM, NO_WMA):
+        rates = [r["metrics"]["itop_rate"] for (m, _), r in runs.items() if m == method and "itop_rate" in r["metrics"]]
+        if rates:
+            itop[method] = {"n": len(rates), "mean": float(np.mean(rates)),
+                            "sd": float(np.std(rates, ddof=1)) if len(rates) > 1 else math.nan}
+    out["itop"] = itop
+    return out
+
+
+def fmt(x: float, score: str) -> str:
+    if math.isnan(x):
+        return "–"
+    return f"{100 * x:+.2f}" if score in ("ece", "ece10", "accuracy", "overconfidence") else f"{x:+.4f}"
+
+
+UNIT = {"ece": "pp", "ece10": "pp", "accuracy": "pp", "overconfidence": "pp", "nll": "nats", "brier": ""}
+
+
+def table(block: dict[str, dict]) -> list[str]:
+    lines = ["| score | n | mean Δ (B − A) | 95% interval | p | per seed | reads |", "|---|---|---|---|---|---|---|"]
+    for score, p in block.items():
+        per_seed = ", ".join(f"s{s}: {fmt(d, score)}" for s, d in zip(p["seeds"], p["deltas"]))
+        reads = Paired(**p).reads()
+        pval = "–" if math.isnan(p["p"]) else f"{p['p']:.3f}"
+        lines.append(f"| {score} ({UNIT[score]}) | {p['n']} | {fmt(p['mean'], score)} | "
+                     f"[{fmt(p['ci_low'], score)}, {fmt(p['ci_high'], score)}] | {pval} | {per_seed} | {reads} |")
+    return lines
+
+
+def report(result: dict) -> str:
+    first = result["primary"]["ece"]
+    rel = [r for r in first["relative"] if not math.isnan(r)]
+    lines = ["# Controlled study: the registered analysis", "",
+             "Generated by `python -m experiments.controlled_study docs/results/controlled` from the committed "
+             "`metrics.json` files; the test and its reading are those of `docs/preregistration.md`.", "",
+             f"Finished runs: {len(result['runs'])} ({'; '.join(result['runs']) or 'none'}).", "",
+             "## Primary (the paper's protocol)", "",
+             f"A = {first['a']}, B = {first['b']}; paired by seed, two-sided t, α = {result['alpha']}.", "",
+             *table(result["primary"]), "",
+             f"Mean relative ECE change (B − A) / A: {100 * np.mean(rel):+.1f}%." if rel else "", "",
+             f"**Verdict:** {result['verdict']}.", "",
+             "## Controlled (one protocol on both sides)", ""]
+    for proto, block in result["controlled"].items():
+        lines += [f"### Both {proto}", "", *table(block), ""]
+    lines += ["## Decomposition (seeds 3–5, recomputed-augmented; descriptive at n = 3)", ""]
+    for name, block in result["decomposition"].items():
+        lines += [f"### {name}", "", *table(block), ""]
+    lines += ["## Baselines a practitioner would pick instead (A = the baseline, B = CigL's primary side)", ""]
+    for name, block in result["baselines"].items():
+        lines += [f"### {name}", "", *table(block), ""]
+    lines += ["## ITOP rate (fraction of sparse-layer weights ever active)", "", "| method | n | mean | sd |",
+              "|---|---|---|---|"]
+    lines += [f"| {m} | {v['n']} | {v['mean']:.4f} | {v['sd']:.4f} |" for m, v in result["itop"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs: dict, path: Path) -> Path | None:
+    """Validation NLL and ECE per epoch, last weights and WMA, one line per run."""
+    import matplotlib.pyplot as plt
+
+    with_curves = {k: r for k, r in runs.items() if any("val_nll" in h for h in r["metrics"].get("history", []))}
+    if not with_curves:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = {RIGL: "tab:red", CIGL: "tab:blue", NO_RM: "tab:green", NO_WMA: "tab:purple"}
+    for (method, seed), r in sorted(with_curves.items()):
+        hist = r["metrics"]["history"]
+        for ax, key in zip(axes, ("accuracy", "nll", "ece")):
+            ep = [h["epoch"] for h in hist if f"val_{key}" in h]
+            ax.plot(ep, [h[f"val_{key}"] for h in hist if f"val_{key}" in h], color=colours.get(method, "grey"),
+                    alpha=0.6, lw=1, label=f"{method} last weights" if seed == min(
+                        s for m, s in with_curves if m == method) else None)
+            ep_w = [h["epoch"] for h in hist if f"val_wma_{key}" in h]
+            if ep_w:
+                ax.plot(ep_w, [h[f"val_wma_{key}"] for h in hist if f"val_wma_{key}" in h], ls="--", marker="o",
+                        ms=3, color=colours.get(method, "grey"), alpha=0.9,
+                        label=f"{method} WMA" if seed == min(s for m, s in with_curves if m == method) else None)
+    for ax, key in zip(axes, ("accuracy", "NLL", "ECE (15 bins)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {key}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    fig.suptitle("Controlled study: validation curves per run (last weights: tracked BatchNorm; "
+                 "WMA: recomputed on 10 clean batches)", fontsize=10)
+    return atomic_save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m experiments.controlled_study", description=__doc__.split("\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("study", type=Path, help="the study folder (docs/results/controlled)")
+    args = p.parse_args(argv)
+    if not (args.study / "runs").is_dir():
+        raise FileNotFoundError(f"{args.study} holds no runs/ folder")
+    runs = load_runs(args.study)
+    result = analyse(runs)
+    atomic_write_json(result, args.study / "registered.json")
+    atomic_write_bytes(report(result).encode(), args.study / "registered.md")
+    plot_curves(runs, args.study / "validation_curves.png")
+    print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

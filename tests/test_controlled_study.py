@@ -1,0 +1,90 @@
+"""The registered analysis (experiments.controlled_study) on hand-made metrics.json files: it pairs
+the registered sides by seed, under the registered protocols, and reads the test as registered."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments.controlled_study import PRIMARY_SEEDS, main
+
+
+def scores(ece: float, acc: float) -> dict:
+    return {"accuracy": acc, "confidence": acc + ece, "ece": ece, "ece10": ece * 0.9, "mce": 0.1,
+            "nll": 0.5 + ece, "brier": 0.3 + ece / 2}
+
+
+def write_run(root, method: str, seed: int, by_protocol: dict, headline: dict | None = None, itop: float = 0.2):
+    folder = root / "runs" / f"{method}-plain-s0.95-seed{seed}"
+    folder.mkdir(parents=True)
+    metrics = {"completed": True, "seed": seed, "method": method.split("-keep")[0], "itop_rate": itop,
+               "test": headline or {}, "by_bn_protocol": {p: {"test": v} for p, v in by_protocol.items()},
+               "history": [{"epoch": e, "val_accuracy": 0.5, "val_nll": 1.0, "val_ece": 0.05} for e in (1, 2)]}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def study(tmp_path, rigl_tracked, cigl_aug, rigl_aug, acc_delta=0.0, seeds=PRIMARY_SEEDS):
+    for i, seed in enumerate(seeds):
+        write_run(tmp_path, "rigl", seed, {
+            "tracked": {"final": scores(rigl_tracked[i], 0.78)},
+            "recomputed-augmented": {"final": scores(rigl_aug[i], 0.78)},
+            "recomputed-clean": {"final": scores(rigl_aug[i] + 0.001, 0.78)}},
+            headline={"final": scores(rigl_tracked[i], 0.78), "temperature_scaled": scores(0.01, 0.78)})
+        write_run(tmp_path, "cigl-keep0.99", seed, {
+            "recomputed-augmented": {"wma": scores(cigl_aug[i], 0.78 + acc_delta), "final": scores(0.03, 0.77)},
+            "recomputed-clean": {"wma": scores(cigl_aug[i] + 0.002, 0.78 + acc_delta)},
+            "tracked": {"final": scores(0.03, 0.77)}}, itop=0.3)
+    return tmp_path
+
+
+def test_primary_pairs_rigl_tracked_with_cigl_wma_recomputed_on_augmented_batches(tmp_path):
+    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
+    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
+    rigl_aug = [0.019, 0.021, 0.018, 0.020, 0.017]
+    assert main([str(study(tmp_path, rigl, cigl, rigl_aug))]) == 0
+    out = json.loads((tmp_path / "registered.json").read_text())
+    d = np.array(cigl) - np.array(rigl)
+    p = out["primary"]["ece"]
+    assert p["seeds"] == list(PRIMARY_SEEDS) and p["deltas"] == pytest.approx(list(d))
+    half = stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert (p["ci_low"], p["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert p["p"] == pytest.approx(stats.ttest_rel(cigl, rigl).pvalue)
+    assert out["verdict"].startswith("the claim holds")
+    # the controlled comparison reads the same protocol on both sides: here the gain is gone
+    c = out["controlled"]["recomputed-augmented"]["ece"]
+    assert c["deltas"] == pytest.approx(list(np.array(cigl) - np.array(rigl_aug)))
+    assert c["ci_low"] < 0 < c["ci_high"]
+    md = (tmp_path / "registered.md").read_text()
+    assert "no detectable difference" in md and "the claim holds" in md
+    assert out["itop"]["rigl"]["mean"] == pytest.approx(0.2) and out["itop"]["cigl-keep0.99"]["mean"] == 0.3
+    assert (tmp_path / "validation_curves.png").is_file()
+
+
+def test_an_interval_that_includes_zero_is_no_detectable_difference(tmp_path):
+    rigl = [0.040, 0.020, 0.035, 0.025, 0.042]
+    cigl = [0.030, 0.030, 0.030, 0.030, 0.030]
+    main([str(study(tmp_path, rigl, cigl, rigl))])
+    out = json.loads((tmp_path / "registered.json").read_text())
+    assert out["verdict"] == "the claim does not hold at this n: no detectable difference in ECE (the interval " \
+                             "includes 0)"
+
+
+def test_lower_ece_with_lost_accuracy_does_not_hold(tmp_path):
+    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
+    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
+    main([str(study(tmp_path, rigl, cigl, rigl, acc_delta=-0.03))])
+    out = json.loads((tmp_path / "registered.json").read_text())
+    assert "loses accuracy" in out["verdict"]
+
+
+def test_fewer_than_five_pairs_is_interim_without_verdict(tmp_path):
+    rigl = [0.040, 0.045, 0.035]
+    cigl = [0.018, 0.020, 0.017]
+    main([str(study(tmp_path, rigl, cigl, rigl, seeds=(3, 4, 5)))])
+    out = json.loads((tmp_path / "registered.json").read_text())
+    assert out["verdict"].startswith("interim: 3 of 5")
+    assert out["baselines"]["CigL − RigL + temperature scaling"]["ece"]["n"] == 3
