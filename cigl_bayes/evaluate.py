@@ -251,18 +251,16 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
     return result
 
 
-def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto") -> dict:
-    """Evaluate a committed weights file again, on any machine: the run's network is rebuilt from
-    the config stored in the file, its final weights, tracked buffers, WMA mean and samples loaded,
-    and every predictor scored under every BatchNorm protocol by the code that evaluated it first
-    (:func:`evaluate_weights`).  Returns ``test``, ``val``, ``bn_protocol``, ``by_bn_protocol``,
-    ``temperature``, the test fingerprint and the runtime; training is not repeated."""
+def network_from_weights(weights_path, *, data_dir: str | None = None, device: str = "auto"):
+    """(net, cfg, data, weights) of a committed weights file: the run's network rebuilt from the
+    config stored in the file, holding the final weights M⊙W, θ and the tracked buffers, with the
+    run's data (``data_dir`` overrides the recorded folder)."""
     import dataclasses
 
     from .config import TrainConfig
     from .device import resolve_device
     from .train import build_data, build_network
-    from .weights import load_run_weights
+    from .weights import WeightsFileError, load_run_weights
 
     weights, meta = load_run_weights(weights_path)
     cfg = TrainConfig.from_dict(meta["config"])
@@ -272,35 +270,45 @@ def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto
     data = build_data(cfg, dev)
     net = build_network(cfg, data.num_classes, dev)
     if net.sparse_names != meta["sparse_names"] or sum(net.mask.numels) != weights.mask.numel():
-        from .weights import WeightsFileError
-
         raise WeightsFileError(f"{weights_path} does not fit the network {cfg.model} builds here")
-    dtype = cfg.torch_dtype
-    weights.final = Snapshot(weights.final.sparse.to(dev, dtype), weights.final.other.to(dev, dtype))
-    if weights.wma is not None:
-        weights.wma = Snapshot(weights.wma.sparse.to(dev, dtype), weights.wma.other.to(dev, dtype))
-    weights.samples = [Snapshot(s.sparse.to(dev, dtype), s.other.to(dev, dtype)) for s in weights.samples]
+    buffers = dict(net.module.named_buffers())
+    missing = sorted(set(buffers) - set(weights.buffers))
+    if missing:
+        raise WeightsFileError(f"{weights_path} lacks the buffer {missing[0]!r} of {cfg.model}")
+
+    def moved(snap: Snapshot) -> Snapshot:
+        return Snapshot(snap.sparse.to(dev, cfg.torch_dtype), snap.other.to(dev, cfg.torch_dtype))
+
+    weights.final = moved(weights.final)
+    weights.wma = moved(weights.wma) if weights.wma is not None else None
+    weights.samples = [moved(s) for s in weights.samples]
     with torch.no_grad():
         net.mask.flat.copy_(weights.mask.to(dev))
         net.mask.float.copy_(net.mask.flat)
         net.load_flat_(weights.final.sparse, weights.final.other)
-        buffers = dict(net.module.named_buffers())
-        missing = sorted(set(buffers) - set(weights.buffers))
-        if missing:
-            from .weights import WeightsFileError
-
-            raise WeightsFileError(f"{weights_path} lacks the buffer {missing[0]!r} of {cfg.model}")
         for name, value in weights.buffers.items():
             buffers[name].copy_(value)
+    return net, cfg, data, weights
+
+
+def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto") -> dict:
+    """Evaluate a committed weights file again, on any machine: the run's network is rebuilt from
+    the config stored in the file (:func:`network_from_weights`) and every predictor scored under
+    every BatchNorm protocol by the code that evaluated it first (:func:`evaluate_weights`).
+    Returns ``test``, ``val``, ``bn_protocol``, ``by_bn_protocol``, ``temperature``, the test
+    fingerprint and the runtime; training is not repeated."""
+    from .device import resolve_device
+
+    net, cfg, data, weights = network_from_weights(weights_path, data_dir=data_dir, device=device)
+    dev = resolve_device(device)
     loaders, labels = evaluation_loaders(data)
     by_protocol = evaluate_weights(net, cfg, data, weights, loaders)
     preds, used = headline(by_protocol, cfg)
     output = cfg.method_config.output if cfg.method_config.output in preds else "final"
     temperature = with_temperature(preds, used, output, labels, cfg.temperature_scaling)
     report = scores(preds, labels)
-    host = describe_host(dev)
     return {"method": cfg.method, "model": cfg.model, "seed": cfg.seed, "sparsity_target": cfg.sparsity,
             "output_predictor": output, "temperature": temperature, "test": report["test"],
             "val": report.get("val", {}), "bn_protocol": used, "by_bn_protocol": score_by_protocol(by_protocol, labels),
             "test_fingerprint": data_lib.fingerprint(data.test),
-            "runtime": {**host, "compute_dtype": cfg.compute_dtype(dev)}}
+            "runtime": {**describe_host(dev), "compute_dtype": cfg.compute_dtype(dev)}}

@@ -88,3 +88,17 @@ def test_fewer_than_five_pairs_is_interim_without_verdict(tmp_path):
     out = json.loads((tmp_path / "registered.json").read_text())
     assert out["verdict"].startswith("interim: 3 of 5")
     assert out["baselines"]["CigL − RigL + temperature scaling"]["ece"]["n"] == 3
+
+
+def test_the_laplace_baseline_is_paired_with_cigl_by_seed(tmp_path):
+    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
+    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
+    study(tmp_path, rigl, cigl, rigl)
+    laplace_ece = [0.012, 0.015, 0.011, 0.016, 0.013]
+    for seed, e in zip(PRIMARY_SEEDS, laplace_ece):
+        (tmp_path / "runs" / f"rigl-plain-s0.95-seed{seed}" / "laplace.json").write_text(
+            json.dumps({"test": scores(e, 0.78)}))
+    main([str(tmp_path)])
+    out = json.loads((tmp_path / "registered.json").read_text())
+    b = out["baselines"]["CigL − RigL + last-layer Laplace"]["ece"]
+    assert b["n"] == 5 and b["deltas"] == pytest.approx(list(np.array(cigl) - np.array(laplace_ece)))

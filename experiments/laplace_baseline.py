@@ -1,0 +1,68 @@
+"""Last-layer Laplace (laplace-torch) on committed runs' final weights, without retraining.
+
+    python -m experiments.laplace_baseline docs/results/controlled/runs/rigl-plain-s0.95-seed3
+
+Each RUN folder must hold ``weights.safetensors``.  The network is rebuilt with its final weights
+and the BatchNorm statistics tracked in training (what RigL ships), a Kronecker-factored last-layer
+Laplace approximation is fitted on the clean training images, its prior precision chosen by
+validation NLL, and the probit predictive is scored on the test and validation splits
+(``inference/laplace.py``).  Written to ``<run>/laplace.json`` (or ``--out DIR/<run>.json``), which
+``experiments.controlled_study`` pairs with CigL by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cigl_bayes import metrics
+from cigl_bayes.device import describe_host, resolve_device
+from cigl_bayes.evaluate import evaluation_loaders, network_from_weights
+from cigl_bayes.runs import RunFolderLock, atomic_write_json
+from inference.laplace import last_layer_laplace
+
+from .cli import ArgumentParser, run_cli
+from .reevaluate import weights_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m experiments.laplace_baseline", description=__doc__.split("\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders holding weights.safetensors")
+    p.add_argument("--out", type=Path, default=None, help="write <run name>.json here instead of into the runs")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    paths = [weights_path(r) for r in args.runs]
+    for run, path in tqdm(list(zip(args.runs, paths)), desc="laplace", unit="run", disable=not args.progress):
+        net, cfg, data, _ = network_from_weights(path, data_dir=args.data_dir, device=args.device)
+        loaders, labels = evaluation_loaders(data)
+        fit = last_layer_laplace(net.module, data.train_eval, loaders)
+        import laplace
+
+        result = {"method": cfg.method, "seed": cfg.seed, "weights": "final", "bn_protocol": "tracked",
+                  "subset_of_weights": "last_layer", "hessian_structure": "kron", "link_approx": "probit",
+                  "prior_precision": fit.prior_precision,
+                  "prior_precision_fit": "laplace-torch gridsearch, validation NLL, 10^[-4, 4] (100 points)",
+                  "hessian_data": "clean training images",
+                  "laplace_torch": getattr(laplace, "__version__", "unknown"),
+                  **{split: metrics.calibration_metrics(lp, labels[split], from_logits=True)
+                     for split, lp in fit.log_probs.items()},
+                  "runtime": describe_host(resolve_device(args.device))}
+        folder = run if run.is_dir() else run.parent
+        if args.out is not None:
+            target = atomic_write_json(result, args.out / f"{folder.resolve().name}.json")
+        else:
+            with RunFolderLock(folder):
+                target = atomic_write_json(result, folder / "laplace.json")
+        t = result["test"]
+        print(f"{run}: laplace acc {t['accuracy']:.4f} ECE {t['ece']:.4f} NLL {t['nll']:.4f} "
+              f"(prior precision {fit.prior_precision:.3g}) → {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
