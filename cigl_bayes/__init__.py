@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from .cigl import CigL  # noqa: E402  (the algorithm on your own module and optimizer; docs/api.md)
+
+__all__ = ["CigL", "load_exported"]
+
 
 def load_exported(path, **kwargs):
     """A network exported by ``python -m experiments.export`` (see :func:`cigl_bayes.export.load_exported`)."""

@@ -32,14 +32,13 @@ from tqdm.auto import tqdm
 from models import build_model
 
 from . import data as data_lib
-from .averaging import Snapshot, SnapshotStore, WeightMaskAverage
+from .averaging import SnapshotStore
+from .cigl import CigL, initial_mask
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .device import resolve_device
 from .distributed import DistInfo, all_reduce_mean_, barrier, dist_info
-from .masks import DeterministicMask, MaskSchedule
 from .network import SparseNetwork
 from .objectives import PlainObjective, batch_targets
-from .random_mask import RandomKeepMask
 from .runs import (
     CheckpointError,
     RunFolderLock,
@@ -48,7 +47,7 @@ from .runs import (
     load_checkpoint,
     save_checkpoint,
 )
-from .sparsity import densities_for, layer_nnz, sparse_parameter_names
+from .sparsity import sparse_parameter_names
 
 
 class TrainingDiverged(RuntimeError):
@@ -152,23 +151,33 @@ def build_imagenet_data(cfg: TrainConfig, device: torch.device, info: DistInfo) 
     )
 
 
-def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> SparseNetwork:
-    """Model from the registry, sparse weights chosen and masked at random (seeded)."""
+def build_module(cfg: TrainConfig, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The registry's model for ``cfg``, initialised from ``cfg.seed``, on ``device`` in ``cfg.dtype``."""
     torch.manual_seed(cfg.seed)
-    dtype = cfg.torch_dtype
-    module = build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout).to(device=device, dtype=dtype)
+    return build_model(cfg.model, num_classes=num_classes, dropout=cfg.dropout).to(device=device,
+                                                                                    dtype=cfg.torch_dtype)
+
+
+def build_network(cfg: TrainConfig, num_classes: int, device: torch.device) -> SparseNetwork:
+    """Model from the registry, sparse weights chosen and masked at random (seeded) as a trainer's
+    :class:`CigL` would start it; for evaluating stored weights, where no optimizer is needed."""
+    module = build_module(cfg, num_classes, device)
     names = sparse_parameter_names(module, dense_first=cfg.distribution == "uniform")
-    params = dict(module.named_parameters())
-    shapes = [params[n].shape for n in names]
-    if cfg.method_config.sparse and cfg.sparsity > 0:
-        nnz = layer_nnz(shapes, densities_for(shapes, cfg.sparsity, cfg.distribution))
-        gen = torch.Generator().manual_seed(cfg.seed)
-        mask = DeterministicMask.random(shapes, nnz, gen, device=device, dtype=dtype)
-    else:
-        mask = DeterministicMask.dense(shapes, device=device, dtype=dtype)
-    net = SparseNetwork(module, names, mask).configure(**cfg.speed_options(device))
+    sparsity = cfg.sparsity if cfg.method_config.sparse else 0.0
+    net = SparseNetwork(module, names, initial_mask(module, names, sparsity, cfg.distribution, cfg.seed))
+    net.configure(**cfg.speed_options(device))
     net.apply_mask_()
     return net
+
+
+def build_cigl(cfg: TrainConfig, module: torch.nn.Module, optimizer: torch.optim.Optimizer, total_steps: int,
+               samples: SnapshotStore | None = None) -> CigL:
+    """The algorithm object of a config: the one place a TrainConfig becomes a :class:`CigL`
+    (method, sparsity, distribution, keep, ΔT, drop fraction, end, T*, seed)."""
+    return CigL(module, optimizer, method=cfg.method, sparsity=cfg.sparsity, total_steps=total_steps,
+                distribution=cfg.distribution, keep=cfg.keep, delta_t=cfg.delta_t, drop_fraction=cfg.drop_fraction,
+                update_end=cfg.update_end, collect_from_epoch=cfg.wma_start_epoch, seed=cfg.seed, samples=samples,
+                keep_samples=cfg.save_samples, attach=False)
 
 
 ObjectiveFactory = Callable[[TrainConfig, SparseNetwork, int, int], Any]
@@ -224,41 +233,42 @@ class Trainer:
         self.cfg = cfg = config.resolved(n_train=self.data.train.num_samples)
         self.method = cfg.method_config
         self.progress = progress and self.dist.is_main
-        self.net = build_network(cfg, self.data.num_classes, self.device)
+        module = build_module(cfg, self.data.num_classes, self.device)
         if self.dist.active and self.device.type == "cuda":
-            self.net.module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net.module)
-        self.objective = make_objective(cfg, self.net, self.data.train.num_samples, self.data.num_classes, objectives)
-        self.optimizer = torch.optim.SGD(self.net.module.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        self.optimizer = torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                          nesterov=cfg.nesterov, weight_decay=0.0)
         self.steps_per_epoch = len(self.data.train)
         total_steps = cfg.epochs * self.steps_per_epoch
+        # the algorithm: masks, Z, schedule, update, WMA (cigl_bayes.cigl); this class keeps the loop,
+        # the data, the objective, evaluation and the run folder
+        self.cigl = build_cigl(cfg, module, self.optimizer, total_steps, SnapshotStore(self.out / "samples"))
+        self.net = self.cigl.net.configure(**cfg.speed_options(self.device))
+        self.objective = make_objective(cfg, self.net, self.data.train.num_samples, self.data.num_classes, objectives)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg, total_steps))
-        self.schedule = MaskSchedule(cfg.epochs * self.steps_per_epoch, cfg.delta_t, cfg.drop_fraction,
-                                     cfg.update_end)
-        self.z_source = RandomKeepMask(sum(self.net.mask.numels), cfg.keep, cfg.seed + 1, self.device,
-                                       rescale=self.method.rescale_random_mask)
-        self.aux_generator = torch.Generator().manual_seed(cfg.seed + 2)  # SET scores, mixup
-        self.wma = WeightMaskAverage()
-        self.samples = SnapshotStore(self.out / "samples")
-        self.epoch = 0  # epochs completed
-        self.step = 0  # optimiser steps completed
         self.history: list[dict] = []
-        self.last_z: torch.Tensor | None = None  # Z of the last step (paired with the WMA sample)
         self.epoch_data_loss = float("nan")  # mean data term of the last epoch
+
+    # the algorithm's state, as the loop, evaluation and tests read it
+    schedule = property(lambda self: self.cigl.schedule)
+    z_source = property(lambda self: self.cigl.z_source)
+    aux_generator = property(lambda self: self.cigl.generator)
+    wma = property(lambda self: self.cigl.wma)
+    samples = property(lambda self: self.cigl.samples)
+    last_z = property(lambda self: self.cigl.last_z)
+    epoch = property(lambda self: self.cigl.epoch)  # epochs completed
+    step = property(lambda self: self.cigl.step_count)  # optimiser steps (or mask updates) completed
 
     # -- checkpoint --------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The checkpoint: config, the algorithm's state (:meth:`CigL.state_dict`: epoch, step,
+        mask, z_source, aux_generator, wma), module, optimizer, schedule, history and RNG states."""
         return {
             "config": self.cfg.to_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
+            **self.cigl.state_dict(),
             "module": self.net.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "mask": self.net.mask.state_dict(),
-            "z_source": self.z_source.state_dict(),
-            "aux_generator": self.aux_generator.get_state(),
-            "wma": self.wma.state_dict(),
             "history": self.history,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -276,14 +286,11 @@ class Trainer:
             detail = ", ".join(f"{n}: {getattr(saved, n)!r} → {getattr(self.cfg, n)!r}" for n in diffs)
             raise CheckpointError(f"cannot resume {self.out} with a different config ({detail}); "
                                   "use another --out or the same options")
-        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        self.history = state["history"]
         self.net.module.load_state_dict(state["module"])
-        self.net.mask.load_state_dict(state["mask"])
+        self.cigl.load_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.z_source.load_state_dict(state["z_source"])
-        self.aux_generator.set_state(state["aux_generator"])
-        self.wma.load_state_dict(state["wma"], self.device)
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
@@ -305,63 +312,23 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One step of Algorithm 1.  On a mask-update step (every ΔT steps until T_end) the mask
-        is updated *instead of* the optimiser step, as in the official code; otherwise SGD moves
-        only the M⊙Z entries (weights with Z = 0 keep their values)."""
+        """One step of Algorithm 1 (:meth:`CigL.step`): the objective's loss under this step's Z,
+        its gradient (all-reduced under torch.distributed), then a mask update *instead of* the
+        optimiser step every ΔT steps until T_end, else the optimiser step on the M⊙Z entries."""
         cfg = self.cfg
         x, target = batch_targets(x, y, self.data.num_classes, mixup=cfg.mixup,
-                                  label_smoothing=cfg.label_smoothing, generator=self.aux_generator)
-        z = self.z_source.sample(self.cfg.torch_dtype)
-        update = (self.schedule.is_update_step(self.step + 1) and self.method.regrowth != "none"
-                  and self.net.mask.density < 1.0)  # a fully dense mask cannot change
-        scored = update and self.method.regrowth == "gradient"
-        loss, w = self.objective(x, target, z, track_score=scored)
+                                  label_smoothing=cfg.label_smoothing, generator=self.cigl.generator)
+        scored = self.cigl.needs_score
+        loss, _ = self.objective(x, target, self.cigl.z, track_score=scored)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         score = self.objective.regrowth_score() if scored else None  # dense ∂L/∂(M⊙Z⊙W)
         if self.dist.active:  # the gradient of the global-batch mean on every rank
             grads = [p.grad for p in self.net.module.parameters() if p.grad is not None]
             all_reduce_mean_(grads + ([score] if score is not None else []), x.shape[0], self.dist)
-        if update:
-            self.update_mask(score, self.schedule.fraction(self.step + 1))
-        else:
-            self.optimizer_step(z)
+        self.cigl.step(score)
         self.scheduler.step()
-        self.step += 1
-        self.last_z = z
         return loss.detach()
-
-    def optimizer_step(self, z: torch.Tensor | None) -> None:
-        """SGD step on M⊙Z⊙W.  The gradient of the Z = 0 entries is 0, but momentum would still
-        move them; Algorithm 1 updates only the M⊙Z entries, so their values are restored after the
-        step (as the official code restores its dropped weights).  Their momentum buffers take the
-        zero-gradient step (× μ).  Weight dropout (``rigl-wdp``) is left to the plain optimiser."""
-        freeze = z is not None and self.method.random_mask and not self.method.rescale_random_mask
-        params = self.net.sparse_params
-        with torch.no_grad():
-            before = torch._foreach_mul(params, 1.0) if freeze else None  # a copy, one kernel per layer group
-        self.optimizer.step()
-        if freeze:  # W ← Z·W_new + (1 − Z)·W_old, exact for Z ∈ {0, 1}
-            with torch.no_grad():
-                torch._foreach_mul_(params, self.net.mask.views(z))
-                torch._foreach_addcmul_(params, before, self.net.mask.views(1.0 - z))
-
-    @torch.no_grad()
-    def update_mask(self, score: torch.Tensor | None, fraction: float) -> None:
-        """RigL/SET update of M (drop ⌊f·nnz⌋ smallest |W| per layer, regrow as many by |score|).
-        Every regrown weight, a just-dropped-and-regrown one included, and its momentum are set
-        to 0, as are the weights and momentum outside the new M (official code: ``abs_grad_growth``
-        and ``reset_momentum``)."""
-        grown = self.net.mask.update(self.net.sparse_flat(), score, fraction, self.method.regrowth,
-                                     self.aux_generator)
-        keep = self.net.mask.float * (~grown).to(self.net.mask.float.dtype)
-        kept_views = self.net.mask.views(keep)
-        torch._foreach_mul_(self.net.sparse_params, kept_views)
-        state = self.optimizer.state
-        pairs = [(state[p].get("momentum_buffer"), v) for p, v in zip(self.net.sparse_params, kept_views)]
-        pairs = [(b, v) for b, v in pairs if b is not None]  # layers without a buffer yet have nothing to reset
-        if pairs:
-            torch._foreach_mul_([b for b, _ in pairs], [v for _, v in pairs])
 
     # -- one epoch ---------------------------------------------------------------
     def train_epoch(self, bar) -> float:
@@ -384,17 +351,6 @@ class Trainer:
         self.epoch_data_loss = float(data_total) / self.steps_per_epoch
         return float(total) / self.steps_per_epoch
 
-    def collect(self) -> None:
-        """Epoch end ≥ T*: one sample M⊙Z⊙W into WMA and the sample store, with the Z of the
-        epoch's last step (the weights are paired with the random mask they were trained under)."""
-        if not (self.method.wma or self.method.snapshots):
-            return
-        with torch.no_grad():
-            snap = Snapshot(self.net.effective_flat(self.last_z), self.net.other_flat())
-        self.wma.update(snap)
-        if (self.cfg.save_samples or self.method.snapshots) and self.dist.is_main:
-            self.samples.save(self.wma.count - 1, snap, epoch=self.epoch)
-
     # -- the run -----------------------------------------------------------------
     def fit(self, stop_after_epochs: int | None = None) -> None:
         """Train until ``cfg.epochs`` (or ``stop_after_epochs`` more epochs), checkpointing each."""
@@ -411,9 +367,7 @@ class Trainer:
                 while self.epoch < last:
                     start = time.perf_counter()
                     mean_loss = self.train_epoch(bar)
-                    if self.epoch >= cfg.wma_start_epoch:
-                        self.collect()
-                    self.epoch += 1
+                    self.cigl.end_epoch()  # WMA / sample collection from T*
                     # train_loss = the objective; its data term (mean NLL per data point, comparable
                     # across engines) and the rest, the prior / KL term per data point (SVI: with the
                     # prior's normalising constant n·log(s√2π)/N)

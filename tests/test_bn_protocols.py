@@ -238,13 +238,13 @@ def test_itop_rate_counts_every_weight_that_was_ever_active():
 def test_trainer_records_the_itop_rate_of_the_masks_it_went_through(tmp_path):
     trainer = make_trainer(tmp_path, method="rigl")
     union = trainer.net.mask.flat.clone()
-    original = trainer.update_mask
+    original = trainer.cigl.update_mask
 
     def spy(score, fraction):
         original(score, fraction)
         union.logical_or_(trainer.net.mask.flat)
 
-    trainer.update_mask = spy
+    trainer.cigl.update_mask = spy
     trainer.fit()
     assert trainer.history[-1]["itop_rate"] == pytest.approx(int(union.sum()) / union.numel())
     assert trainer.history[-1]["itop_rate"] > trainer.net.mask.density

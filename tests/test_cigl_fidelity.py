@@ -189,7 +189,7 @@ def test_wma_is_the_mean_of_m_z_w_paired_with_each_epochs_last_z(tmp_path):
     trainer = make_trainer(tmp_path, epochs=4, wma_start_epoch=1)
     zs = ZSpy(trainer)
     expected_sparse, expected_other = [], []
-    original_collect = trainer.collect
+    original_collect = trainer.cigl.collect
 
     def collect():
         last_z = zs.draws[-1]  # the Z of the epoch's last step, before collect may draw anything
@@ -197,7 +197,7 @@ def test_wma_is_the_mean_of_m_z_w_paired_with_each_epochs_last_z(tmp_path):
         expected_other.append(trainer.net.other_flat().detach().clone())
         original_collect()
 
-    trainer.collect = collect
+    trainer.cigl.collect = collect
     trainer.fit()
     assert trainer.wma.count == len(expected_sparse) == 3  # epochs 2, 3, 4 (T* = 1)
     mean = trainer.wma.mean()
@@ -291,7 +291,7 @@ def test_a_just_dropped_and_regrown_weight_restarts_at_zero(tmp_path):
     smallest = active[w[active].abs().argsort()[:k]]  # the weights the update drops
     score = torch.zeros_like(w)
     score[smallest] = 1e6  # ... and regrows at once
-    trainer.update_mask(score, 0.3)
+    trainer.cigl.update_mask(score, 0.3)
     assert mask.flat[smallest].all()
     assert (w[smallest] != 0).all()
     assert (trainer.net.sparse_flat()[smallest] == 0).all() and (momentum(trainer)[smallest] == 0).all()

@@ -94,7 +94,7 @@ def test_regrown_weights_and_momentum_start_at_zero(base, tmp_path):
     x, y = next(batches)
     loss, _ = trainer.objective(x, y, None, track_score=True)
     loss.backward()
-    trainer.update_mask(trainer.objective.regrowth_score(), 0.3)
+    trainer.cigl.update_mask(trainer.objective.regrowth_score(), 0.3)
     regrown = trainer.net.mask.flat & ~old
     assert regrown.any()
     weights = trainer.net.sparse_flat().detach()

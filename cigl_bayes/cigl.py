@@ -1,0 +1,387 @@
+"""CigL as an object that attaches to *your* module and optimizer: the one implementation of the
+algorithm, which every host composes (a user's loop, the Lightning callback, this project's Trainer).
+
+    cigl = CigL(model, optimizer, sparsity=0.95, total_steps=epochs * len(loader), collect_from_epoch=int(0.8 * epochs))
+    for epoch in range(epochs):
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)     # model(x) computes with M⊙Z⊙W
+            loss.backward()
+            cigl.step()                             # instead of optimizer.step()
+        cigl.end_epoch()                            # WMA from epoch T*
+    wma_model = cigl.averaged_model(bn_loader)      # a plain nn.Module, BatchNorm recomputed
+
+What one step does (paper Algorithm 1):
+    Z ~ Bernoulli(keep), drawn fresh for every step                     (``RandomKeepMask``)
+    the forward pass uses M⊙Z⊙W                                          (``SparseNetwork``)
+    every ΔT steps until ``update_end`` of ``total_steps``: M ← RigL/SET(M, |W|, |∂L/∂(M⊙Z⊙W)|),
+        *instead of* the optimizer step; regrown weights and their optimizer state restart at 0
+    otherwise: the optimizer's step, after which the Z = 0 entries get their values back, so
+        only the M⊙Z entries move
+At the end of every epoch ≥ T* (``collect_from_epoch``): the sample M⊙Z⊙W with the Z of the
+epoch's last step goes into the running mean (WMA) and the sample store.
+
+How ``model(x)`` sees M⊙Z⊙W: :meth:`attach` (done on construction unless ``attach=False``) gives
+the module an instance ``forward`` that, in training mode, calls the class's own forward through
+``torch.func.functional_call`` with the sparse weights replaced by M⊙Z⊙W — one flat multiply for
+every sparse weight, differentiable, so the dense regrowth score ∂L/∂(M⊙Z⊙W) is kept on update
+steps.  Parameters, state-dict keys and the optimizer are untouched; in eval mode the module runs
+as it is (its weights are exactly M⊙W: W outside M is kept at 0).  :meth:`detach` removes it.
+A host that computes its own loss through :attr:`net` (this project's Trainer, the Pyro engine)
+passes ``attach=False`` and asks for :meth:`training_weights` or :attr:`z` instead.
+
+Any torch optimizer works: on mask updates every per-parameter state tensor shaped like the
+weight (SGD's ``momentum_buffer``, Adam's ``exp_avg``/``exp_avg_sq``) is zeroed for regrown
+weights and outside the new M.  Under ``torch.distributed`` every rank draws the same M and Z
+(the same seed), and the captured regrowth score is all-reduced (mean) on update steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .averaging import Snapshot, SnapshotStore, WeightMaskAverage
+from .config import METHODS, MethodConfig
+from .distributed import all_reduce_mean_, dist_info
+from .masks import DeterministicMask, MaskSchedule
+from .network import SparseNetwork
+from .predict import RECOMPUTED_CLEAN, check_bn_protocol, recompute_batchnorm
+from .random_mask import RandomKeepMask, check_keep
+from .sparsity import DISTRIBUTIONS, check_sparsity, densities_for, layer_nnz, sparse_parameter_names
+
+
+class MemorySnapshotStore:
+    """The collected samples in memory (same interface as :class:`~cigl_bayes.averaging.SnapshotStore`,
+    which keeps them on disk for run folders)."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+
+    def save(self, index: int, snap: Snapshot, *, epoch: int) -> None:
+        del self.snapshots[index:]
+        self.snapshots.append(Snapshot(snap.sparse.detach().clone(), snap.other.detach().clone()))
+
+    def clear(self, keep: int = 0) -> None:
+        del self.snapshots[keep:]
+
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    def __iter__(self):
+        return iter(self.snapshots)
+
+
+def initial_mask(module: nn.Module, names: Sequence[str], sparsity: float, distribution: str,
+                 seed: int) -> DeterministicMask:
+    """M at the start: ERK or uniform per-layer densities for ``sparsity``, each layer's positions
+    drawn at random from a generator seeded by ``seed`` (RigL's initialisation); all ones at
+    sparsity 0."""
+    params = dict(module.named_parameters())
+    shapes = [params[n].shape for n in names]
+    first = params[names[0]]
+    if sparsity > 0:
+        nnz = layer_nnz(shapes, densities_for(shapes, sparsity, distribution))
+        gen = torch.Generator().manual_seed(seed)
+        return DeterministicMask.random(shapes, nnz, gen, device=first.device, dtype=first.dtype)
+    return DeterministicMask.dense(shapes, device=first.device, dtype=first.dtype)
+
+
+class CigL:
+    """The CigL algorithm (and RigL, SET, static, dense and the ablations) on a module and optimizer.
+
+    ``method`` names a row of :data:`cigl_bayes.config.METHODS`; ``keep`` overrides its keep
+    probability of Z (default: the method's, 0.99 for cigl).  ``sparse_params`` lists the
+    parameter names to sparsify (default: every conv and linear weight, the project's rule;
+    ``cigl_bayes.sparsity.sparse_parameter_names``).  ``total_steps`` is the run's number of
+    optimizer steps (mask updates stop at ``update_end`` of it).  ``collect_from_epoch`` is T*:
+    samples are collected at the end of every epoch ≥ T* (``end_epoch``); ``samples`` is where
+    they go (default: in memory; the Trainer passes a :class:`SnapshotStore` on disk) and
+    ``keep_samples=False`` keeps only their mean.  ``seed`` seeds M (``seed``), the Z stream
+    (``seed + 1``) and SET's scores (``seed + 2``), as the Trainer always has.
+    """
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, method: str = "cigl",
+                 sparsity: float = 0.95, total_steps: int, distribution: str = "erk",
+                 sparse_params: Sequence[str] | None = None, keep: float | None = None, delta_t: int = 100,
+                 drop_fraction: float = 0.3, update_end: float = 0.75, collect_from_epoch: int = 0,
+                 seed: int = 0, samples=None, keep_samples: bool = True, attach: bool = True):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown sparsity distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        if not isinstance(collect_from_epoch, int) or collect_from_epoch < 0:
+            raise ValueError(f"collect_from_epoch must be a non-negative integer, got {collect_from_epoch!r}")
+        self.method: MethodConfig = METHODS[method]
+        self.sparsity = check_sparsity(sparsity)
+        rate = self.method.random_mask_rate if keep is None else 1.0 - check_keep(keep)
+        self.keep = 1.0 - rate if self.method.random_mask else 1.0
+        self.optimizer = optimizer
+        self.total_steps = total_steps
+        self.schedule = MaskSchedule(total_steps, delta_t, drop_fraction, update_end)
+        self.collect_from_epoch = collect_from_epoch
+        self.seed = seed
+        self.net = SparseNetwork(module, self._sparse_names(module, sparse_params, distribution),
+                                 self._initial_mask(module, sparse_params, distribution))
+        self._check_optimizer()
+        self.net.apply_mask_()
+        device = self.net.sparse_params[0].device
+        self.z_source = RandomKeepMask(sum(self.net.mask.numels), self.keep, seed + 1, device,
+                                       rescale=self.method.rescale_random_mask)
+        self.generator = torch.Generator().manual_seed(seed + 2)  # SET's scores (and the Trainer's mixup)
+        self.wma = WeightMaskAverage()
+        self.samples = samples if samples is not None else MemorySnapshotStore()
+        self.keep_samples = keep_samples
+        self.epoch = 0  # epochs completed
+        self.step_count = 0  # optimizer steps (or mask updates) completed
+        self.last_z: torch.Tensor | None = None  # Z of the last completed step (paired with the WMA sample)
+        self._z: torch.Tensor | None = None  # Z of the step under way (drawn on first use)
+        self._z_drawn = False
+        self._scored: torch.Tensor | None = None  # M⊙Z⊙W of this step's forward, on update steps
+        self._w: torch.Tensor | None = None  # M⊙Z⊙W of this step's forward
+        self._inside = False
+        self._attached = False
+        if attach:
+            self.attach()
+
+    # -- construction ----------------------------------------------------------------------
+    def _sparse_names(self, module: nn.Module, names: Sequence[str] | None, distribution: str) -> list[str]:
+        if names is None:
+            return sparse_parameter_names(module, dense_first=distribution == "uniform")
+        params = dict(module.named_parameters())
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise ValueError(f"no such parameter in {type(module).__name__}: {unknown[0]!r}")
+        return list(dict.fromkeys(names))
+
+    def _initial_mask(self, module: nn.Module, names, distribution: str) -> DeterministicMask:
+        chosen = self._sparse_names(module, names, distribution)
+        return initial_mask(module, chosen, self.sparsity if self.method.sparse else 0.0, distribution, self.seed)
+
+    def _check_optimizer(self) -> None:
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        missing = [n for n, p in zip(self.net.sparse_names, self.net.sparse_params) if id(p) not in held]
+        if missing:
+            raise ValueError(f"the optimizer does not hold the sparse weight {missing[0]!r}; build it from "
+                             "model.parameters() before CigL(...)")
+
+    # -- the module's forward ----------------------------------------------------------------
+    def attach(self) -> CigL:
+        """Make ``module(x)`` compute with M⊙Z⊙W in training mode (an instance ``forward``)."""
+        if self._attached:
+            return self
+        module = self.net.module
+        if "forward" in vars(module):
+            raise ValueError(f"{type(module).__name__} already has an instance forward (another CigL attached?)")
+        cls_forward = type(module).forward
+
+        def forward(this, *args, **kwargs):
+            if self._inside or not this.training:
+                return cls_forward(this, *args, **kwargs)
+            weights = dict(zip(self.net.sparse_names, self.net.mask.views(self.training_weights())))
+            self._inside = True
+            try:
+                return functional_call(this, weights, args, kwargs, strict=False)
+            finally:
+                self._inside = False
+
+        module.forward = types.MethodType(forward, module)
+        self._attached = True
+        return self
+
+    def detach(self) -> nn.Module:
+        """Remove the instance forward; the module is a plain module holding M⊙W."""
+        if self._attached:
+            del self.net.module.forward
+            self._attached = False
+        return self.net.module
+
+    # -- one step ----------------------------------------------------------------------------
+    @property
+    def z(self) -> torch.Tensor | None:
+        """Z of the step under way (None without a random mask), drawn fresh once per step."""
+        if not self._z_drawn:
+            self._z = self.z_source.sample(self.net.mask.float.dtype)
+            self._z_drawn = True
+        return self._z
+
+    @property
+    def is_update_step(self) -> bool:
+        """Whether the step under way updates M instead of stepping the optimizer."""
+        return (self.schedule.is_update_step(self.step_count + 1) and self.method.regrowth != "none"
+                and self.net.mask.density < 1.0)  # a fully dense mask cannot change
+
+    @property
+    def needs_score(self) -> bool:
+        """Whether the step under way needs the dense gradient ∂L/∂(M⊙Z⊙W) (RigL regrowth)."""
+        return self.is_update_step and self.method.regrowth == "gradient"
+
+    def training_weights(self) -> torch.Tensor:
+        """M⊙Z⊙W (flat, differentiable) for this step's forward pass; on update steps its gradient
+        is kept as the regrowth score."""
+        w = self.net.effective_flat(self.z)
+        self._w = w
+        if self.needs_score:
+            w.retain_grad()
+            self._scored = w
+        return w
+
+    def l2(self) -> torch.Tensor:
+        """‖M⊙Z⊙W‖² + ‖θ‖² of this step's training forward: add (wd/2)·l2() to the loss to train as
+        paper Eq. 1 (the Gaussian prior's term; the optimizer's own weight_decay then stays 0).
+        Weight decay inside the optimizer differs only in the Z = 0 entries' momentum."""
+        if self._w is None:
+            raise RuntimeError("l2() needs this step's training forward pass first (module in train mode)")
+        l2 = self._w.square().sum()
+        if self.net.other_params:
+            l2 = l2 + torch.stack(torch._foreach_norm(self.net.other_params)).square().sum()
+        return l2
+
+    def step(self, score: torch.Tensor | None = None) -> bool:
+        """After ``loss.backward()``: a mask update on update steps, else the optimizer's step with
+        the Z = 0 entries restored.  ``score`` (the dense gradient ∂L/∂(M⊙Z⊙W)) defaults to the one
+        captured in this step's forward, all-reduced across ranks.  Returns True on a mask update
+        (the optimizer did not step)."""
+        z = self.z
+        update = self.is_update_step
+        if update:
+            if self.method.regrowth == "gradient" and score is None:
+                score = self._captured_score()
+            self.update_mask(score, self.schedule.fraction(self.step_count + 1))
+        else:
+            self.optimizer_step(z)
+        self.step_count += 1
+        self.last_z = z
+        self._z, self._z_drawn, self._scored, self._w = None, False, None, None
+        return update
+
+    def _captured_score(self) -> torch.Tensor:
+        if self._scored is None or self._scored.grad is None:
+            raise RuntimeError("this is a mask-update step and no regrowth score was captured: run the training "
+                               "forward pass (module in train mode) and loss.backward() before cigl.step()")
+        score = self._scored.grad
+        info = dist_info()
+        if info.active:
+            all_reduce_mean_([score], 1, info)
+        return score
+
+    def optimizer_step(self, z: torch.Tensor | None) -> None:
+        """The optimizer's step on M⊙Z⊙W.  The gradient of the Z = 0 entries is 0, but momentum
+        (or Adam's moments) would still move them; Algorithm 1 updates only the M⊙Z entries, so
+        their values are restored after the step (their optimizer state takes the zero-gradient
+        step).  Weight dropout (``rigl-wdp``, Z / keep) is left to the plain optimizer."""
+        freeze = z is not None and self.method.random_mask and not self.method.rescale_random_mask
+        params = self.net.sparse_params
+        with torch.no_grad():
+            before = torch._foreach_mul(params, 1.0) if freeze else None  # a copy, one kernel per layer group
+        self.optimizer.step()
+        if freeze:  # W ← Z·W_new + (1 − Z)·W_old, exact for Z ∈ {0, 1}
+            with torch.no_grad():
+                torch._foreach_mul_(params, self.net.mask.views(z))
+                torch._foreach_addcmul_(params, before, self.net.mask.views(1.0 - z))
+
+    @torch.no_grad()
+    def update_mask(self, score: torch.Tensor | None, fraction: float) -> None:
+        """RigL/SET update of M (drop ⌊f·nnz⌋ smallest |W| per layer, regrow as many by |score|).
+        Every regrown weight, a just-dropped-and-regrown one included, and its optimizer state are
+        set to 0, as are the weights and state outside the new M (official code: ``abs_grad_growth``
+        and ``reset_momentum``)."""
+        grown = self.net.mask.update(self.net.sparse_flat(), score, fraction, self.method.regrowth, self.generator)
+        keep = self.net.mask.float * (~grown).to(self.net.mask.float.dtype)
+        kept_views = self.net.mask.views(keep)
+        torch._foreach_mul_(self.net.sparse_params, kept_views)
+        state = self.optimizer.state
+        pairs = [(buf, v) for p, v in zip(self.net.sparse_params, kept_views)
+                 for buf in state[p].values() if torch.is_tensor(buf) and buf.shape == p.shape]
+        if pairs:  # layers without state yet have nothing to reset
+            torch._foreach_mul_([b for b, _ in pairs], [v for _, v in pairs])
+
+    # -- epochs and collection ---------------------------------------------------------------
+    def end_epoch(self) -> None:
+        """At the end of an epoch ≥ T*: collect M⊙Z⊙W (the Z of the epoch's last step) into the
+        WMA mean and the sample store."""
+        if self.epoch >= self.collect_from_epoch:
+            self.collect()
+        self.epoch += 1
+
+    def collect(self) -> None:
+        """One sample M⊙Z⊙W, with the Z of the last step, into WMA and the sample store."""
+        if not (self.method.wma or self.method.snapshots):
+            return
+        with torch.no_grad():
+            snap = Snapshot(self.net.effective_flat(self.last_z), self.net.other_flat())
+        self.wma.update(snap)
+        if (self.keep_samples or self.method.snapshots) and dist_info().is_main:
+            self.samples.save(self.wma.count - 1, snap, epoch=self.epoch)
+
+    # -- what it hands back --------------------------------------------------------------------
+    def final(self) -> Snapshot:
+        """The last weights M⊙W and θ."""
+        with torch.no_grad():
+            return Snapshot(self.net.effective_flat().detach().clone(), self.net.other_flat().detach().clone())
+
+    def averaged_model(self, bn_loader=None, protocol: str = RECOMPUTED_CLEAN,
+                       bn_batches: int | None = None) -> nn.Module:
+        """A plain ``nn.Module`` (a copy, eval mode, no CigL attached) holding the WMA mean, its
+        BatchNorm statistics recomputed as exact averages over ``bn_loader`` (an iterable of
+        ``(x, y)`` batches, or a loader with ``epoch(e)``; the protocol names what it serves:
+        ``recomputed-clean`` unaugmented, ``recomputed-augmented`` augmented training images).
+        Exportable with :func:`cigl_bayes.export.export_network`."""
+        if not self.wma.count:
+            raise RuntimeError("no samples collected yet: WMA starts at the end of epoch collect_from_epoch "
+                               f"= {self.collect_from_epoch} (call end_epoch() after each epoch)")
+        return self._model_of(self.wma.mean(), bn_loader, protocol, bn_batches)
+
+    def final_model(self, bn_loader=None, protocol: str | None = None, bn_batches: int | None = None) -> nn.Module:
+        """A plain copy holding M⊙W; BatchNorm statistics as tracked in training unless a loader
+        and recomputed protocol are given."""
+        return self._model_of(self.final(), bn_loader if protocol else None, protocol or "tracked", bn_batches)
+
+    def _model_of(self, snap: Snapshot, bn_loader, protocol: str, bn_batches: int | None) -> nn.Module:
+        check_bn_protocol(protocol)
+        if protocol != "tracked" and bn_loader is None:
+            raise ValueError(f"BatchNorm protocol {protocol!r} needs bn_loader (training batches to recompute on)")
+        was = self._attached
+        self.detach()
+        try:
+            module = copy.deepcopy(self.net.module)
+        finally:
+            if was:
+                self.attach()
+        copy_net = SparseNetwork(module, self.net.sparse_names, self.net.mask)
+        copy_net.load_flat_(snap.sparse, snap.other)
+        if protocol != "tracked":
+            recompute_batchnorm(copy_net, bn_loader, snap.sparse, bn_batches)
+        return module.eval()
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything of the algorithm that a resumed run needs (the module and optimizer are the
+        host's): counters, M (and its ITOP union), the Z and SET generators, the WMA mean, and the
+        in-memory samples."""
+        state = {"epoch": self.epoch, "step": self.step_count, "mask": self.net.mask.state_dict(),
+                 "z_source": self.z_source.state_dict(), "aux_generator": self.generator.get_state(),
+                 "wma": self.wma.state_dict()}
+        if isinstance(self.samples, MemorySnapshotStore):
+            state["samples"] = [{"sparse": s.sparse, "other": s.other} for s in self.samples]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step_count = state["epoch"], state["step"]
+        self.net.mask.load_state_dict(state["mask"])
+        self.z_source.load_state_dict(state["z_source"])
+        self.generator.set_state(state["aux_generator"])
+        self.wma.load_state_dict(state["wma"], self.net.sparse_params[0].device)
+        if "samples" in state and isinstance(self.samples, MemorySnapshotStore):
+            self.samples.snapshots = [Snapshot(s["sparse"], s["other"]) for s in state["samples"]]
+        self._z, self._z_drawn, self._scored, self.last_z = None, False, None, None
+
+
+__all__ = ["CigL", "MemorySnapshotStore", "SnapshotStore"]
