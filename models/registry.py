@@ -1,7 +1,9 @@
 """Name -> network registry: ``build_model("wrn-22-2", num_classes=10, dropout=0.0)``.
 
 Every builder takes ``num_classes`` and ``dropout`` plus its own keyword arguments; anything else
-is rejected with a TypeError naming it.  ``wrn-D-K`` is parsed for any valid depth and width.
+is rejected with a TypeError naming it.  ``wrn-D-K`` is parsed for any valid depth and width;
+``torchvision:NAME`` builds ``torchvision.models.get_model(NAME)`` and ``timm:NAME``
+``timm.create_model(NAME)`` (optional: ``pip install timm``), both randomly initialised.
 """
 
 from __future__ import annotations
@@ -78,10 +80,51 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
+def _torchvision(arch: str) -> Builder:
+    """torchvision's ``arch`` (``torchvision.models.get_model``), randomly initialised, never downloaded."""
+    if arch not in torchvision.models.list_models():
+        raise ValueError(f"unknown torchvision model {arch!r} (torchvision.models.list_models() names them)")
+
+    def build(num_classes: int, dropout: float) -> nn.Module:
+        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        if dropout > 0:
+            if not isinstance(getattr(model, "fc", None), nn.Linear):
+                raise ValueError(f"dropout > 0 is supported for torchvision models with an `fc` classifier, "
+                                 f"not {arch!r}")
+            model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
+        return model
+
+    build.__doc__ = f"torchvision.models.{arch} (weights=None)."
+    return build
+
+
+def _timm(arch: str) -> Builder:
+    """timm's ``arch`` (``timm.create_model``), randomly initialised, never downloaded; needs ``pip install timm``."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(f"model 'timm:{arch}' needs the timm package: pip install timm") from None
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm model {arch!r} (timm.list_models() names them)")
+
+    def build(num_classes: int, dropout: float) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=dropout)
+
+    build.__doc__ = f"timm.create_model({arch!r}, pretrained=False)."
+    return build
+
+
 def _resolve(name: str) -> Builder:
     key = name.strip().lower() if isinstance(name, str) else name
     if key in MODELS:
         return MODELS[key]
+    if isinstance(key, str) and ":" in key:
+        source, _, arch = name.strip().partition(":")
+        if source.lower() == "torchvision":
+            return _torchvision(arch)
+        if source.lower() == "timm":
+            return _timm(arch)
+        raise UnknownModelError(str(name), list_models())
     match = _WRN_PATTERN.fullmatch(key) if isinstance(key, str) else None
     if match is None:
         raise UnknownModelError(str(name), list_models())

@@ -212,3 +212,24 @@ def test_kaiming_fan_out_init():
 
 def test_name_is_case_insensitive():
     assert n_params(build_model("WRN-22-2")) == PARAMS_10["wrn-22-2"]
+
+
+def test_torchvision_and_timm_models_by_name():
+    import torch
+
+    from models import build_model
+
+    net = build_model("torchvision:resnet18", num_classes=7)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    dropped = build_model("torchvision:resnet18", num_classes=7, dropout=0.2)
+    assert isinstance(dropped.fc[0], torch.nn.Dropout)
+    with pytest.raises(ValueError, match="unknown torchvision model 'nonet'"):
+        build_model("torchvision:nonet")
+    with pytest.raises(ValueError, match="unknown model 'foo:bar'"):
+        build_model("foo:bar")
+    timm = pytest.importorskip("timm")
+    assert timm is not None
+    net = build_model("timm:resnet18", num_classes=5)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(ValueError, match="unknown timm model"):
+        build_model("timm:not-a-net")

@@ -1,0 +1,86 @@
+"""CigL for any LightningModule: ``Trainer(callbacks=[CigLCallback(sparsity=0.95)])``.
+
+    import lightning as L
+    from cigl_bayes.lightning import CigLCallback
+
+    callback = CigLCallback(method="cigl", sparsity=0.95)
+    L.Trainer(max_epochs=30, callbacks=[callback]).fit(model, train_loader)
+    wma = callback.cigl.averaged_model(bn_loader)            # the calibrated output model
+
+On ``fit`` start the callback attaches a :class:`cigl_bayes.CigL` to the LightningModule (or to
+its submodule ``module``) and the first optimizer, with ``total_steps`` = the trainer's
+``estimated_stepping_batches`` and T* = ``collect_from_epoch`` (default 0.8 × max_epochs).  The
+optimizer's ``step`` is wrapped so that Lightning's own call runs the closure (forward and
+backward) and then :meth:`CigL.step` — a mask update instead of the step every ΔT steps, else the
+optimizer step with the Z = 0 entries restored.  Each training epoch's end collects the WMA
+sample; the callback's ``state_dict`` is CigL's, so Lightning checkpoints resume it.
+
+``training_step`` must call the module CigL is attached to (``self(x)``, the LightningModule's
+own forward, or name the submodule it calls with ``module="net"``): its training forward then
+computes with M⊙Z⊙W.  One optimizer, automatic optimization, gradient accumulation 1.
+Needs ``pip install lightning`` (the ``lightning`` extra).
+"""
+
+from __future__ import annotations
+
+try:
+    import lightning as L
+except ImportError as err:  # pragma: no cover - depends on the extra
+    raise ImportError("cigl_bayes.lightning needs the lightning package: pip install lightning") from err
+
+from .cigl import CigL
+
+
+class CigLCallback(L.Callback):
+    """Train any LightningModule with CigL (see the module docstring); ``cigl`` holds the object
+    after ``fit`` starts.  Keyword arguments not named here go to :class:`CigL` (``keep``,
+    ``delta_t``, ``drop_fraction``, ``update_end``, ``distribution``, ``sparse_params``, ``seed``)."""
+
+    def __init__(self, method: str = "cigl", sparsity: float = 0.95, *, module: str | None = None,
+                 collect_from_epoch: int | None = None, **cigl_kwargs):
+        self.method, self.sparsity, self.module = method, sparsity, module
+        self.collect_from_epoch = collect_from_epoch
+        self.cigl_kwargs = cigl_kwargs
+        self.cigl: CigL | None = None
+        self._pending_state: dict | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"CigLCallback needs exactly one optimizer, got {len(trainer.optimizers)}")
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError("CigLCallback needs accumulate_grad_batches=1 (one Z and one update per step)")
+        target = pl_module if self.module is None else pl_module.get_submodule(self.module)
+        optimizer = trainer.optimizers[0]
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        t_star = int(0.8 * epochs) if self.collect_from_epoch is None else self.collect_from_epoch
+        self.cigl = CigL(target, optimizer, method=self.method, sparsity=self.sparsity,
+                         total_steps=int(trainer.estimated_stepping_batches), collect_from_epoch=t_star,
+                         **self.cigl_kwargs)
+        if self._pending_state is not None:
+            self.cigl.load_state_dict(self._pending_state)
+            self._pending_state = None
+        inner_step = optimizer.step
+        self.cigl._optimizer_step = inner_step
+        cigl = self.cigl
+
+        def step(closure=None, **kwargs):
+            loss = closure() if closure is not None else None
+            cigl.step()
+            return loss
+
+        optimizer.step = step
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.cigl.end_epoch()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        if "step" in vars(optimizer):
+            del optimizer.step  # the optimizer's own step again
+
+    def state_dict(self) -> dict:
+        return self.cigl.state_dict() if self.cigl is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self._pending_state = state_dict

@@ -1,0 +1,62 @@
+"""CigL through the Lightning callback: a LightningModule trained by ``Trainer(callbacks=[CigLCallback])``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+L = pytest.importorskip("lightning")
+
+from cigl_bayes.lightning import CigLCallback  # noqa: E402
+from tests.test_drop_in import UserCNN  # noqa: E402
+
+
+class LitCNN(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = UserCNN()
+        self.seen_sparse_weights = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+
+
+def loader(seed=0, n=96):
+    g = torch.Generator().manual_seed(seed)
+    ds = torch.utils.data.TensorDataset(torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return torch.utils.data.DataLoader(ds, batch_size=16)
+
+
+def test_the_callback_trains_a_lightning_module_with_cigl(tmp_path):
+    torch.manual_seed(0)
+    model = LitCNN()
+    callback = CigLCallback(method="cigl", sparsity=0.9, delta_t=4, seed=1)
+    trainer = L.Trainer(max_epochs=5, callbacks=[callback], accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    start = None
+
+    class Spy(L.Callback):
+        def on_train_start(self, tr, pl_module):
+            nonlocal start
+            start = callback.cigl.net.mask.flat.clone()
+
+    trainer.callbacks.append(Spy())
+    trainer.fit(model, loader())
+    cigl = callback.cigl
+    assert cigl.step_count == 30 and cigl.total_steps == 30  # 6 batches × 5 epochs
+    assert not torch.equal(start, cigl.net.mask.flat)  # mask updates ran (every 4 steps until step 22)
+    w = cigl.net.sparse_flat().detach()
+    assert torch.all(w[~cigl.net.mask.flat] == 0) and abs(1 - cigl.net.mask.density - 0.9) < 0.01
+    assert cigl.epoch == 5 and cigl.wma.count == 1  # T* = int(0.8 × 5) = 4: the end of epoch 5
+    averaged = cigl.averaged_model(loader(1))
+    assert averaged(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    assert "step" not in vars(trainer.optimizers[0])  # the optimizer's own step is back
+    assert set(callback.state_dict()) >= {"mask", "wma", "z_source", "step"}
