@@ -121,6 +121,7 @@ def test_the_api_doc_example_runs(cifar_data_dir, cache_dir, monkeypatch, capsys
     monkeypatch.setenv("CIGL_DATA_DIR", str(cifar_data_dir))
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
     text = (REPO / "docs" / "api.md").read_text()
+    text = text[text.index("## Runs and run folders"):]
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert len(blocks) == 2  # the run API, then the export, in one namespace
     namespace = {"__name__": "api_doc"}
