@@ -52,7 +52,7 @@ def worker(args) -> int:
     data = synthetic_data(args.batch_size * 4, args.batch_size, device,
                           channels_last=base.speed_options(device)["channels_last"])
     trainer = make_trainer(base, args.method, "plain", data)
-    trainer.schedule = dataclasses.replace(trainer.schedule, delta_t=10**12)  # no mask update in the timed steps
+    trainer.cigl.schedule = dataclasses.replace(trainer.schedule, delta_t=10**12)  # no mask update in the timed steps
     batches = list(data.train.epoch(0))
     for i in range(args.warmup):
         trainer.train_step(*batches[i % len(batches)])

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
@@ -32,6 +33,38 @@ from experiments.cli import add_host_allocator_argument, apply_host_allocator
 from inference.swag import SparseSWAG
 
 from .common import VARIANTS, fast_path, flops_per_step, make_trainer, median, synthetic_data, timed
+
+
+class DropInStep:
+    """One training step the way a user writes it with :class:`cigl_bayes.CigL`: ``model(x)`` (the
+    attached forward computes with M⊙Z⊙W), cross-entropy + (wd/2)·``cigl.l2()``, backward,
+    ``cigl.step()``, the lr scheduler; bf16 autocast and channels-last where the Trainer's fast path has them."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, num_classes: int):
+        from cigl_bayes import CigL
+        from models import build_model
+
+        cfg = cfg.resolved(n_train=45_000)
+        speed = cfg.speed_options(device)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, num_classes=num_classes).to(device)
+        if speed["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0)
+        self.cigl = CigL(self.model, self.optimizer, method="cigl", sparsity=cfg.sparsity, total_steps=10**6,
+                         delta_t=cfg.delta_t, keep=cfg.keep, keep_samples=False)
+        self.autocast, self.wd = speed["autocast_dtype"], cfg.weight_decay
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast or torch.bfloat16,
+                            enabled=self.autocast is not None):
+            logits = self.model.train()(x)
+        loss = F.cross_entropy(logits.float(), y) + 0.5 * self.wd * self.cigl.l2()
+        loss.backward()
+        self.cigl.step()
+        self.scheduler.step()
 
 
 def measure(model: str, batch_size: int, device: torch.device, rounds: int, steps: int, warmup: int,
@@ -50,8 +83,10 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
     batches = list(data.train.epoch(0))
     batches32 = list(data32.train.epoch(0))
     flops = flops_per_step(make_trainer(base, "dense", "plain", data), batches[0])
+    # CigL as a user drops it into their own loop (cigl_bayes.CigL attached to a module), at the same fast path
+    trainers["cigl-drop-in"] = DropInStep(base, device, data.num_classes)
     for t in trainers.values():  # never hit a mask update or an epoch end inside the timed steps
-        t.schedule = dataclasses.replace(t.schedule, delta_t=10**12)
+        t.cigl.schedule = dataclasses.replace(t.cigl.schedule, delta_t=10**12)
 
     def run_steps(trainer, n):
         source = batches32 if trainer is trainers["cigl-fp32"] else batches
@@ -95,6 +130,7 @@ def measure(model: str, batch_size: int, device: torch.device, rounds: int, step
         "cigl_over_dense": paired("cigl", "dense"),
         "rigl_over_dense": paired("rigl", "dense"),
         "svi_over_cigl": paired("cigl-svi", "cigl"),
+        "drop_in_over_trainer": paired("cigl-drop-in", "cigl"),
         "eager_over_compiled": paired("cigl-eager", "cigl") if compile else None,
         "mask_update_fraction": mask_update / (delta_t * step["cigl"]),
         "collect_fraction": collect / (steps_per_epoch * step["cigl"]),
@@ -111,7 +147,8 @@ def print_table(r: dict) -> None:
         print(f"  {label:<10} {s * 1e3:9.2f} ms/step  {r['achieved_gflops'][label]:8.1f} GFLOP/s")
     print(f"  mask update {r['seconds_mask_update'] * 1e3:8.2f} ms   collect {r['seconds_collect'] * 1e3:8.2f} ms"
           f"   SWAG update {r['seconds_swag_update'] * 1e3:8.2f} ms")
-    for k in ("fp32_over_fast", "cigl_over_dense", "rigl_over_dense", "svi_over_cigl", "eager_over_compiled",
+    for k in ("fp32_over_fast", "cigl_over_dense", "rigl_over_dense", "svi_over_cigl", "drop_in_over_trainer",
+              "eager_over_compiled",
               "mask_update_fraction", "collect_fraction", "swag_fraction"):
         if r.get(k) is not None:
             print(f"  {k:<22} {r[k]:.4f}")

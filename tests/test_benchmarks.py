@@ -13,8 +13,9 @@ def test_step_time_quick(tmp_path):
     out = tmp_path / "step.json"
     assert step_time.main(["--quick", "--device", "cpu", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert set(r["seconds_per_step"]) == {"dense", "rigl", "cigl", "cigl-svi", "cigl-fp32"}
-    for key in ("fp32_over_fast", "cigl_over_dense", "svi_over_cigl", "mask_update_fraction", "collect_fraction",
+    assert set(r["seconds_per_step"]) == {"dense", "rigl", "cigl", "cigl-svi", "cigl-fp32", "cigl-drop-in"}
+    for key in ("fp32_over_fast", "cigl_over_dense", "svi_over_cigl", "drop_in_over_trainer", "mask_update_fraction",
+                "collect_fraction",
                 "swag_fraction"):
         assert r[key] > 0
     # counted FLOPs of one small-cnn step at batch 64, by hand: forward multiply-adds per image
