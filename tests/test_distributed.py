@@ -93,3 +93,40 @@ def test_mixup_advances_the_shared_generator_equally_for_any_shard_size():
         assert target.shape == (n, 10) and torch.allclose(target.sum(1), torch.ones(n))
         states.append(g.get_state())
     assert torch.equal(states[0], states[1])
+
+
+def _ddp_drop_in_worker(rank: int, world: int, rendezvous: str, out: str) -> None:
+    """A user's DDP loop with CigL attached to the inner module: each rank trains on its half of
+    every global batch."""
+    import torch.nn.functional as F
+
+    from cigl_bayes import CigL
+    from models import build_model
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = build_model("mlp", num_classes=10, in_features=48, hidden=(32,))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        cigl = CigL(model, optimizer, method="cigl", sparsity=0.8, total_steps=24, delta_t=3, update_end=1.0,
+                    keep=0.9, seed=4)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        g = torch.Generator().manual_seed(1)
+        data = [(torch.randn(32, 48, generator=g), torch.randint(0, 10, (32,), generator=g)) for _ in range(24)]
+        for x, y in data:
+            optimizer.zero_grad()
+            F.cross_entropy(ddp(x[rank::world]), y[rank::world]).backward()
+            cigl.step()
+        torch.save({"mask": cigl.net.mask.flat, "w": cigl.net.sparse_flat().detach(),
+                    "ever": cigl.net.mask.ever_active}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_keep_the_same_mask_and_weights_with_the_drop_in_object(tmp_path):
+    mp.spawn(_ddp_drop_in_worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(a["mask"], b["mask"])  # the score was all-reduced: the same regrowth on both ranks
+    assert torch.equal(a["w"], b["w"])
+    assert int((a["ever"] & ~a["mask"]).sum()) > 0  # the mask did move
