@@ -124,7 +124,7 @@ class CigL:
         rate = self.method.random_mask_rate if keep is None else 1.0 - check_keep(keep)
         self.keep = 1.0 - rate if self.method.random_mask else 1.0
         self.optimizer = optimizer
-        self._optimizer_step = optimizer.step  # the optimizer's own step (a host may wrap optimizer.step)
+        self._optimizer_step = None  # None: optimizer.step(); a host that wraps optimizer.step sets the inner one
         self.total_steps = total_steps
         self.schedule = MaskSchedule(total_steps, delta_t, drop_fraction, update_end)
         self.collect_from_epoch = collect_from_epoch
@@ -282,7 +282,7 @@ class CigL:
         params = self.net.sparse_params
         with torch.no_grad():
             before = torch._foreach_mul(params, 1.0) if freeze else None  # a copy, one kernel per layer group
-        self._optimizer_step()
+        (self._optimizer_step or self.optimizer.step)()
         if freeze:  # W ← Z·W_new + (1 − Z)·W_old, exact for Z ∈ {0, 1}
             with torch.no_grad():
                 torch._foreach_mul_(params, self.net.mask.views(z))

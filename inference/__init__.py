@@ -4,9 +4,11 @@ from .guide import HierarchicalGuide
 from .likelihoods import LIKELIHOODS
 from .model import SparseBayesianModel
 from .objective import ElboObjective
+from .posterior import ObjectPosterior, posterior
 from .priors import prior_scale_from_weight_decay
 from .run import Prediction, RunFolderError, TrainedRun, load_run
 from .training import ENGINES, Trainer, run
 
-__all__ = ["ENGINES", "ElboObjective", "HierarchicalGuide", "LIKELIHOODS", "Prediction", "RunFolderError",
-           "SparseBayesianModel", "TrainedRun", "Trainer", "load_run", "prior_scale_from_weight_decay", "run"]
+__all__ = ["ENGINES", "ElboObjective", "HierarchicalGuide", "LIKELIHOODS", "ObjectPosterior", "Prediction",
+           "RunFolderError", "SparseBayesianModel", "TrainedRun", "Trainer", "load_run", "posterior",
+           "prior_scale_from_weight_decay", "run"]

@@ -179,10 +179,10 @@ MUTANTS: list[Mutant] = [
     Mutant("dropped-regrown-kept", "a just-dropped-and-regrown weight is not zeroed (only new positions are)",
            "cigl_bayes/masks.py", "grown_here[picked] = True", "grown_here[picked] = ~old[picked]", REGROWN_ZERO),
     Mutant("z-momentum-frozen", "the momentum of Z = 0 weights is restored too (no zero-gradient step)",
-           "cigl_bayes/cigl.py", "        self._optimizer_step()\n        if freeze:",
+           "cigl_bayes/cigl.py", "        (self._optimizer_step or self.optimizer.step)()\n        if freeze:",
            "        saved = [self.optimizer.state[p].get('momentum_buffer') for p in self.net.sparse_params]\n"
            "        saved = [None if b is None else b.clone() for b in saved]\n"
-           "        self._optimizer_step()\n"
+           "        (self._optimizer_step or self.optimizer.step)()\n"
            "        if freeze:\n"
            "            for p, b, zv in zip(self.net.sparse_params, saved, self.net.mask.views(z)):\n"
            "                if b is not None:\n"

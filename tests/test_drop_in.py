@@ -201,3 +201,30 @@ def test_bad_construction_is_one_clear_error():
     with pytest.raises(RuntimeError, match="no samples collected"):
         cigl.averaged_model([])
     assert cigl.detach() is model and "forward" not in vars(model)
+
+
+def test_the_objects_posterior_predicts_as_a_run_folder_does(tmp_path):
+    """posterior(cigl, bn_loader) and load_run share one implementation: the same trained weights
+    give the same predictions with every predictor (the Trainer's run folder against the user
+    loop's object, which follow the same trajectory)."""
+    from cigl_bayes.evaluate import evaluate_and_write
+    from inference import load_run, posterior
+
+    trainer, cigl, _, _ = trainer_and_user_loop(tmp_path, "cigl")
+    evaluate_and_write(trainer)
+    run = load_run(tmp_path / "trainer")
+    run._data = trainer.data  # the synthetic data the run was trained on
+    post = posterior(cigl, trainer.data.train_eval, mc_samples=3)
+    x = trainer.data.test.x
+    for predictor in ("final", "wma", "predictive", "mc-z", "swag"):
+        draws = 3 if predictor in ("mc-z", "swag") else None
+        mine = post.predict(x, predictor, draws=draws, seed=7)
+        theirs = torch.stack([lp.exp() for lp in run.log_probs(predictor, "test", draws=draws, seed=7,
+                                                                swag_rank=20)]).mean(0)
+        torch.testing.assert_close(mine.probs.to(theirs.dtype), theirs, rtol=1e-5, atol=1e-6, msg=predictor)
+    assert len(post.samples) == 4 and post.to_inferencedata().posterior.sizes["draw"] == 4
+    assert post.swag(rank=2).rank == 2
+    # predicting left the object's own network as it was
+    torch.testing.assert_close(cigl.net.sparse_flat(), trainer.net.sparse_flat(), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="float tensors"):
+        post.predict(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "final")

@@ -1,0 +1,85 @@
+"""The posterior tools for a :class:`cigl_bayes.CigL` object in memory, without a run folder.
+
+    from inference import posterior
+    post = posterior(cigl, bn_loader)                  # after training your own model with CigL
+    post.predict(x, "predictive").probs                 # final, wma, predictive, mc-z, swag
+    post.swag(rank=2); post.to_inferencedata()
+
+The object is a :class:`inference.run.TrainedRun` — the class ``load_run`` returns for a run
+folder — built from the object's final weights, WMA mean and collected samples instead of from
+files, so every predictor, SWAG and the arviz export have one implementation and the same meaning
+for both.  Differences: inputs are given as your model takes them (already normalised tensors;
+nothing is rescaled), and BatchNorm statistics are recomputed on ``bn_loader`` (an iterable of
+``(x, y)`` batches of training data) for every weight setting but ``final`` (and for CigL's
+``final`` too, as in a run).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from cigl_bayes.cigl import CigL
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.masks import DeterministicMask
+from cigl_bayes.network import SparseNetwork
+
+from .run import TrainedRun
+
+
+@dataclasses.dataclass
+class ObjectPosterior(TrainedRun):
+    """A :class:`TrainedRun` over a CigL object's weights (see :func:`posterior`)."""
+
+    loader: object = None  # the batches BatchNorm is recomputed on
+
+    def prepare(self, images) -> torch.Tensor:
+        """Inputs as the model takes them: a float tensor, moved to the network's device and dtype."""
+        x = torch.as_tensor(images)
+        if not x.is_floating_point():
+            raise ValueError(f"inputs must be float tensors as your model takes them, got {x.dtype}")
+        return x.to(self.device, self.net.sparse_params[0].dtype)
+
+    def bn_loader(self):
+        if self.loader is None:
+            raise ValueError("this predictor recomputes BatchNorm statistics: give posterior(cigl, bn_loader)")
+        return self.loader
+
+    def data(self):
+        raise ValueError("a posterior built from a CigL object has no run data: give inputs to predict()")
+
+    @property
+    def metrics(self):
+        return None
+
+
+def posterior(cigl: CigL, bn_loader=None, *, mc_samples: int = 10, bn_batches: int | None = None) -> ObjectPosterior:
+    """Every predictor of a trained :class:`CigL` object (final, wma, predictive, mc-z, swag), SWAG
+    and the arviz export, over a copy of its network (training may go on afterwards)."""
+    device = cigl.net.sparse_params[0].device
+    dtype = cigl.net.sparse_params[0].dtype
+    was = cigl._attached
+    cigl.detach()
+    try:
+        module = copy.deepcopy(cigl.net.module).eval()
+    finally:
+        if was:
+            cigl.attach()
+    mask = DeterministicMask(cigl.net.mask.shapes, cigl.net.mask.flat.clone(), dtype)
+    net = SparseNetwork(module, cigl.net.sparse_names, mask)
+    net.autocast_dtype = cigl.net.autocast_dtype
+    config = TrainConfig(method=cigl.method.name, model="custom", sparsity=cigl.sparsity,
+                         random_mask_rate=round(1.0 - cigl.keep, 12) if cigl.method.random_mask else None,
+                         mc_samples=mc_samples, bn_batches=bn_batches, device=str(device),
+                         dtype=str(dtype).removeprefix("torch."), epochs=max(1, cigl.epoch),
+                         wma_start_epoch=min(cigl.collect_from_epoch, max(0, cigl.epoch - 1)))
+    samples = [dataclasses.replace(s) for s in cigl.samples]
+    wma = cigl.wma.mean() if cigl.wma.count else None
+    post = ObjectPosterior(Path("<CigL object>"), config, net, wma, samples,
+                           [cigl.collect_from_epoch + i for i in range(len(samples))], [], device,
+                           bn_batches=bn_batches, loader=bn_loader)
+    post._final_state = {k: v.clone() for k, v in module.state_dict().items()}
+    return post
