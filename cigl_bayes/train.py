@@ -89,6 +89,19 @@ class Data:
         return None
 
 
+def recorded_data_dir(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``data_dir`` set to the folder the data were found in ($CIGL_DATA_DIR or the
+    default, made absolute), so config.json says where a run's data were and a run loaded later,
+    from another folder, finds them.  ``data_dir`` is free to change on resume."""
+    if cfg.data_dir is not None or cfg.dataset == "imagenet":
+        return cfg
+    try:
+        found = data_lib.resolve_data_dir(None)
+    except Exception:  # data given by hand (tests, toy problems): nothing to record
+        return cfg
+    return dataclasses.replace(cfg, data_dir=str(Path(found).resolve()))
+
+
 def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = None) -> Data:
     """Load, split (validation), subset, and put every split on ``device``; under
     ``torch.distributed`` each rank's training loader serves its shard of every global batch."""
@@ -230,7 +243,8 @@ class Trainer:
         self.out = check_out_dir(out_dir)
         self.device = resolve_device(config.device)
         self.data = data if data is not None else build_data(config, self.device, self.dist)
-        self.cfg = cfg = config.resolved(n_train=self.data.train.num_samples)
+        cfg = config.resolved(n_train=self.data.train.num_samples)
+        self.cfg = cfg = recorded_data_dir(cfg) if data is None else cfg
         self.method = cfg.method_config
         self.progress = progress and self.dist.is_main
         module = build_module(cfg, self.data.num_classes, self.device)

@@ -130,3 +130,24 @@ def test_the_api_doc_example_runs(cifar_data_dir, cache_dir, monkeypatch, capsys
     printed = capsys.readouterr().out
     assert "mutual information" in printed and "SWAG rank" in printed
     assert "exported model agrees with the run: True" in printed
+
+
+def test_a_run_records_the_data_folder_it_found_through_the_environment(cifar_data_dir, cache_dir, monkeypatch,
+                                                                       tmp_path):
+    """CIGL_DATA_DIR at training time is written into config.json, so the run loads from elsewhere."""
+    import json
+
+    from cigl_bayes.config import TrainConfig
+    from inference import run as train_run
+
+    monkeypatch.setenv("CIGL_DATA_DIR", str(cifar_data_dir))
+    monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
+    cfg = TrainConfig(method="rigl", model="small-cnn", sparsity=0.9, epochs=1, subset=200, test_subset=100,
+                      batch_size=50, device="cpu")
+    train_run(cfg, tmp_path / "run", progress=False)
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["data_dir"]
+    assert recorded == str(cifar_data_dir.resolve())
+    monkeypatch.delenv("CIGL_DATA_DIR")
+    monkeypatch.chdir(tmp_path)
+    pred = load_run(tmp_path / "run").predict(np.zeros((2, 32, 32, 3), dtype=np.uint8), "final")
+    assert pred.probs.shape == (2, 10)
