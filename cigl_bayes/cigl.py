@@ -121,8 +121,10 @@ class CigL:
             raise ValueError(f"collect_from_epoch must be a non-negative integer, got {collect_from_epoch!r}")
         self.method: MethodConfig = METHODS[method]
         self.sparsity = check_sparsity(sparsity)
-        rate = self.method.random_mask_rate if keep is None else 1.0 - check_keep(keep)
-        self.keep = 1.0 - rate if self.method.random_mask else 1.0
+        if not self.method.random_mask:
+            self.keep = 1.0
+        else:  # as TrainConfig.keep computes it, so a Trainer's keep reaches Z bit for bit
+            self.keep = 1.0 - self.method.random_mask_rate if keep is None else check_keep(keep)
         self.optimizer = optimizer
         self._optimizer_step = None  # None: optimizer.step(); a host that wraps optimizer.step sets the inner one
         self.total_steps = total_steps
