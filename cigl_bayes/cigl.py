@@ -131,8 +131,9 @@ class CigL:
         self.schedule = MaskSchedule(total_steps, delta_t, drop_fraction, update_end)
         self.collect_from_epoch = collect_from_epoch
         self.seed = seed
-        self.net = SparseNetwork(module, self._sparse_names(module, sparse_params, distribution),
-                                 self._initial_mask(module, sparse_params, distribution))
+        names = self._sparse_names(module, sparse_params, distribution)
+        self.net = SparseNetwork(module, names, initial_mask(module, names, self.sparsity if self.method.sparse
+                                                             else 0.0, distribution, seed))
         self._check_optimizer()
         self.net.apply_mask_()
         device = self.net.sparse_params[0].device
@@ -163,10 +164,6 @@ class CigL:
         if unknown:
             raise ValueError(f"no such parameter in {type(module).__name__}: {unknown[0]!r}")
         return list(dict.fromkeys(names))
-
-    def _initial_mask(self, module: nn.Module, names, distribution: str) -> DeterministicMask:
-        chosen = self._sparse_names(module, names, distribution)
-        return initial_mask(module, chosen, self.sparsity if self.method.sparse else 0.0, distribution, self.seed)
 
     def _check_optimizer(self) -> None:
         held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
