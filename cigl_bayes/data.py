@@ -257,12 +257,60 @@ def _not_found_message(name: str, root: Path) -> str:
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
-def _unpickle(raw: IO[bytes], where: str) -> dict[str, Any]:
-    """Load one CIFAR pickle (python-2 era: bytes keys) into a dict with str keys."""
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes (``encode(text, "latin1")``), and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not how a pickle stores bytes")
+    return text.encode("latin1")
+
+
+def _pickle_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR batch pickle names: numpy array reconstruction (under numpy 1's and
+    numpy 2's module names, protocols 2–5) and the bytes encoding of protocol 2."""
     try:
-        obj = pickle.load(raw, encoding="bytes")
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        if hasattr(numeric, "_frombuffer"):
+            allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, strings, numbers and numpy arrays, and refuses every
+    other global: a CIFAR batch file someone handed you cannot run code through it."""
+
+    def __init__(self, raw: IO[bytes], where: str):
+        super().__init__(raw, encoding="bytes")
+        self.where = where
+        self.allowed = _pickle_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise DataFormatError(f"{self.where} is not a CIFAR batch: it names {module}.{name}, which a CIFAR "
+                                  "pickle never needs (refused without running it)")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataFormatError(f"{self.where} is not a CIFAR batch: it holds a persistent reference")
+
+
+def _unpickle(raw: IO[bytes], where: str) -> dict[str, Any]:
+    """Load one CIFAR pickle (python-2 era: bytes keys) into a dict with str keys, through
+    :class:`_BatchUnpickler` (numpy arrays and plain values only)."""
+    try:
+        obj = _BatchUnpickler(raw, where).load()
+    except DataFormatError:
+        raise
     except Exception as e:  # unpickling garbage can raise almost anything
-        raise DataFormatError(f"cannot unpickle {where}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataFormatError(f"cannot unpickle {where}: {first}") from e
     if not isinstance(obj, dict):
         raise DataFormatError(f"{where} holds a {type(obj).__name__}, expected a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}

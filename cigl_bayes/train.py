@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -46,7 +44,9 @@ from .runs import (
     atomic_write_json,
     check_out_dir,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from .sparsity import densities_for, layer_nnz, sparse_parameter_names
 
@@ -260,12 +260,7 @@ class Trainer:
             "aux_generator": self.aux_generator.get_state(),
             "wma": self.wma.state_dict(),
             "history": self.history,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": rng_state(),  # tensors and plain values: the checkpoint loads with weights_only=True
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -284,12 +279,7 @@ class Trainer:
         self.z_source.load_state_dict(state["z_source"])
         self.aux_generator.set_state(state["aux_generator"])
         self.wma.load_state_dict(state["wma"], self.device)
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
