@@ -47,6 +47,8 @@ from cigl_bayes.sparsity import sparse_parameter_names
 
 from .swag import SparseSWAG
 
+AVERAGE_TOLERANCE = 1e-4  # stored samples vs the checkpoint's WMA, relative to the largest |weight| (≥ 1)
+
 
 class RunFolderError(ValueError):
     """A run folder that is missing, unfinished, or whose files disagree with each other."""
@@ -335,6 +337,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     wma_state = state["wma"]
     wma = None if wma_state["sparse"] is None else Snapshot(wma_state["sparse"].to(dev), wma_state["other"].to(dev))
     samples, epochs = _samples(run_dir, wma_state["count"], cfg, dev)
+    _check_average(run_dir, samples, wma)
     run = TrainedRun(run_dir, cfg, net, wma, samples, epochs, state["history"], dev, data_dir,
                      bn_batches=cfg.bn_batches)
     run._final_state = {k: v.clone() for k, v in net.module.state_dict().items()}
@@ -351,6 +354,30 @@ def _network(cfg: TrainConfig, module_state: dict, device: torch.device) -> Spar
     if last not in module_state:
         raise RunFolderError(f"checkpoint does not hold the weights of model {cfg.model!r} (no {last})")
     return build_network(cfg, int(module_state[last].shape[0]), device)
+
+
+def _check_average(run_dir: Path, samples: list[Snapshot], wma: Snapshot | None) -> None:
+    """The stored samples must average to the checkpoint's WMA, the trainer's running mean of the very
+    same snapshots: a sample file copied in from another run, or altered, is refused by name.  The
+    running mean in float32 differs from the exact mean by rounding only, far below the tolerance."""
+    if not samples or wma is None:
+        return
+    worst, scale = 0.0, 1.0
+    for part in ("sparse", "other"):
+        stored = getattr(wma, part).detach().double().cpu()
+        total = torch.zeros_like(stored)
+        for snap in samples:
+            total += getattr(snap, part).detach().double().cpu()
+        if total.numel():
+            worst = max(worst, float((total / len(samples) - stored).abs().max()))
+            scale = max(scale, float(stored.abs().max()))
+    if not worst <= AVERAGE_TOLERANCE * scale:  # NaN fails too
+        store = SnapshotStore(run_dir / "samples")
+        names = [store.path(i).name for i in range(len(samples))]
+        listed = ", ".join(names) if len(names) <= 4 else f"{names[0]} … {names[-1]}"
+        raise RunFolderError(f"the samples in {store.folder} ({listed}) do not average to the checkpoint's WMA "
+                             f"(largest difference {worst:.3g}): a sample file was copied in from another run or "
+                             "altered; put back this run's own samples or train the run again")
 
 
 def _samples(run_dir: Path, count: int, cfg: TrainConfig, device) -> tuple[list[Snapshot], list[int]]:

@@ -348,3 +348,17 @@ def test_the_report_clis_refuse_a_crafted_checkpoint(module, crafted, tmp_path, 
     assert_cli_refused(code, stderr, "cannot be loaded safely")
     assert not marker.exists() and not (tmp_path / "m.safetensors").exists()
 
+
+def test_a_sample_copied_in_from_another_run_is_refused_by_name(runs, tmp_path):
+    """sample_0001.pt of the seed-1 run has the right name and epoch, so only its values give it
+    away: the samples no longer average to the checkpoint's WMA."""
+    from inference import RunFolderError, load_run
+
+    root, _ = runs
+    out = tmp_path / "mixed"
+    shutil.copytree(root / "seed0", out)
+    load_run(out, device="cpu")  # the run's own samples average to its WMA
+    shutil.copy(root / "seed1" / "samples" / "sample_0001.pt", out / "samples" / "sample_0001.pt")
+    with pytest.raises(RunFolderError, match="do not average to the checkpoint's WMA") as err:
+        load_run(out, device="cpu")
+    assert one_line(err.value) and "sample_0001.pt" in str(err.value)
