@@ -86,6 +86,45 @@ def test_a_folder_that_cannot_be_created_is_a_one_line_error(tmp_path):
         check_out_dir(tmp_path / "file" / "run")
 
 
+@pytest.mark.parametrize("seed", [-3, 2**32, 99999999999999999999, 1.5, True])
+def test_a_seed_outside_0_to_2_32_is_refused_naming_the_option(seed):
+    with pytest.raises(ValueError, match="--seed must be an integer in"):
+        TrainConfig(seed=seed).validate()
+
+
+def test_seeds_at_the_ends_of_the_range_are_accepted():
+    TrainConfig(seed=0).validate()
+    TrainConfig(seed=2**32 - 1).resolved()
+
+
+@pytest.mark.parametrize("method", ["dense", "static", "set", "rigl", "cigl-no-rm"])
+def test_a_random_mask_rate_is_refused_for_methods_without_z_or_dropout(method):
+    """A rate that would do nothing is refused, but the method's own default is accepted: resolved()
+    records it for every method, so every finished run's config.json holds it."""
+    from cigl_bayes.config import METHODS
+
+    with pytest.raises(ValueError, match=f"--random-mask-rate 0.5 has no effect on method {method}"):
+        TrainConfig(method=method, random_mask_rate=0.5).validate()
+    resolved = TrainConfig(method=method).resolved()
+    assert resolved.random_mask_rate == METHODS[method].random_mask_rate
+    TrainConfig.from_dict(resolved.to_dict()).resolved()  # a finished run's config.json still loads
+    for method in ("cigl", "cigl-no-wma", "rigl-wdp", "rigl-mcdp"):
+        TrainConfig(method=method, random_mask_rate=0.5).validate()  # the methods the rate is for
+
+
+def test_the_committed_run_configs_still_validate():
+    """Every config.json committed under docs/results (studies of rigl, dense and cigl, random_mask_rate
+    recorded for each) passes the checks of today's TrainConfig."""
+    configs = sorted((Path(__file__).parent.parent / "docs" / "results").rglob("config.json"))
+    assert len(configs) >= 30
+    methods = set()
+    for path in configs:
+        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+        cfg.validate()
+        methods.add(cfg.method)
+    assert {"rigl", "dense", "cigl"} <= methods
+
+
 @pytest.fixture
 def tiny(cifar_data_dir, cache_dir, monkeypatch) -> TrainConfig:
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
