@@ -51,6 +51,7 @@ __all__ = [
     "Source",
     "TensorLoader",
     "candidate_sources",
+    "check_subset",
     "crop_flip",
     "find_source",
     "load_dataset",
@@ -605,6 +606,16 @@ def split_validation(ds: ArrayDataset, fraction: float, seed: int) -> tuple[Arra
         raise ValueError(f"validation fraction {fraction} of {len(ds)} samples leaves no training data")
     perm = np.random.default_rng(seed).permutation(len(ds))
     return ds.take(np.sort(perm[n_val:])), ds.take(np.sort(perm[:n_val]))
+
+
+def check_subset(n: int, available: int, held_out: int = 0) -> int:
+    """``n`` when a training split of ``available`` images (after ``held_out`` went to validation)
+    has that many, else ValueError naming the count: ``--subset`` is never silently clipped."""
+    if n > available:
+        held = f" ({held_out} more are held out for validation by --val-fraction)" if held_out else ""
+        raise ValueError(f"--subset {n} is more than the {available} training images available{held}; "
+                         f"give --subset {available} or fewer")
+    return n
 
 
 def take_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDataset:

@@ -98,7 +98,7 @@ def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = N
     train_full, test = data_lib.load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
     train, val = data_lib.split_validation(train_full, cfg.val_fraction, seed=cfg.seed)
     if cfg.subset is not None:
-        train = data_lib.take_subset(train, min(cfg.subset, len(train)), seed=cfg.seed)
+        train = data_lib.take_subset(train, data_lib.check_subset(cfg.subset, len(train), len(val)), seed=cfg.seed)
         val = data_lib.take_subset(val, min(len(val), max(1, round(cfg.subset * cfg.val_fraction))), seed=cfg.seed)
     if cfg.test_subset is not None:
         # seed 0 for every run: all seeds are scored on the same test points, so they can be pooled
@@ -131,7 +131,7 @@ def build_imagenet_data(cfg: TrainConfig, device: torch.device, info: DistInfo) 
     test = imagenet.take(imagenet.index_folder(root / "val", full.classes), cfg.test_subset, cfg.seed)
     train, val = imagenet.split_index(full, cfg.val_fraction, cfg.seed)
     if cfg.subset is not None:
-        train = imagenet.take(train, cfg.subset, cfg.seed)
+        train = imagenet.take(train, data_lib.check_subset(cfg.subset, len(train), len(val)), cfg.seed)
         val = imagenet.take(val, max(1, round(cfg.subset * cfg.val_fraction)), cfg.seed)
     if cfg.batch_size > len(train):
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
