@@ -125,6 +125,26 @@ def test_the_committed_run_configs_still_validate():
     assert {"rigl", "dense", "cigl"} <= methods
 
 
+def test_temperature_fitted_on_few_validation_images_warns_with_the_count():
+    from cigl_bayes.evaluate import SmallValidationWarning, with_temperature
+
+    def fit(n_val: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        logits = {"val": torch.randn(n_val, 10, generator=gen), "test": torch.randn(20, 10, generator=gen)}
+        labels = {"val": torch.arange(n_val) % 10, "test": torch.arange(20) % 10}
+        assert with_temperature({"final": logits}, {"final": "tracked"}, "final", labels, True) > 0
+
+    with pytest.warns(SmallValidationWarning, match="only 1 validation image "):
+        fit(1)
+    with pytest.warns(SmallValidationWarning, match="only 99 validation images"):
+        fit(99)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(100)
+
+
 @pytest.fixture
 def tiny(cifar_data_dir, cache_dir, monkeypatch) -> TrainConfig:
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
@@ -257,3 +277,13 @@ def test_posterior_report_warns_on_stderr_when_a_run_has_one_sample(tiny, tmp_pa
     report = (tmp_path / "short" / "posterior" / "report.md").read_text()
     assert "_Note: short: fewer than 2 collected samples" in report and "\n_:" not in report
     assert not (tmp_path / "short" / "posterior" / "posterior.nc").exists()
+
+
+def test_a_run_on_five_images_warns_that_its_temperature_rests_on_one(tiny, tmp_path):
+    """``--subset 5 --batch-size 2``: the validation split is max(1, round(5 × 0.1)) = 1 image."""
+    from cigl_bayes.evaluate import SmallValidationWarning
+
+    cfg = dataclasses.replace(tiny, method="rigl", epochs=1, subset=5, batch_size=2, test_subset=20)
+    with pytest.warns(SmallValidationWarning, match="only 1 validation image "):
+        result = run(cfg, tmp_path, progress=False)
+    assert result["n_val"] == 1 and result["temperature"] is not None
