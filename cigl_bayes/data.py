@@ -54,6 +54,8 @@ __all__ = [
     "check_subset",
     "crop_flip",
     "find_source",
+    "image_batch",
+    "image_size",
     "load_dataset",
     "num_classes",
     "resolve_data_dir",
@@ -606,6 +608,37 @@ def split_validation(ds: ArrayDataset, fraction: float, seed: int) -> tuple[Arra
         raise ValueError(f"validation fraction {fraction} of {len(ds)} samples leaves no training data")
     perm = np.random.default_rng(seed).permutation(len(ds))
     return ds.take(np.sort(perm[n_val:])), ds.take(np.sort(perm[:n_val]))
+
+
+def image_size(dataset: str) -> tuple[int, int] | None:
+    """(H, W) of the images a network of ``dataset`` is trained on (None where not fixed here)."""
+    return IMAGE_SHAPE[:2] if dataset in DATASETS else None
+
+
+def image_batch(images: Any, size: tuple[int, int] | None = None) -> Tensor:
+    """Images as a trained network's ``predict`` takes them → float ``(N, 3, H, W)`` in [0, 1], not yet
+    normalised.  Accepted: uint8 (0–255, divided by 255 here) or float in [0, 1]; ``(N, H, W, 3)``
+    as the data sets store them, ``(N, 3, H, W)``, or one image without N; (H, W) equal to ``size``
+    when given.  Anything else is a ValueError naming it: float images in 0–255, other shapes,
+    other sizes (a network with global pooling would silently score them)."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or 3 not in (x.shape[1], x.shape[-1]):
+        raise ValueError(f"images must be (N, H, W, 3) or (N, 3, H, W), got shape {tuple(x.shape)}")
+    if x.shape[-1] == 3 and x.shape[1] != 3:
+        x = x.permute(0, 3, 1, 2)
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        raise ValueError(f"images must be {size[0]}×{size[1]}, the size the network was trained on, got "
+                         f"{x.shape[-2]}×{x.shape[-1]}; resize or crop them first")
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if not x.is_floating_point():
+        raise ValueError(f"images must be uint8 or float, got {x.dtype}")
+    if x.numel() and not (bool(torch.isfinite(x).all()) and float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6):
+        raise ValueError(f"float images must lie in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}] "
+                         "(give uint8 images for 0–255; they are divided by 255 here)")
+    return x
 
 
 def check_subset(n: int, available: int, held_out: int = 0) -> int:

@@ -25,7 +25,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cigl_bayes import data as data_lib
@@ -113,21 +112,9 @@ class TrainedRun:
     # -- inputs -------------------------------------------------------------------------------------------
     def prepare(self, images) -> torch.Tensor:
         """uint8 (0–255) or float (0–1) images, (N, H, W, C) as the data set stores them or (N, C, H, W),
-        as a normalised float tensor (N, C, H, W) on the run's device."""
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4 or 3 not in (x.shape[1], x.shape[-1]):
-            raise ValueError(f"images must be (N, H, W, 3) or (N, 3, H, W), got shape {tuple(x.shape)}")
-        if x.shape[-1] == 3 and x.shape[1] != 3:
-            x = x.permute(0, 3, 1, 2)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        elif x.is_floating_point():
-            if float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
-                raise ValueError("float images must lie in [0, 1] (uint8 images are divided by 255 here)")
-        else:
-            raise ValueError(f"images must be uint8 or float, got {x.dtype}")
+        of the size the run was trained on, as a normalised float tensor (N, C, H, W) on the run's device
+        (:func:`cigl_bayes.data.image_batch` says what is refused)."""
+        x = data_lib.image_batch(images, data_lib.image_size(self.config.dataset))
         mean, std = data_lib.NORMALIZATION[self.config.dataset]
         dtype = self.net.sparse_params[0].dtype
         x = x.to(self.device, dtype)
