@@ -4,7 +4,7 @@
     run = load_run("runs/cigl")                       # config, network (eval mode), mask, WMA, samples
     pred = run.predict(images, "predictive")          # uint8 or float images, as the data set stores them
     pred.probs, pred.draws, pred.entropy(), pred.mutual_information()
-    swag = run.swag(rank=20); swag.sample(torch.Generator().manual_seed(0))
+    swag = run.swag(); swag.sample(torch.Generator().manual_seed(0))   # rank: up to 20, capped by the samples
     idata = run.to_inferencedata()                    # arviz InferenceData, layers named
     run.metrics                                       # metrics.json
 
@@ -47,6 +47,7 @@ from cigl_bayes.sparsity import sparse_parameter_names
 from .swag import SparseSWAG
 
 AVERAGE_TOLERANCE = 1e-4  # stored samples vs the checkpoint's WMA, relative to the largest |weight| (≥ 1)
+SWAG_RANK = 20  # SWAG's K when none is given (Maddox et al. 2019); a run with fewer samples keeps that many
 
 
 class RunFolderError(ValueError):
@@ -124,7 +125,7 @@ class TrainedRun:
 
     # -- weight settings --------------------------------------------------------------------------------
     def weight_draws(self, predictor: str, draws: int | None = None, seed: int = 0,
-                     swag_rank: int = 20) -> list[tuple[str, Snapshot]]:
+                     swag_rank: int | None = None) -> list[tuple[str, Snapshot]]:
         """(cache key, weights) of every draw the predictor averages over
         (:func:`cigl_bayes.predict.predictor_draws`)."""
         if predictor not in PREDICTORS:
@@ -132,10 +133,15 @@ class TrainedRun:
         if predictor in ("wma", "predictive", "swag") and not self.samples:
             raise RunFolderError(f"run {self.run_dir} collected no posterior samples (method "
                                  f"{self.config.method}); use predictor 'final' or 'mc-z'")
+        if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+            raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
         if predictor == "predictive":
+            if draws is not None and draws > len(self.samples):
+                raise ValueError(f"draws={draws} but predictive averages over the samples and run {self.run_dir} "
+                                 f"collected {len(self.samples)}; give draws ≤ {len(self.samples)}, or None for all")
             count = len(self.samples) if draws is None else draws
         else:
-            count = draws or self.config.mc_samples
+            count = self.config.mc_samples if draws is None else draws
         sampler = None
         if predictor == "swag":
             swag, dtype = self.swag(swag_rank), self.net.sparse_params[0].dtype
@@ -158,7 +164,8 @@ class TrainedRun:
         """Keep probability of the mc-z masks: the run's 1 − random-mask rate."""
         return 1.0 - self.config.mask_rate
 
-    def parameters_stored(self, predictor: str, draws: list[tuple[str, Snapshot]], swag_rank: int = 20) -> int:
+    def parameters_stored(self, predictor: str, draws: list[tuple[str, Snapshot]],
+                          swag_rank: int | None = None) -> int:
         """Numbers kept to make the prediction: non-zeros of every weight setting kept (mc-z keeps
         the final weights; SWAG its mean, second moment and K deviations on the support)."""
         if predictor in ("final", "mc-z"):
@@ -179,8 +186,9 @@ class TrainedRun:
         """Class probabilities of ``predictor`` for ``images``: handles normalisation, BatchNorm
         (recomputed on the training data for every weight setting but ``final``, and for CigL's ``final`` too:
         ``TrainConfig.final_bn_recomputed``) and eval mode.
-        ``draws`` caps the samples of ``predictive`` and sets how many ``mc-z``/``swag`` draw
-        (default ``mc_samples`` of the run's config)."""
+        ``draws``: how many of the samples ``predictive`` averages (default: all; more than the run
+        collected is refused) and how many ``mc-z``/``swag`` draw (default ``mc_samples`` of the run's
+        config).  Images of another size than the run's training images are refused."""
         x = self.prepare(images)
         per_draw = []
         for key, snap in self.weight_draws(predictor, draws, seed):
@@ -194,7 +202,7 @@ class TrainedRun:
 
     @torch.no_grad()
     def log_probs(self, predictor: str, split: str = "test", draws: int | None = None, *, seed: int = 0,
-                  swag_rank: int = 20) -> list[torch.Tensor]:
+                  swag_rank: int | None = None) -> list[torch.Tensor]:
         """Per-draw log-probabilities (N, C) of ``predictor`` on the run's own ``split`` ("test" or
         "val"), in the loader's order (labels: :meth:`labels`)."""
         loader = self._split(split)
@@ -267,15 +275,24 @@ class TrainedRun:
         return self._data
 
     # -- posterior objects -------------------------------------------------------------------------------
-    def swag(self, rank: int = 20) -> SparseSWAG:
-        """SWAG moments (mean, diagonal variance, low-rank deviations) of the collected samples."""
-        if rank < 1:
-            raise ValueError(f"SWAG rank must be ≥ 1, got {rank}")
+    def swag(self, rank: int | None = None) -> SparseSWAG:
+        """SWAG moments (mean, diagonal variance, low-rank deviations) of the collected samples.
+
+        ``rank`` K, the deviation columns kept: None keeps up to :data:`SWAG_RANK` (20, SWAG's
+        default), as many as there are samples when there are fewer; a rank above the number of
+        samples is refused (the deviation matrix has one column per sample)."""
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"SWAG rank must be an integer ≥ 1, got {rank!r}")
         if len(self.samples) < 2:
             raise RunFolderError(f"SWAG needs at least 2 samples; run {self.run_dir} has {len(self.samples)}")
-        if rank not in self._swag:
-            self._swag[rank] = SparseSWAG.from_snapshots(self.samples, max_rank=rank)
-        return self._swag[rank]
+        if rank is not None and rank > len(self.samples):
+            raise ValueError(f"SWAG rank {rank} is more than the {len(self.samples)} samples run {self.run_dir} "
+                             f"collected (one deviation column per sample); give rank ≤ {len(self.samples)}, or "
+                             f"none for up to {SWAG_RANK}")
+        key = SWAG_RANK if rank is None else rank
+        if key not in self._swag:
+            self._swag[key] = SparseSWAG.from_snapshots(self.samples, max_rank=key)
+        return self._swag[key]
 
     def to_inferencedata(self):
         """The samples as an arviz ``InferenceData`` (one chain; draws = samples; coordinates name the
