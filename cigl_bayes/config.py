@@ -72,6 +72,7 @@ ENGINES = ("plain", "svi")
 LR_SCHEDULES = ("step", "cosine-window")
 LIKELIHOODS = ("categorical", "gaussian")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and most tools take seeds in [0, 2**32)
 
 
 def option(default, help: str, **meta):  # noqa: A002 (the argparse word)
@@ -255,6 +256,16 @@ class TrainConfig:
         if not 0.0 <= self.mask_rate < 1.0:  # NaN fails this too
             raise ValueError(f"random-mask rate must be in [0, 1), got {self.mask_rate}")
         check_keep(self.keep)
+        m = self.method_config
+        if (self.random_mask_rate is not None and not (m.random_mask or m.activation_dropout)
+                and abs(self.random_mask_rate - m.random_mask_rate) > 1e-12):
+            # resolved() records the method's own default rate for every method, so that value is accepted
+            users = ", ".join(n for n, c in METHODS.items() if c.random_mask or c.activation_dropout)
+            raise ValueError(f"--random-mask-rate {self.random_mask_rate} has no effect on method {self.method}, "
+                             "which draws no random mask Z and has no activation dropout; leave it unset "
+                             f"(it applies to {users})")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"--seed must be an integer in [0, {MAX_SEED}] (2**32 - 1), got {self.seed!r}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "delta_t": self.delta_t,
                     "mc_samples": self.mc_samples, "log_every": self.log_every,
                     "curve_bn_batches": self.curve_bn_batches}

@@ -51,8 +51,11 @@ __all__ = [
     "Source",
     "TensorLoader",
     "candidate_sources",
+    "check_subset",
     "crop_flip",
     "find_source",
+    "image_batch",
+    "image_size",
     "load_dataset",
     "num_classes",
     "resolve_data_dir",
@@ -257,12 +260,60 @@ def _not_found_message(name: str, root: Path) -> str:
 _ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile)
 
 
-def _unpickle(raw: IO[bytes], where: str) -> dict[str, Any]:
-    """Load one CIFAR pickle (python-2 era: bytes keys) into a dict with str keys."""
+def _latin1_encode(text: str, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes (``encode(text, "latin1")``), and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not how a pickle stores bytes")
+    return text.encode("latin1")
+
+
+def _pickle_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR batch pickle names: numpy array reconstruction (under numpy 1's and
+    numpy 2's module names, protocols 2–5) and the bytes encoding of protocol 2."""
     try:
-        obj = pickle.load(raw, encoding="bytes")
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): _latin1_encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        if hasattr(numeric, "_frombuffer"):
+            allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, strings, numbers and numpy arrays, and refuses every
+    other global: a CIFAR batch file someone handed you cannot run code through it."""
+
+    def __init__(self, raw: IO[bytes], where: str):
+        super().__init__(raw, encoding="bytes")
+        self.where = where
+        self.allowed = _pickle_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise DataFormatError(f"{self.where} is not a CIFAR batch: it names {module}.{name}, which a CIFAR "
+                                  "pickle never needs (refused without running it)")
+        return found
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise DataFormatError(f"{self.where} is not a CIFAR batch: it holds a persistent reference")
+
+
+def _unpickle(raw: IO[bytes], where: str) -> dict[str, Any]:
+    """Load one CIFAR pickle (python-2 era: bytes keys) into a dict with str keys, through
+    :class:`_BatchUnpickler` (numpy arrays and plain values only)."""
+    try:
+        obj = _BatchUnpickler(raw, where).load()
+    except DataFormatError:
+        raise
     except Exception as e:  # unpickling garbage can raise almost anything
-        raise DataFormatError(f"cannot unpickle {where}: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataFormatError(f"cannot unpickle {where}: {first}") from e
     if not isinstance(obj, dict):
         raise DataFormatError(f"{where} holds a {type(obj).__name__}, expected a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -557,6 +608,47 @@ def split_validation(ds: ArrayDataset, fraction: float, seed: int) -> tuple[Arra
         raise ValueError(f"validation fraction {fraction} of {len(ds)} samples leaves no training data")
     perm = np.random.default_rng(seed).permutation(len(ds))
     return ds.take(np.sort(perm[n_val:])), ds.take(np.sort(perm[:n_val]))
+
+
+def image_size(dataset: str) -> tuple[int, int] | None:
+    """(H, W) of the images a network of ``dataset`` is trained on (None where not fixed here)."""
+    return IMAGE_SHAPE[:2] if dataset in DATASETS else None
+
+
+def image_batch(images: Any, size: tuple[int, int] | None = None) -> Tensor:
+    """Images as a trained network's ``predict`` takes them → float ``(N, 3, H, W)`` in [0, 1], not yet
+    normalised.  Accepted: uint8 (0–255, divided by 255 here) or float in [0, 1]; ``(N, H, W, 3)``
+    as the data sets store them, ``(N, 3, H, W)``, or one image without N; (H, W) equal to ``size``
+    when given.  Anything else is a ValueError naming it: float images in 0–255, other shapes,
+    other sizes (a network with global pooling would silently score them)."""
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or 3 not in (x.shape[1], x.shape[-1]):
+        raise ValueError(f"images must be (N, H, W, 3) or (N, 3, H, W), got shape {tuple(x.shape)}")
+    if x.shape[-1] == 3 and x.shape[1] != 3:
+        x = x.permute(0, 3, 1, 2)
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        raise ValueError(f"images must be {size[0]}×{size[1]}, the size the network was trained on, got "
+                         f"{x.shape[-2]}×{x.shape[-1]}; resize or crop them first")
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    if not x.is_floating_point():
+        raise ValueError(f"images must be uint8 or float, got {x.dtype}")
+    if x.numel() and not (bool(torch.isfinite(x).all()) and float(x.min()) >= -1e-6 and float(x.max()) <= 1 + 1e-6):
+        raise ValueError(f"float images must lie in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}] "
+                         "(give uint8 images for 0–255; they are divided by 255 here)")
+    return x
+
+
+def check_subset(n: int, available: int, held_out: int = 0) -> int:
+    """``n`` when a training split of ``available`` images (after ``held_out`` went to validation)
+    has that many, else ValueError naming the count: ``--subset`` is never silently clipped."""
+    if n > available:
+        held = f" ({held_out} more are held out for validation by --val-fraction)" if held_out else ""
+        raise ValueError(f"--subset {n} is more than the {available} training images available{held}; "
+                         f"give --subset {available} or fewer")
+    return n
 
 
 def take_subset(ds: ArrayDataset, n: int | None, seed: int) -> ArrayDataset:

@@ -18,6 +18,8 @@ The same code evaluates a finished trainer and a committed weights file
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -174,11 +176,23 @@ def evaluation_loaders(data) -> tuple[dict, dict]:
     return loaders, {k: _labels(ld) for k, ld in loaders.items()}
 
 
+MIN_TEMPERATURE_IMAGES = 100  # fewer validation images than this: the fitted temperature is warned about
+
+
+class SmallValidationWarning(UserWarning):
+    """Temperature scaling fitted on a validation split too small to trust."""
+
+
 def with_temperature(preds: dict, used: dict, output: str, labels: dict, fit: bool) -> float | None:
     """Fit T on the validation split for the ``output`` predictor and add ``temperature_scaled`` to
     ``preds`` (and its protocol to ``used``); None when there is no validation split or ``fit`` is off."""
     if not fit or "val" not in labels:
         return None
+    n_val = len(labels["val"])
+    if n_val < MIN_TEMPERATURE_IMAGES:
+        warnings.warn(f"the temperature is fitted on only {n_val} validation image{'s' * (n_val != 1)} (fewer than "
+                      f"{MIN_TEMPERATURE_IMAGES}), so temperature_scaled is noisy; use a larger --subset or "
+                      "--val-fraction, or --no-temperature-scaling", SmallValidationWarning, stacklevel=2)
     temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])
     preds["temperature_scaled"] = {
         k: torch.log_softmax(metrics.apply_temperature(v, temperature), -1) for k, v in preds[output].items()}

@@ -14,7 +14,8 @@ What is written:
   ``<name>::crow`` (int32), ``<name>::col`` (int16 when it fits, else int32), ``<name>::values``
   (float32); everything else dense;
 * metadata: the format, the architecture (registry name), the classes, the input normalisation,
-  the temperature of temperature scaling, and free-form fields (method, sparsity, the run).
+  the input image size (when given; ``predict`` refuses other sizes), the temperature of
+  temperature scaling, and free-form fields (method, sparsity, the run).
 
 ``safetensors`` (Hugging Face) was chosen because it is a plain, memory-mappable tensor container
 with string metadata, readable without pickle, i.e. without running code from the file.
@@ -33,6 +34,7 @@ from torch import nn
 
 from models import build_model
 
+from .data import image_batch
 from .runs import atomic_write_via
 from .sparse_kernels import sparsify, to_csr
 
@@ -52,8 +54,9 @@ def _is_sparse_weight(name: str, t: torch.Tensor) -> bool:
 
 def export_network(module: nn.Module, path: str | Path, *, model: str, classes: list[str],
                    mean: tuple[float, ...], std: tuple[float, ...], temperature: float | None = None,
-                   **info) -> Path:
-    """Write ``module`` (BatchNorm folded, sparse weights as CSR) and its metadata to ``path``."""
+                   image_size: tuple[int, int] | None = None, **info) -> Path:
+    """Write ``module`` (BatchNorm folded, sparse weights as CSR) and its metadata to ``path``;
+    ``image_size`` (H, W) is the input size the network was trained on, if known."""
     from safetensors.torch import save_file
 
     folded = fold_batchnorm(module)
@@ -73,6 +76,7 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
     meta = {"format": FORMAT, "model": model, "num_classes": str(len(classes)), "classes": json.dumps(list(classes)),
             "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
             "temperature": json.dumps(temperature), "sparse_shapes": json.dumps(shapes),
+            "image_size": json.dumps(None if image_size is None else [int(v) for v in image_size]),
             "info": json.dumps(info, default=str)}
     return atomic_write_via(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
@@ -89,6 +93,8 @@ class ExportedNetwork(nn.Module):
         self.mean = torch.tensor(json.loads(meta["mean"])).view(1, -1, 1, 1)
         self.std = torch.tensor(json.loads(meta["std"])).view(1, -1, 1, 1)
         self.temperature = json.loads(meta["temperature"])
+        size = json.loads(meta.get("image_size", "null"))  # exports written before it was recorded have none
+        self.image_size: tuple[int, int] | None = None if size is None else (int(size[0]), int(size[1]))
         self.info = json.loads(meta["info"])
         self.kernels: dict[str, str] = {}  # layer → "sparse" | "dense", as chosen at load
         self.layer_timings: dict[str, dict] = {}  # layer → density, dense_ms, sparse_ms (kernels="auto" + example)
@@ -98,14 +104,11 @@ class ExportedNetwork(nn.Module):
 
     @torch.no_grad()
     def predict(self, images, *, temperature: bool = True, batch_size: int = 256) -> torch.Tensor:
-        """Class probabilities for uint8 (0–255) or float (0–1) images, (N, H, W, C) or (N, C, H, W);
-        divided by the stored temperature unless ``temperature`` is False."""
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.shape[-1] == 3 and x.shape[1] != 3:
-            x = x.permute(0, 3, 1, 2)
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        """Class probabilities for uint8 (0–255) or float (0–1) images, (N, H, W, C) or (N, C, H, W), of
+        the recorded image size; divided by the stored temperature unless ``temperature`` is False.
+        The images are checked as ``inference.TrainedRun.predict`` checks them
+        (:func:`cigl_bayes.data.image_batch`)."""
+        x = image_batch(images, self.image_size).float()
         x = (x - self.mean) / self.std
         logits = torch.cat([self.network(b) for b in x.split(batch_size)])
         t = self.temperature if temperature and self.temperature else 1.0
@@ -147,4 +150,4 @@ def load_exported(path: str | Path, *, kernels: str = "auto", max_density: float
     if kernels != "dense":
         exported.kernels = sparsify(network, max_density=1.0 if kernels == "sparse" else max_density,
                                     example=example if kernels == "auto" else None, timings=exported.layer_timings)
-    return exported
+    return exported.eval()  # every module, the sparse kernels' too, in eval mode: an export only predicts

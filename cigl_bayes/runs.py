@@ -11,6 +11,9 @@ import csv
 import io
 import json
 import os
+import pickle
+import random
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +21,14 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_FORMAT = "cigl-bayes-checkpoint-v1"
+CHECKPOINT_FORMAT = "cigl-bayes-checkpoint-v2"
+# v1 held numpy's RNG state as numpy objects, which only full unpickling (running code from the
+# file) can read; v2 holds tensors and plain values only (:func:`rng_state`), read with
+# ``torch.load(..., weights_only=True)``.
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that is truncated, corrupt, foreign, or from a different configuration."""
+    """A checkpoint that is truncated, corrupt, foreign, unsafe to load, or from a different configuration."""
 
 
 def _atomic(path: str | Path, write: Callable[[Any], Any] | None = None,
@@ -106,18 +112,76 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     return _atomic(path, lambda f: torch.save(obj, f))
 
 
+def rng_state() -> dict:
+    """The global random states of torch (CPU and CUDA), numpy and Python as tensors and plain
+    values only, so that a checkpoint holding them loads with ``torch.load(..., weights_only=True)``."""
+    import numpy as np
+
+    return plain_rng_state({"torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                            "numpy": np.random.get_state(), "python": random.getstate()})
+
+
+def plain_rng_state(rng: dict) -> dict:
+    """``{"torch", "cuda", "numpy", "python"}`` as the getters return them (numpy's state a tuple
+    holding an array, Python's a tuple) → tensors and plain values (:func:`rng_state`)."""
+    import numpy as np
+
+    name, key, pos, has_gauss, cached = rng["numpy"][:5]
+    version, internal, gauss_next = rng["python"]
+    return {
+        "torch": rng["torch"],
+        "cuda": list(rng["cuda"]),
+        "numpy": [str(name), torch.from_numpy(np.asarray(key, dtype=np.int64)), int(pos), int(has_gauss),
+                  float(cached)],
+        "python": [int(version), [int(i) for i in internal], None if gauss_next is None else float(gauss_next)],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the random states :func:`rng_state` returned."""
+    import numpy as np
+
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.cpu().numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(i) for i in internal), gauss_next))
+
+
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write a resumable checkpoint, tagged with the format name."""
     return atomic_torch_save({"format": CHECKPOINT_FORMAT, **state}, path)
 
 
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`CheckpointError`."""
+    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`CheckpointError`.
+
+    The file is read with ``torch.load(..., weights_only=True)`` only: tensors and plain values,
+    never an arbitrary Python object, so opening a checkpoint someone handed you runs no code from
+    it.  A file that needs more (a v1 checkpoint of an older cigl-bayes, or a crafted one) is
+    refused, never unpickled in full."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated zip, garbage bytes, ...
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err})") from err
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        unsafe = _UNSAFE_GLOBAL.search(str(err))
+        if unsafe is None:  # garbage bytes that are not a torch file
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a torch file)") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely: it holds a Python object ({unsafe.group(1)}) besides "
+            "tensors and plain values, so it is from an older cigl-bayes (checkpoint format v1) or was not "
+            "written by cigl-bayes, and it was not opened; start the run again in a fresh --out folder, or, "
+            "only if you trust where the file came from, convert it with "
+            f"python -m experiments.convert_checkpoint {path}") from None
+    except Exception as err:  # truncated zip, unreadable file, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {first})") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a cigl-bayes checkpoint (format tag missing or different)")
     return state

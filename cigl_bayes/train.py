@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -45,7 +43,9 @@ from .runs import (
     atomic_write_json,
     check_out_dir,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from .sparsity import sparse_parameter_names
 
@@ -110,7 +110,7 @@ def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = N
     train_full, test = data_lib.load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download)
     train, val = data_lib.split_validation(train_full, cfg.val_fraction, seed=cfg.seed)
     if cfg.subset is not None:
-        train = data_lib.take_subset(train, min(cfg.subset, len(train)), seed=cfg.seed)
+        train = data_lib.take_subset(train, data_lib.check_subset(cfg.subset, len(train), len(val)), seed=cfg.seed)
         val = data_lib.take_subset(val, min(len(val), max(1, round(cfg.subset * cfg.val_fraction))), seed=cfg.seed)
     if cfg.test_subset is not None:
         # seed 0 for every run: all seeds are scored on the same test points, so they can be pooled
@@ -143,7 +143,7 @@ def build_imagenet_data(cfg: TrainConfig, device: torch.device, info: DistInfo) 
     test = imagenet.take(imagenet.index_folder(root / "val", full.classes), cfg.test_subset, cfg.seed)
     train, val = imagenet.split_index(full, cfg.val_fraction, cfg.seed)
     if cfg.subset is not None:
-        train = imagenet.take(train, cfg.subset, cfg.seed)
+        train = imagenet.take(train, data_lib.check_subset(cfg.subset, len(train), len(val)), cfg.seed)
         val = imagenet.take(val, max(1, round(cfg.subset * cfg.val_fraction)), cfg.seed)
     if cfg.batch_size > len(train):
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
@@ -284,12 +284,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "history": self.history,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
+            "rng": rng_state(),  # tensors and plain values: the checkpoint loads with weights_only=True
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -305,12 +300,7 @@ class Trainer:
         self.cigl.load_state_dict(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_rng_state(state["rng"])
 
     def save_checkpoint(self) -> None:
         if self.dist.is_main:

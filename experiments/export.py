@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     classes = class_names(run)
     mean, std = data_lib.NORMALIZATION[run.config.dataset]
     export_network(network, args.out, model=run.config.model, classes=classes, mean=mean, std=std,
-                   temperature=temperature, method=run.config.method, predictor=predictor,
+                   temperature=temperature, image_size=data_lib.image_size(run.config.dataset),
+                   method=run.config.method, predictor=predictor,
                    sparsity=run.config.sparsity, run=str(args.run))
     exported = load_exported(args.out, kernels="dense")
     x = torch.randn(4, 3, 32, 32)

@@ -285,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("runs", nargs="+", type=Path, help="finished run folders")
     p.add_argument("--out", type=Path, default=None, help="report folder (default: FIRST_RUN/posterior)")
-    p.add_argument("--swag-rank", type=int, default=20, help="K: deviation columns kept by SWAG")
+    p.add_argument("--swag-rank", type=int, default=None,
+                   help="K: deviation columns kept by SWAG (default: up to 20, as many as the run has samples; "
+                        "more than the samples is refused)")
     p.add_argument("--swag-samples", type=int, default=10, help="S: SWAG draws averaged")
     p.add_argument("--mc-samples", type=int, default=10, help="S: fresh random masks Z for mc-z")
     p.add_argument("--bn-batches", type=int, default=None, help="training batches for BN recomputation (all)")
@@ -298,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     for name in ("swag_rank", "swag_samples", "mc_samples", "weights"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.bn_batches is not None and args.bn_batches < 1:
         raise ValueError(f"--bn-batches must be ≥ 1, got {args.bn_batches}")

@@ -4,7 +4,7 @@
     run = load_run("runs/cigl")                       # config, network (eval mode), mask, WMA, samples
     pred = run.predict(images, "predictive")          # uint8 or float images, as the data set stores them
     pred.probs, pred.draws, pred.entropy(), pred.mutual_information()
-    swag = run.swag(rank=20); swag.sample(torch.Generator().manual_seed(0))
+    swag = run.swag(); swag.sample(torch.Generator().manual_seed(0))   # rank: up to 20, capped by the samples
     idata = run.to_inferencedata()                    # arviz InferenceData, layers named
     run.metrics                                       # metrics.json
 
@@ -25,7 +25,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cigl_bayes import data as data_lib
@@ -46,6 +45,9 @@ from cigl_bayes.runs import CheckpointError, load_checkpoint
 from cigl_bayes.sparsity import sparse_parameter_names
 
 from .swag import SparseSWAG
+
+AVERAGE_TOLERANCE = 1e-4  # stored samples vs the checkpoint's WMA, relative to the largest |weight| (≥ 1)
+SWAG_RANK = 20  # SWAG's K when none is given (Maddox et al. 2019); a run with fewer samples keeps that many
 
 
 class RunFolderError(ValueError):
@@ -111,21 +113,9 @@ class TrainedRun:
     # -- inputs -------------------------------------------------------------------------------------------
     def prepare(self, images) -> torch.Tensor:
         """uint8 (0–255) or float (0–1) images, (N, H, W, C) as the data set stores them or (N, C, H, W),
-        as a normalised float tensor (N, C, H, W) on the run's device."""
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4 or 3 not in (x.shape[1], x.shape[-1]):
-            raise ValueError(f"images must be (N, H, W, 3) or (N, 3, H, W), got shape {tuple(x.shape)}")
-        if x.shape[-1] == 3 and x.shape[1] != 3:
-            x = x.permute(0, 3, 1, 2)
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        elif x.is_floating_point():
-            if float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6:
-                raise ValueError("float images must lie in [0, 1] (uint8 images are divided by 255 here)")
-        else:
-            raise ValueError(f"images must be uint8 or float, got {x.dtype}")
+        of the size the run was trained on, as a normalised float tensor (N, C, H, W) on the run's device
+        (:func:`cigl_bayes.data.image_batch` says what is refused)."""
+        x = data_lib.image_batch(images, data_lib.image_size(self.config.dataset))
         mean, std = data_lib.NORMALIZATION[self.config.dataset]
         dtype = self.net.sparse_params[0].dtype
         x = x.to(self.device, dtype)
@@ -135,7 +125,7 @@ class TrainedRun:
 
     # -- weight settings --------------------------------------------------------------------------------
     def weight_draws(self, predictor: str, draws: int | None = None, seed: int = 0,
-                     swag_rank: int = 20) -> list[tuple[str, Snapshot]]:
+                     swag_rank: int | None = None) -> list[tuple[str, Snapshot]]:
         """(cache key, weights) of every draw the predictor averages over
         (:func:`cigl_bayes.predict.predictor_draws`)."""
         if predictor not in PREDICTORS:
@@ -143,10 +133,15 @@ class TrainedRun:
         if predictor in ("wma", "predictive", "swag") and not self.samples:
             raise RunFolderError(f"run {self.run_dir} collected no posterior samples (method "
                                  f"{self.config.method}); use predictor 'final' or 'mc-z'")
+        if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+            raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
         if predictor == "predictive":
+            if draws is not None and draws > len(self.samples):
+                raise ValueError(f"draws={draws} but predictive averages over the samples and run {self.run_dir} "
+                                 f"collected {len(self.samples)}; give draws ≤ {len(self.samples)}, or None for all")
             count = len(self.samples) if draws is None else draws
         else:
-            count = draws or self.config.mc_samples
+            count = self.config.mc_samples if draws is None else draws
         sampler = None
         if predictor == "swag":
             swag, dtype = self.swag(swag_rank), self.net.sparse_params[0].dtype
@@ -169,7 +164,8 @@ class TrainedRun:
         """Keep probability of the mc-z masks: the run's 1 − random-mask rate."""
         return 1.0 - self.config.mask_rate
 
-    def parameters_stored(self, predictor: str, draws: list[tuple[str, Snapshot]], swag_rank: int = 20) -> int:
+    def parameters_stored(self, predictor: str, draws: list[tuple[str, Snapshot]],
+                          swag_rank: int | None = None) -> int:
         """Numbers kept to make the prediction: non-zeros of every weight setting kept (mc-z keeps
         the final weights; SWAG its mean, second moment and K deviations on the support)."""
         if predictor in ("final", "mc-z"):
@@ -190,8 +186,9 @@ class TrainedRun:
         """Class probabilities of ``predictor`` for ``images``: handles normalisation, BatchNorm
         (recomputed on the training data for every weight setting but ``final``, and for CigL's ``final`` too:
         ``TrainConfig.final_bn_recomputed``) and eval mode.
-        ``draws`` caps the samples of ``predictive`` and sets how many ``mc-z``/``swag`` draw
-        (default ``mc_samples`` of the run's config)."""
+        ``draws``: how many of the samples ``predictive`` averages (default: all; more than the run
+        collected is refused) and how many ``mc-z``/``swag`` draw (default ``mc_samples`` of the run's
+        config).  Images of another size than the run's training images are refused."""
         x = self.prepare(images)
         per_draw = []
         for key, snap in self.weight_draws(predictor, draws, seed):
@@ -205,7 +202,7 @@ class TrainedRun:
 
     @torch.no_grad()
     def log_probs(self, predictor: str, split: str = "test", draws: int | None = None, *, seed: int = 0,
-                  swag_rank: int = 20) -> list[torch.Tensor]:
+                  swag_rank: int | None = None) -> list[torch.Tensor]:
         """Per-draw log-probabilities (N, C) of ``predictor`` on the run's own ``split`` ("test" or
         "val"), in the loader's order (labels: :meth:`labels`)."""
         loader = self._split(split)
@@ -278,15 +275,24 @@ class TrainedRun:
         return self._data
 
     # -- posterior objects -------------------------------------------------------------------------------
-    def swag(self, rank: int = 20) -> SparseSWAG:
-        """SWAG moments (mean, diagonal variance, low-rank deviations) of the collected samples."""
-        if rank < 1:
-            raise ValueError(f"SWAG rank must be ≥ 1, got {rank}")
+    def swag(self, rank: int | None = None) -> SparseSWAG:
+        """SWAG moments (mean, diagonal variance, low-rank deviations) of the collected samples.
+
+        ``rank`` K, the deviation columns kept: None keeps up to :data:`SWAG_RANK` (20, SWAG's
+        default), as many as there are samples when there are fewer; a rank above the number of
+        samples is refused (the deviation matrix has one column per sample)."""
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"SWAG rank must be an integer ≥ 1, got {rank!r}")
         if len(self.samples) < 2:
             raise RunFolderError(f"SWAG needs at least 2 samples; run {self.run_dir} has {len(self.samples)}")
-        if rank not in self._swag:
-            self._swag[rank] = SparseSWAG.from_snapshots(self.samples, max_rank=rank)
-        return self._swag[rank]
+        if rank is not None and rank > len(self.samples):
+            raise ValueError(f"SWAG rank {rank} is more than the {len(self.samples)} samples run {self.run_dir} "
+                             f"collected (one deviation column per sample); give rank ≤ {len(self.samples)}, or "
+                             f"none for up to {SWAG_RANK}")
+        key = SWAG_RANK if rank is None else rank
+        if key not in self._swag:
+            self._swag[key] = SparseSWAG.from_snapshots(self.samples, max_rank=key)
+        return self._swag[key]
 
     def to_inferencedata(self):
         """The samples as an arviz ``InferenceData`` (one chain; draws = samples; coordinates name the
@@ -335,6 +341,7 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     wma_state = state["wma"]
     wma = None if wma_state["sparse"] is None else Snapshot(wma_state["sparse"].to(dev), wma_state["other"].to(dev))
     samples, epochs = _samples(run_dir, wma_state["count"], cfg, dev)
+    _check_average(run_dir, samples, wma)
     run = TrainedRun(run_dir, cfg, net, wma, samples, epochs, state["history"], dev, data_dir,
                      bn_batches=cfg.bn_batches)
     run._final_state = {k: v.clone() for k, v in net.module.state_dict().items()}
@@ -351,6 +358,30 @@ def _network(cfg: TrainConfig, module_state: dict, device: torch.device) -> Spar
     if last not in module_state:
         raise RunFolderError(f"checkpoint does not hold the weights of model {cfg.model!r} (no {last})")
     return build_network(cfg, int(module_state[last].shape[0]), device)
+
+
+def _check_average(run_dir: Path, samples: list[Snapshot], wma: Snapshot | None) -> None:
+    """The stored samples must average to the checkpoint's WMA, the trainer's running mean of the very
+    same snapshots: a sample file copied in from another run, or altered, is refused by name.  The
+    running mean in float32 differs from the exact mean by rounding only, far below the tolerance."""
+    if not samples or wma is None:
+        return
+    worst, scale = 0.0, 1.0
+    for part in ("sparse", "other"):
+        stored = getattr(wma, part).detach().double().cpu()
+        total = torch.zeros_like(stored)
+        for snap in samples:
+            total += getattr(snap, part).detach().double().cpu()
+        if total.numel():
+            worst = max(worst, float((total / len(samples) - stored).abs().max()))
+            scale = max(scale, float(stored.abs().max()))
+    if not worst <= AVERAGE_TOLERANCE * scale:  # NaN fails too
+        store = SnapshotStore(run_dir / "samples")
+        names = [store.path(i).name for i in range(len(samples))]
+        listed = ", ".join(names) if len(names) <= 4 else f"{names[0]} … {names[-1]}"
+        raise RunFolderError(f"the samples in {store.folder} ({listed}) do not average to the checkpoint's WMA "
+                             f"(largest difference {worst:.3g}): a sample file was copied in from another run or "
+                             "altered; put back this run's own samples or train the run again")
 
 
 def _samples(run_dir: Path, count: int, cfg: TrainConfig, device) -> tuple[list[Snapshot], list[int]]:

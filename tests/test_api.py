@@ -87,6 +87,26 @@ def test_predictive_draws_and_uncertainty(finished, cifar_data_dir):
         trained.predict(test.images[:2], "magic")
 
 
+def test_predict_refuses_what_it_used_to_get_silently_wrong(finished, cifar_data_dir):
+    out, _, _, test = finished
+    trained = load_run(out, data_dir=str(cifar_data_dir))
+    images = test.images[:4]
+    with pytest.raises(ValueError, match="images must be 32×32, the size the network was trained on, got 64×64"):
+        trained.predict(np.zeros((2, 64, 64, 3), np.uint8), "wma")
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\], got values in \[0, 255\]"):
+        trained.predict(test.images[:2].astype(np.float32), "final")
+    for draws in (0, -1):  # mc-z used to take 0 for "the default", 10 draws
+        with pytest.raises(ValueError, match=f"draws must be a positive integer .*got {draws}"):
+            trained.predict(images, "mc-z", draws=draws)
+    with pytest.raises(ValueError, match="draws=100 but predictive averages over the samples and run .* collected 3"):
+        trained.predict(images, "predictive", draws=100)  # used to be capped at 3 without a word
+    assert trained.predict(images, "predictive", draws=2).draws.shape == (2, 4, 10)
+    with pytest.raises(ValueError, match="SWAG rank 20 is more than the 3 samples"):
+        trained.swag(rank=20)  # used to return rank 3
+    default = trained.swag()  # up to 20 columns, as many as there are samples
+    assert default.rank == 3 and default.max_rank == 20
+
+
 def test_posterior_objects(finished, cifar_data_dir):
     trained = load_run(finished[0], data_dir=str(cifar_data_dir))
     idata = trained.to_inferencedata()

@@ -86,6 +86,11 @@ def call_cli(main, argv: list[str], capsys) -> tuple[int, str]:
         (["--no-such-option"], "unrecognized arguments"),
         (["--lr-schedule", "linear"], "unknown lr schedule"),
         (["--amp", "fp8"], "amp must be"),
+        (["--seed", "-3"], "--seed"),
+        (["--seed", "99999999999999999999"], "--seed"),
+        (["--method", "rigl", "--random-mask-rate", "0.5"], "--random-mask-rate 0.5 has no effect on method rigl"),
+        (["--method", "rigl", "--keep", "0.5"], "has no effect on method rigl"),
+        (["--subset", "60000"], "--subset 60000 is more than the 45000 training images available"),
     ],
 )
 def test_bad_input_gives_one_line_error_and_exit_2(args, message, cifar_data_dir, cache_dir, tmp_path, capsys,

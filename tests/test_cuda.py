@@ -51,3 +51,24 @@ def test_metrics_of_cuda_tensors_equal_cpu_ones():
     z, y = 3 * torch.randn(200, 5, generator=g), torch.randint(0, 5, (200,), generator=g)
     assert calibration_metrics(z.cuda(), y.cuda()) == calibration_metrics(z, y)
     assert apply_temperature(z.cuda(), 2.0).device.type == "cuda"
+
+
+def test_a_checkpoint_mapped_to_the_gpu_restores_every_random_state(tmp_path):
+    """``Trainer.maybe_resume`` loads the checkpoint onto the run's device: the CPU, CUDA, numpy and
+    Python random states (tensors and plain values since format v2) must restore from there."""
+    import random
+
+    import numpy as np
+
+    from cigl_bayes.runs import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    def draw():
+        return (torch.rand(2).tolist(), torch.rand(2, device="cuda").tolist(), np.random.rand(2).tolist(),
+                random.random())
+
+    save_checkpoint({"rng": rng_state()}, tmp_path / "checkpoint.pt")
+    first = draw()
+    state = load_checkpoint(tmp_path / "checkpoint.pt", map_location=torch.device("cuda"))
+    assert state["rng"]["torch"].is_cuda  # map_location moved it, as it does on resume
+    set_rng_state(state["rng"])
+    assert draw() == first

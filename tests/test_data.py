@@ -570,3 +570,25 @@ def test_loader_cuda_matches_cpu():
         assert xg.device.type == "cuda"
         torch.testing.assert_close(xg.cpu(), xc, rtol=1e-6, atol=1e-6)
         assert torch.equal(yg.cpu(), yc)
+
+
+def test_image_batch_takes_what_predict_takes_and_names_the_rest():
+    """The one check behind ``TrainedRun.predict`` and ``ExportedNetwork.predict``."""
+    from cigl_bayes.data import image_batch
+
+    rng = np.random.default_rng(0)
+    nhwc = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    want = torch.from_numpy(nhwc).permute(0, 3, 1, 2).float() / 255
+    for given in (nhwc, torch.from_numpy(nhwc).permute(0, 3, 1, 2), want, want.double(), nhwc.astype(np.float32) / 255):
+        got = image_batch(given, (32, 32))
+        assert got.shape == (2, 3, 32, 32) and torch.allclose(got.float(), want)
+    assert image_batch(nhwc[0]).shape == (1, 3, 32, 32)  # one image without N
+    for bad, match in ((nhwc.astype(np.float32), r"\[0, 1\], got values in \[0, 255\]"),
+                       (np.full((1, 32, 32, 3), np.nan, np.float32), r"\[0, 1\]"),
+                       (-want, r"\[0, 1\]"),
+                       (nhwc.astype(np.int32), "uint8 or float"),
+                       (np.zeros((2, 32, 32)), "images must be"), (np.zeros((2, 32, 32, 4)), "images must be"),
+                       (np.zeros((2, 64, 64, 3), np.uint8), "32×32, the size the network was trained on, got 64×64")):
+        with pytest.raises(ValueError, match=match):
+            image_batch(bad, (32, 32))
+    assert image_batch(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 3, 64, 64)  # no size given: not checked

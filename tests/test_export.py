@@ -96,6 +96,25 @@ def test_export_round_trip_predicts_as_the_network(tmp_path, kernels):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernels", ["dense", "sparse"])
+def test_the_loaded_export_is_in_eval_mode_and_checks_its_images(tmp_path, kernels):
+    model = masked_small_cnn(0.9)
+    path = export_network(model, tmp_path / "m.safetensors", model="small-cnn", classes=list("abcdefghij"),
+                          mean=(0.5,) * 3, std=(0.25,) * 3, image_size=(32, 32))
+    loaded = load_exported(path, kernels=kernels)
+    assert not loaded.training and not any(m.training for m in loaded.modules())
+    assert loaded.image_size == (32, 32)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"float images must lie in \[0, 1\]"):
+        loaded.predict(images.astype(np.float32))  # 0–255 floats used to be taken as they were
+    torch.testing.assert_close(loaded.predict(images.astype(np.float32) / 255), loaded.predict(images))
+    with pytest.raises(ValueError, match="images must be 32×32"):
+        loaded.predict(np.zeros((2, 64, 64, 3), np.uint8))
+    unsized = load_exported(export_network(model, tmp_path / "old.safetensors", model="small-cnn",
+                                           classes=list("abcdefghij"), mean=(0.5,) * 3, std=(0.25,) * 3))
+    assert unsized.image_size is None  # as exports written before the size was recorded: not checked
+
+
 def test_export_is_smaller_than_the_dense_state_and_keeps_only_nonzeros(tmp_path):
     from safetensors import safe_open
 
@@ -155,6 +174,7 @@ def test_export_cli_round_trips_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, 
     got = exported.predict(images, temperature=False)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert exported.temperature == pytest.approx(metrics["temperature"]) and exported.classes[0] == "airplane"
+    assert exported.image_size == (32, 32) and not exported.training
     with pytest.raises(SystemExit):
         from experiments.cli import run_cli
 

@@ -66,6 +66,16 @@ def test_worker_decoding_equals_batch_decoding(folder, train):
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, again))  # seeded by (seed, epoch, index)
 
 
+def test_a_subset_larger_than_the_training_split_is_refused(folder):
+    """--subset is never clipped silently: ImageNet's split names its count as CIFAR's does."""
+    from cigl_bayes.config import TrainConfig
+    from cigl_bayes.train import build_data
+
+    cfg = TrainConfig(dataset="imagenet", data_dir=str(folder), subset=1000, device="cpu")
+    with pytest.raises(ValueError, match="--subset 1000 is more than the 2[0-9] training images available"):
+        build_data(cfg, torch.device("cpu"))
+
+
 @pytest.mark.slow
 def test_imagenet_end_to_end_through_the_cli(folder, tmp_path):
     out = tmp_path / "run"

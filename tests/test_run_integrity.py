@@ -86,6 +86,65 @@ def test_a_folder_that_cannot_be_created_is_a_one_line_error(tmp_path):
         check_out_dir(tmp_path / "file" / "run")
 
 
+@pytest.mark.parametrize("seed", [-3, 2**32, 99999999999999999999, 1.5, True])
+def test_a_seed_outside_0_to_2_32_is_refused_naming_the_option(seed):
+    with pytest.raises(ValueError, match="--seed must be an integer in"):
+        TrainConfig(seed=seed).validate()
+
+
+def test_seeds_at_the_ends_of_the_range_are_accepted():
+    TrainConfig(seed=0).validate()
+    TrainConfig(seed=2**32 - 1).resolved()
+
+
+@pytest.mark.parametrize("method", ["dense", "static", "set", "rigl", "cigl-no-rm"])
+def test_a_random_mask_rate_is_refused_for_methods_without_z_or_dropout(method):
+    """A rate that would do nothing is refused, but the method's own default is accepted: resolved()
+    records it for every method, so every finished run's config.json holds it."""
+    from cigl_bayes.config import METHODS
+
+    with pytest.raises(ValueError, match=f"--random-mask-rate 0.5 has no effect on method {method}"):
+        TrainConfig(method=method, random_mask_rate=0.5).validate()
+    resolved = TrainConfig(method=method).resolved()
+    assert resolved.random_mask_rate == METHODS[method].random_mask_rate
+    TrainConfig.from_dict(resolved.to_dict()).resolved()  # a finished run's config.json still loads
+    for method in ("cigl", "cigl-no-wma", "rigl-wdp", "rigl-mcdp"):
+        TrainConfig(method=method, random_mask_rate=0.5).validate()  # the methods the rate is for
+
+
+def test_the_committed_run_configs_still_validate():
+    """Every config.json committed under docs/results (studies of rigl, dense and cigl, random_mask_rate
+    recorded for each) passes the checks of today's TrainConfig."""
+    configs = sorted((Path(__file__).parent.parent / "docs" / "results").rglob("config.json"))
+    assert len(configs) >= 30
+    methods = set()
+    for path in configs:
+        cfg = TrainConfig.from_dict(json.loads(path.read_text()))
+        cfg.validate()
+        methods.add(cfg.method)
+    assert {"rigl", "dense", "cigl"} <= methods
+
+
+def test_temperature_fitted_on_few_validation_images_warns_with_the_count():
+    from cigl_bayes.evaluate import SmallValidationWarning, with_temperature
+
+    def fit(n_val: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        logits = {"val": torch.randn(n_val, 10, generator=gen), "test": torch.randn(20, 10, generator=gen)}
+        labels = {"val": torch.arange(n_val) % 10, "test": torch.arange(20) % 10}
+        assert with_temperature({"final": logits}, {"final": "tracked"}, "final", labels, True) > 0
+
+    with pytest.warns(SmallValidationWarning, match="only 1 validation image "):
+        fit(1)
+    with pytest.warns(SmallValidationWarning, match="only 99 validation images"):
+        fit(99)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit(100)
+
+
 @pytest.fixture
 def tiny(cifar_data_dir, cache_dir, monkeypatch) -> TrainConfig:
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
@@ -218,3 +277,13 @@ def test_posterior_report_warns_on_stderr_when_a_run_has_one_sample(tiny, tmp_pa
     report = (tmp_path / "short" / "posterior" / "report.md").read_text()
     assert "_Note: short: fewer than 2 collected samples" in report and "\n_:" not in report
     assert not (tmp_path / "short" / "posterior" / "posterior.nc").exists()
+
+
+def test_a_run_on_five_images_warns_that_its_temperature_rests_on_one(tiny, tmp_path):
+    """``--subset 5 --batch-size 2``: the validation split is max(1, round(5 × 0.1)) = 1 image."""
+    from cigl_bayes.evaluate import SmallValidationWarning
+
+    cfg = dataclasses.replace(tiny, method="rigl", epochs=1, subset=5, batch_size=2, test_subset=20)
+    with pytest.warns(SmallValidationWarning, match="only 1 validation image "):
+        result = run(cfg, tmp_path, progress=False)
+    assert result["n_val"] == 1 and result["temperature"] is not None
