@@ -112,6 +112,6 @@ def print_results(result: dict) -> None:
     cols = ("accuracy", "ece", "ece10", "nll", "brier")
     print(f"\n{result['method']} ({result['engine']}) · {result['model']} · sparsity {result['sparsity_target']} "
           f"(actual {result['sparsity_actual']:.4f}) · output: {result['output_predictor']}")
-    print(f"{'predictor':<20}" + "".join(f"{c:>10}" for c in cols))
-    for name, m in result["test"].items():
-        print(f"{name:<20}" + "".join(f"{m[c]:>10.4f}" for c in cols))
+    print(f"{'predictor':<20}" + "".join(f" {c:>10}" for c in cols))
+    for name, m in result["test"].items():  # .4g past 1e5: a diverged NLL must not run into its neighbours
+        print(f"{name:<20}" + "".join(f" {m[c]:>10.4f}" if abs(m[c]) < 1e5 else f" {m[c]:>10.4g}" for c in cols))

@@ -45,17 +45,24 @@ def run_folders(paths: list[Path]) -> list[Path]:
     return sorted(found)
 
 
+class UnreadableRun(ValueError):
+    """A run folder whose metrics.json cannot be read or lacks what the figure needs."""
+
+
 def redraw(folder: Path) -> bool:
     """Replace ``folder/reliability.png`` with the diagram of the bins in ``folder/metrics.json``,
     one panel per predictor in the order evaluation wrote them.  False (nothing written) when the
     run kept no bins."""
-    result = json.loads((folder / "metrics.json").read_text())
-    bins = (result.get("reliability") or {}).get("test")
-    if not bins:
+    path = folder / "metrics.json"
+    try:
+        result = json.loads(path.read_text())
+        bins = (result.get("reliability") or {}).get("test")
+        title = reliability_title(result["method"], result["model"], result["sparsity_target"])
+        diagrams = {name: pooled_reliability([b]) for name, b in (bins or {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UnreadableRun(f"{path} is unreadable ({type(err).__name__}: {err})") from None
+    if not bins:  # (a pool of one part is that part's diagram: the inverse of metrics.reliability_to_dict)
         return False
-    # a pool of one part is that part's diagram: the inverse of metrics.reliability_to_dict
-    diagrams = {name: pooled_reliability([b]) for name, b in bins.items()}
-    title = reliability_title(result["method"], result["model"], result["sparsity_target"])
     with RunFolderLock(folder):
         plot_reliability_diagram(diagrams, folder / "reliability.png", title=title)
     return True
@@ -70,13 +77,18 @@ def main(argv: list[str] | None = None) -> int:
     folders = run_folders(args.paths)
     if not folders:
         raise FileNotFoundError(f"no run folder (a folder with metrics.json) under {', '.join(map(str, args.paths))}")
-    redrawn, without_bins = [], []
+    redrawn, without_bins, unreadable = [], [], []
     for folder in tqdm(folders, desc="reliability.png", disable=not args.progress):
-        (redrawn if redraw(folder) else without_bins).append(folder)
+        try:  # one bad folder is named at the end; the others are still redrawn
+            (redrawn if redraw(folder) else without_bins).append(folder)
+        except UnreadableRun as err:
+            unreadable.append(str(err))
     for folder in without_bins:
         print(f"note: {folder} keeps no reliability bins in metrics.json; its figure is left as it was",
               file=sys.stderr)
     print(f"redrew {len(redrawn)} reliability.png of {len(folders)} run folders")
+    if unreadable:
+        raise UnreadableRun(f"{len(unreadable)} run folder(s) left as they were: " + "; ".join(unreadable))
     return 0
 
 

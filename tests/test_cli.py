@@ -171,3 +171,13 @@ def test_resume_with_other_options_and_corrupt_checkpoint_via_cli(cifar_data_dir
     bad = run_module("experiments.train", *QUICK, "--data-dir", str(cifar_data_dir), "--out", str(out), env_extra=env)
     assert bad.returncode == 2 and "corrupt or truncated" in bad.stderr
     assert (out / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_the_results_table_keeps_its_columns_apart_for_huge_values(capsys):
+    from experiments.cli import print_results
+
+    row = {"accuracy": 0.875, "ece": 0.02043043676, "ece10": 0.02, "nll": 2.0e9, "brier": 6.1669}
+    print_results({"method": "cigl", "engine": "svi", "model": "small-cnn", "sparsity_target": 0.95,
+                   "sparsity_actual": 0.95, "output_predictor": "wma", "test": {"wma": row}})
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.split() == ["wma", "0.8750", "0.0204", "0.0200", "2e+09", "6.1669"]

@@ -78,3 +78,20 @@ def test_bad_paths_get_one_line_and_exit_2(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "experiments.redraw_reliability", str(arg)],
                               capture_output=True, text=True)
         assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_corrupt_metrics_json_is_named_and_the_other_runs_are_still_redrawn(tmp_path, capsys):
+    _run_folder(tmp_path / "a-good")
+    _run_folder(tmp_path / "b-broken")
+    (tmp_path / "b-broken" / "metrics.json").write_text('{"method": "cigl", "reliab')
+    _run_folder(tmp_path / "c-good")
+    with pytest.raises(redraw_reliability.UnreadableRun, match=r"1 run folder\(s\) left as they were: .*b-broken"):
+        redraw_reliability.main([str(tmp_path), "--no-progress"])
+    assert "redrew 2 reliability.png of 3 run folders" in capsys.readouterr().out
+    for good in ("a-good", "c-good"):  # the folders after the broken one were redrawn too
+        assert (tmp_path / good / "reliability.png").read_bytes() != PNG_MAGIC + b"the old drawing"
+    assert (tmp_path / "b-broken" / "reliability.png").read_bytes() == PNG_MAGIC + b"the old drawing"
+    proc = subprocess.run([sys.executable, "-m", "experiments.redraw_reliability", str(tmp_path / "b-broken"),
+                           "--no-progress"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "b-broken" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
