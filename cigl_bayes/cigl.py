@@ -103,14 +103,17 @@ class CigL:
     samples are collected at the end of every epoch ≥ T* (``end_epoch``); ``samples`` is where
     they go (default: in memory; the Trainer passes a :class:`SnapshotStore` on disk) and
     ``keep_samples=False`` keeps only their mean.  ``seed`` seeds M (``seed``), the Z stream
-    (``seed + 1``) and SET's scores (``seed + 2``), as the Trainer always has.
+    (``seed + 1``) and SET's scores (``seed + 2``), as the Trainer always has.  Construction zeroes
+    the weights outside the initial M; to resume, build with ``apply_mask=False`` on the module
+    holding the saved weights, then :meth:`load_state_dict` (the order does not matter then).
     """
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, method: str = "cigl",
                  sparsity: float = 0.95, total_steps: int, distribution: str = "erk",
                  sparse_params: Sequence[str] | None = None, keep: float | None = None, delta_t: int = 100,
                  drop_fraction: float = 0.3, update_end: float = 0.75, collect_from_epoch: int = 0,
-                 seed: int = 0, samples=None, keep_samples: bool = True, attach: bool = True):
+                 seed: int = 0, samples=None, keep_samples: bool = True, attach: bool = True,
+                 apply_mask: bool = True):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
         if distribution not in DISTRIBUTIONS:
@@ -135,7 +138,8 @@ class CigL:
         self.net = SparseNetwork(module, names, initial_mask(module, names, self.sparsity if self.method.sparse
                                                              else 0.0, distribution, seed))
         self._check_optimizer()
-        self.net.apply_mask_()
+        if apply_mask:  # W ← M⊙W; off when the module already holds resumed weights (load_state_dict follows)
+            self.net.apply_mask_()
         device = self.net.sparse_params[0].device
         self.z_source = RandomKeepMask(sum(self.net.mask.numels), self.keep, seed + 1, device,
                                        rescale=self.method.rescale_random_mask)
@@ -337,6 +341,9 @@ class CigL:
         if not self.wma.count:
             raise RuntimeError("no samples collected yet: WMA starts at the end of epoch collect_from_epoch "
                                f"= {self.collect_from_epoch} (call end_epoch() after each epoch)")
+        if check_bn_protocol(protocol) == "tracked":
+            raise ValueError("an averaged model has no tracked BatchNorm statistics (it was never trained as such): "
+                             "give bn_loader and protocol='recomputed-clean' or 'recomputed-augmented'")
         return self._model_of(self.wma.mean(), bn_loader, protocol, bn_batches)
 
     def final_model(self, bn_loader=None, protocol: str | None = None, bn_batches: int | None = None) -> nn.Module:
@@ -368,7 +375,9 @@ class CigL:
         in-memory samples."""
         state = {"epoch": self.epoch, "step": self.step_count, "mask": self.net.mask.state_dict(),
                  "z_source": self.z_source.state_dict(), "aux_generator": self.generator.get_state(),
-                 "wma": self.wma.state_dict()}
+                 "wma": self.wma.state_dict(),
+                 # the Z of the last step: a checkpoint taken mid-epoch (Lightning) collects with it at the epoch's end
+                 "last_z": self.last_z}
         if isinstance(self.samples, MemorySnapshotStore):
             state["samples"] = [{"sparse": s.sparse, "other": s.other} for s in self.samples]
         return state
@@ -381,7 +390,9 @@ class CigL:
         self.wma.load_state_dict(state["wma"], self.net.sparse_params[0].device)
         if "samples" in state and isinstance(self.samples, MemorySnapshotStore):
             self.samples.snapshots = [Snapshot(s["sparse"], s["other"]) for s in state["samples"]]
-        self._z, self._z_drawn, self._scored, self.last_z = None, False, None, None
+        self._z, self._z_drawn, self._scored = None, False, None
+        last_z = state.get("last_z")
+        self.last_z = None if last_z is None else last_z.to(self.net.sparse_params[0].device)
 
 
 __all__ = ["CigL", "MemorySnapshotStore", "SnapshotStore"]

@@ -43,6 +43,7 @@ class CigLCallback(L.Callback):
         self.cigl_kwargs = cigl_kwargs
         self.cigl: CigL | None = None
         self._pending_state: dict | None = None
+        self._replaced: tuple = (None, None)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
@@ -53,14 +54,17 @@ class CigLCallback(L.Callback):
         optimizer = trainer.optimizers[0]
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
         t_star = int(0.8 * epochs) if self.collect_from_epoch is None else self.collect_from_epoch
+        # resuming: Lightning has restored the module's weights already, so they keep their saved mask
         self.cigl = CigL(target, optimizer, method=self.method, sparsity=self.sparsity,
                          total_steps=int(trainer.estimated_stepping_batches), collect_from_epoch=t_star,
-                         **self.cigl_kwargs)
+                         apply_mask=self._pending_state is None, **self.cigl_kwargs)
         if self._pending_state is not None:
             self.cigl.load_state_dict(self._pending_state)
             self._pending_state = None
         inner_step = optimizer.step
         self.cigl._optimizer_step = inner_step
+        # an instance step already there (a scheduler's wrapper) is put back at the end
+        self._replaced = (optimizer, vars(optimizer).get("step"))
         cigl = self.cigl
 
         def step(closure=None, **kwargs):
@@ -74,9 +78,14 @@ class CigLCallback(L.Callback):
         self.cigl.end_epoch()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        optimizer = trainer.optimizers[0]
-        if "step" in vars(optimizer):
-            del optimizer.step  # the optimizer's own step again
+        """The optimizer's step as it was, and the module without CigL's forward (a later ``fit``
+        attaches again)."""
+        optimizer, previous = self._replaced
+        if previous is not None:
+            optimizer.step = previous
+        elif "step" in vars(optimizer):
+            del optimizer.step
+        self.cigl.detach()
 
     def state_dict(self) -> dict:
         return self.cigl.state_dict() if self.cigl is not None else {}

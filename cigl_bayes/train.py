@@ -129,8 +129,8 @@ def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = N
         val=data_lib.DeviceLoader(val, batch_size=eval_bs, shuffle=False, **common) if len(val) else None,
         test=data_lib.DeviceLoader(test, batch_size=eval_bs, shuffle=False, **common),
         num_classes=len(train.classes),
-        train_bn_augmented=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=True, augment=cfg.augment,
-                                                 seed=cfg.seed, **common),
+        train_bn_augmented=data_lib.DeviceLoader(train, batch_size=eval_bs, shuffle=True, augment=True,
+                                                 seed=cfg.seed, **common),  # augmented, whatever training used
     )
 
 
@@ -348,6 +348,9 @@ class Trainer:
                 if not math.isfinite(value):
                     ckpt = self.out / "checkpoint.pt"
                     where = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint yet"
+                    if self.dist.is_main:  # a record a study's analysis reads (a diverged run has no metrics.json)
+                        atomic_write_json({"loss": str(value), "step": self.step, "epoch": self.epoch + 1},
+                                          self.out / "diverged.json")
                     raise TrainingDiverged(f"loss became {value} at step {self.step} (epoch {self.epoch + 1}); "
                                            f"{where} — lower the learning rate (--lr)")
                 bar.set_postfix(loss=f"{value:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
@@ -455,6 +458,7 @@ def run(config: TrainConfig, out_dir: str | Path, *, progress: bool = True,
                 return json.loads(metrics_path.read_text())
             except ValueError:
                 warnings.warn(f"{metrics_path} is unreadable; evaluating the finished run again", stacklevel=2)
+        (trainer.out / "diverged.json").unlink(missing_ok=True)  # written again if this attempt diverges too
         trainer.fit(stop_after_epochs)
         if not trainer.finished_training or not trainer.dist.is_main:
             return None  # under torch.distributed rank 0 alone evaluates and writes the results

@@ -121,6 +121,16 @@ def paired(name: str, runs: dict, a: Side, b: Side, score: str, seeds: tuple[int
     return Paired(name, a.label(), b.label(), score, used, deltas, relative, n, mean, sd, mean - half, mean + half, p)
 
 
+def diverged_runs(study: Path) -> list[str]:
+    """"<method> seed <s>" of every run that stopped on a non-finite loss (its ``diverged.json``,
+    written by the trainer)."""
+    out = []
+    for marker in sorted((study / "runs").glob("*-plain-s0.95-seed*/diverged.json")):
+        method, _, seed = marker.parent.name.partition("-plain-s0.95-seed")
+        out.append(f"{method} seed {seed}")
+    return out
+
+
 def load_runs(study: Path) -> dict[tuple[str, int], dict]:
     """{(method, seed): {"metrics": ..., "laplace": ...}} of the finished runs of the study."""
     runs = {}
@@ -143,8 +153,12 @@ def load_runs(study: Path) -> dict[tuple[str, int], dict]:
     return runs
 
 
-def verdict(primary: Paired, accuracy: Paired) -> str:
-    """The pre-registered reading of the primary test."""
+def verdict(primary: Paired, accuracy: Paired, diverged: list[str] = ()) -> str:
+    """The pre-registered reading of the primary test.  A diverged run counts as a failure of its
+    method for that seed (docs/preregistration.md, Exclusions)."""
+    cigl_failed = [d for d in diverged if d.startswith(f"{CIGL} ")]
+    if cigl_failed:
+        return f"the claim does not hold: CigL diverged ({', '.join(cigl_failed)})"
     if primary.n < len(PRIMARY_SEEDS):
         return (f"interim: {primary.n} of {len(PRIMARY_SEEDS)} pairs finished; the registered test is read only "
                 "at n = 5")
@@ -171,13 +185,30 @@ BASELINES = {
 }
 
 
-def analyse(runs: dict) -> dict:
-    out: dict = {"alpha": ALPHA, "runs": sorted(f"{m} seed {s}" for m, s in runs)}
+def attribution(primary: Paired, controlled: Paired) -> str | None:
+    """The registered reading of the controlled comparison beside the primary (docs/preregistration.md):
+    a gain under the paper's protocol that is not detectable with one protocol on both sides is the
+    BatchNorm statistics', not CigL's."""
+    if primary.n < len(PRIMARY_SEEDS) or controlled.n < len(PRIMARY_SEEDS):
+        return None
+    if primary.ci_high < 0 and controlled.ci_low <= 0 <= controlled.ci_high:
+        return ("the gain in the paper's protocol is not detectably CigL's own: with recomputed-augmented "
+                "statistics on both sides there is no detectable difference in ECE, so it is attributed to the "
+                "BatchNorm statistics")
+    if primary.ci_high < 0 and controlled.ci_high < 0:
+        return "the gain holds with recomputed-augmented statistics on both sides: it is CigL's own"
+    return "the primary test shows no gain to attribute"
+
+
+def analyse(runs: dict, diverged: list[str] = ()) -> dict:
+    out: dict = {"alpha": ALPHA, "runs": sorted(f"{m} seed {s}" for m, s in runs), "diverged": list(diverged)}
     primary = {s: paired("primary", runs, *PRIMARY, s, PRIMARY_SEEDS) for s in SCORES}
     out["primary"] = {s: asdict(p) for s, p in primary.items()}
-    out["verdict"] = verdict(primary["ece"], primary["accuracy"])
-    out["controlled"] = {proto: {s: asdict(paired(f"controlled {proto}", runs, *sides, s, PRIMARY_SEEDS))
-                                 for s in SCORES} for proto, sides in CONTROLLED.items()}
+    out["verdict"] = verdict(primary["ece"], primary["accuracy"], diverged)
+    controlled = {proto: {s: paired(f"controlled {proto}", runs, *sides, s, PRIMARY_SEEDS) for s in SCORES}
+                  for proto, sides in CONTROLLED.items()}
+    out["controlled"] = {proto: {s: asdict(p) for s, p in block.items()} for proto, block in controlled.items()}
+    out["attribution"] = attribution(primary["ece"], controlled["recomputed-augmented"]["ece"])
     out["decomposition"] = {name: {s: asdict(paired(name, runs, *sides, s, DECOMPOSITION_SEEDS)) for s in SCORES}
                             for name, sides in DECOMPOSITION.items()}
     out["baselines"] = {name: {s: asdict(paired(name, runs, *sides, s, PRIMARY_SEEDS)) for s in SCORES}
@@ -224,7 +255,9 @@ def report(result: dict) -> str:
              *table(result["primary"]), "",
              f"Mean relative ECE change (B − A) / A: {100 * np.mean(rel):+.1f}%." if rel else "", "",
              f"**Verdict:** {result['verdict']}.", "",
-             "## Controlled (one protocol on both sides)", ""]
+             f"Diverged runs (each a failure of its method for that seed): {', '.join(result['diverged']) or 'none'}.",
+             "", "## Controlled (one protocol on both sides)", "",
+             f"**Attribution (registered):** {result['attribution'] or 'read at n = 5'}.", ""]
     for proto, block in result["controlled"].items():
         lines += [f"### Both {proto}", "", *table(block), ""]
     lines += ["## Decomposition (seeds 3–5, recomputed-augmented; descriptive at n = 3)", ""]
@@ -278,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.study / "runs").is_dir():
         raise FileNotFoundError(f"{args.study} holds no runs/ folder")
     runs = load_runs(args.study)
-    result = analyse(runs)
+    result = analyse(runs, diverged_runs(args.study))
     atomic_write_json(result, args.study / "registered.json")
     atomic_write_bytes(report(result).encode(), args.study / "registered.md")
     plot_curves(runs, args.study / "validation_curves.png")

@@ -6,8 +6,11 @@ Each RUN folder must hold ``weights.safetensors``.  The network is rebuilt with 
 and the BatchNorm statistics tracked in training (what RigL ships), a Kronecker-factored last-layer
 Laplace approximation is fitted on the clean training images, its prior precision chosen by
 validation NLL, and the probit predictive is scored on the test and validation splits
-(``inference/laplace.py``).  Written to ``<run>/laplace.json`` (or ``--out DIR/<run>.json``), which
-``experiments.controlled_study`` pairs with CigL by seed.
+(``inference/laplace.py``).  Written to ``<run>/laplace.json``, which ``experiments.controlled_study``
+pairs with CigL by seed (``--out DIR`` writes ``DIR/<run>.json`` instead, for read-only runs; the
+study's analysis does not read those).  laplace-torch treats the last layer as dense, so the
+pruned weights of a sparse last layer get posterior variance too: the baseline's predictive is
+not a sparse model's (recorded as ``last_layer_sparsity_kept: false``).
 """
 
 from __future__ import annotations
@@ -36,18 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
+    try:  # before any data are read
+        import laplace
+    except ImportError:
+        raise ValueError("the Laplace baseline needs laplace-torch: pip install -e \".[laplace]\"") from None
     paths = [weights_path(r) for r in args.runs]
     for run, path in tqdm(list(zip(args.runs, paths)), desc="laplace", unit="run", disable=not args.progress):
         net, cfg, data, _ = network_from_weights(path, data_dir=args.data_dir, device=args.device)
         loaders, labels = evaluation_loaders(data)
         fit = last_layer_laplace(net.module, data.train_eval, loaders)
-        import laplace
-
         result = {"method": cfg.method, "seed": cfg.seed, "weights": "final", "bn_protocol": "tracked",
                   "subset_of_weights": "last_layer", "hessian_structure": "kron", "link_approx": "probit",
                   "prior_precision": fit.prior_precision,
                   "prior_precision_fit": "laplace-torch gridsearch, validation NLL, 10^[-4, 4] (100 points)",
                   "hessian_data": "clean training images",
+                  # laplace-torch treats the last layer as dense: its pruned weights get posterior variance too
+                  "last_layer_sparsity_kept": False,
                   "laplace_torch": getattr(laplace, "__version__", "unknown"),
                   **{split: metrics.calibration_metrics(lp, labels[split], from_logits=True)
                      for split, lp in fit.log_probs.items()},

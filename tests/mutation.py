@@ -388,6 +388,10 @@ MUTANTS: list[Mutant] = [
            "self.net.mask.views(self.net.effective_flat(None))))",
            ("tests/test_drop_in.py::test_the_forward_pass_sees_m_z_w_in_training_and_m_w_in_eval",
             "tests/test_drop_in.py::test_a_user_loop_follows_the_trainers_trajectory")),
+    Mutant("lightning-resume-masks-again", "resuming from a Lightning checkpoint masks the restored weights with "
+           "a fresh initial M", "cigl_bayes/lightning.py", "apply_mask=self._pending_state is None,",
+           "apply_mask=True,",
+           ("tests/test_lightning.py::test_a_lightning_checkpoint_resumes_with_its_own_weights_and_mask",)),
     Mutant("temperature-on-test", "temperature scaling is fitted on the test split",
            "cigl_bayes/evaluate.py", 'temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])',
            'temperature = metrics.fit_temperature(preds[output]["test"], labels["test"])', NO_TEST_FIT),

@@ -36,8 +36,8 @@ def protocol_data(seed: int = 0) -> Data:
     x = torch.randn(N_IMAGES, 3, 8, 8, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (N_IMAGES,), generator=g)
     x_aug = x.flip(-1) * 1.5 + 0.7
-    xv = torch.randn(64, 3, 8, 8, generator=g, dtype=torch.float64)
-    yv = torch.randint(0, 10, (64,), generator=g)
+    xv = torch.randn(48, 3, 8, 8, generator=g, dtype=torch.float64)  # its own size: not mistakable for test
+    yv = torch.randint(0, 10, (48,), generator=g)
     return Data(train=TensorLoader(x, y, batch_size=BATCH, shuffle=True, seed=seed),
                 train_eval=TensorLoader(x, y, batch_size=64, shuffle=False),
                 val=TensorLoader(xv, yv, batch_size=64, shuffle=False),
@@ -274,12 +274,15 @@ def test_temperature_is_fitted_on_the_validation_split_only(tmp_path, monkeypatc
     original = metrics.fit_temperature
 
     def spy(log_probs, labels, *args, **kwargs):
-        seen.append(labels.clone())
+        seen.append((log_probs.clone(), labels.clone()))
         return original(log_probs, labels, *args, **kwargs)
 
     monkeypatch.setattr(metrics, "fit_temperature", spy)
     evaluate_and_write(trainer)
-    assert len(seen) == 1 and torch.equal(seen[0], trainer.data.val.y)
+    assert len(seen) == 1 and torch.equal(seen[0][1], trainer.data.val.y)
+    # and the scores are the validation split's own: the output predictor on the validation images
+    x_val = trainer.data.val.x
+    assert seen[0][0].shape[0] == x_val.shape[0] != trainer.data.test.x.shape[0]
 
 
 def test_batchnorm_protocols_recompute_on_training_images_only(tmp_path):

@@ -60,3 +60,37 @@ def test_the_callback_trains_a_lightning_module_with_cigl(tmp_path):
     assert averaged(torch.randn(2, 3, 8, 8)).shape == (2, 10)
     assert "step" not in vars(trainer.optimizers[0])  # the optimizer's own step is back
     assert set(callback.state_dict()) >= {"mask", "wma", "z_source", "step"}
+
+
+def test_a_lightning_checkpoint_resumes_with_its_own_weights_and_mask(tmp_path):
+    """Lightning restores the weights before the callback builds CigL: they must keep the saved
+    values (not be masked by a fresh initial M), and the saved mask comes back."""
+    def trainer(epochs, *callbacks):
+        return L.Trainer(max_epochs=epochs, callbacks=list(callbacks), accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+
+    torch.manual_seed(0)
+    first = CigLCallback(method="cigl", sparsity=0.9, delta_t=4, seed=1)
+    t1 = trainer(2, first)
+    t1.fit(LitCNN(), loader())
+    ckpt = tmp_path / "two-epochs.ckpt"
+    t1.save_checkpoint(ckpt)
+    saved_mask = first.cigl.net.mask.flat.clone()
+    saved_weights = {n: p.detach().clone() for n, p in first.cigl.net.module.named_parameters()}
+    assert "forward" not in vars(first.cigl.net.module)  # detached at the end of fit
+
+    second = CigLCallback(method="cigl", sparsity=0.9, delta_t=4, seed=1)
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_start(self, tr, pl_module):
+            seen["mask"] = second.cigl.net.mask.flat.clone()
+            seen["weights"] = {n: p.detach().clone() for n, p in second.cigl.net.module.named_parameters()}
+
+    torch.manual_seed(5)  # another initial model: everything must come from the checkpoint
+    trainer(4, second, Spy()).fit(LitCNN(), loader(), ckpt_path=ckpt)
+    assert torch.equal(seen["mask"], saved_mask)
+    for name, value in saved_weights.items():
+        assert torch.equal(seen["weights"][name], value), name
+    assert second.cigl.step_count == 24 and second.cigl.epoch == 4
