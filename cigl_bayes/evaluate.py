@@ -68,8 +68,9 @@ def evaluate_weights(net, cfg, data, weights: RunWeights, loaders: dict) -> dict
     names = ["final"] + (["wma"] if weights.wma is not None else []) + (["predictive"] if weights.samples else [])
     out: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
     for name in names:
+        # the protocol, not the draw's key, decides the BatchNorm statistics here
         draws = predictor_draws(name, weights.final, weights.samples, wma=weights.wma,
-                                count=max(1, len(weights.samples)), final_bn_recomputed=cfg.final_bn_recomputed)
+                                count=max(1, len(weights.samples)))
         for protocol in (p for p in bn_protocols_of(name) if p in data.bn_protocols):
             per_split = draws_log_probs(net, draws, loaders, data.bn_loader(protocol), cfg.bn_batches, protocol)
             out.setdefault(protocol, {})[name] = {k: combine(name, v) for k, v in per_split.items()}
