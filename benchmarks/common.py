@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from cigl_bayes.inference.training import Trainer
 
 from cigl_bayes import data as data_lib
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.train import Data
-from inference.training import Trainer
 
 # (label, method, engine): the variants compared side by side.
 VARIANTS = [("dense", "dense", "plain"), ("rigl", "rigl", "plain"), ("cigl", "cigl", "plain"),

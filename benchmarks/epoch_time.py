@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import torch
+from cigl_bayes.experiments.cli import add_host_allocator_argument, apply_host_allocator
 
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import describe_host, resolve_device
 from cigl_bayes.runs import atomic_write_json
-from experiments.cli import add_host_allocator_argument, apply_host_allocator
 
 from .common import fast_path, flops_per_step, make_trainer, synchronize, synthetic_data
 

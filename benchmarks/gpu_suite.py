@@ -90,7 +90,7 @@ def stage_env(sizes: Sizes, out: Path, dry: bool) -> dict:
 
 
 def stage_step(sizes: Sizes, out: Path, dry: bool) -> dict:
-    from benchmarks import step_time
+    from cigl_bayes.benchmarks import step_time
 
     results = {}
     for model in sizes.models:
@@ -106,7 +106,7 @@ def stage_step(sizes: Sizes, out: Path, dry: bool) -> dict:
 
 
 def stage_epoch(sizes: Sizes, out: Path, dry: bool) -> dict:
-    from benchmarks import epoch_time
+    from cigl_bayes.benchmarks import epoch_time
 
     results = {}
     for model in sizes.models:
@@ -142,10 +142,11 @@ def write_image_folder(root: Path, images: int, size: int, classes: int = 4) -> 
 
 
 def stage_imagenet(sizes: Sizes, out: Path, dry: bool) -> dict:
+    from cigl_bayes.inference.training import Trainer
+
     from cigl_bayes import imagenet
     from cigl_bayes.config import TrainConfig
     from cigl_bayes.train import build_data
-    from inference.training import Trainer
 
     device = torch.device(sizes.device)
     results = {}
@@ -181,7 +182,7 @@ def stage_imagenet(sizes: Sizes, out: Path, dry: bool) -> dict:
 def stage_pair(sizes: Sizes, out: Path, dry: bool, budget_s: float) -> dict:
     """rigl and cigl at 0.95, seed 0, gpu-short protocol; skipped when one epoch's estimate × the
     pair's epochs exceeds ``budget_s``."""
-    from experiments import sweep
+    from cigl_bayes.experiments import sweep
 
     epoch_file = out / "epoch.json"
     per_epoch = None

@@ -33,13 +33,13 @@ import time
 from pathlib import Path
 
 import torch
+from cigl_bayes.models import build_model
 from torch import nn
 
 from cigl_bayes.device import HOST_ALLOCATOR_MODES, configure_host_allocator, describe_host, fast_path_available
 from cigl_bayes.export import export_network, fold_batchnorm, load_exported
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
 from cigl_bayes.sparsity import densities_for, layer_nnz, sparse_parameter_names
-from models import build_model
 
 
 def masked_network(model: str, sparsity: float, seed: int = 0) -> nn.Module:

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cigl_bayes.experiments.cli import add_host_allocator_argument, apply_host_allocator
+from cigl_bayes.inference.swag import SparseSWAG
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import describe_host, resolve_device
 from cigl_bayes.runs import atomic_write_json
-from experiments.cli import add_host_allocator_argument, apply_host_allocator
-from inference.swag import SparseSWAG
 
 from .common import VARIANTS, fast_path, flops_per_step, make_trainer, median, synthetic_data, timed
 
@@ -41,8 +41,9 @@ class DropInStep:
     ``cigl.step()``, the lr scheduler; bf16 autocast and channels-last where the Trainer's fast path has them."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, num_classes: int):
+        from cigl_bayes.models import build_model
+
         from cigl_bayes import CigL
-        from models import build_model
 
         cfg = cfg.resolved(n_train=45_000)
         speed = cfg.speed_options(device)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import build_model
+from cigl_bayes.models import build_model
 
 from .data import image_batch
 from .runs import atomic_write_via

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from models import build_model
+from cigl_bayes.models import build_model
 
 from . import data as data_lib
 from .averaging import SnapshotStore

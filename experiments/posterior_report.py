@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cigl_bayes.inference import diagnostics, load_run
 from tqdm.auto import tqdm
 
 from cigl_bayes import data as data_lib
@@ -35,7 +36,6 @@ from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.predict import combine
 from cigl_bayes.runs import RunFolderLock, atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
-from inference import diagnostics, load_run
 
 from .cli import ArgumentParser, check_run_folders, run_cli
 

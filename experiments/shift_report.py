@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cigl_bayes.inference import load_run
 from tqdm.auto import tqdm
 
 from cigl_bayes import corruptions as corruption_lib
@@ -44,7 +45,6 @@ from cigl_bayes.runs import (
     check_out_dir,
 )
 from cigl_bayes.shift import ShiftSets, build_shift_sets
-from inference import load_run
 
 from .cli import ArgumentParser, check_run_folders, run_cli
 

@@ -42,13 +42,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from cigl_bayes.inference.training import run
 from tqdm.auto import tqdm
 
 from cigl_bayes import metrics
 from cigl_bayes.config import METHODS, RESUME_FREE_FIELDS, TrainConfig
 from cigl_bayes.device import resolve_device
 from cigl_bayes.runs import RunFolderBusy, atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
-from inference.training import run
 
 from .cli import ArgumentParser, add_host_allocator_argument, apply_host_allocator, run_cli
 
@@ -733,7 +733,7 @@ def posterior_chains_table(runs_root: Path, plot_root: Path) -> str:
     Per group (method, engine, sparsity): ``az.summary`` (mean, sd, ESS, R-hat) of the draws' test
     NLL, test accuracy and ‖θ‖, and the largest R-hat / smallest bulk ESS over the per-layer weight
     norms; a trace plot ``posterior_chains_<method>_<engine>_s<sparsity>.png`` where draws ≥ 2."""
-    from inference import diagnostics
+    from cigl_bayes.inference import diagnostics
 
     groups = chain_summaries_of(runs_root)
     if not groups:

@@ -23,6 +23,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
+from cigl_bayes.inference.training import Trainer
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
@@ -31,7 +32,6 @@ from cigl_bayes.device import resolve_device
 from cigl_bayes.predict import predictor_draws
 from cigl_bayes.runs import atomic_save_figure, atomic_write_csv, atomic_write_json
 from cigl_bayes.train import Data
-from inference.training import Trainer
 
 from .cli import ArgumentParser, run_cli
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_train < 8 or args.noise_std <= 0:
         raise ValueError("need --n-train ≥ 8 and --noise-std > 0")
 
-    from inference.swag import SparseSWAG
+    from cigl_bayes.inference.swag import SparseSWAG
 
     device = resolve_device(args.device)
     tau = 1.0 / args.noise_std**2

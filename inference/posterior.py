@@ -1,6 +1,6 @@
 """The posterior tools for a :class:`cigl_bayes.CigL` object in memory, without a run folder.
 
-    from inference import posterior
+    from cigl_bayes.inference import posterior
     post = posterior(cigl, bn_loader)                  # after training your own model with CigL
     post.predict(x, "predictive").probs                 # final, wma, predictive, mc-z, swag
     post.swag(rank=2); post.to_inferencedata()

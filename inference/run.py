@@ -1,6 +1,6 @@
 """A finished run folder as a Python object: ``load_run(run_dir) -> TrainedRun``.
 
-    from inference import load_run
+    from cigl_bayes.inference import load_run
     run = load_run("runs/cigl")                       # config, network (eval mode), mask, WMA, samples
     pred = run.predict(images, "predictive")          # uint8 or float images, as the data set stores them
     pred.probs, pred.draws, pred.entropy(), pred.mutual_information()
@@ -350,8 +350,9 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
 
 def _network(cfg: TrainConfig, module_state: dict, device: torch.device) -> SparseNetwork:
     """The run's network, built with as many outputs as its saved last layer has."""
+    from cigl_bayes.models import build_model
+
     from cigl_bayes.train import build_network
-    from models import build_model
 
     probe = build_model(cfg.model, num_classes=2, dropout=cfg.dropout)
     last = sparse_parameter_names(probe)[-1]

@@ -1,6 +1,6 @@
 """Training with either engine: the one loop of ``cigl_bayes.train`` with the Pyro objective plugged in.
 
-    from inference import run
+    from cigl_bayes.inference import run
     run(TrainConfig(method="cigl", engine="svi", ...), "runs/cigl-svi")
 
 ``cigl_bayes`` knows only the plain objective, so that imports flow one way (inference →

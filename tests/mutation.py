@@ -395,6 +395,11 @@ MUTANTS: list[Mutant] = [
     Mutant("temperature-on-test", "temperature scaling is fitted on the test split",
            "cigl_bayes/evaluate.py", 'temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])',
            'temperature = metrics.fit_temperature(preds[output]["test"], labels["test"])', NO_TEST_FIT),
+    Mutant("upward-import", "a cigl_bayes module imports the inference layer above it (relative, function-level, "
+           "through the installed name cigl_bayes.inference)",
+           "cigl_bayes/weights.py", "from .runs import atomic_write_via\n",
+           "from .runs import atomic_write_via\n\n\ndef _upward():\n    from .inference import swag  # noqa: F401\n",
+           ("tests/test_architecture.py::test_no_module_imports_a_package_above_its_own",)),
 ]
 
 

@@ -14,28 +14,56 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYER = {"models": 0, "cigl_bayes": 1, "inference": 2, "experiments": 3, "benchmarks": 3}
 
 
-def imported_packages(path: Path) -> set[str]:
-    """Top-level project packages imported anywhere in ``path`` (function-level imports included)."""
+def _layer_of(module: str) -> str:
+    """The project layer a module belongs to: the repository folders install as ``cigl_bayes.<folder>``."""
+    parts = module.split(".")
+    if parts[0] == "cigl_bayes" and len(parts) > 1 and parts[1] in LAYER:
+        return parts[1]
+    return parts[0]
+
+
+def imported_packages(path: Path, package: str | None = None) -> set[str]:
+    """Project layers imported anywhere in ``path`` (function-level and relative imports included).
+
+    ``package`` is the repository folder ``path`` lives in, which resolves relative imports
+    (``inference/`` is installed as ``cigl_bayes.inference``).
+    """
+    home = ["cigl_bayes"] if package in (None, "cigl_bayes") else ["cigl_bayes", package]
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            out.update(a.name.split(".")[0] for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.add(node.module.split(".")[0])
+            out.update(_layer_of(a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                out.add(_layer_of(node.module or ""))
+                continue
+            base = home[: len(home) - (node.level - 1)]
+            modules = [node.module] if node.module else [a.name for a in node.names]
+            out.update(_layer_of(".".join([*base, m])) for m in modules)
     return out & set(LAYER)
 
 
 @pytest.mark.parametrize("package", ["models", "cigl_bayes", "inference"])
 def test_no_module_imports_a_package_above_its_own(package):
-    upward = {str(p.relative_to(ROOT)): sorted(q for q in imported_packages(p) if LAYER[q] > LAYER[package])
+    upward = {str(p.relative_to(ROOT)): sorted(q for q in imported_packages(p, package) if LAYER[q] > LAYER[package])
               for p in sorted((ROOT / package).rglob("*.py"))}
     assert not {k: v for k, v in upward.items() if v}
 
 
 def test_the_layer_check_sees_a_function_level_upward_import(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from inference.objective import ElboObjective\n")
+    probe.write_text("def f():\n    from cigl_bayes.inference.objective import ElboObjective\n")
     assert imported_packages(probe) == {"inference"}
+    probe.write_text("from cigl_bayes.config import TrainConfig\nimport cigl_bayes.experiments.train\n")
+    assert imported_packages(probe) == {"cigl_bayes", "experiments"}
+
+
+def test_the_layer_check_resolves_relative_imports_to_the_installed_names(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from .inference import load_run\nfrom . import models\nfrom .config import TrainConfig\n")
+    assert imported_packages(probe, "cigl_bayes") == {"inference", "models", "cigl_bayes"}
+    probe.write_text("from .guide import HierarchicalGuide\nfrom ..experiments import cli\n")
+    assert imported_packages(probe, "inference") == {"inference", "experiments"}
 
 
 def test_cigl_bayes_alone_names_the_missing_svi_objective(tmp_path):

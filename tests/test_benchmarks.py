@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from benchmarks import epoch_time, step_time
+from cigl_bayes.benchmarks import epoch_time, step_time
 
 
 def test_step_time_quick(tmp_path):
@@ -37,7 +36,7 @@ def test_epoch_time_quick(tmp_path):
 
 
 def test_precision_benchmark_runs_all_four_settings(tmp_path):
-    from benchmarks import precision
+    from cigl_bayes.benchmarks import precision
 
     out = tmp_path / "precision.json"
     assert precision.main(["--model", "mlp", "--batch-size", "16", "--steps", "1", "--device", "cpu",
@@ -50,7 +49,7 @@ def test_precision_benchmark_runs_all_four_settings(tmp_path):
 @pytest.mark.slow
 def test_gpu_suite_dry_run_runs_every_stage(tmp_path, cifar_data_dir, cache_dir, monkeypatch):
     """Every stage of the GPU suite, tiny and on the CPU, so none is first executed on a lent GPU."""
-    from benchmarks import gpu_suite
+    from cigl_bayes.benchmarks import gpu_suite
 
     monkeypatch.setenv("CIGL_DATA_DIR", str(cifar_data_dir))
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
@@ -76,7 +75,7 @@ def test_gpu_suite_dry_run_runs_every_stage(tmp_path, cifar_data_dir, cache_dir,
 
 
 def test_inference_quick(tmp_path):
-    from benchmarks import inference
+    from cigl_bayes.benchmarks import inference
 
     assert inference.main(["--quick", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "inference.json").read_text())
@@ -92,7 +91,7 @@ def test_inference_quick(tmp_path):
 def test_side_by_side_quick(tmp_path):
     """One process on every core against two side by side: every worker ran on the threads asked,
     the two side-by-side windows overlapped, and the ratio is their summed throughput over the one's."""
-    from benchmarks import side_by_side
+    from cigl_bayes.benchmarks import side_by_side
 
     out = tmp_path / "side.json"
     assert side_by_side.main(["--quick", "--jobs", "2", "--out", str(out)]) == 0
@@ -109,7 +108,7 @@ def test_side_by_side_quick(tmp_path):
 
 
 def test_side_by_side_names_a_failing_worker(tmp_path):
-    from benchmarks import side_by_side
+    from cigl_bayes.benchmarks import side_by_side
 
     with pytest.raises(RuntimeError, match="a benchmark worker failed before its steps.*no-such-model"):
         side_by_side.main(["--model", "no-such-model", "--seconds", "1", "--warmup", "0", "--rounds", "1",

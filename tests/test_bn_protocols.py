@@ -14,6 +14,7 @@ import json
 
 import pytest
 import torch
+from cigl_bayes.inference.training import Trainer
 from torch import nn
 
 from cigl_bayes import metrics
@@ -24,7 +25,6 @@ from cigl_bayes.masks import DeterministicMask
 from cigl_bayes.predict import BN_PROTOCOLS, draws_log_probs, predictor_draws
 from cigl_bayes.train import Data
 from cigl_bayes.weights import WeightsFileError, load_run_weights, save_run_weights
-from inference.training import Trainer
 
 N_IMAGES, BATCH = 192, 32
 
@@ -200,8 +200,8 @@ def test_reevaluation_from_the_weights_file_equals_the_original_evaluation(tmp_p
     folder, no checkpoint): every predictor under every protocol scores exactly as before."""
     import shutil
 
-    from experiments.reevaluate import main as reevaluate_main
-    from inference.training import run
+    from cigl_bayes.experiments.reevaluate import main as reevaluate_main
+    from cigl_bayes.inference.training import run
 
     cfg = TrainConfig(method="cigl", model="small-cnn", sparsity=0.9, epochs=2, wma_start_epoch=0, subset=400,
                       test_subset=300, batch_size=64, data_dir=str(cifar_data_dir), device="cpu", amp="off")

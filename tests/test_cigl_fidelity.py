@@ -19,6 +19,9 @@ import pyro.poutine as poutine
 import pytest
 import torch
 import torch.nn.functional as F
+from cigl_bayes.inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
+from cigl_bayes.inference.training import Trainer
+from cigl_bayes.models import build_model
 from torch import nn
 from torch.func import functional_call
 
@@ -31,9 +34,6 @@ from cigl_bayes.objectives import PlainObjective
 from cigl_bayes.random_mask import random_keep_mask
 from cigl_bayes.sparsity import densities_for, layer_nnz, sparse_parameter_names
 from cigl_bayes.train import Data
-from inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
-from inference.training import Trainer
-from models import build_model
 
 N_IMAGES, BATCH = 192, 32  # 6 steps per epoch
 

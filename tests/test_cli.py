@@ -44,7 +44,7 @@ def test_svi_cifar_one_epoch_writes_a_run_folder(cifar_data_dir, cache_dir, tmp_
 
 def call_cli(main, argv: list[str], capsys) -> tuple[int, str]:
     """Run a CLI's ``main`` in this process the way ``python -m`` does: (exit status, stderr)."""
-    from experiments.cli import run_cli
+    from cigl_bayes.experiments.cli import run_cli
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
@@ -96,7 +96,7 @@ def call_cli(main, argv: list[str], capsys) -> tuple[int, str]:
 def test_bad_input_gives_one_line_error_and_exit_2(args, message, cifar_data_dir, cache_dir, tmp_path, capsys,
                                                   monkeypatch):
     """In process (the table is long); test_bad_input_smoke_in_a_subprocess checks the real entry point."""
-    from experiments import svi_cifar
+    from cigl_bayes.experiments import svi_cifar
 
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
     out = tmp_path / "run"
@@ -124,8 +124,9 @@ def test_every_config_field_is_an_option_and_the_cli_defaults_are_the_configs():
     import argparse
     import dataclasses
 
+    from cigl_bayes.experiments.cli import add_train_arguments, config_from_args
+
     from cigl_bayes.config import TrainConfig
-    from experiments.cli import add_train_arguments, config_from_args
 
     p = argparse.ArgumentParser()
     add_train_arguments(p)
@@ -174,7 +175,7 @@ def test_resume_with_other_options_and_corrupt_checkpoint_via_cli(cifar_data_dir
 
 
 def test_the_results_table_keeps_its_columns_apart_for_huge_values(capsys):
-    from experiments.cli import print_results
+    from cigl_bayes.experiments.cli import print_results
 
     row = {"accuracy": 0.875, "ece": 0.02043043676, "ece10": 0.02, "nll": 2.0e9, "brier": 6.1669}
     print_results({"method": "cigl", "engine": "svi", "model": "small-cnn", "sparsity_target": 0.95,

@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
-from experiments import compare_studies
-from experiments.cli import USER_ERRORS
+from cigl_bayes.experiments import compare_studies
+from cigl_bayes.experiments.cli import USER_ERRORS
 
 
 def _study(root, accuracies: dict[int, float], compute_dtype: str, ece: float = 0.03, nll: float = 0.6,

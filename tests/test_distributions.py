@@ -7,8 +7,7 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
-
-from inference.distributions import IidBernoulli, IsotropicNormal, PointMass
+from cigl_bayes.inference.distributions import IidBernoulli, IsotropicNormal, PointMass
 
 
 def test_isotropic_normal_matches_pyro_normal_value_and_gradient():

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cigl_bayes.inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
 from torch import nn
 
 from cigl_bayes.masks import DeterministicMask
@@ -15,7 +16,6 @@ from cigl_bayes.network import SparseNetwork
 from cigl_bayes.objectives import PlainObjective
 from cigl_bayes.random_mask import random_keep_mask
 from cigl_bayes.sparsity import densities_for, layer_nnz, sparse_parameter_names
-from inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
 
 WD, N, KEEP = 5e-4, 4500, 0.9
 

@@ -12,11 +12,11 @@ import time
 
 import pytest
 import torch
+from cigl_bayes.inference.training import Trainer, run
 
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.runs import CheckpointError, load_checkpoint
 from cigl_bayes.train import TrainingDiverged
-from inference.training import Trainer, run
 from tests.conftest import REPO
 
 ARGS = ["--method", "cigl", "--model", "small-cnn", "--sparsity", "0.9", "--epochs", "3", "--subset", "1500",

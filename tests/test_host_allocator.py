@@ -52,7 +52,7 @@ def test_auto_leaves_the_allocator_alone_off_cpu_and_bad_modes_are_refused():
 
 
 def test_the_training_clis_take_the_option_and_refuse_bad_values(capsys):
-    from experiments import train
+    from cigl_bayes.experiments import train
 
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--host-allocator", "jemalloc", "--out", "unused"])

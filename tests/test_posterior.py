@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
+from cigl_bayes.inference.training import Trainer, run
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.predict import combine, draws_log_probs, nnz, predictor_draws
-from inference.training import Trainer, run
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_predictive_with_one_sample_equals_final(trained):
 
 
 def test_predictive_averages_probabilities_and_its_draws_are_the_samples(trained):
-    from experiments.posterior_report import PredictorResult
+    from cigl_bayes.experiments.posterior_report import PredictorResult
 
     net, data = trained.net, trained.data
     samples = list(trained.samples)
@@ -101,7 +101,7 @@ def test_predictors_without_samples_are_refused_by_name(trained):
 
 
 def test_posterior_report_on_two_seeds(tiny_cfg, tmp_path):
-    from experiments import posterior_report
+    from cigl_bayes.experiments import posterior_report
 
     runs = []
     for seed in (0, 1):
@@ -141,7 +141,7 @@ def test_posterior_report_on_two_seeds(tiny_cfg, tmp_path):
 
 
 def test_posterior_report_refuses_missing_and_unfinished_runs(tiny_cfg, tmp_path):
-    from experiments import posterior_report
+    from cigl_bayes.experiments import posterior_report
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         posterior_report.main([str(tmp_path / "nope"), "--device", "cpu"])

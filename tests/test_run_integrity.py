@@ -38,7 +38,7 @@ def test_nesterov_without_momentum_is_refused():
 
 
 def test_keep_and_random_mask_rate_must_agree():
-    from experiments import svi_cifar
+    from cigl_bayes.experiments import svi_cifar
 
     with pytest.raises(ValueError, match="disagree"):
         svi_cifar.main(["--keep", "0.99", "--random-mask-rate", "0.2", "--out", "/nonexistent/never-written"])
@@ -49,8 +49,9 @@ def test_keep_and_random_mask_rate_must_agree():
 def test_keep_099_gives_the_default_rate_exactly(monkeypatch):
     """--keep 0.99 must name the same config as the default (rate 0.01), not 1 − 0.99 =
     0.010000000000000009, which a resume or the sweep would treat as another run."""
+    from cigl_bayes.experiments import svi_cifar
+
     from cigl_bayes.config import TrainConfig
-    from experiments import svi_cifar
 
     seen = []
     monkeypatch.setattr(svi_cifar, "run", lambda cfg, out, progress: seen.append(cfg))
@@ -64,7 +65,7 @@ def test_keep_099_gives_the_default_rate_exactly(monkeypatch):
     (["--sparsities", "0.9", "0.90000001"], "--sparsities has values"),
 ])
 def test_sweep_refuses_repeated_grid_values_before_training(tmp_path, extra, match):
-    from experiments import sweep
+    from cigl_bayes.experiments import sweep
 
     with pytest.raises(ValueError, match=match):
         sweep.main(["--results", str(tmp_path), "--no-progress", *extra])
@@ -187,7 +188,7 @@ def test_fingerprints_tell_data_apart():
 
 
 def test_posterior_report_refuses_repeated_runs_and_a_file_as_out(tmp_path):
-    from experiments import posterior_report
+    from cigl_bayes.experiments import posterior_report
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -202,7 +203,7 @@ def test_posterior_report_refuses_repeated_runs_and_a_file_as_out(tmp_path):
 
 
 def test_posterior_report_refuses_runs_scored_on_different_test_points():
-    from experiments.posterior_report import RunAnalysis, check_same_test_points
+    from cigl_bayes.experiments.posterior_report import RunAnalysis, check_same_test_points
 
     def analysis(name, labels, fp):
         return RunAnalysis(Path(name), TrainConfig(), torch.tensor(labels), {}, [], [], [], {}, fp)
@@ -213,7 +214,7 @@ def test_posterior_report_refuses_runs_scored_on_different_test_points():
 
 
 def test_loaded_runs_refuse_other_data_than_the_runs(tiny, tmp_path):
-    from inference import RunFolderError, load_run
+    from cigl_bayes.inference import RunFolderError, load_run
 
     run(dataclasses.replace(tiny, wma_start_epoch=0), tmp_path, progress=False)
     assert load_run(tmp_path, device="cpu").labels("test").numel() == tiny.test_subset
@@ -266,7 +267,7 @@ def test_the_one_writer_writes_csv_npz_figures_and_named_files_atomically(tmp_pa
 
 
 def test_posterior_report_warns_on_stderr_when_a_run_has_one_sample(tiny, tmp_path, capsys):
-    from experiments import posterior_report
+    from cigl_bayes.experiments import posterior_report
 
     with pytest.warns(ShortRunWarning):
         run(tiny, tmp_path / "short", progress=False)  # 2 epochs, WMA from epoch 1: one sample

@@ -125,7 +125,7 @@ def test_garbage_and_truncated_checkpoints_are_named_corrupt_in_one_line(tmp_pat
 
 
 def test_convert_checkpoint_needs_trusted_keeps_the_original_and_gives_v2(tmp_path, capsys):
-    from experiments import convert_checkpoint
+    from cigl_bayes.experiments import convert_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     old = v1_state()
@@ -150,7 +150,7 @@ def test_convert_checkpoint_needs_trusted_keeps_the_original_and_gives_v2(tmp_pa
 
 
 def test_convert_checkpoint_writes_nothing_that_would_still_need_unpickling(tmp_path, capsys):
-    from experiments import convert_checkpoint
+    from cigl_bayes.experiments import convert_checkpoint
 
     path = tmp_path / "checkpoint.pt"
     torch.save({**v1_state(), "extra": np.zeros(2)}, path)
@@ -238,7 +238,7 @@ def test_a_crafted_cifar_batch_in_the_archive_runs_no_code(tmp_path):
 
 
 def test_a_crafted_cifar_batch_through_the_training_cli(tmp_path, capsys, monkeypatch):
-    from experiments import train
+    from cigl_bayes.experiments import train
 
     monkeypatch.setenv("CIGL_CACHE_DIR", str(tmp_path / "cache"))
     marker = tmp_path / "ran"
@@ -272,7 +272,7 @@ def runs(tmp_path_factory, cifar_data_dir, cache_dir):
     """Two finished tiny CigL runs, the same but for the seed (3 samples each): (root, config)."""
     import os
 
-    from inference import run
+    from cigl_bayes.inference import run
 
     os.environ["CIGL_CACHE_DIR"] = str(cache_dir)
     root = tmp_path_factory.mktemp("runs")
@@ -303,7 +303,7 @@ def crafted(runs, tmp_path):
 
 
 def test_load_run_refuses_a_crafted_checkpoint(crafted):
-    from inference import RunFolderError, load_run
+    from cigl_bayes.inference import RunFolderError, load_run
 
     out, marker = crafted
     with pytest.raises(RunFolderError, match="cannot be loaded safely") as err:
@@ -339,7 +339,7 @@ def test_the_report_clis_refuse_a_crafted_checkpoint(module, crafted, tmp_path, 
     import importlib
 
     out, marker = crafted
-    main = importlib.import_module(f"experiments.{module}").main
+    main = importlib.import_module(f"cigl_bayes.experiments.{module}").main
     argv = {"posterior_report": [str(out), "--device", "cpu", "--no-progress"],
             "export": [str(out), "--out", str(tmp_path / "m.safetensors"), "--device", "cpu"],
             "shift_report": [str(out), "--images", "10", "--ood-size", "10", "--corruptions", "gaussian_noise",
@@ -352,7 +352,7 @@ def test_the_report_clis_refuse_a_crafted_checkpoint(module, crafted, tmp_path, 
 def test_a_sample_copied_in_from_another_run_is_refused_by_name(runs, tmp_path):
     """sample_0001.pt of the seed-1 run has the right name and epoch, so only its values give it
     away: the samples no longer average to the checkpoint's WMA."""
-    from inference import RunFolderError, load_run
+    from cigl_bayes.inference import RunFolderError, load_run
 
     root, _ = runs
     out = tmp_path / "mixed"

@@ -157,9 +157,10 @@ def test_shift_sets_are_cached_and_rebuilt_from_a_broken_cache(images, tmp_path)
 
 
 def test_shift_report_on_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeypatch):
+    from cigl_bayes.experiments import shift_report
+    from cigl_bayes.inference import run
+
     from cigl_bayes.config import TrainConfig
-    from experiments import shift_report
-    from inference import run
 
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
     cfg = TrainConfig(method="cigl", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.9, epochs=3,
@@ -186,7 +187,7 @@ def test_shift_report_on_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeyp
     assert all(0 <= r["auroc"] <= 1 and 0 <= r["fpr95"] <= 1 for r in ood_rows)
     # the clean row of wma is the run's own evaluation of the same weights on the same images
     clean_wma = next(r for r in report["shift"] if r["predictor"] == "wma" and r["severity"] == 0)
-    from inference import load_run
+    from cigl_bayes.inference import load_run
 
     trained = load_run(runs[0], device="cpu")
     sets = build_shift_sets(load_dataset("cifar10", cifar_data_dir)[1],
@@ -220,7 +221,7 @@ def test_shift_report_on_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeyp
     (["--corruptions", "fog", "fog"], "given more than once"),
 ])
 def test_shift_report_refuses_bad_input_before_writing(tmp_path, extra, match):
-    from experiments import shift_report
+    from cigl_bayes.experiments import shift_report
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

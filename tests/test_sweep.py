@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cigl_bayes.experiments import sweep
 
 from cigl_bayes.device import fast_path_available
-from experiments import sweep
 
 
 def test_cpu_smoke_sweep_end_to_end(cifar_data_dir, cache_dir, tmp_path, monkeypatch):
@@ -596,7 +596,7 @@ def test_the_summary_plots_say_what_they_show(tmp_path, monkeypatch):
 def test_a_study_keeps_one_engine_so_a_sweep_of_the_other_cannot_overwrite_its_tables(tmp_path):
     """The tables of a study are those of one engine: a sweep with the other engine is refused in one line before
     it trains or writes anything, naming the way out (its own --study, compare_studies --engines)."""
-    from experiments.cli import USER_ERRORS
+    from cigl_bayes.experiments.cli import USER_ERRORS
 
     root = tmp_path / "cpu-study"
     (root / "runs" / "rigl-plain-s0.95-seed0").mkdir(parents=True)

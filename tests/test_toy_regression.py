@@ -6,8 +6,7 @@ import json
 import math
 
 import pytest
-
-from experiments import toy_regression
+from cigl_bayes.experiments import toy_regression
 
 
 @pytest.mark.parametrize("engine", ["svi", "plain"])
