@@ -28,7 +28,9 @@ Output in ``--out`` (default ``B/vs-<A's name>``, with ``--engines`` ``B/vs-<A's
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -93,7 +95,8 @@ def pair_runs(a_rows: list[dict], b_rows: list[dict]) -> list[dict]:
             raise ValueError(f"runs {a.get('folder')} of the two studies were scored on different test images "
                              "(test_fingerprint differs): compare studies of the same protocol and test set")
         row = {k: a[k] for k in PAIR_KEY}
-        row.update({"a_compute_dtype": a.get("compute_dtype"), "b_compute_dtype": b.get("compute_dtype")})
+        row.update({"a_compute_dtype": a.get("compute_dtype"), "b_compute_dtype": b.get("compute_dtype"),
+                    "a_folder": a.get("folder"), "b_folder": b.get("folder")})
         for m in METRICS:
             row.update({f"a_{m}": a[m], f"b_{m}": b[m], f"delta_{m}": b[m] - a[m]})
         pairs.append(row)
@@ -208,6 +211,32 @@ def _display_names(a_dir: Path, b_dir: Path) -> tuple[str, str]:
     return f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}"
 
 
+# config.json fields that are not a training setting, or are reported on their own (precision, engine)
+NOT_SETTINGS = frozenset({"seed", "data_dir", "download", "device", "amp", "dtype", "channels_last", "compile",
+                          "log_every", "engine", "save_samples"})
+
+
+def setting_differences(pairs: list[dict], a_dir: Path, b_dir: Path) -> dict[str, set[tuple]]:
+    """Training settings (config.json) in which paired runs differ, besides precision and engine:
+    ``{field: {(A's value, B's value), ...}}``.  A pair that differs in, say, ``epochs`` as well as in
+    the setting under study mixes both effects; the comparison names every such field."""
+    differing: dict[str, set[tuple]] = defaultdict(set)
+    for pair in {(p["a_folder"], p["b_folder"]) for p in pairs}:
+        configs = []
+        for study, folder in zip((a_dir, b_dir), pair):
+            try:
+                configs.append(json.loads((study / "runs" / folder / "config.json").read_text()))
+            except (OSError, ValueError):
+                configs.append(None)
+        if None in configs:
+            continue
+        a_cfg, b_cfg = configs
+        for key in sorted((set(a_cfg) | set(b_cfg)) - NOT_SETTINGS):
+            if a_cfg.get(key) != b_cfg.get(key):
+                differing[key].add((json.dumps(a_cfg.get(key)), json.dumps(b_cfg.get(key))))
+    return dict(differing)
+
+
 def _precisions(rows: list[dict]) -> str:
     counts: dict[str, int] = defaultdict(int)
     for r in {r["folder"]: r for r in rows}.values():
@@ -254,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     unpaired = {side: sorted({r["folder"] for r in rows if tuple(r[k] for k in PAIR_KEY) not in keys})
                 for side, rows in (("A", a_rows), ("B", b_rows))}
     notes = [f"A = {a_dir} ran in {_precisions(a_rows)}; B = {b_dir} ran in {_precisions(b_rows)}."]
+    differing = setting_differences(pairs, a_dir, b_dir)
+    if differing:
+        listed = "; ".join(f"{key} ({', '.join(f'A {va}, B {vb}' for va, vb in sorted(values))})"
+                           for key, values in sorted(differing.items()))
+        warning = (f"the paired runs also differ in {listed}: each difference mixes that change with the one "
+                   "under study")
+        print(f"compare_studies: warning: {warning}", file=sys.stderr)
+        notes.append(f"**Warning:** {warning}.")
     notes += [f"Runs of {side} without a partner, left out: {', '.join(names)}."
               for side, names in unpaired.items() if names]
     out.mkdir(parents=True, exist_ok=True)

@@ -147,3 +147,30 @@ def test_engines_can_be_the_compared_setting(tmp_path):
     assert "| rigl | plain→svi | 0.95 | final | 2 | -9.00 ± 1.41 |" in (tmp_path / "o" / "comparison.md").read_text()
     with pytest.raises(SystemExit):
         compare_studies.main([str(a), str(b), "--engines", "plain", "laplace"])
+
+
+def _configure(study, **settings):
+    """Give every run of ``study`` a config.json: the cpu-smoke settings, overridden by ``settings``."""
+    for folder in (study / "runs").iterdir():
+        seed = int(folder.name.rsplit("seed", 1)[1])
+        config = {"method": "rigl", "model": "small-cnn", "epochs": 6, "batch_size": 64, "amp": "off",
+                  "dtype": "float32", "data_dir": str(study), "seed": seed, **settings}
+        (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_studies_that_also_differ_in_epochs_are_warned_about(tmp_path, capsys):
+    a = _study(tmp_path / "a", {0: 0.70, 1: 0.72}, "float32")
+    c = _study(tmp_path / "c", {0: 0.71, 1: 0.73}, "bfloat16")
+    _configure(a)
+    _configure(c, epochs=8, amp="bf16")  # precision is the setting under study; epochs changed too
+    assert compare_studies.main([str(a), str(c)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "epochs (A 6, B 8)" in err
+    assert "amp" not in err and "data_dir" not in err and "seed" not in err  # precision is reported on its own
+    assert "**Warning:** the paired runs also differ in epochs (A 6, B 8)" in (c / "vs-a" / "comparison.md").read_text()
+
+    same = _study(tmp_path / "same", {0: 0.71, 1: 0.73}, "bfloat16")
+    _configure(same, amp="bf16")
+    assert compare_studies.main([str(a), str(same)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert "Warning" not in (same / "vs-a" / "comparison.md").read_text()
