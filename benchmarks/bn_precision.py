@@ -14,14 +14,16 @@ large it is, so a study can decide whether the fast path may replace float32 (do
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from cigl_bayes.device import describe_host, resolve_device
+from cigl_bayes.experiments.cli import ArgumentParser, run_cli
 from cigl_bayes.runs import atomic_write_json
+
+from .common import check_options
 
 
 def block(seed: int) -> nn.Sequential:
@@ -54,11 +56,12 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bn_precision", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.bn_precision", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="benchmarks/results/bn_precision.json")
     args = p.parse_args(argv)
+    check_options(args)
     device = resolve_device(args.device)
     rows = []
     for seed in range(args.seeds):
@@ -77,4 +80,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

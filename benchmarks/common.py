@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import statistics
 import tempfile
 import time
@@ -10,15 +12,82 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from cigl_bayes.inference.training import Trainer
 
 from cigl_bayes import data as data_lib
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.inference.training import Trainer
 from cigl_bayes.train import Data
 
 # (label, method, engine): the variants compared side by side.
 VARIANTS = [("dense", "dense", "plain"), ("rigl", "rigl", "plain"), ("cigl", "cigl", "plain"),
             ("cigl-svi", "cigl", "svi")]
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The ``dest`` of every option written on the command line ``argv`` (abbreviations included)."""
+    saved = {action.dest: action.default for action in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action in parser._actions:
+            action.default = saved[action.dest]
+
+
+def apply_preset(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None,
+                 **preset) -> None:
+    """A preset's sizes (``--quick``, ``--dry-run``) for every option the user did *not* give: an
+    explicit ``--model`` or ``--batch-size`` wins over the preset instead of being silently replaced."""
+    given = given_options(parser, argv)
+    for dest, value in preset.items():
+        if dest not in given:
+            setattr(args, dest, value)
+
+
+# the benchmarks' shared size options: each must be an integer ≥ 1 (warm-up steps ≥ 0)
+_POSITIVE_INTS = ("batch_size", "steps", "rounds", "epochs", "subset", "jobs", "repeats", "seeds")
+_NON_NEGATIVE_INTS = ("warmup",)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first bad option among those ``args`` has (model names, method,
+    engine, sizes, sparsities), so a benchmark refuses bad input before it builds or times anything."""
+    from cigl_bayes.config import METHODS
+    from cigl_bayes.models import check_model_name
+    from cigl_bayes.sparsity import check_sparsity
+
+    def flag(dest: str) -> str:
+        return "--" + dest.replace("_", "-")
+
+    for dest in ("model", "models"):
+        value = getattr(args, dest, None)
+        for name in value if isinstance(value, list) else ([] if value is None else [value]):
+            try:
+                check_model_name(name)
+            except ValueError as err:
+                raise ValueError(f"{flag(dest)}: {err}") from None
+    if getattr(args, "method", None) is not None and args.method not in METHODS:
+        raise ValueError(f"--method: unknown method {args.method!r}; known: {', '.join(METHODS)}")
+    for dest in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        low = 1 if dest in _POSITIVE_INTS else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{flag(dest)} must be an integer ≥ {low}, got {value!r}")
+    for value in getattr(args, "batches", None) or []:
+        if value < 1:
+            raise ValueError(f"--batches must be integers ≥ 1, got {value!r}")
+    for value in getattr(args, "sparsities", None) or []:
+        try:
+            check_sparsity(value)
+        except ValueError as err:
+            raise ValueError(f"--sparsities: {err}") from None
+    for dest in ("seconds", "timeout", "budget_s"):
+        value = getattr(args, dest, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag(dest)} must be a number > 0, got {value!r}")
 
 
 def synthetic_data(n: int, batch_size: int, device: torch.device, num_classes: int = 10, seed: int = 0,

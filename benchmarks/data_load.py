@@ -8,9 +8,7 @@ uint8 arrays back.  Prints the times, the ratio and the split sizes, and writes 
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,16 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from cigl_bayes.data import load_dataset
+from cigl_bayes.experiments.cli import ArgumentParser, run_cli
 from cigl_bayes.runs import atomic_write_json
+
+from .common import check_options
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.data_load", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.data_load", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="cifar10")
     p.add_argument("--data-dir", default=None, help="default: $CIGL_DATA_DIR")
     p.add_argument("--repeats", type=int, default=3, help="cached loads timed (median reported)")
     p.add_argument("--out", default="benchmarks/results/data_load.json")
     args = p.parse_args(argv)
+    check_options(args)
     with tempfile.TemporaryDirectory(prefix="cigl-cache-") as cache:
         start = time.perf_counter()
         train, test = load_dataset(args.dataset, args.data_dir, cache_dir=cache)
@@ -52,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -12,19 +12,17 @@ defined and reported as null.  Achieved GFLOP/s: the counted FLOPs of a dense tr
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
-from cigl_bayes.experiments.cli import add_host_allocator_argument, apply_host_allocator
 
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import describe_host, resolve_device
+from cigl_bayes.experiments.cli import ArgumentParser, add_host_allocator_argument, apply_host_allocator, run_cli
 from cigl_bayes.runs import atomic_write_json
 
-from .common import fast_path, flops_per_step, make_trainer, synchronize, synthetic_data
+from .common import apply_preset, check_options, fast_path, flops_per_step, make_trainer, synchronize, synthetic_data
 
 
 class _NoBar:
@@ -52,7 +50,7 @@ def gpu_busy_fraction(trainer, device: torch.device) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.epoch_time", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.epoch_time", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="wrn-22-2")
     p.add_argument("--method", default="cigl")
     p.add_argument("--engine", default="plain", choices=["plain", "svi"])
@@ -68,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small-cnn, 2,000 synthetic images, 1 epoch")
     p.add_argument("--out", default="benchmarks/results/epoch_time.json")
     args = p.parse_args(argv)
-    if args.quick:
-        args.model, args.subset, args.epochs, args.synthetic = "small-cnn", 2000, 1, True
+    if args.quick:  # an option given explicitly wins over the preset
+        apply_preset(p, args, argv, model="small-cnn", subset=2000, epochs=1, synthetic=True)
+    check_options(args)
     device = resolve_device(args.device)
     apply_host_allocator(args)
     base = TrainConfig(model=args.model, batch_size=args.batch_size, device=str(device), sparsity=0.95,
@@ -114,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -37,7 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cigl_bayes.experiments.cli import ArgumentParser, run_cli
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
+
+from .common import check_options, given_options
 
 STAGES = ("env", "step", "epoch", "imagenet", "pair")
 TARGETS = {"wrn-22-2": (3.0, 1.5), "resnet50": (10.0, 5.0)}  # s/epoch: target, stretch goal
@@ -142,10 +145,9 @@ def write_image_folder(root: Path, images: int, size: int, classes: int = 4) -> 
 
 
 def stage_imagenet(sizes: Sizes, out: Path, dry: bool) -> dict:
-    from cigl_bayes.inference.training import Trainer
-
     from cigl_bayes import imagenet
     from cigl_bayes.config import TrainConfig
+    from cigl_bayes.inference.training import Trainer
     from cigl_bayes.train import build_data
 
     device = torch.device(sizes.device)
@@ -283,13 +285,16 @@ def _load(path: Path) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_suite", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="python -m benchmarks.gpu_suite", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--out", required=True, help="folder for the stage JSON files and summary.md")
     p.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--dry-run", action="store_true", help="every stage's code on CPU with tiny sizes")
     p.add_argument("--budget-s", type=float, default=480, help="seconds the pair stage may take (one call: 600)")
     args = p.parse_args(argv)
+    if args.dry_run and "budget_s" in given_options(p, argv):
+        p.error("--budget-s has no effect with --dry-run (the dry run's pair is tiny and always runs)")
+    check_options(args)
     if not args.dry_run and not torch.cuda.is_available():
         p.error("no CUDA device here; use --dry-run to exercise the code paths on the CPU")
     sizes = DRY if args.dry_run else Sizes()
@@ -312,4 +317,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -33,13 +33,16 @@ import time
 from pathlib import Path
 
 import torch
-from cigl_bayes.models import build_model
 from torch import nn
 
 from cigl_bayes.device import HOST_ALLOCATOR_MODES, configure_host_allocator, describe_host, fast_path_available
+from cigl_bayes.experiments.cli import ArgumentParser, run_cli
 from cigl_bayes.export import export_network, fold_batchnorm, load_exported
+from cigl_bayes.models import build_model
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
 from cigl_bayes.sparsity import densities_for, layer_nnz, sparse_parameter_names
+
+from .common import apply_preset, check_options
 
 
 def masked_network(model: str, sparsity: float, seed: int = 0) -> nn.Module:
@@ -139,7 +142,7 @@ def add_host_allocator_argument(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n")[0],
+    p = ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--models", nargs="+", default=["wrn-22-2", "small-cnn"])
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.99])
@@ -151,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     add_host_allocator_argument(p)
     args = p.parse_args(argv)
     configure_host_allocator(args.host_allocator, torch.device("cpu"))
-    if args.quick:
-        args.models, args.sparsities, args.batches, args.repeats = ["small-cnn"], [0.95], [1, 8], 3
+    if args.quick:  # an option given explicitly wins over the preset
+        apply_preset(p, args, argv, models=["small-cnn"], sparsities=[0.95], batches=[1, 8], repeats=3)
+    check_options(args)
     repeats = {b: args.repeats or (30 if b == 1 else 7) for b in args.batches}
     rows = []
     with tempfile.TemporaryDirectory(prefix="cigl-export-") as tmp:
@@ -170,4 +174,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_cli(main)

@@ -11,29 +11,29 @@ with bf16 matrix instructions (AMX-BF16, AVX512-BF16); without them it is emulat
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import describe_host, resolve_device
+from cigl_bayes.experiments.cli import ArgumentParser, run_cli
 from cigl_bayes.runs import atomic_write_json
 
-from .common import make_trainer, synchronize, synthetic_data
+from .common import check_options, make_trainer, synchronize, synthetic_data
 
 SETTINGS = [("fp32", "off", "off"), ("fp32+channels-last", "off", "on"), ("bf16", "bf16", "off"),
             ("bf16+channels-last", "bf16", "on")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="wrn-22-2")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results/precision.json")
     args = p.parse_args(argv)
+    check_options(args)
     device = resolve_device(args.device)
     seconds = {}
     for label, amp, channels_last in SETTINGS:
@@ -60,4 +60,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -27,6 +27,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cigl_bayes.experiments.cli import ArgumentParser, run_cli
+
+from .common import apply_preset, check_options
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -146,7 +150,7 @@ def measure(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.side_by_side", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="wrn-22-2")
     p.add_argument("--method", default="cigl")
     p.add_argument("--batch-size", type=int, default=128)
@@ -162,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
-    if args.quick:
-        args.model, args.batch_size, args.seconds, args.warmup, args.rounds = "small-cnn", 64, 2.0, 1, 1
+    if args.quick:  # an option given explicitly wins over the preset
+        apply_preset(p, args, argv, model="small-cnn", batch_size=64, seconds=2.0, warmup=1, rounds=1)
+    check_options(args)
     for name in ("jobs", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be ≥ 1")
@@ -185,4 +190,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

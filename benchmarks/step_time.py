@@ -16,23 +16,31 @@ dense network, ``torch.utils.flop_counter``) by its time.  Prints a table and wr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from cigl_bayes.experiments.cli import add_host_allocator_argument, apply_host_allocator
-from cigl_bayes.inference.swag import SparseSWAG
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import describe_host, resolve_device
+from cigl_bayes.experiments.cli import ArgumentParser, add_host_allocator_argument, apply_host_allocator, run_cli
+from cigl_bayes.inference.swag import SparseSWAG
 from cigl_bayes.runs import atomic_write_json
 
-from .common import VARIANTS, fast_path, flops_per_step, make_trainer, median, synthetic_data, timed
+from .common import (
+    VARIANTS,
+    apply_preset,
+    check_options,
+    fast_path,
+    flops_per_step,
+    make_trainer,
+    median,
+    synthetic_data,
+    timed,
+)
 
 
 class DropInStep:
@@ -41,9 +49,8 @@ class DropInStep:
     ``cigl.step()``, the lr scheduler; bf16 autocast and channels-last where the Trainer's fast path has them."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, num_classes: int):
-        from cigl_bayes.models import build_model
-
         from cigl_bayes import CigL
+        from cigl_bayes.models import build_model
 
         cfg = cfg.resolved(n_train=45_000)
         speed = cfg.speed_options(device)
@@ -156,7 +163,7 @@ def print_table(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m benchmarks.step_time", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="small-cnn")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
@@ -168,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small-cnn, batch 64, few rounds (< 60 s on CPU)")
     p.add_argument("--out", default="benchmarks/results/step_time.json")
     args = p.parse_args(argv)
-    if args.quick:
-        args.model, args.batch_size, args.rounds, args.steps, args.warmup = "small-cnn", 64, 5, 3, 2
+    if args.quick:  # an option given explicitly wins over the preset
+        apply_preset(p, args, argv, model="small-cnn", batch_size=64, rounds=5, steps=3, warmup=2)
+    check_options(args)
     device = resolve_device(args.device)
     apply_host_allocator(args)
     result = measure(args.model, args.batch_size, device, args.rounds, args.steps, args.warmup, compile=args.compile)
@@ -181,4 +189,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -15,10 +15,10 @@ import argparse
 from pathlib import Path
 
 import torch
-from cigl_bayes.inference import load_run
 
 from cigl_bayes import data as data_lib
 from cigl_bayes.export import export_network, load_exported
+from cigl_bayes.inference import load_run
 
 from .cli import ArgumentParser, run_cli
 

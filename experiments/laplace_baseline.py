@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cigl_bayes.inference.laplace import last_layer_laplace
 from tqdm.auto import tqdm
 
 from cigl_bayes import metrics
 from cigl_bayes.device import describe_host, resolve_device
 from cigl_bayes.evaluate import evaluation_loaders, network_from_weights
+from cigl_bayes.inference.laplace import last_layer_laplace
 from cigl_bayes.runs import RunFolderLock, atomic_write_json
 
 from .cli import ArgumentParser, run_cli

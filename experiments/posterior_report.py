@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cigl_bayes.inference import diagnostics, load_run
 from tqdm.auto import tqdm
 
 from cigl_bayes import data as data_lib
 from cigl_bayes import metrics
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.inference import diagnostics, load_run
 from cigl_bayes.predict import combine
 from cigl_bayes.runs import RunFolderLock, atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 

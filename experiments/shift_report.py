@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from cigl_bayes.inference import load_run
 from tqdm.auto import tqdm
 
 from cigl_bayes import corruptions as corruption_lib
 from cigl_bayes import metrics
 from cigl_bayes import ood as ood_lib
 from cigl_bayes.data import load_dataset
+from cigl_bayes.inference import load_run
 from cigl_bayes.runs import (
     RunFolderLock,
     atomic_save_figure,

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from cigl_bayes.inference.training import run
-
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.distributed import init_from_env
+from cigl_bayes.inference.training import run
 
 from .cli import ArgumentParser, add_train_arguments, apply_host_allocator, config_from_args, print_results, run_cli
 

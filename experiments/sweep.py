@@ -42,12 +42,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from cigl_bayes.inference.training import run
 from tqdm.auto import tqdm
 
 from cigl_bayes import metrics
 from cigl_bayes.config import METHODS, RESUME_FREE_FIELDS, TrainConfig
 from cigl_bayes.device import resolve_device
+from cigl_bayes.inference.training import run
 from cigl_bayes.runs import RunFolderBusy, atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 
 from .cli import ArgumentParser, add_host_allocator_argument, apply_host_allocator, run_cli

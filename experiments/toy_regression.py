@@ -23,12 +23,12 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-from cigl_bayes.inference.training import Trainer
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.data import TensorLoader
 from cigl_bayes.device import resolve_device
+from cigl_bayes.inference.training import Trainer
 from cigl_bayes.predict import predictor_draws
 from cigl_bayes.runs import atomic_save_figure, atomic_write_csv, atomic_write_json
 from cigl_bayes.train import Data

@@ -8,9 +8,8 @@ Re-running with the same --out resumes an interrupted run (or reports a finished
 
 from __future__ import annotations
 
-from cigl_bayes.inference.training import run
-
 from cigl_bayes.distributed import init_from_env
+from cigl_bayes.inference.training import run
 
 from .cli import ArgumentParser, add_train_arguments, apply_host_allocator, config_from_args, print_results, run_cli
 

@@ -351,7 +351,6 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
 def _network(cfg: TrainConfig, module_state: dict, device: torch.device) -> SparseNetwork:
     """The run's network, built with as many outputs as its saved last layer has."""
     from cigl_bayes.models import build_model
-
     from cigl_bayes.train import build_network
 
     probe = build_model(cfg.model, num_classes=2, dropout=cfg.dropout)

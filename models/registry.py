@@ -135,6 +135,12 @@ def _resolve(name: str) -> Builder:
     return _wrn(depth, width)
 
 
+def check_model_name(name: str) -> None:
+    """Raise :class:`UnknownModelError` (a ValueError) for a name ``build_model`` would refuse, without
+    building anything (the benchmarks check their ``--model`` before timing)."""
+    _resolve(name)
+
+
 def _check_kwargs(name: str, builder: Builder, kwargs: dict) -> None:
     params = inspect.signature(builder).parameters
     accepted = [p for p in params if p not in ("num_classes", "dropout")]

@@ -400,6 +400,13 @@ MUTANTS: list[Mutant] = [
            "cigl_bayes/weights.py", "from .runs import atomic_write_via\n",
            "from .runs import atomic_write_via\n\n\ndef _upward():\n    from .inference import swag  # noqa: F401\n",
            ("tests/test_architecture.py::test_no_module_imports_a_package_above_its_own",)),
+    Mutant("quick-overrides-explicit", "a benchmark's --quick preset replaces options the user gave explicitly",
+           "benchmarks/common.py", "        if dest not in given:\n", "        if True:\n",
+           ("tests/test_benchmarks.py::test_quick_keeps_the_options_given_explicitly",
+            "tests/test_benchmarks.py::test_given_options_sees_abbreviations_and_equals_forms")),
+    Mutant("compare-ignores-other-settings", "compare_studies pairs runs that also differ in epochs without a word",
+           "experiments/compare_studies.py", "    if differing:\n", "    if False:\n",
+           ("tests/test_compare_studies.py::test_studies_that_also_differ_in_epochs_are_warned_about",)),
 ]
 
 

@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from cigl_bayes.inference import RunFolderError, load_run
 
 from cigl_bayes import data as data_lib
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.inference import RunFolderError, load_run
 from cigl_bayes.train import run
 from tests.conftest import REPO
 
@@ -157,9 +157,8 @@ def test_a_run_records_the_data_folder_it_found_through_the_environment(cifar_da
     """CIGL_DATA_DIR at training time is written into config.json, so the run loads from elsewhere."""
     import json
 
-    from cigl_bayes.inference import run as train_run
-
     from cigl_bayes.config import TrainConfig
+    from cigl_bayes.inference import run as train_run
 
     monkeypatch.setenv("CIGL_DATA_DIR", str(cifar_data_dir))
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
+
 from cigl_bayes.benchmarks import epoch_time, step_time
 
 
@@ -107,10 +109,70 @@ def test_side_by_side_quick(tmp_path):
     assert r["side_by_side_over_one"] == only["ratio"] == pytest.approx(throughput * one["seconds"] / one["steps"])
 
 
-def test_side_by_side_names_a_failing_worker(tmp_path):
+def test_side_by_side_names_a_failing_worker(tmp_path, monkeypatch):
     from cigl_bayes.benchmarks import side_by_side
 
+    monkeypatch.setattr(side_by_side, "check_options", lambda args: None)  # let the bad model reach a worker
     with pytest.raises(RuntimeError, match="a benchmark worker failed before its steps.*no-such-model"):
         side_by_side.main(["--model", "no-such-model", "--seconds", "1", "--warmup", "0", "--rounds", "1",
                            "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_quick_keeps_the_options_given_explicitly(tmp_path):
+    out = tmp_path / "epoch.json"
+    assert epoch_time.main(["--quick", "--subset", "300", "--batch-size", "100", "--device", "cpu",
+                            "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["images_per_epoch"] == 300 and r["model"] == "small-cnn"  # --subset kept; the preset's model filled in
+
+
+def test_given_options_sees_abbreviations_and_equals_forms():
+    from cigl_bayes.benchmarks.common import apply_preset, given_options
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--model", default="wrn-22-2")
+    p.add_argument("--quick", action="store_true")
+    assert given_options(p, ["--quick", "--batch=32"]) == {"quick", "batch_size"}
+    argv = ["--quick", "--batch-size", "128"]  # explicit, though equal to the default
+    args = p.parse_args(argv)
+    apply_preset(p, args, argv, batch_size=64, model="small-cnn")
+    assert (args.batch_size, args.model) == (128, "small-cnn")
+    assert p.parse_args([]).batch_size == 128  # the parser's defaults are restored
+
+
+BAD_BENCHMARK_INPUT = [
+    ("step_time", ["--model", "bogus"], "--model: unknown model 'bogus'"),
+    ("step_time", ["--quick", "--batch-size", "0"], "--batch-size must be an integer ≥ 1"),
+    ("step_time", ["--rounds", "0"], "--rounds must be an integer ≥ 1"),
+    ("epoch_time", ["--method", "bogus"], "--method: unknown method 'bogus'"),
+    ("epoch_time", ["--synthetic", "--subset", "0"], "--subset must be an integer ≥ 1"),
+    ("epoch_time", ["--batch-size", "0"], "--batch-size must be an integer ≥ 1"),
+    ("inference", ["--models", "small-cnn", "nope"], "--models: unknown model 'nope'"),
+    ("inference", ["--batches", "0"], "--batches must be integers ≥ 1"),
+    ("inference", ["--sparsities", "1.5"], "--sparsities: sparsity must be in [0, 1)"),
+    ("side_by_side", ["--model", "bogus"], "--model: unknown model 'bogus'"),
+    ("precision", ["--steps", "0"], "--steps must be an integer ≥ 1"),
+    ("precision", ["--model", "wrn-23-2"], "--model"),
+    ("bn_precision", ["--seeds", "0"], "--seeds must be an integer ≥ 1"),
+    ("data_load", ["--repeats", "0"], "--repeats must be an integer ≥ 1"),
+    ("gpu_suite", ["--out", "OUT", "--dry-run", "--budget-s", "5"], "--budget-s has no effect with --dry-run"),
+]
+
+
+@pytest.mark.parametrize(("module", "argv", "message"), BAD_BENCHMARK_INPUT,
+                         ids=[f"{m}:{' '.join(a)}" for m, a, _ in BAD_BENCHMARK_INPUT])
+def test_bad_benchmark_input_is_a_one_line_error_before_anything_runs(module, argv, message, tmp_path, capsys):
+    import importlib
+
+    from tests.test_cli import call_cli
+
+    main = importlib.import_module(f"cigl_bayes.benchmarks.{module}").main
+    out = tmp_path / "out.json"
+    argv = [str(tmp_path / "suite") if a == "OUT" else a for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    code, err = call_cli(main, argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "suite").exists()  # refused before anything was written

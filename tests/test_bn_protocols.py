@@ -14,13 +14,13 @@ import json
 
 import pytest
 import torch
-from cigl_bayes.inference.training import Trainer
 from torch import nn
 
 from cigl_bayes import metrics
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.data import TensorLoader
 from cigl_bayes.evaluate import evaluate_and_write, evaluate_weights, trainer_weights
+from cigl_bayes.inference.training import Trainer
 from cigl_bayes.masks import DeterministicMask
 from cigl_bayes.predict import BN_PROTOCOLS, draws_log_probs, predictor_draws
 from cigl_bayes.train import Data

@@ -19,16 +19,16 @@ import pyro.poutine as poutine
 import pytest
 import torch
 import torch.nn.functional as F
-from cigl_bayes.inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
-from cigl_bayes.inference.training import Trainer
-from cigl_bayes.models import build_model
 from torch import nn
 from torch.func import functional_call
 
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.data import TensorLoader
 from cigl_bayes.evaluate import output_state_dict, predictor_log_probs
+from cigl_bayes.inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
+from cigl_bayes.inference.training import Trainer
 from cigl_bayes.masks import DeterministicMask
+from cigl_bayes.models import build_model
 from cigl_bayes.network import SparseNetwork
 from cigl_bayes.objectives import PlainObjective
 from cigl_bayes.random_mask import random_keep_mask

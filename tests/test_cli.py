@@ -124,9 +124,8 @@ def test_every_config_field_is_an_option_and_the_cli_defaults_are_the_configs():
     import argparse
     import dataclasses
 
-    from cigl_bayes.experiments.cli import add_train_arguments, config_from_args
-
     from cigl_bayes.config import TrainConfig
+    from cigl_bayes.experiments.cli import add_train_arguments, config_from_args
 
     p = argparse.ArgumentParser()
     add_train_arguments(p)

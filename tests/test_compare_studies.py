@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+
 from cigl_bayes.experiments import compare_studies
 from cigl_bayes.experiments.cli import USER_ERRORS
 

@@ -8,8 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from cigl_bayes.experiments.controlled_study import PRIMARY_SEEDS, main
 from scipy import stats
+
+from cigl_bayes.experiments.controlled_study import PRIMARY_SEEDS, main
 
 
 def scores(ece: float, acc: float) -> dict:

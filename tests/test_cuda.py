@@ -7,10 +7,10 @@ import dataclasses
 
 import pytest
 import torch
-from cigl_bayes.benchmarks.common import synthetic_data
-from cigl_bayes.inference.training import Trainer
 
+from cigl_bayes.benchmarks.common import synthetic_data
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.inference.training import Trainer
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -9,9 +9,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from cigl_bayes.inference import diagnostics as diag
 
 from cigl_bayes.averaging import Snapshot, SnapshotStore
+from cigl_bayes.inference import diagnostics as diag
 
 az = diag.az  # arviz, imported by the module with its once-a-day refactor FutureWarning filtered
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from cigl_bayes.inference.training import Trainer
 
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.distributed import DistInfo, shard_positions
+from cigl_bayes.inference.training import Trainer
 from cigl_bayes.objectives import batch_targets
 from cigl_bayes.runs import load_checkpoint
 
@@ -99,9 +99,9 @@ def _ddp_drop_in_worker(rank: int, world: int, rendezvous: str, out: str) -> Non
     """A user's DDP loop with CigL attached to the inner module: each rank trains on its half of
     every global batch."""
     import torch.nn.functional as F
-    from cigl_bayes.models import build_model
 
     from cigl_bayes import CigL
+    from cigl_bayes.models import build_model
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)

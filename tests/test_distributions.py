@@ -7,6 +7,7 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
+
 from cigl_bayes.inference.distributions import IidBernoulli, IsotropicNormal, PointMass
 
 

@@ -12,13 +12,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from cigl_bayes.inference.training import Trainer
-from cigl_bayes.models import build_model
 from torch import nn
 
 from cigl_bayes import CigL
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.evaluate import output_state_dict
+from cigl_bayes.inference.training import Trainer
+from cigl_bayes.models import build_model
 from cigl_bayes.train import lr_factor
 from tests.test_cigl_fidelity import synthetic_data
 
@@ -207,9 +207,8 @@ def test_the_objects_posterior_predicts_as_a_run_folder_does(tmp_path):
     """posterior(cigl, bn_loader) and load_run share one implementation: the same trained weights
     give the same predictions with every predictor (the Trainer's run folder against the user
     loop's object, which follow the same trajectory)."""
-    from cigl_bayes.inference import load_run, posterior
-
     from cigl_bayes.evaluate import evaluate_and_write
+    from cigl_bayes.inference import load_run, posterior
 
     trainer, cigl, _, _ = trainer_and_user_loop(tmp_path, "cigl")
     evaluate_and_write(trainer)

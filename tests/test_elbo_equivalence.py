@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from cigl_bayes.inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
 from torch import nn
 
+from cigl_bayes.inference import ElboObjective, HierarchicalGuide, SparseBayesianModel, prior_scale_from_weight_decay
 from cigl_bayes.masks import DeterministicMask
 from cigl_bayes.network import SparseNetwork
 from cigl_bayes.objectives import PlainObjective

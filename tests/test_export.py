@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cigl_bayes.models import build_model
 from torch import nn
 
 from cigl_bayes.export import export_network, fold_batchnorm, load_exported
+from cigl_bayes.models import build_model
 from cigl_bayes.sparse_kernels import SparseConv2d, SparseLinear, sparsify
 
 
@@ -155,11 +155,10 @@ def test_sparsify_by_threshold_swaps_only_sparse_layers():
 
 
 def test_export_cli_round_trips_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeypatch):
-    from cigl_bayes.experiments import export
-    from cigl_bayes.inference import load_run, run
-
     import cigl_bayes
     from cigl_bayes.config import TrainConfig
+    from cigl_bayes.experiments import export
+    from cigl_bayes.inference import load_run, run
 
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
     cfg = TrainConfig(method="cigl", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.9, epochs=3,

@@ -12,9 +12,9 @@ import time
 
 import pytest
 import torch
-from cigl_bayes.inference.training import Trainer, run
 
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.inference.training import Trainer, run
 from cigl_bayes.runs import CheckpointError, load_checkpoint
 from cigl_bayes.train import TrainingDiverged
 from tests.conftest import REPO

@@ -9,7 +9,6 @@ import torch
 pytest.importorskip("laplace")
 
 from cigl_bayes.inference import laplace as laplace_module  # noqa: E402
-
 from tests.test_bn_protocols import make_trainer  # noqa: E402
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cigl_bayes.models import UnknownModelError, build_model, list_models
 from torch import nn
+
+from cigl_bayes.models import UnknownModelError, build_model, list_models
 
 # Exact parameter counts for 10 classes.  Cross-checked against published numbers:
 # CIFAR ResNet-18 11,173,962 and ResNet-50 23,520,842 (the widely used CIFAR code), WRN-22-2 ~1.1M,
@@ -215,6 +216,7 @@ def test_name_is_case_insensitive():
 
 def test_torchvision_and_timm_models_by_name():
     import torch
+
     from cigl_bayes.models import build_model
 
     net = build_model("torchvision:resnet18", num_classes=7)

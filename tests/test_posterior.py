@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from cigl_bayes.inference.training import Trainer, run
 
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.inference.training import Trainer, run
 from cigl_bayes.predict import combine, draws_log_probs, nnz, predictor_draws
 
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
-from cigl_bayes.experiments import redraw_reliability
 
 from cigl_bayes import metrics
+from cigl_bayes.experiments import redraw_reliability
 from cigl_bayes.runs import RunFolderBusy, RunFolderLock
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -49,9 +49,8 @@ def test_keep_and_random_mask_rate_must_agree():
 def test_keep_099_gives_the_default_rate_exactly(monkeypatch):
     """--keep 0.99 must name the same config as the default (rate 0.01), not 1 − 0.99 =
     0.010000000000000009, which a resume or the sweep would treat as another run."""
-    from cigl_bayes.experiments import svi_cifar
-
     from cigl_bayes.config import TrainConfig
+    from cigl_bayes.experiments import svi_cifar
 
     seen = []
     monkeypatch.setattr(svi_cifar, "run", lambda cfg, out, progress: seen.append(cfg))

@@ -157,10 +157,9 @@ def test_shift_sets_are_cached_and_rebuilt_from_a_broken_cache(images, tmp_path)
 
 
 def test_shift_report_on_a_tiny_run(cifar_data_dir, cache_dir, tmp_path, monkeypatch):
+    from cigl_bayes.config import TrainConfig
     from cigl_bayes.experiments import shift_report
     from cigl_bayes.inference import run
-
-    from cigl_bayes.config import TrainConfig
 
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
     cfg = TrainConfig(method="cigl", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.9, epochs=3,

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 import torch
-from cigl_bayes.inference.training import Trainer
 
 from cigl_bayes.config import TrainConfig
+from cigl_bayes.inference.training import Trainer
 
 
 @pytest.fixture(scope="module")

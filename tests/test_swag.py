@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pytest
 import torch
-from cigl_bayes.inference.swag import SparseSWAG
 
 from cigl_bayes.averaging import Snapshot, SnapshotStore, WeightMaskAverage
+from cigl_bayes.inference.swag import SparseSWAG
 
 
 def make_samples(n_samples: int = 10, numel: int = 1000, dim_other: int = 7, density: float = 0.1, seed: int = 0,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from cigl_bayes.experiments import sweep
 
 from cigl_bayes.device import fast_path_available
+from cigl_bayes.experiments import sweep
 
 
 def test_cpu_smoke_sweep_end_to_end(cifar_data_dir, cache_dir, tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from cigl_bayes.experiments import toy_regression
 
 

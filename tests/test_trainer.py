@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from cigl_bayes.inference.training import Trainer, run
-from cigl_bayes.models import build_model
 
 from cigl_bayes import metrics
 from cigl_bayes.config import METHODS, TrainConfig
+from cigl_bayes.inference.training import Trainer, run
+from cigl_bayes.models import build_model
 from cigl_bayes.runs import CheckpointError
 
 
