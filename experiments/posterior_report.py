@@ -112,14 +112,47 @@ def analyse(run_dir: Path, args) -> RunAnalysis:
                        data_lib.fingerprint(run.data().test), run.compute_dtype)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def why_test_sets_differ(a_dir: Path, b_dir: Path) -> str:
+    """The reason two runs' test points differ, read from their config.json."""
+    a, b = _read_json(a_dir / "config.json"), _read_json(b_dir / "config.json")
+    if a.get("dataset") != b.get("dataset"):
+        return f"datasets {a.get('dataset')} and {b.get('dataset')}"
+    if a.get("test_subset") != b.get("test_subset"):
+        return f"--test-subset {a.get('test_subset')} and {b.get('test_subset')}"
+    if a.get("test_subset") is not None and a.get("seed") != b.get("seed"):
+        return (f"--test-subset {a['test_subset']} draws its test images with the run's seed "
+                f"({a.get('seed')} and {b.get('seed')})")
+    return f"their test data differ (data folders {a.get('data_dir')} and {b.get('data_dir')})"
+
+
+def check_same_test_set_before_analysis(run_dirs: list[Path]) -> None:
+    """Refuse at once, from the runs' metrics.json ``test_fingerprint``, runs that were scored on
+    different test points, naming why (different --test-subset, a seeded subset, other data):
+    arviz pools a report's chains per test point, and analysing them first takes minutes."""
+    prints = [(r, _read_json(r / "metrics.json").get("test_fingerprint")) for r in run_dirs]
+    known = [(r, f) for r, f in prints if f]
+    for r, f in known[1:]:
+        if f != known[0][1]:
+            raise ValueError(f"runs {known[0][0]} and {r} were scored on different test points "
+                             f"({why_test_sets_differ(known[0][0], r)}); report them separately")
+
+
 def check_same_test_points(analyses: list[RunAnalysis]) -> None:
     """Runs pooled into one report must be scored on the same test points (arviz pools them per
-    test point): refuse runs whose test sets differ, e.g. two seeds with --test-subset."""
+    test point): refuse runs whose test sets differ.  (Runs whose metrics.json records a
+    fingerprint are refused before the analysis, by :func:`check_same_test_set_before_analysis`.)"""
     first = analyses[0]
     for a in analyses[1:]:
         if a.test_fingerprint != first.test_fingerprint or not torch.equal(a.labels, first.labels):
             raise ValueError(f"runs {first.run_dir} and {a.run_dir} were scored on different test points "
-                             "(a seeded --test-subset differs per seed); report them separately")
+                             f"({why_test_sets_differ(first.run_dir, a.run_dir)}); report them separately")
 
 
 def chain_groups(analyses: list[RunAnalysis]) -> list[list[RunAnalysis]]:
@@ -305,11 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.bn_batches is not None and args.bn_batches < 1:
         raise ValueError(f"--bn-batches must be ≥ 1, got {args.bn_batches}")
     check_run_folders(args.runs)  # every folder, before anything is created
+    check_same_test_set_before_analysis(args.runs)
     out = args.out or args.runs[0] / "posterior"
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-check").touch()
+        (out / ".write-check").unlink()
+    except OSError as err:  # e.g. a run folder on read-only media: the runs themselves load read-only
+        raise ValueError(f"cannot write the report into {out} ({err.strerror or err}); give --out FOLDER "
+                         "somewhere writable") from None
     try:
         with RunFolderLock(out):  # one writer per report folder: a second report of it is refused at once
             md = write_report(args, out)

@@ -407,6 +407,10 @@ MUTANTS: list[Mutant] = [
     Mutant("compare-ignores-other-settings", "compare_studies pairs runs that also differ in epochs without a word",
            "experiments/compare_studies.py", "    if differing:\n", "    if False:\n",
            ("tests/test_compare_studies.py::test_studies_that_also_differ_in_epochs_are_warned_about",)),
+    Mutant("report-analyses-before-test-check", "posterior_report analyses every run before it sees that their "
+           "test sets differ", "experiments/posterior_report.py",
+           "    check_same_test_set_before_analysis(args.runs)\n", "",
+           ("tests/test_run_integrity.py::test_posterior_report_refuses_other_test_sets_before_analysing_and_names_why",)),
 ]
 
 

@@ -287,3 +287,54 @@ def test_a_run_on_five_images_warns_that_its_temperature_rests_on_one(tiny, tmp_
     with pytest.warns(SmallValidationWarning, match="only 1 validation image "):
         result = run(cfg, tmp_path, progress=False)
     assert result["n_val"] == 1 and result["temperature"] is not None
+
+
+def _scored_run(folder: Path, fingerprint: str, **config) -> Path:
+    """A finished run folder's small files only: enough for the checks that precede any analysis."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"dataset": "cifar10", "seed": 0, "test_subset": None,
+                                                    "data_dir": "/data", **config}))
+    (folder / "metrics.json").write_text(json.dumps({"completed": True, "test_fingerprint": fingerprint}))
+    return folder
+
+
+@pytest.mark.parametrize(("a_config", "b_config", "cause"), [
+    ({"test_subset": 500}, {"test_subset": 1000}, "--test-subset 500 and 1000"),
+    ({"test_subset": 500, "seed": 1}, {"test_subset": 500, "seed": 2},
+     "draws its test images with the run's seed (1 and 2)"),
+    ({}, {"data_dir": "/other"}, "data folders /data and /other"),
+])
+def test_posterior_report_refuses_other_test_sets_before_analysing_and_names_why(tmp_path, monkeypatch, a_config,
+                                                                                 b_config, cause):
+    from cigl_bayes.experiments import posterior_report
+
+    def analysed(*args):
+        raise AssertionError("the runs were analysed before the refusal")
+
+    monkeypatch.setattr(posterior_report, "analyse", analysed)
+    a = _scored_run(tmp_path / "a", "x" * 16, **a_config)
+    b = _scored_run(tmp_path / "b", "y" * 16, **b_config)
+    with pytest.raises(ValueError, match="different test points") as err:
+        posterior_report.main([str(a), str(b), "--device", "cpu", "--no-progress"])
+    assert cause in str(err.value)
+    assert not (a / "posterior").exists()
+
+
+def test_posterior_report_on_read_only_media_says_to_use_out(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from cigl_bayes.experiments import posterior_report
+    from tests.test_cli import call_cli
+
+    run_dir = _scored_run(tmp_path / "run", "x" * 16)
+    real_mkdir = Path.mkdir
+
+    def read_only_mkdir(self, *args, **kwargs):  # root ignores permission bits, so simulate the medium
+        if self.is_relative_to(run_dir):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only_mkdir)
+    code, err = call_cli(posterior_report.main, [str(run_dir), "--device", "cpu", "--no-progress"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "Read-only file system" in err and "give --out FOLDER" in err
