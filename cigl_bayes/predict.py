@@ -65,8 +65,10 @@ def predict_log_probs(net: SparseNetwork, loader, sparse_flat: torch.Tensor | No
 
 
 @torch.no_grad()
-def mc_dropout_log_probs(net: SparseNetwork, loader, samples: int, generator_seed: int = 0) -> torch.Tensor:
-    """log of the softmax averaged over ``samples`` passes with dropout on and BN in eval mode."""
+def mc_dropout_probs(net: SparseNetwork, loader, samples: int, generator_seed: int = 0) -> list[torch.Tensor]:
+    """Softmax probabilities (N, C) of each of ``samples`` passes with dropout on and BatchNorm in
+    eval mode (MC dropout, Gal & Ghahramani 2016), for the final weights M⊙W; torch's global RNG is
+    seeded with ``generator_seed`` for the passes and restored afterwards."""
     w = net.effective_flat()
     net.module.eval()
     dropouts = [m for m in net.module.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
@@ -74,12 +76,19 @@ def mc_dropout_log_probs(net: SparseNetwork, loader, samples: int, generator_see
         m.train()
     state = torch.get_rng_state()
     torch.manual_seed(generator_seed)
-    total = None
-    for _ in range(samples):
-        probs = torch.cat([torch.softmax(net.forward(x, w).float(), -1).cpu() for x, _ in _batches(loader)])
-        total = probs if total is None else total + probs
+    passes = [torch.cat([torch.softmax(net.forward(x, w).float(), -1).cpu() for x, _ in _batches(loader)])
+              for _ in range(samples)]
     torch.set_rng_state(state)
     net.module.train()
+    return passes
+
+
+@torch.no_grad()
+def mc_dropout_log_probs(net: SparseNetwork, loader, samples: int, generator_seed: int = 0) -> torch.Tensor:
+    """log of the softmax averaged over ``samples`` passes with dropout on and BN in eval mode."""
+    total = None
+    for probs in mc_dropout_probs(net, loader, samples, generator_seed):
+        total = probs if total is None else total + probs
     return (total / samples).clamp_min(1e-12).log()
 
 

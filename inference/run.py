@@ -31,11 +31,13 @@ from cigl_bayes import data as data_lib
 from cigl_bayes.averaging import Snapshot, SnapshotStore
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import resolve_device
+from cigl_bayes.metrics import apply_temperature
 from cigl_bayes.network import SparseNetwork
 from cigl_bayes.predict import (
     PREDICTORS,
     SINGLE_WEIGHT,
     TRAINING_BN_KEY,
+    mc_dropout_probs,
     nnz,
     predict_log_probs,
     predictor_draws,
@@ -128,8 +130,10 @@ class TrainedRun:
                      swag_rank: int | None = None) -> list[tuple[str, Snapshot]]:
         """(cache key, weights) of every draw the predictor averages over
         (:func:`cigl_bayes.predict.predictor_draws`)."""
+        if predictor in SCORED_PREDICTORS:
+            raise ValueError(f"{predictor} is not a set of weight draws; ask predict() for it")
         if predictor not in PREDICTORS:
-            raise ValueError(f"unknown predictor {predictor!r}; known: {', '.join(PREDICTORS)}")
+            raise ValueError(f"unknown predictor {predictor!r}; known: {', '.join(PREDICTORS + SCORED_PREDICTORS)}")
         if predictor in ("wma", "predictive", "swag") and not self.samples:
             raise RunFolderError(f"run {self.run_dir} collected no posterior samples (method "
                                  f"{self.config.method}); use predictor 'final' or 'mc-z'")
@@ -188,7 +192,18 @@ class TrainedRun:
         ``TrainConfig.final_bn_recomputed``) and eval mode.
         ``draws``: how many of the samples ``predictive`` averages (default: all; more than the run
         collected is refused) and how many ``mc-z``/``swag`` draw (default ``mc_samples`` of the run's
-        config).  Images of another size than the run's training images are refused."""
+        config).  Images of another size than the run's training images are refused.
+
+        Two more predictors, as the run's own evaluation scored them (metrics.json, predictions.npz):
+        ``temperature_scaled`` is the run's output predictor (``output_predictor``) with its logits
+        divided by the temperature T fitted on the validation split, softmax(log p / T);
+        ``mc-dropout`` (runs trained with activation dropout, ``rigl-mcdp``) averages ``draws``
+        passes (default ``mc_samples``) of the final weights with dropout on and the tracked BatchNorm
+        statistics, seeded by ``seed``."""
+        if predictor == "temperature_scaled":
+            return self._temperature_scaled(images, draws, seed, batch_size)
+        if predictor == "mc-dropout":
+            return self._mc_dropout(images, draws, seed, batch_size)
         x = self.prepare(images)
         per_draw = []
         for key, snap in self.weight_draws(predictor, draws, seed):
@@ -199,6 +214,30 @@ class TrainedRun:
         stacked = torch.stack(per_draw)
         single = predictor in SINGLE_WEIGHT
         return Prediction(predictor, stacked.mean(0), None if single else stacked)
+
+    def _temperature_scaled(self, images, draws: int | None, seed: int, batch_size: int) -> Prediction:
+        stored = self.metrics or {}
+        temperature, output = stored.get("temperature"), stored.get("output_predictor")
+        if temperature is None or output is None:
+            raise RunFolderError(f"run {self.run_dir} fitted no temperature (trained with --no-temperature-scaling, "
+                                 "or without a validation split); use its other predictors")
+        base = self.predict(images, output, draws, seed=seed, batch_size=batch_size)
+        scaled = torch.softmax(apply_temperature(base.probs.clamp_min(1e-12).log(), temperature), -1)
+        return Prediction("temperature_scaled", scaled, None)
+
+    def _mc_dropout(self, images, draws: int | None, seed: int, batch_size: int) -> Prediction:
+        if not self.config.method_config.activation_dropout:
+            raise ValueError(f"run {self.run_dir} (method {self.config.method}) has no activation dropout; "
+                             "mc-dropout is the predictor of rigl-mcdp runs (for CigL's random mask use mc-z)")
+        if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
+            raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
+        x = self.prepare(images)
+        self._restore()  # the final weights with the BatchNorm statistics tracked in training
+        batches = [(b, None) for b in x.split(batch_size)]
+        passes = mc_dropout_probs(self.net, batches, self.config.mc_samples if draws is None else draws, seed)
+        self._restore()
+        stacked = torch.stack(passes)
+        return Prediction("mc-dropout", stacked.mean(0), stacked)
 
     @torch.no_grad()
     def log_probs(self, predictor: str, split: str = "test", draws: int | None = None, *, seed: int = 0,
@@ -303,6 +342,10 @@ class TrainedRun:
         by_epoch = {h["epoch"]: h["train_loss"] for h in self.history}
         loss = [by_epoch.get(e + 1, float("nan")) for e in self.sample_epochs]
         return diagnostics.posterior_inference_data([self.samples], layers, train_loss=[loss])
+
+
+# predict() also gives these two, as the run's evaluation scored them (they are not weight draws)
+SCORED_PREDICTORS = ("temperature_scaled", "mc-dropout")
 
 
 def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "auto",

@@ -38,7 +38,7 @@ def test_load_run_reproduces_the_trainers_predictions(finished, cifar_data_dir):
     assert not trained.net.module.training and len(trained.samples) == 3 == metrics["wma_samples"]
     saved = np.load(out / "predictions.npz")
     assert np.array_equal(saved["labels"], test.labels)
-    for predictor in ("final", "wma"):
+    for predictor in ("final", "wma", "temperature_scaled"):
         pred = trained.predict(test.images, predictor)  # uint8 (N, H, W, C), as the data set stores them
         np.testing.assert_allclose(pred.probs.numpy(), saved[predictor], rtol=1e-4, atol=1e-5)
         assert pred.draws is None and torch.all(pred.mutual_information() == 0)
@@ -171,3 +171,35 @@ def test_a_run_records_the_data_folder_it_found_through_the_environment(cifar_da
     monkeypatch.chdir(tmp_path)
     pred = load_run(tmp_path / "run").predict(np.zeros((2, 32, 32, 3), dtype=np.uint8), "final")
     assert pred.probs.shape == (2, 10)
+
+
+def test_temperature_scaled_is_the_output_predictor_at_the_fitted_temperature(finished, cifar_data_dir):
+    out, _, metrics, test = finished
+    trained = load_run(out, data_dir=str(cifar_data_dir))
+    assert metrics["output_predictor"] == "wma" and metrics["temperature"] != 1.0
+    wma = trained.predict(test.images[:32], "wma").probs
+    scaled = trained.predict(test.images[:32], "temperature_scaled")
+    expected = torch.softmax(wma.log() / metrics["temperature"], -1)
+    torch.testing.assert_close(scaled.probs, expected)
+    assert scaled.draws is None and not torch.allclose(scaled.probs, wma)
+    with pytest.raises(ValueError, match="no activation dropout"):
+        trained.predict(test.images[:2], "mc-dropout")
+
+
+def test_mc_dropout_is_predicted_as_the_run_scored_it(cifar_data_dir, cache_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
+    cfg = TrainConfig(method="rigl-mcdp", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.9, epochs=1,
+                      subset=256, test_subset=100, batch_size=64, mc_samples=4, device="cpu", log_every=100)
+    metrics = run(cfg, tmp_path / "run", progress=False)
+    trained = load_run(tmp_path / "run", data_dir=str(cifar_data_dir))
+    _, test = data_lib.load_dataset("cifar10", cifar_data_dir)
+    test = data_lib.take_subset(test, 100, seed=cfg.seed)
+    saved = np.load(tmp_path / "run" / "predictions.npz")
+    batch = trained.data().test.batch_size
+    pred = trained.predict(test.images, "mc-dropout", seed=cfg.seed, batch_size=batch)  # the evaluation's passes
+    np.testing.assert_allclose(pred.probs.numpy(), saved["mc-dropout"], rtol=1e-4, atol=1e-5)
+    assert pred.draws.shape == (4, 100, 10) and float(pred.mutual_information().mean()) > 0
+    nll = float(-pred.probs[torch.arange(100), torch.from_numpy(test.labels)].clamp_min(1e-12).log().mean())
+    assert nll == pytest.approx(metrics["test"]["mc-dropout"]["nll"], rel=1e-4)
+    assert not torch.equal(trained.predict(test.images, "mc-dropout", draws=2, seed=1).probs, pred.probs)
+    assert not trained.net.module.training  # dropout is off again after the passes
