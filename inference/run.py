@@ -34,6 +34,7 @@ from cigl_bayes.device import resolve_device
 from cigl_bayes.metrics import apply_temperature
 from cigl_bayes.network import SparseNetwork
 from cigl_bayes.predict import (
+    FINAL_RECOMPUTED_KEY,
     PREDICTORS,
     SINGLE_WEIGHT,
     TRAINING_BN_KEY,
@@ -99,6 +100,9 @@ class TrainedRun:
     _data: object = dataclasses.field(default=None, repr=False)
     _swag: dict = dataclasses.field(default_factory=dict, repr=False)
     _final_state: dict = dataclasses.field(default_factory=dict, repr=False)
+    # BatchNorm statistics model.pt holds for the output model ({draw key: buffers}), used instead of a
+    # recomputation while bn_batches is the run's own: predicting with the output model needs no data
+    _stored_bn: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def metrics(self) -> dict | None:
@@ -282,6 +286,8 @@ class TrainedRun:
             self.net.module.load_state_dict(self._final_state)
         elif key in self._bn_cache:
             self.net.module.load_state_dict(self._bn_cache[key], strict=False)
+        elif key in self._stored_bn and self.bn_batches == self.config.bn_batches:
+            self.net.module.load_state_dict(self._stored_bn[key], strict=False)
         else:
             recompute_batchnorm(self.net, self.bn_loader(), snap.sparse, self.bn_batches)
             self._bn_cache[key] = {k: v.clone() for k, v in self.net.module.state_dict().items()
@@ -388,7 +394,36 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     run = TrainedRun(run_dir, cfg, net, wma, samples, epochs, state["history"], dev, data_dir,
                      bn_batches=cfg.bn_batches)
     run._final_state = {k: v.clone() for k, v in net.module.state_dict().items()}
+    run._stored_bn = _stored_batchnorm(run, wma)
     return run
+
+
+def _stored_batchnorm(run: TrainedRun, wma: Snapshot | None) -> dict:
+    """{draw key: BatchNorm buffers} that model.pt holds for the run's output model: the WMA mean
+    (key ``wma``) or CigL's final weights (key ``final:bn-recomputed``), with the statistics the
+    evaluation recomputed for them.  They stand in for a recomputation only where that would give the
+    same numbers: model.pt must hold exactly those weights, and this loaded run must compute in the
+    precision the run was evaluated in.  Otherwise ({}), the statistics are recomputed from data."""
+    path = run.run_dir / "model.pt"
+    if not path.exists():
+        return {}
+    if wma is not None and run.config.method_config.wma:
+        key, weights = "wma", wma.sparse
+    elif run.config.final_bn_recomputed:
+        key, weights = FINAL_RECOMPUTED_KEY, run._final().sparse
+    else:
+        return {}  # the output model keeps the statistics tracked in training: already loaded
+    recorded = ((run.metrics or {}).get("runtime") or {}).get("compute_dtype")
+    if recorded != run.compute_dtype:
+        return {}
+    try:
+        state = torch.load(path, map_location=run.device, weights_only=True)
+        stored = torch.cat([state[name].reshape(-1).to(weights.dtype) for name in run.net.sparse_names])
+    except (OSError, RuntimeError, KeyError, ValueError, AttributeError, TypeError):
+        return {}  # damaged or foreign: recompute instead
+    if stored.shape != weights.shape or not torch.allclose(stored, weights, rtol=0, atol=1e-6):
+        return {}
+    return {key: {k: v for k, v in state.items() if "running_" in k or "num_batches_tracked" in k}}
 
 
 def _network(cfg: TrainConfig, module_state: dict, device: torch.device) -> SparseNetwork:

@@ -411,6 +411,20 @@ MUTANTS: list[Mutant] = [
            "test sets differ", "experiments/posterior_report.py",
            "    check_same_test_set_before_analysis(args.runs)\n", "",
            ("tests/test_run_integrity.py::test_posterior_report_refuses_other_test_sets_before_analysing_and_names_why",)),
+    Mutant("stored-bn-ignored", "a loaded run recomputes the output model's BatchNorm from data though model.pt "
+           "holds it", "inference/run.py",
+           "        elif key in self._stored_bn and self.bn_batches == self.config.bn_batches:\n",
+           "        elif False:\n",
+           ("tests/test_api.py::test_the_output_model_predicts_without_data_from_the_statistics_model_pt_stores",)),
+    Mutant("stored-bn-always", "model.pt's BatchNorm statistics stand in for a recomputation over other batches",
+           "inference/run.py",
+           "        elif key in self._stored_bn and self.bn_batches == self.config.bn_batches:\n",
+           "        elif key in self._stored_bn:\n",
+           ("tests/test_api.py::test_the_output_model_predicts_without_data_from_the_statistics_model_pt_stores",)),
+    Mutant("temperature-not-applied", "predict's temperature_scaled is the output predictor at T = 1",
+           "inference/run.py", "apply_temperature(base.probs.clamp_min(1e-12).log(), temperature)",
+           "apply_temperature(base.probs.clamp_min(1e-12).log(), 1.0)",
+           ("tests/test_api.py::test_temperature_scaled_is_the_output_predictor_at_the_fitted_temperature",)),
 ]
 
 

@@ -203,3 +203,23 @@ def test_mc_dropout_is_predicted_as_the_run_scored_it(cifar_data_dir, cache_dir,
     assert nll == pytest.approx(metrics["test"]["mc-dropout"]["nll"], rel=1e-4)
     assert not torch.equal(trained.predict(test.images, "mc-dropout", draws=2, seed=1).probs, pred.probs)
     assert not trained.net.module.training  # dropout is off again after the passes
+
+
+def test_the_output_model_predicts_without_data_from_the_statistics_model_pt_stores(finished, cifar_data_dir,
+                                                                                     tmp_path, monkeypatch):
+    out, _, _, test = finished
+    monkeypatch.delenv("CIGL_DATA_DIR", raising=False)
+    empty = tmp_path / "no-data-here"
+    empty.mkdir()
+    trained = load_run(out, data_dir=str(empty))  # the data folder is gone (e.g. another machine)
+    saved = np.load(out / "predictions.npz")
+    np.testing.assert_allclose(trained.predict(test.images, "wma").probs.numpy(), saved["wma"], rtol=1e-4, atol=1e-5)
+    assert trained._data is None  # no data were asked for
+    with pytest.raises(Exception, match="CIFAR|data"):  # a fresh Z needs its BatchNorm recomputed: data are asked
+        trained.predict(test.images[:2], "mc-z", draws=1)
+
+    with_data = load_run(out, data_dir=str(cifar_data_dir))
+    with_data.bn_batches = 1  # another recomputation than the stored one: recomputed, not taken from model.pt
+    assert not torch.allclose(with_data.predict(test.images[:32], "wma").probs,
+                              trained.predict(test.images[:32], "wma").probs)
+    assert with_data._data is not None
