@@ -641,13 +641,14 @@ def image_batch(images: Any, size: tuple[int, int] | None = None) -> Tensor:
     return x
 
 
-def check_subset(n: int, available: int, held_out: int = 0) -> int:
-    """``n`` when a training split of ``available`` images (after ``held_out`` went to validation)
-    has that many, else ValueError naming the count: ``--subset`` is never silently clipped."""
+def check_subset(n: int, available: int, held_out: int = 0, *, flag: str = "--subset",
+                 what: str = "training images") -> int:
+    """``n`` when a split of ``available`` images (after ``held_out`` went to validation) has that
+    many, else ValueError naming the count: ``--subset`` and ``--test-subset`` are never silently clipped."""
     if n > available:
         held = f" ({held_out} more are held out for validation by --val-fraction)" if held_out else ""
-        raise ValueError(f"--subset {n} is more than the {available} training images available{held}; "
-                         f"give --subset {available} or fewer")
+        raise ValueError(f"{flag} {n} is more than the {available} {what} available{held}; "
+                         f"give {flag} {available} or fewer")
     return n
 
 

@@ -114,7 +114,8 @@ def build_data(cfg: TrainConfig, device: torch.device, info: DistInfo | None = N
         val = data_lib.take_subset(val, min(len(val), max(1, round(cfg.subset * cfg.val_fraction))), seed=cfg.seed)
     if cfg.test_subset is not None:
         # seed 0 for every run: all seeds are scored on the same test points, so they can be pooled
-        test = data_lib.take_subset(test, min(cfg.test_subset, len(test)), seed=0)
+        n_test = data_lib.check_subset(cfg.test_subset, len(test), flag="--test-subset", what="test images")
+        test = data_lib.take_subset(test, n_test, seed=0)
     info = info or DistInfo()
     if cfg.batch_size > len(train):
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train)} images)")
@@ -140,7 +141,10 @@ def build_imagenet_data(cfg: TrainConfig, device: torch.device, info: DistInfo) 
 
     root = imagenet.find_imagenet(cfg.data_dir)
     full = imagenet.index_folder(root / "train")
-    test = imagenet.take(imagenet.index_folder(root / "val", full.classes), cfg.test_subset, cfg.seed)
+    test = imagenet.index_folder(root / "val", full.classes)
+    if cfg.test_subset is not None:
+        data_lib.check_subset(cfg.test_subset, len(test), flag="--test-subset", what="test (val/) images")
+    test = imagenet.take(test, cfg.test_subset, cfg.seed)
     train, val = imagenet.split_index(full, cfg.val_fraction, cfg.seed)
     if cfg.subset is not None:
         train = imagenet.take(train, data_lib.check_subset(cfg.subset, len(train), len(val)), cfg.seed)

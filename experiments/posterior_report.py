@@ -127,8 +127,8 @@ def why_test_sets_differ(a_dir: Path, b_dir: Path) -> str:
     if a.get("test_subset") != b.get("test_subset"):
         return f"--test-subset {a.get('test_subset')} and {b.get('test_subset')}"
     if a.get("test_subset") is not None and a.get("seed") != b.get("seed"):
-        return (f"--test-subset {a['test_subset']} draws its test images with the run's seed "
-                f"({a.get('seed')} and {b.get('seed')})")
+        return (f"the same --test-subset {a['test_subset']} drawn with each run's seed ({a.get('seed')} and "
+                f"{b.get('seed')}), as ImageNet runs and CIFAR runs trained before it was drawn with seed 0 do")
     return f"their test data differ (data folders {a.get('data_dir')} and {b.get('data_dir')})"
 
 

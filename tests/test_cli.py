@@ -91,6 +91,7 @@ def call_cli(main, argv: list[str], capsys) -> tuple[int, str]:
         (["--method", "rigl", "--random-mask-rate", "0.5"], "--random-mask-rate 0.5 has no effect on method rigl"),
         (["--method", "rigl", "--keep", "0.5"], "has no effect on method rigl"),
         (["--subset", "60000"], "--subset 60000 is more than the 45000 training images available"),
+        (["--test-subset", "20000"], "--test-subset 20000 is more than the 10000 test images available"),
     ],
 )
 def test_bad_input_gives_one_line_error_and_exit_2(args, message, cifar_data_dir, cache_dir, tmp_path, capsys,

@@ -301,7 +301,7 @@ def _scored_run(folder: Path, fingerprint: str, **config) -> Path:
 @pytest.mark.parametrize(("a_config", "b_config", "cause"), [
     ({"test_subset": 500}, {"test_subset": 1000}, "--test-subset 500 and 1000"),
     ({"test_subset": 500, "seed": 1}, {"test_subset": 500, "seed": 2},
-     "draws its test images with the run's seed (1 and 2)"),
+     "the same --test-subset 500 drawn with each run's seed (1 and 2)"),
     ({}, {"data_dir": "/other"}, "data folders /data and /other"),
 ])
 def test_posterior_report_refuses_other_test_sets_before_analysing_and_names_why(tmp_path, monkeypatch, a_config,
