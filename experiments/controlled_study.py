@@ -238,7 +238,7 @@ def table(block: dict[str, dict]) -> list[str]:
         per_seed = ", ".join(f"s{s}: {fmt(d, score)}" for s, d in zip(p["seeds"], p["deltas"]))
         reads = Paired(**p).reads()
         pval = "–" if math.isnan(p["p"]) else f"{p['p']:.3f}"
-        lines.append(f"| {score} ({UNIT[score]}) | {p['n']} | {fmt(p['mean'], score)} | "
+        lines.append(f"| {score}{f' ({UNIT[score]})' if UNIT[score] else ''} | {p['n']} | {fmt(p['mean'], score)} | "
                      f"[{fmt(p['ci_low'], score)}, {fmt(p['ci_high'], score)}] | {pval} | {per_seed} | {reads} |")
     return lines
 
