@@ -56,6 +56,8 @@ WD_ONCE = fid("test_weight_decay_is_counted_once")
 DEFAULTS = fid("test_t_star_and_keep_defaults")
 KEEP_DEFAULT = fid("test_t_star_and_keep_defaults", "test_a_default_cigl_trainer_draws_z_at_keep_099_and_records_it")
 ERK = (f"{FIDELITY}::test_erk_per_layer_densities_match_an_independent_solver",)
+QUEUE = ("tests/test_controlled_queue.py::"
+         "test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_registered_order")
 GUIDE = fid("test_guide_log_density_has_the_u_level_and_scale_sigma",
             "test_guide_samples_have_the_hierarchical_moments")
 SVI_SCORE = fid("test_svi_regrowth_score_at_positive_sigma_is_the_models_gradient_at_the_sampled_w",
@@ -425,6 +427,14 @@ MUTANTS: list[Mutant] = [
            "inference/run.py", "apply_temperature(base.probs.clamp_min(1e-12).log(), temperature)",
            "apply_temperature(base.probs.clamp_min(1e-12).log(), 1.0)",
            ("tests/test_api.py::test_temperature_scaled_is_the_output_predictor_at_the_fitted_temperature",)),
+    Mutant("queue-copies-untracked", "the controlled queue seeds its work folder with every file of the checkout, so a "
+           "stale checkpoint there overwrites the unfinished run's newer one", "experiments/controlled_queue.sh",
+           '(cd "$committed" && git ls-files -z -- controlled | xargs -0 --no-run-if-empty cp -a --parents -t "$work")',
+           'cp -a "$committed/controlled/." "$work/controlled/"', (QUEUE,)),
+    Mutant("queue-copies-registered-back", "the queue copies the work folder's stale registered analysis back over "
+           "the checkout's", "experiments/controlled_queue.sh",
+           'if [ -f "$file" ] && [[ ! " ${not_the_sweeps[*]} " == *" $name "* ]]; then', 'if [ -f "$file" ]; then',
+           (QUEUE,)),
 ]
 
 
