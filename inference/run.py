@@ -402,26 +402,36 @@ def _stored_batchnorm(run: TrainedRun, wma: Snapshot | None) -> dict:
     """{draw key: BatchNorm buffers} that model.pt holds for the run's output model: the WMA mean
     (key ``wma``) or CigL's final weights (key ``final:bn-recomputed``), with the statistics the
     evaluation recomputed for them.  They stand in for a recomputation only where that would give the
-    same numbers: model.pt must hold exactly those weights, and this loaded run must compute in the
-    precision the run was evaluated in.  Otherwise ({}), the statistics are recomputed from data."""
+    same numbers: model.pt must hold exactly those weights (sparse and dense θ), and this loaded run
+    must compute as the evaluation did (precision, device type, memory format: metrics.json →
+    ``runtime``).  Otherwise, or when model.pt or metrics.json cannot be read, {}: the statistics
+    are recomputed from the training data when a prediction needs them."""
     path = run.run_dir / "model.pt"
     if not path.exists():
         return {}
     if wma is not None and run.config.method_config.wma:
-        key, weights = "wma", wma.sparse
+        key, weights = "wma", wma
     elif run.config.final_bn_recomputed:
-        key, weights = FINAL_RECOMPUTED_KEY, run._final().sparse
+        key, weights = FINAL_RECOMPUTED_KEY, run._final()
     else:
         return {}  # the output model keeps the statistics tracked in training: already loaded
-    recorded = ((run.metrics or {}).get("runtime") or {}).get("compute_dtype")
-    if recorded != run.compute_dtype:
-        return {}
     try:
+        runtime = (run.metrics or {}).get("runtime") or {}
+        here = {"compute_dtype": run.compute_dtype, "device": run.device.type,
+                "channels_last": run.config.speed_options(run.device)["channels_last"]}
+        if any(runtime.get(field) != value for field, value in here.items()):
+            return {}
         state = torch.load(path, map_location=run.device, weights_only=True)
-        stored = torch.cat([state[name].reshape(-1).to(weights.dtype) for name in run.net.sparse_names])
-    except (OSError, RuntimeError, KeyError, ValueError, AttributeError, TypeError):
-        return {}  # damaged or foreign: recompute instead
-    if stored.shape != weights.shape or not torch.allclose(stored, weights, rtol=0, atol=1e-6):
+        module = run.net.module.state_dict()
+        sparse = torch.cat([state[name].reshape(-1).to(weights.sparse.dtype) for name in run.net.sparse_names])
+        other = torch.cat([state[name].reshape(-1).to(weights.other.dtype) for name in run.net.other_names]
+                          or [weights.other.new_zeros(0)])
+        if set(state) != set(module):
+            return {}
+    except Exception:  # noqa: BLE001  (a damaged or foreign model.pt, an unreadable metrics.json: recompute)
+        return {}
+    if not (sparse.shape == weights.sparse.shape and torch.allclose(sparse, weights.sparse, rtol=0, atol=1e-6)
+            and other.shape == weights.other.shape and torch.allclose(other, weights.other, rtol=0, atol=1e-6)):
         return {}
     return {key: {k: v for k, v in state.items() if "running_" in k or "num_batches_tracked" in k}}
 

@@ -223,3 +223,28 @@ def test_the_output_model_predicts_without_data_from_the_statistics_model_pt_sto
     assert not torch.allclose(with_data.predict(test.images[:32], "wma").probs,
                               trained.predict(test.images[:32], "wma").probs)
     assert with_data._data is not None
+
+
+def test_stored_statistics_stand_in_only_where_a_recomputation_would_equal_them(finished, tmp_path, monkeypatch):
+    out, _, metrics, test = finished
+    monkeypatch.delenv("CIGL_DATA_DIR", raising=False)
+    empty = tmp_path / "no-data-here"
+    empty.mkdir()
+    assert set(load_run(out, data_dir=str(empty))._stored_bn) == {"wma"}
+    # another precision than the evaluation's: model.pt's statistics would differ from a recomputation
+    other_precision = "off" if metrics["runtime"]["compute_dtype"] == "bfloat16" else "bf16"
+    assert load_run(out, data_dir=str(empty), amp=other_precision)._stored_bn == {}
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "model.pt").write_bytes(b"")  # damaged: load_run still works, the statistics are recomputed
+    damaged = load_run(copy, data_dir=str(empty))
+    assert damaged._stored_bn == {}
+    with pytest.raises(Exception, match="CIFAR|data"):
+        damaged.predict(test.images[:2], "wma")
+
+    state = torch.load(out / "model.pt", weights_only=True)
+    theta = next(k for k in state if k.endswith(".bias") or k.endswith("bn1.weight"))
+    state[theta] = state[theta] + 0.5  # another model's θ under the same mask: not this run's output model
+    torch.save(state, copy / "model.pt")
+    assert load_run(copy, data_dir=str(empty))._stored_bn == {}
