@@ -67,18 +67,18 @@ def predict_log_probs(net: SparseNetwork, loader, sparse_flat: torch.Tensor | No
 @torch.no_grad()
 def mc_dropout_probs(net: SparseNetwork, loader, samples: int, generator_seed: int = 0) -> list[torch.Tensor]:
     """Softmax probabilities (N, C) of each of ``samples`` passes with dropout on and BatchNorm in
-    eval mode (MC dropout, Gal & Ghahramani 2016), for the final weights M⊙W; torch's global RNG is
-    seeded with ``generator_seed`` for the passes and restored afterwards."""
+    eval mode (MC dropout, Gal & Ghahramani 2016), for the final weights M⊙W; torch's global RNGs are
+    seeded with ``generator_seed`` for the passes and restored afterwards (CPU, and CUDA on a GPU)."""
     w = net.effective_flat()
     net.module.eval()
     dropouts = [m for m in net.module.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     for m in dropouts:
         m.train()
-    state = torch.get_rng_state()
-    torch.manual_seed(generator_seed)
-    passes = [torch.cat([torch.softmax(net.forward(x, w).float(), -1).cpu() for x, _ in _batches(loader)])
-              for _ in range(samples)]
-    torch.set_rng_state(state)
+    devices = [w.device] if w.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the caller's CPU and CUDA generators are left as they were
+        torch.manual_seed(generator_seed)
+        passes = [torch.cat([torch.softmax(net.forward(x, w).float(), -1).cpu() for x, _ in _batches(loader)])
+                  for _ in range(samples)]
     net.module.train()
     return passes
 

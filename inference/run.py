@@ -189,8 +189,8 @@ class TrainedRun:
 
     # -- prediction --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, images, predictor: str = "wma", draws: int | None = None, *, seed: int = 0,
-                batch_size: int = 500) -> Prediction:
+    def predict(self, images, predictor: str = "wma", draws: int | None = None, *, seed: int | None = None,
+                batch_size: int | None = None) -> Prediction:
         """Class probabilities of ``predictor`` for ``images``: handles normalisation, BatchNorm
         (recomputed on the training data for every weight setting but ``final``, and for CigL's ``final`` too:
         ``TrainConfig.final_bn_recomputed``) and eval mode.
@@ -203,11 +203,18 @@ class TrainedRun:
         divided by the temperature T fitted on the validation split, softmax(log p / T);
         ``mc-dropout`` (runs trained with activation dropout, ``rigl-mcdp``) averages ``draws``
         passes (default ``mc_samples``) of the final weights with dropout on and the tracked BatchNorm
-        statistics, seeded by ``seed``."""
+        statistics.
+
+        ``seed`` seeds the draws of ``mc-z`` and ``swag`` (default 0) and the dropout masks of
+        ``mc-dropout`` (default: the run's seed, as its evaluation drew them); ``batch_size``: images
+        per forward pass (default 500; ``mc-dropout``: the evaluation's, max(batch size, 500), so that
+        the default call gives exactly the passes the run's evaluation made)."""
         if predictor == "temperature_scaled":
             return self._temperature_scaled(images, draws, seed, batch_size)
         if predictor == "mc-dropout":
             return self._mc_dropout(images, draws, seed, batch_size)
+        seed = 0 if seed is None else seed
+        batch_size = 500 if batch_size is None else batch_size
         x = self.prepare(images)
         per_draw = []
         for key, snap in self.weight_draws(predictor, draws, seed):
@@ -219,7 +226,8 @@ class TrainedRun:
         single = predictor in SINGLE_WEIGHT
         return Prediction(predictor, stacked.mean(0), None if single else stacked)
 
-    def _temperature_scaled(self, images, draws: int | None, seed: int, batch_size: int) -> Prediction:
+    def _temperature_scaled(self, images, draws: int | None, seed: int | None,
+                            batch_size: int | None) -> Prediction:
         stored = self.metrics or {}
         temperature, output = stored.get("temperature"), stored.get("output_predictor")
         if temperature is None or output is None:
@@ -229,12 +237,14 @@ class TrainedRun:
         scaled = torch.softmax(apply_temperature(base.probs.clamp_min(1e-12).log(), temperature), -1)
         return Prediction("temperature_scaled", scaled, None)
 
-    def _mc_dropout(self, images, draws: int | None, seed: int, batch_size: int) -> Prediction:
+    def _mc_dropout(self, images, draws: int | None, seed: int | None, batch_size: int | None) -> Prediction:
         if not self.config.method_config.activation_dropout:
             raise ValueError(f"run {self.run_dir} (method {self.config.method}) has no activation dropout; "
                              "mc-dropout is the predictor of rigl-mcdp runs (for CigL's random mask use mc-z)")
         if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
             raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
+        seed = self.config.seed if seed is None else seed
+        batch_size = max(self.config.batch_size, 500) if batch_size is None else batch_size  # build_data's
         x = self.prepare(images)
         self._restore()  # the final weights with the BatchNorm statistics tracked in training
         batches = [(b, None) for b in x.split(batch_size)]

@@ -189,14 +189,14 @@ def test_temperature_scaled_is_the_output_predictor_at_the_fitted_temperature(fi
 def test_mc_dropout_is_predicted_as_the_run_scored_it(cifar_data_dir, cache_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("CIGL_CACHE_DIR", str(cache_dir))
     cfg = TrainConfig(method="rigl-mcdp", model="small-cnn", data_dir=str(cifar_data_dir), sparsity=0.9, epochs=1,
+                      seed=5,
                       subset=256, test_subset=100, batch_size=64, mc_samples=4, device="cpu", log_every=100)
     metrics = run(cfg, tmp_path / "run", progress=False)
     trained = load_run(tmp_path / "run", data_dir=str(cifar_data_dir))
     _, test = data_lib.load_dataset("cifar10", cifar_data_dir)
-    test = data_lib.take_subset(test, 100, seed=cfg.seed)
+    test = data_lib.take_subset(test, 100, seed=0)  # every run's test subset is drawn with seed 0
     saved = np.load(tmp_path / "run" / "predictions.npz")
-    batch = trained.data().test.batch_size
-    pred = trained.predict(test.images, "mc-dropout", seed=cfg.seed, batch_size=batch)  # the evaluation's passes
+    pred = trained.predict(test.images, "mc-dropout")  # by default, exactly the passes of the run's evaluation
     np.testing.assert_allclose(pred.probs.numpy(), saved["mc-dropout"], rtol=1e-4, atol=1e-5)
     assert pred.draws.shape == (4, 100, 10) and float(pred.mutual_information().mean()) > 0
     nll = float(-pred.probs[torch.arange(100), torch.from_numpy(test.labels)].clamp_min(1e-12).log().mean())
