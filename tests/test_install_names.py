@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -29,6 +30,16 @@ assert all(m.MINE for m in (models, inference, experiments, benchmarks)), "a use
 import cigl_bayes.models as ours
 print(ours.__file__)
 """
+
+
+def _copy_checkout(dest: Path) -> Path:
+    """The files a build or an import of the checkout needs, copied to ``dest`` (no build/ leftovers)."""
+    ignore = shutil.ignore_patterns("__pycache__", "results", "*.egg-info")
+    for folder in ("cigl_bayes", *CLASHING):
+        shutil.copytree(REPO / folder, dest / folder, ignore=ignore)
+    for file in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / file, dest / file)
+    return dest
 
 
 def _user_folder(tmp_path: Path) -> Path:
@@ -63,7 +74,8 @@ def _setuptools_is_recent() -> bool:
 @pytest.mark.slow
 def test_a_built_wheel_installs_only_the_cigl_bayes_name_and_works_beside_clashing_modules(tmp_path):
     wheels = tmp_path / "wheels"
-    build = [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(wheels)]
+    source = _copy_checkout(tmp_path / "source")  # a build writes build/ and *.egg-info where it runs
+    build = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(wheels)]
     if _setuptools_is_recent():  # offline and fast; otherwise pip fetches setuptools from the registry
         build.append("--no-build-isolation")
     subprocess.run(build, check=True, capture_output=True, timeout=600)
@@ -80,3 +92,22 @@ def test_a_built_wheel_installs_only_the_cigl_bayes_name_and_works_beside_clashi
     proc = _probe(_user_folder(tmp_path), pythonpath=str(site))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().startswith(str(site)), proc.stdout  # the wheel's copy, not a checkout's
+
+
+def test_a_checkout_imports_its_own_four_folders_and_nothing_else_of_its_root(tmp_path):
+    """Run from a copy of the checkout (a worktree, the mutation check's copy), cigl_bayes.models etc. are
+    the copy's folders, not the installed checkout's; other names at the root do not become subpackages."""
+    copy = _copy_checkout(tmp_path / "copy")
+    (copy / "tests").mkdir()
+    (copy / "tests" / "__init__.py").write_text("")
+    probe = ("import importlib, cigl_bayes.models as m, cigl_bayes.inference as i, cigl_bayes.experiments as e\n"
+             "print(m.__file__); print(i.__file__); print(e.__file__)\n"
+             "for name in ('cigl_bayes.tests', 'cigl_bayes.cigl_bayes', 'cigl_bayes.docs'):\n"
+             "    try:\n        importlib.import_module(name); print('importable', name)\n"
+             "    except ImportError:\n        pass\n")
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.split()
+    assert len(lines) == 3 and all(line.startswith(str(copy)) for line in lines), lines
