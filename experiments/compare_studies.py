@@ -211,15 +211,17 @@ def _display_names(a_dir: Path, b_dir: Path) -> tuple[str, str]:
     return f"{a.parent.name}/{a.name}", f"{b.parent.name}/{b.name}"
 
 
-# config.json fields that are not a training setting, or are reported on their own (precision, engine)
+# config.json fields that are not a training setting (diagnostics, paths, logging), or that are reported
+# on their own (precision, engine)
 NOT_SETTINGS = frozenset({"seed", "data_dir", "download", "device", "amp", "dtype", "channels_last", "compile",
-                          "log_every", "engine", "save_samples"})
+                          "log_every", "engine", "save_samples", "val_curves", "curve_bn_batches"})
 
 
 def setting_differences(pairs: list[dict], a_dir: Path, b_dir: Path) -> dict[str, set[tuple]]:
     """Training settings (config.json) in which paired runs differ, besides precision and engine:
     ``{field: {(A's value, B's value), ...}}``.  A pair that differs in, say, ``epochs`` as well as in
-    the setting under study mixes both effects; the comparison names every such field."""
+    the setting under study mixes both effects; the comparison names every such field.  A field only
+    one of the two configs records (written by another version) is not a difference it can see."""
     differing: dict[str, set[tuple]] = defaultdict(set)
     for pair in {(p["a_folder"], p["b_folder"]) for p in pairs}:
         configs = []
@@ -231,8 +233,8 @@ def setting_differences(pairs: list[dict], a_dir: Path, b_dir: Path) -> dict[str
         if None in configs:
             continue
         a_cfg, b_cfg = configs
-        for key in sorted((set(a_cfg) | set(b_cfg)) - NOT_SETTINGS):
-            if a_cfg.get(key) != b_cfg.get(key):
+        for key in sorted((set(a_cfg) & set(b_cfg)) - NOT_SETTINGS):
+            if a_cfg[key] != b_cfg[key]:
                 differing[key].add((json.dumps(a_cfg.get(key)), json.dumps(b_cfg.get(key))))
     return dict(differing)
 
