@@ -27,11 +27,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cigl_bayes
 from cigl_bayes.experiments.cli import ArgumentParser, run_cli
 
 from .common import apply_preset, check_options
 
-REPO = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(cigl_bayes.__file__).resolve().parents[1]  # the folder cigl_bayes is imported from
 
 
 def cpu_cores() -> int:
@@ -82,14 +83,15 @@ def _line(proc: subprocess.Popen, timeout: float) -> str:
 
 def run_group(workers: int, threads: int, args) -> list[dict]:
     """Start ``workers`` processes on ``threads`` threads each, release them together, collect their windows."""
+    # the workers import the same cigl_bayes as this process: a checkout's or an installed one
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    command = [sys.executable, "-m", "benchmarks.side_by_side", "--worker", "--threads", str(threads),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "cigl_bayes.benchmarks.side_by_side", "--worker", "--threads", str(threads),
                "--model", args.model, "--batch-size", str(args.batch_size), "--method", args.method,
                "--seconds", str(args.seconds), "--warmup", str(args.warmup)]
     errors = [tempfile.TemporaryFile(mode="w+") for _ in range(workers)]  # a file: a chatty worker never blocks
     procs = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                              env=env, cwd=REPO) for err in errors]
+                              env=env) for err in errors]
 
     def failed(i: int, what: str) -> RuntimeError:
         procs[i].kill()
@@ -169,12 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:  # an option given explicitly wins over the preset
         apply_preset(p, args, argv, model="small-cnn", batch_size=64, seconds=2.0, warmup=1, rounds=1)
     check_options(args)
-    for name in ("jobs", "rounds"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be ≥ 1")
-    for name in ("seconds", "timeout"):
-        if not getattr(args, name) > 0:
-            p.error(f"--{name} must be > 0")
     from cigl_bayes.runs import atomic_write_json
 
     r = measure(args)
