@@ -25,14 +25,17 @@ VARIANTS = [("dense", "dense", "plain"), ("rigl", "rigl", "plain"), ("cigl", "ci
 
 def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
     """The ``dest`` of every option written on the command line ``argv`` (abbreviations included)."""
-    saved = {action.dest: action.default for action in parser._actions}
+    saved = [(action, action.default) for action in parser._actions]  # per option: two may share a dest
+    saved_defaults = dict(parser._defaults)  # set_defaults() values are not written on the command line
     try:
         for action in parser._actions:
             action.default = argparse.SUPPRESS
+        parser._defaults.clear()
         return set(vars(parser.parse_args(argv)))
     finally:
-        for action in parser._actions:
-            action.default = saved[action.dest]
+        for action, default in saved:
+            action.default = default
+        parser._defaults.update(saved_defaults)
 
 
 def apply_preset(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str] | None,

@@ -141,6 +141,14 @@ def test_given_options_sees_abbreviations_and_equals_forms():
     assert (args.batch_size, args.model) == (128, "small-cnn")
     assert p.parse_args([]).batch_size == 128  # the parser's defaults are restored
 
+    shared = argparse.ArgumentParser()  # two options of one dest, and a set_defaults value
+    shared.add_argument("--amp", dest="amp", action="store_true", default=None)
+    shared.add_argument("--no-amp", dest="amp", action="store_false", default=True)
+    shared.set_defaults(mode="fast")
+    assert given_options(shared, ["--no-amp"]) == {"amp"} and given_options(shared, []) == set()
+    assert vars(shared.parse_args([])) == {"amp": None, "mode": "fast"}  # as before the call (first option wins)
+    assert [a.default for a in shared._actions[1:]] == [None, True]
+
 
 BAD_BENCHMARK_INPUT = [
     ("step_time", ["--model", "bogus"], "--model: unknown model 'bogus'"),
