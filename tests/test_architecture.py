@@ -70,3 +70,24 @@ def test_cigl_bayes_alone_names_the_missing_svi_objective(tmp_path):
     with pytest.raises(ValueError, match="objectives=inference.ENGINES"):
         make_objective(TrainConfig(engine="svi"), None, 10, 2)
     assert Trainer.__init__.__kwdefaults__["objectives"] is None
+
+
+def _old_top_level_imports(path: Path) -> list[str]:
+    """Absolute imports of models, inference, experiments or benchmarks as top-level names: they work in a
+    checkout's root folder only, and break in an installed package (everything lives under cigl_bayes)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+        found += [n for n in names if n.split(".")[0] in LAYER and n.split(".")[0] != "cigl_bayes"]
+    return found
+
+
+def test_no_code_imports_the_repository_folders_by_their_old_top_level_names(tmp_path):
+    offenders = {str(p.relative_to(ROOT)): _old_top_level_imports(p)
+                 for folder in ("cigl_bayes", "models", "inference", "experiments", "benchmarks", "tests")
+                 for p in sorted((ROOT / folder).rglob("*.py"))}
+    assert not {k: v for k, v in offenders.items() if v}
+    probe = tmp_path / "probe.py"
+    probe.write_text("import models\nfrom inference.run import load_run\nfrom cigl_bayes.models import build_model\n")
+    assert _old_top_level_imports(probe) == ["models", "inference.run"]
