@@ -106,7 +106,7 @@ class ExportedNetwork(nn.Module):
     def predict(self, images, *, temperature: bool = True, batch_size: int = 256) -> torch.Tensor:
         """Class probabilities for uint8 (0–255) or float (0–1) images, (N, H, W, C) or (N, C, H, W), of
         the recorded image size; divided by the stored temperature unless ``temperature`` is False.
-        The images are checked as ``inference.TrainedRun.predict`` checks them
+        The images are checked as ``cigl_bayes.inference.TrainedRun.predict`` checks them
         (:func:`cigl_bayes.data.image_batch`)."""
         x = image_batch(images, self.image_size).float()
         x = (x - self.mean) / self.std

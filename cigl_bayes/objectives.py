@@ -5,7 +5,7 @@ Plain objective (paper Eq. 1, CigL's training loss): for one mini-batch,
 (with τ/2 · mean squared error in place of CE for the Gaussian likelihood, paper Eq. 2),
 so its gradient w.r.t. W is M⊙Z⊙(∇CE + wd·M⊙Z⊙W): Algorithm 1's masked update, with the weight
 decay written into the loss (the optimiser itself has weight_decay = 0).  The Pyro engine
-(``inference.objective.ElboObjective``) returns −ELBO/N of the hierarchical model instead;
+(``cigl_bayes.inference.objective.ElboObjective``) returns −ELBO/N of the hierarchical model instead;
 with σ = 0 the two agree up to a constant (tests/test_elbo_equivalence.py).
 """
 

@@ -16,7 +16,7 @@ evaluates (key ``"final"``).  Under CigL's unscaled Z they were tracked for M⊙
 there ``final`` is recomputed too (key ``"final:bn-recomputed"``,
 :attr:`cigl_bayes.config.TrainConfig.final_bn_recomputed`).  MC dropout (rigl-mcdp) keeps the
 weights and samples activations instead (:func:`mc_dropout_log_probs`).  The run's evaluation
-(``cigl_bayes.evaluate``), the Python API (``inference.load_run``) and
+(``cigl_bayes.evaluate``), the Python API (``cigl_bayes.inference.load_run``) and
 ``experiments.posterior_report`` all draw their weights from here.
 
 BatchNorm protocols (:data:`BN_PROTOCOLS`), for comparing methods under the same statistics:
@@ -182,7 +182,7 @@ def predictor_draws(name: str, final: Snapshot, samples: Sequence[Snapshot] = ()
     if name == "predictive":
         return [(f"sample{i}", snap) for i, snap in enumerate(samples[:count])]
     if swag_sample is None:
-        raise ValueError("predictor 'swag' needs a SWAG sampler (inference.swag.SparseSWAG.sample)")
+        raise ValueError("predictor 'swag' needs a SWAG sampler (cigl_bayes.inference.swag.SparseSWAG.sample)")
     gen = torch.Generator().manual_seed(seed)
     return [(f"swag:{seed}:{i}", swag_sample(gen)) for i in range(count)]
 

@@ -210,12 +210,13 @@ def make_objective(cfg: TrainConfig, net: SparseNetwork, n_train: int, num_class
     """The objective of ``cfg.engine``, built by the factory ``objectives`` names for it.
 
     This package knows only the plain engine; the Pyro engine ("svi", −ELBO/N of the model and
-    guide) lives a layer up, in ``inference``, and is passed in (``inference.ENGINES``, used by
-    ``inference.run`` and the ``experiments`` CLIs), so that imports flow one way."""
+    guide) lives a layer up, in ``inference``, and is passed in (``cigl_bayes.inference.ENGINES``, used by
+    ``cigl_bayes.inference.run`` and the ``experiments`` CLIs), so that imports flow one way."""
     factories: dict[str, ObjectiveFactory] = {"plain": plain_objective, **(objectives or {})}
     if cfg.engine not in factories:
-        raise ValueError(f"engine {cfg.engine!r} is not known to this trainer; pass objectives=inference.ENGINES "
-                         "(or train with inference.run) for the SVI engine")
+        raise ValueError(f"engine {cfg.engine!r} is not known to this trainer; pass "
+                         "objectives=cigl_bayes.inference.ENGINES (or train with cigl_bayes.inference.run) "
+                         "for the SVI engine")
     return factories[cfg.engine](cfg, net, n_train, num_classes)
 
 

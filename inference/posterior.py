@@ -5,7 +5,7 @@
     post.predict(x, "predictive").probs                 # final, wma, predictive, mc-z, swag
     post.swag(rank=2); post.to_inferencedata()
 
-The object is a :class:`inference.run.TrainedRun` — the class ``load_run`` returns for a run
+The object is a :class:`cigl_bayes.inference.run.TrainedRun` — the class ``load_run`` returns for a run
 folder — built from the object's final weights, WMA mean and collected samples instead of from
 files, so every predictor, SWAG and the arviz export have one implementation and the same meaning
 for both.  Differences: inputs are given as your model takes them (already normalised tensors;

@@ -67,7 +67,7 @@ def test_the_layer_check_resolves_relative_imports_to_the_installed_names(tmp_pa
 
 
 def test_cigl_bayes_alone_names_the_missing_svi_objective(tmp_path):
-    with pytest.raises(ValueError, match="objectives=inference.ENGINES"):
+    with pytest.raises(ValueError, match="objectives=cigl_bayes.inference.ENGINES"):
         make_objective(TrainConfig(engine="svi"), None, 10, 2)
     assert Trainer.__init__.__kwdefaults__["objectives"] is None
 
