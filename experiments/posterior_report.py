@@ -22,7 +22,9 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +128,12 @@ def why_test_sets_differ(a_dir: Path, b_dir: Path) -> str:
         return f"datasets {a.get('dataset')} and {b.get('dataset')}"
     if a.get("test_subset") != b.get("test_subset"):
         return f"--test-subset {a.get('test_subset')} and {b.get('test_subset')}"
+    if a.get("data_dir") and b.get("data_dir") and a["data_dir"] != b["data_dir"]:
+        return f"data folders {a['data_dir']} and {b['data_dir']}"
     if a.get("test_subset") is not None and a.get("seed") != b.get("seed"):
         return (f"the same --test-subset {a['test_subset']} drawn with each run's seed ({a.get('seed')} and "
                 f"{b.get('seed')}), as ImageNet runs and CIFAR runs trained before it was drawn with seed 0 do")
-    return f"their test data differ (data folders {a.get('data_dir')} and {b.get('data_dir')})"
+    return "their test images differ, though their configs name the same test set (another copy of the data?)"
 
 
 def check_same_test_set_before_analysis(run_dirs: list[Path]) -> None:
@@ -345,11 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-check").touch()
-        (out / ".write-check").unlink()
+        handle, probe = tempfile.mkstemp(dir=out, prefix=".write-check-")  # its own name: reports may run at once
+        os.close(handle)
+        os.unlink(probe)
     except OSError as err:  # e.g. a run folder on read-only media: the runs themselves load read-only
-        raise ValueError(f"cannot write the report into {out} ({err.strerror or err}); give --out FOLDER "
-                         "somewhere writable") from None
+        where = "give --out FOLDER somewhere writable" if args.out is None else "give --out a writable folder"
+        raise ValueError(f"cannot write the report into {out} ({err.strerror or err}); {where}") from None
     try:
         with RunFolderLock(out):  # one writer per report folder: a second report of it is refused at once
             md = write_report(args, out)
