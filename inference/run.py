@@ -9,9 +9,12 @@
     run.metrics                                       # metrics.json
 
 No ``Trainer`` and no optimiser are built.  The training data are read only when a predictor
-needs BatchNorm statistics recomputed for weights other than the final ones (wma, predictive,
-mc-z, swag), and the statistics of each weight setting are cached, so a second ``predict`` with
-the same predictor costs forward passes only.
+needs BatchNorm statistics recomputed (predictive, mc-z, swag, and CigL's final): the output
+model's (wma for CigL, ``temperature_scaled`` on top of it) come from model.pt, where the run's
+evaluation stored them, as long as this run computes as that evaluation did (same precision,
+device type and memory format) and ``bn_batches`` is the run's own; setting ``run.bn_batches``
+asks for a recomputation.  The statistics of each weight setting are cached, so a second
+``predict`` with the same predictor costs forward passes only.
 
 It lives in ``inference`` (not ``cigl_bayes``) because it joins the sparse engine's run folder
 with the posterior tools (SWAG, arviz) of this package; imports flow experiments → inference →
