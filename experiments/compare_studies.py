@@ -35,6 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_csv
 
@@ -128,11 +129,32 @@ def noise_summary(pairs: list[dict], a_rows: list[dict]) -> list[dict]:
             noise = _std(seed_values)
             mean = float(np.mean(deltas))
             finite = all(math.isfinite(v) for v in [*deltas, *seed_values])
+            low, high, p_value = _t_interval(deltas) if finite else (math.nan, math.nan, math.nan)
             entry.update({f"delta_{m}_mean": mean, f"delta_{m}_std": _std(deltas), f"seed_std_{m}": noise,
+                          f"delta_{m}_ci_low": low, f"delta_{m}_ci_high": high, f"delta_{m}_p": p_value,
                           f"finite_{m}": finite,
                           f"within_noise_{m}": bool(abs(mean) <= noise) if finite and len(seed_values) > 1 else None})
         summary.append(entry)
     return summary
+
+
+def _t_interval(deltas: list[float]) -> tuple[float, float, float]:
+    """The paired differences' 95% Student-t interval (n − 1 degrees of freedom) and the two-sided
+    p-value of mean 0; nan for fewer than 2 pairs (and p nan when the differences do not vary)."""
+    n = len(deltas)
+    if n < 2:
+        return math.nan, math.nan, math.nan
+    mean, sd = float(np.mean(deltas)), float(np.std(deltas, ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    p_value = float(stats.ttest_1samp(deltas, 0.0).pvalue) if sd > 0 else math.nan
+    return mean - half, mean + half, p_value
+
+
+def _interval_reading(e: dict) -> str:
+    if any(math.isnan(e[f"delta_{m}_ci_low"]) for m in METRICS):
+        return "– (fewer than 2 pairs, or a metric not finite)"
+    moved = [NAME[m] for m in METRICS if e[f"delta_{m}_ci_low"] > 0 or e[f"delta_{m}_ci_high"] < 0]
+    return "no detectable difference" if not moved else "differs: " + ", ".join(moved)
 
 
 def _pm(mean: float, std: float, scale: float, digits: int) -> str:
@@ -173,6 +195,21 @@ def comparison_table(summary: list[dict], a_name: str, b_name: str, notes: list[
                       "–" if math.isnan(noise) else f"{noise * SCALE[m]:.{DIGITS[m]}f}"]
         lines.append(f"| {e['method']} | {e['engine']} | {e['sparsity']:g} | {e['predictor']} | {e['pairs']} | "
                      + " | ".join(cells) + f" | {_verdict(e)} |")
+    head = " | ".join(f"Δ {NAME[m]} ({UNIT[m]}), 95% interval | p" for m in METRICS)
+    lines += ["", "Paired t-test of each mean Δ (95% Student-t interval, n − 1 degrees of freedom, two-sided p; "
+              "uncorrected for the several metrics and groups): *no detectable difference* where every "
+              "interval includes 0.", "",
+              f"| method | engine | sparsity | predictor | pairs | {head} | reads |",
+              "|---|---|---|---|---|" + "---|---|" * len(METRICS) + "---|"]
+    for e in summary:
+        cells = []
+        for m in METRICS:
+            low, high, p_value = (e[f"delta_{m}_{k}"] for k in ("ci_low", "ci_high", "p"))
+            cells += ["–" if math.isnan(low) else
+                      f"[{low * SCALE[m]:+.{DIGITS[m]}f}, {high * SCALE[m]:+.{DIGITS[m]}f}]",
+                      "–" if math.isnan(p_value) else f"{p_value:.2f}"]
+        lines.append(f"| {e['method']} | {e['engine']} | {e['sparsity']:g} | {e['predictor']} | {e['pairs']} | "
+                     + " | ".join(cells) + f" | {_interval_reading(e)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -435,6 +435,11 @@ MUTANTS: list[Mutant] = [
            "the checkout's", "experiments/controlled_queue.sh",
            'if [ -f "$file" ] && [[ ! " ${not_the_sweeps[*]} " == *" $name "* ]]; then', 'if [ -f "$file" ]; then',
            (QUEUE,)),
+    Mutant("compare-interval-normal", "compare_studies' paired interval uses the normal 1.96 instead of Student's t "
+           "with n − 1 degrees of freedom", "experiments/compare_studies.py",
+           "    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)\n",
+           "    half = 1.96 * sd / math.sqrt(n)\n",
+           ("tests/test_compare_studies.py::test_runs_are_paired_by_seed_and_judged_against_the_seed_noise_of_a",)),
 ]
 
 

@@ -42,6 +42,9 @@ def test_runs_are_paired_by_seed_and_judged_against_the_seed_noise_of_a(tmp_path
     assert {pairs[k]["b_compute_dtype"] for k in pairs} == {"bfloat16"}
     table = (out / "comparison.md").read_text()
     assert "| rigl | plain | 0.95 | final | 3 | +0.30 ± 0.20 | 2.00 |" in table and "**within** |" in table
+    # Δ accuracy 0.1, 0.5, 0.3 pp: mean 0.3, sd 0.2, t(2) = 4.303 → ± 0.497 pp; p by scipy's paired t-test
+    assert "| rigl | plain | 0.95 | final | 3 | [-0.20, +0.80] | 0.12 |" in table
+    assert table.rstrip().endswith("| no detectable difference |")
     assert "ran in float32 (3 runs)" in table and "ran in bfloat16 (4 runs)" in table
     assert "Runs of B without a partner, left out: rigl-plain-s0.95-seed7." in table
     assert (out / "comparison.png").stat().st_size > 0
