@@ -23,19 +23,19 @@ from torch import nn
 
 
 class LoaderView:
-    """A ``DeviceLoader`` as laplace-torch reads a DataLoader: ``dataset`` (its length is N),
-    ``batch_size``, and iteration over (x, y) batches of one fixed epoch."""
+    """(x, y) batches as laplace-torch reads a DataLoader: ``dataset`` (its length is N),
+    ``batch_size``, and iteration in a fixed order."""
 
-    def __init__(self, loader):
-        self.loader = loader
-        self.batch_size = loader.batch_size
-        self.dataset = range(loader.num_samples)
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int):
+        self.inputs, self.targets, self.batch_size = inputs, targets, batch_size
+        self.dataset = range(len(inputs))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return iter(self.loader.epoch(0))
+        for i in range(0, len(self.inputs), self.batch_size):
+            yield self.inputs[i:i + self.batch_size], self.targets[i:i + self.batch_size]
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return -(-len(self.inputs) // self.batch_size)
 
 
 @dataclass
@@ -44,28 +44,81 @@ class LaplaceFit:
     log_probs: dict[str, torch.Tensor]  # {split: (N, C) log predictive probabilities}
 
 
+def last_linear_layer(module: nn.Module, x: torch.Tensor) -> nn.Linear:
+    """The layer laplace-torch calls the last one: the last leaf module to run in a forward pass
+    of ``x``.  It must be an ``nn.Linear`` whose output is the network's output, so that a Laplace
+    approximation fitted on that layer's inputs is the last-layer approximation of the network."""
+    order: list[nn.Module] = []
+    outputs: dict[int, torch.Tensor] = {}
+
+    def record(m, _inputs, out):
+        order.append(m)
+        outputs[id(m)] = out
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.no_grad():
+            logits = module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order or not isinstance(order[-1], nn.Linear) or not torch.equal(outputs[id(order[-1])], logits):
+        raise ValueError("last-layer Laplace needs a network whose output is that of a final nn.Linear layer")
+    return order[-1]
+
+
+def last_layer_inputs(module: nn.Module, head: nn.Linear, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) over one fixed-order epoch of ``loader``: the inputs of ``head`` in an
+    eval-mode forward pass, and the labels.  Computed once per split, so that laplace-torch's
+    curvature pass and its prior-precision grid (100 predictive passes over the validation split)
+    read stored features instead of running the whole network again each time."""
+    features: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inputs, _out: features.append(inputs[0].detach()))
+    try:
+        with torch.no_grad():
+            for x, y in loader.epoch(0):
+                module(x)
+                labels.append(y)
+    finally:
+        hook.remove()
+    return torch.cat(features), torch.cat(labels)
+
+
 def last_layer_laplace(module: nn.Module, train, loaders: dict, *, hessian_structure: str = "kron",
                        link_approx: str = "probit") -> LaplaceFit:
     """Fit a last-layer Laplace approximation of ``module`` (eval mode: its BatchNorm statistics
     stay as they are) on ``train``, choose the prior precision on ``loaders["val"]``, and return
-    the predictive log-probabilities on every split of ``loaders``."""
+    the predictive log-probabilities on every split of ``loaders``.
+
+    The network below the last layer is fixed, so the approximation depends on the data only
+    through that layer's inputs: laplace-torch is run on a copy of the last layer alone, fed the
+    features of each split, computed once (``last_layer_inputs``).  This is the same posterior
+    and predictive as ``Laplace(module, subset_of_weights="last_layer")`` (tested), without a
+    pass of the whole network for each of the grid's 100 prior precisions."""
     try:
         from laplace import Laplace
     except ImportError as err:  # pragma: no cover - depends on the extra
         raise ImportError("the Laplace baseline needs laplace-torch: pip install -e \".[laplace]\"") from err
     if "val" not in loaders:
         raise ValueError("the Laplace prior precision is chosen on the validation split, and this run has none")
-    # a copy in the contiguous format: laplace-torch flattens parameters with view(), which a
-    # channels-last weight (the float32 default here) refuses
-    module = copy.deepcopy(module).to(memory_format=torch.contiguous_format).eval()
-    la = Laplace(module, "classification", subset_of_weights="last_layer", hessian_structure=hessian_structure)
-    la.fit(LoaderView(train))
-    la.optimize_prior_precision(pred_type="glm", method="gridsearch", val_loader=LoaderView(loaders["val"]),
-                                link_approx=link_approx)
+    module = copy.deepcopy(module).eval()  # the caller's network is left alone
+    first_batch = next(iter(train.epoch(0)))[0]
+    head = last_linear_layer(module, first_batch)
+    # the head alone, behind an Identity so that laplace-torch finds it as the last layer; a
+    # contiguous copy, as laplace-torch flattens parameters with view()
+    head_only = nn.Sequential(nn.Identity(), copy.deepcopy(head)).to(memory_format=torch.contiguous_format)
+    la = Laplace(head_only, "classification", subset_of_weights="last_layer", hessian_structure=hessian_structure)
+    batch = train.batch_size
+    features = {split: last_layer_inputs(module, head, loader) for split, loader in loaders.items()}
+    la.fit(LoaderView(*last_layer_inputs(module, head, train), batch))  # the Hessian: training data
+    la.optimize_prior_precision(pred_type="glm", method="gridsearch", val_loader=LoaderView(*features["val"], batch),
+                                link_approx=link_approx)  # the prior precision: validation data
     out = {}
-    with torch.no_grad():
-        for split, loader in loaders.items():
-            probs = torch.cat([la(x, pred_type="glm", link_approx=link_approx).float().cpu()
-                               for x, _ in loader.epoch(0)])
+    with torch.no_grad():  # every split, the test split included, is only scored
+        for split, (inputs, targets) in features.items():
+            probs = torch.cat([la(f, pred_type="glm", link_approx=link_approx).float().cpu()
+                               for f, _ in LoaderView(inputs, targets, batch)])
             out[split] = probs.clamp_min(1e-12).log()
     return LaplaceFit(prior_precision=float(la.prior_precision.mean()), log_probs=out)

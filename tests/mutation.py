@@ -56,6 +56,7 @@ WD_ONCE = fid("test_weight_decay_is_counted_once")
 DEFAULTS = fid("test_t_star_and_keep_defaults")
 KEEP_DEFAULT = fid("test_t_star_and_keep_defaults", "test_a_default_cigl_trainer_draws_z_at_keep_099_and_records_it")
 ERK = (f"{FIDELITY}::test_erk_per_layer_densities_match_an_independent_solver",)
+LAPLACE_SPLITS = ("tests/test_laplace.py::test_laplace_fits_on_training_data_and_tunes_on_validation_only",)
 QUEUE = ("tests/test_controlled_queue.py::"
          "test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_registered_order")
 GUIDE = fid("test_guide_log_density_has_the_u_level_and_scale_sigma",
@@ -397,6 +398,16 @@ MUTANTS: list[Mutant] = [
     Mutant("temperature-on-test", "temperature scaling is fitted on the test split",
            "cigl_bayes/evaluate.py", 'temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])',
            'temperature = metrics.fit_temperature(preds[output]["test"], labels["test"])', NO_TEST_FIT),
+    Mutant("laplace-prior-on-test", "the Laplace prior precision is chosen on the test split",
+           "inference/laplace.py", 'val_loader=LoaderView(*features["val"], batch)',
+           'val_loader=LoaderView(*features["test"], batch)', LAPLACE_SPLITS),
+    Mutant("laplace-hessian-on-val", "the Laplace Hessian is fitted on the validation split, not the training data",
+           "inference/laplace.py", "la.fit(LoaderView(*last_layer_inputs(module, head, train), batch))",
+           'la.fit(LoaderView(*features["val"], batch))', LAPLACE_SPLITS),
+    Mutant("laplace-features-train-mode", "the stored last-layer features are computed in training mode "
+           "(batch statistics), not with the network's BatchNorm statistics",
+           "inference/laplace.py", "module = copy.deepcopy(module).eval()", "module = copy.deepcopy(module).train()",
+           ("tests/test_laplace.py::test_laplace_on_stored_features_equals_laplace_torch_on_the_whole_network",)),
     Mutant("upward-import", "a cigl_bayes module imports the inference layer above it (relative, function-level, "
            "through the installed name cigl_bayes.inference)",
            "cigl_bayes/weights.py", "from .runs import atomic_write_via\n",

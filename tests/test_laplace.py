@@ -3,39 +3,93 @@ precision chosen on the validation split, the test split only scored."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
-pytest.importorskip("laplace")
+laplace = pytest.importorskip("laplace")
 
 from cigl_bayes.inference import laplace as laplace_module  # noqa: E402
 from tests.test_bn_protocols import make_trainer  # noqa: E402
+
+Laplace = laplace.Laplace
+
+
+class FullNetworkLoader:
+    """A loader of images as laplace-torch reads one: the reference fit runs the whole network."""
+
+    def __init__(self, loader):
+        self.loader, self.batch_size, self.dataset = loader, loader.batch_size, range(loader.num_samples)
+
+    def __iter__(self):
+        return iter(self.loader.epoch(0))
+
+    def __len__(self):
+        return len(self.loader)
+
+
+def test_laplace_on_stored_features_equals_laplace_torch_on_the_whole_network(tmp_path):
+    trainer = make_trainer(tmp_path, method="rigl")
+    trainer.fit()
+    data, module = trainer.data, trainer.net.module
+    ours = laplace_module.last_layer_laplace(module, data.train_eval, {"test": data.test, "val": data.val})
+    reference_net = copy.deepcopy(module).to(memory_format=torch.contiguous_format).eval()
+    la = Laplace(reference_net, "classification", subset_of_weights="last_layer", hessian_structure="kron")
+    la.fit(FullNetworkLoader(data.train_eval))
+    la.optimize_prior_precision(pred_type="glm", method="gridsearch", val_loader=FullNetworkLoader(data.val),
+                                link_approx="probit")
+    assert ours.prior_precision == pytest.approx(float(la.prior_precision.mean()), rel=1e-9)
+    for split, loader in {"test": data.test, "val": data.val}.items():
+        with torch.no_grad():
+            probs = torch.cat([la(x, pred_type="glm", link_approx="probit") for x, _ in loader.epoch(0)])
+        torch.testing.assert_close(ours.log_probs[split], probs.float().clamp_min(1e-12).log(), rtol=1e-5, atol=1e-6)
 
 
 def test_laplace_fits_on_training_data_and_tunes_on_validation_only(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path, method="rigl")
     trainer.fit()
-    served = []  # every loader laplace-torch reads, in order
-    original = laplace_module.LoaderView.__iter__
+    extracted = {}  # id(features tensor) -> the loader it came from
+    original_inputs = laplace_module.last_layer_inputs
 
-    def spy(self):
-        served.append(self.loader)
-        return original(self)
+    def spy_inputs(module, head, loader):
+        inputs, targets = original_inputs(module, head, loader)
+        extracted[id(inputs)] = loader
+        return inputs, targets
 
-    monkeypatch.setattr(laplace_module.LoaderView, "__iter__", spy)
+    read = {}  # what laplace-torch was handed: {"hessian": loader, "prior": loader}
+    real_laplace = laplace.Laplace
+
+    def spy_laplace(*args, **kwargs):
+        la = real_laplace(*args, **kwargs)
+        fit, optimize = la.fit, la.optimize_prior_precision
+        la.fit = lambda view, **kw: (read.setdefault("hessian", extracted[id(view.inputs)]), fit(view, **kw))[1]
+        la.optimize_prior_precision = lambda *a, val_loader, **kw: (
+            read.setdefault("prior", extracted[id(val_loader.inputs)]), optimize(*a, val_loader=val_loader, **kw))[1]
+        return la
+
+    monkeypatch.setattr(laplace_module, "last_layer_inputs", spy_inputs)
+    monkeypatch.setattr(laplace, "Laplace", spy_laplace)
     data = trainer.data
     before = {k: v.clone() for k, v in trainer.net.module.state_dict().items()}
     result = laplace_module.last_layer_laplace(trainer.net.module, data.train_eval,
                                                {"test": data.test, "val": data.val})
-    assert served[0] is data.train_eval  # the Hessian: training images
-    assert any(s is data.val for s in served[1:])  # the prior precision: the validation split
-    assert all(s is data.train_eval or s is data.val for s in served)  # never the test split
+    assert read["hessian"] is data.train_eval  # the Hessian: training images
+    assert read["prior"] is data.val  # the prior precision: the validation split, never the test split
     assert set(result.log_probs) == {"test", "val"}
     probs = result.log_probs["test"].exp()
     torch.testing.assert_close(probs.sum(-1), torch.ones(len(probs)), rtol=1e-5, atol=1e-5)
     assert 1e-4 * (1 - 1e-6) <= result.prior_precision <= 1e4 * (1 + 1e-6)  # the grid 10^[-4, 4], float32
     for k, v in trainer.net.module.state_dict().items():  # the trained network itself is left alone
         assert torch.equal(v, before[k])
+
+
+def test_laplace_refuses_a_network_whose_output_is_not_its_last_linear_layer():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Softmax(-1))
+    with pytest.raises(ValueError, match="final nn.Linear"):
+        laplace_module.last_linear_layer(net, torch.randn(2, 4))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    assert laplace_module.last_linear_layer(net, torch.randn(2, 4)) is net[2]
 
 
 def test_laplace_needs_a_validation_split(tmp_path):
