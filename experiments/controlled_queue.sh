@@ -15,6 +15,10 @@
 #     each finished run and the tables the sweep rebuilt are copied back into $1 and committed
 #     (.gitignore keeps weights and samples out).  The registered analysis (registered.*,
 #     validation_curves.png: experiments.controlled_study) is written on $1 only, never copied back.
+# After each run: for a rigl run, the last-layer Laplace baseline on its committed weights
+# (experiments.laplace_baseline, with $1's code: evaluation, not training), then the registered
+# analysis (experiments.controlled_study), both committed.  A failure there is logged and retried
+# by the next start of the queue; it never stops the training.
 # Finished runs are skipped, an interrupted one resumes from its checkpoint, so the same command
 # continues the queue in every session.  Float32 everywhere (--amp off): the study keeps one precision.
 set -euo pipefail
@@ -35,11 +39,52 @@ for seed in 3 4 5 6 7; do order+=("rigl $seed" "cigl-keep0.99 $seed"); done
 for seed in 3 4 5; do order+=("cigl-no-rm $seed"); done
 for seed in 3 4 5; do order+=("cigl-no-wma-keep0.99 $seed"); done
 
+tracked() { git -C "$target" ls-files --error-unmatch "$1" >/dev/null 2>&1; }
+
+commit_study() {  # $1: the commit message; only docs/results/controlled is committed
+  local try
+  for try in 1 2 3 4 5; do  # another git command may hold the index for a moment
+    if git -C "$target" add -- "docs/results/controlled" && \
+       git -C "$target" commit -q -m "$1" --only -- "docs/results/controlled"; then
+      return 0
+    fi
+    sleep 5
+  done
+  return 1
+}
+
+evaluate_after() {  # $1: method, $2: run name; the evaluations of a committed run, with $1's code
+  local done_what=()
+  if [ "$1" = rigl ] && ! tracked "$committed/controlled/runs/$2/laplace.json"; then
+    if (cd "$target" && PYTHONPATH="$target" python -m experiments.laplace_baseline \
+          "docs/results/controlled/runs/$2" --no-progress); then
+      done_what+=("last-layer Laplace")
+    else
+      echo "$(date -u +%FT%TZ) error: the Laplace baseline of $2 failed; the next start retries it" >&2
+    fi
+  fi
+  if (cd "$target" && PYTHONPATH="$target" python -m experiments.controlled_study docs/results/controlled); then
+    done_what+=("registered analysis")
+  else
+    echo "$(date -u +%FT%TZ) error: the registered analysis failed after $2" >&2
+  fi
+  if ! git -C "$target" diff --quiet HEAD -- docs/results/controlled || \
+     [ -n "$(git -C "$target" ls-files --others --exclude-standard -- docs/results/controlled)" ]; then
+    local what
+    what="$(printf '%s, ' "${done_what[@]}")"
+    commit_study "controlled: after $2, ${what%, }" || {
+      echo "$(date -u +%FT%TZ) error: could not commit the evaluations of $2" >&2; exit 1; }
+  fi
+}
+
 for cell in "${order[@]}"; do
   read -r method seed <<<"$cell"
   run="$method-plain-s0.95-seed$seed"
   folder="$committed/controlled/runs/$run"
-  if [ -f "$folder/metrics.json" ] && git -C "$target" ls-files --error-unmatch "$folder/metrics.json" >/dev/null 2>&1; then
+  if [ -f "$folder/metrics.json" ] && tracked "$folder/metrics.json"; then
+    if [ "$method" = rigl ] && ! tracked "$folder/laplace.json"; then
+      evaluate_after "$method" "$run"  # an earlier session ended before its Laplace baseline
+    fi
     continue  # finished and committed
   fi
   echo "$(date -u +%FT%TZ) start $run on $(python -c 'import platform; print(platform.processor() or platform.machine())')"
@@ -55,19 +100,11 @@ for cell in "${order[@]}"; do
       fi
     done
   fi
-  committed_ok=no
-  for try in 1 2 3 4 5; do  # another git command may hold the index for a moment
-    if git -C "$target" add -- "docs/results/controlled" && \
-       git -C "$target" commit -q -m "controlled: $run (float32)" --only -- "docs/results/controlled"; then
-      committed_ok=yes
-      break
-    fi
-    sleep 5
-  done
-  if [ "$committed_ok" != yes ]; then
+  if ! commit_study "controlled: $run (float32)"; then
     echo "$(date -u +%FT%TZ) error: could not commit $run; its files are in $committed/controlled" >&2
     exit 1
   fi
   echo "$(date -u +%FT%TZ) committed $run"
+  evaluate_after "$method" "$run"
 done
 echo "$(date -u +%FT%TZ) queue done"

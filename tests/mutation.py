@@ -56,6 +56,8 @@ WD_ONCE = fid("test_weight_decay_is_counted_once")
 DEFAULTS = fid("test_t_star_and_keep_defaults")
 KEEP_DEFAULT = fid("test_t_star_and_keep_defaults", "test_a_default_cigl_trainer_draws_z_at_keep_099_and_records_it")
 ERK = (f"{FIDELITY}::test_erk_per_layer_densities_match_an_independent_solver",)
+QUEUE_LAPLACE = ("tests/test_controlled_queue.py::"
+                 "test_a_failed_laplace_baseline_is_logged_never_stops_training_and_is_retried",)
 LAPLACE_SPLITS = ("tests/test_laplace.py::test_laplace_fits_on_training_data_and_tunes_on_validation_only",)
 QUEUE = ("tests/test_controlled_queue.py::"
          "test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_registered_order")
@@ -446,6 +448,12 @@ MUTANTS: list[Mutant] = [
            "the checkout's", "experiments/controlled_queue.sh",
            'if [ -f "$file" ] && [[ ! " ${not_the_sweeps[*]} " == *" $name "* ]]; then', 'if [ -f "$file" ]; then',
            (QUEUE,)),
+    Mutant("queue-laplace-not-retried", "a rigl run committed without its Laplace baseline (a session ended, or the "
+           "baseline failed) never gets one", "experiments/controlled_queue.sh",
+           'evaluate_after "$method" "$run"  # an earlier session', ':  # an earlier session', QUEUE_LAPLACE),
+    Mutant("queue-laplace-failure-stops", "a failed Laplace baseline stops the queue's training",
+           "experiments/controlled_queue.sh", 'failed; the next start retries it" >&2\n',
+           'failed; the next start retries it" >&2\n      exit 1\n', QUEUE_LAPLACE),
     Mutant("compare-interval-normal", "compare_studies' paired interval uses the normal 1.96 instead of Student's t "
            "with n − 1 degrees of freedom", "experiments/compare_studies.py",
            "    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)\n",

@@ -35,6 +35,24 @@ if os.environ.get("MAIN_REGISTERED"):
     pathlib.Path(os.environ["MAIN_REGISTERED"]).write_text("registered analysis v2\\n")
 '''
 
+# Stand in for the evaluations the queue runs with the checkout's code after each run: the Laplace
+# baseline writes <run>/laplace.json (or fails, when STUB_LAPLACE_FAILS names the run), the
+# registered analysis lists every finished run and every Laplace file.
+STUB_LAPLACE = '''
+import json, os, pathlib, sys
+run = pathlib.Path(sys.argv[1])
+if os.environ.get("STUB_LAPLACE_FAILS") == run.name:
+    sys.exit("laplace failed")
+(run / "laplace.json").write_text(json.dumps({"method": "rigl"}))
+'''
+STUB_ANALYSIS = '''
+import pathlib, sys
+study = pathlib.Path(sys.argv[1])
+runs = sorted(r.name for r in (study / "runs").iterdir() if (r / "metrics.json").exists())
+laplace = sorted(r.name for r in (study / "runs").iterdir() if (r / "laplace.json").exists())
+(study / "registered.md").write_text(f"runs {runs}\\nlaplace {laplace}\\n")
+'''
+
 
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
@@ -52,7 +70,11 @@ def queue(tmp_path):
     (study / "runs" / "rigl-plain-s0.95-seed3").mkdir(parents=True)
     (study / "runs" / "rigl-plain-s0.95-seed3" / "metrics.json").write_text(json.dumps({"completed": True}))
     (study / "registered.md").write_text("registered analysis v1\n")
-    (target / ".gitignore").write_text("*.pt\n")
+    (target / ".gitignore").write_text("*.pt\n__pycache__/\n")
+    (target / "experiments").mkdir()
+    (target / "experiments" / "__init__.py").write_text("")
+    (target / "experiments" / "laplace_baseline.py").write_text(STUB_LAPLACE)
+    (target / "experiments" / "controlled_study.py").write_text(STUB_ANALYSIS)
     _git(target, "init", "-q", "-b", "main")
     _git(target, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     _git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run 1")
@@ -85,12 +107,28 @@ def test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_regis
     assert started[-1] == "cigl-no-wma-keep0.99-plain-s0.95-seed5" and len(started) == 15  # 16 cells, 1 done
     resumed = json.loads((study / "runs" / unfinished / "metrics.json").read_text())["resumed_from"]
     assert resumed == "epoch 9"  # trained on from the work folder's checkpoint, not the checkout's
-    messages = _git(target, "log", "--format=%s").splitlines()
-    assert messages[-1] == "run 1" and messages[-2] == f"controlled: {unfinished} (float32)" and len(messages) == 16
+    messages = _git(target, "log", "--reverse", "--format=%s").splitlines()
+    runs = [m for m in messages if m.endswith("(float32)")]
+    assert messages[0] == "run 1" and runs[0] == f"controlled: {unfinished} (float32)" and len(runs) == 15
+    # the committed rigl seed 3 gets its Laplace baseline first; each run is followed by its evaluations
+    assert messages[1] == "controlled: after rigl-plain-s0.95-seed3, last-layer Laplace, registered analysis"
+    for i, message in enumerate(messages[2:], start=2):
+        if message.endswith("(float32)"):
+            run = message.split()[1]
+            what = "last-layer Laplace, registered analysis" if run.startswith("rigl-") else "registered analysis"
+            assert messages[i + 1] == f"controlled: after {run}, {what}"
     tracked = _git(target, "ls-files").split()
     assert not [f for f in tracked if f.endswith(".pt")]  # weights stay out (.gitignore)
+    laplace = sorted(Path(f).parent.name for f in tracked if f.endswith("laplace.json"))
+    assert laplace == [f"rigl-plain-s0.95-seed{s}" for s in range(3, 8)]  # every rigl run, no other
     assert (study / "runs.csv").read_text().count("seed") == 16  # the rebuilt table counts every run
-    assert (study / "registered.md").read_text() == "registered analysis v2\n"  # the work copy never comes back
+    registered = (study / "registered.md").read_text()  # rebuilt on the checkout after the last run,
+    assert registered.count("seed") == 16 + 5
+    # the work folder's copy (seeded from the first commit) never comes back, in no later commit
+    commits = _git(target, "log", "--reverse", "--format=%H").split()
+    contents = [_git(target, "show", f"{c}:docs/results/controlled/registered.md") for c in commits]
+    assert contents[0] == "registered analysis v1\n" and "registered analysis v1\n" not in contents[1:]
+    assert _git(target, "status", "--porcelain", "--", "docs") == ""  # everything committed
 
     again = _run_queue(code, target, work)  # the next session: nothing left to do
     assert again.returncode == 0 and " start " not in again.stdout and "queue done" in again.stdout
@@ -101,4 +139,22 @@ def test_without_a_work_folder_the_queue_trains_in_the_checkout(queue):
     proc = _run_queue(code, target, None)
     assert proc.returncode == 0, proc.stderr
     assert (study / "runs" / "cigl-keep0.99-plain-s0.95-seed7" / "metrics.json").exists()
-    assert len(_git(target, "log", "--format=%s").splitlines()) == 16
+    assert len([m for m in _git(target, "log", "--format=%s").splitlines() if m.endswith("(float32)")]) == 15
+
+
+def test_a_failed_laplace_baseline_is_logged_never_stops_training_and_is_retried(queue, tmp_path):
+    code, target, study = queue
+    work = tmp_path / "work"
+    failing = "rigl-plain-s0.95-seed4"
+    proc = _run_queue(code, target, work, env={"STUB_LAPLACE_FAILS": failing})
+    assert proc.returncode == 0, proc.stderr
+    assert f"error: the Laplace baseline of {failing} failed" in proc.stderr
+    assert "queue done" in proc.stdout  # every later run still trained
+    assert not (study / "runs" / failing / "laplace.json").exists()
+    assert (study / "runs" / "rigl-plain-s0.95-seed5" / "laplace.json").exists()
+    again = _run_queue(code, target, work)  # the next start: no training, only the missing baseline
+    assert again.returncode == 0, again.stderr
+    assert " start " not in again.stdout
+    assert _git(target, "ls-files", "--", f"docs/results/controlled/runs/{failing}/laplace.json").strip()
+    assert _git(target, "log", "-1", "--format=%s").strip() == \
+        f"controlled: after {failing}, last-layer Laplace, registered analysis"
