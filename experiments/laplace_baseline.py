@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                   "subset_of_weights": "last_layer", "hessian_structure": "kron", "link_approx": "probit",
                   "prior_precision": fit.prior_precision,
                   "prior_precision_fit": "laplace-torch gridsearch, validation NLL, 10^[-4, 4] (100 points)",
+                  # a choice at the grid's edge with a flat curve: the posterior variance barely matters
+                  "prior_precision_at_grid_edge": not 1e-4 * 1.001 < fit.prior_precision < 1e4 / 1.001,
+                  "val_nll_by_prior_precision": {f"{k:g}": v for k, v in fit.val_nll_by_prior_precision.items()},
                   "hessian_data": "clean training images",
                   # laplace-torch treats the last layer as dense: its pruned weights get posterior variance too
                   "last_layer_sparsity_kept": False,

@@ -40,6 +40,19 @@ def test_laplace_on_stored_features_equals_laplace_torch_on_the_whole_network(tm
     la.optimize_prior_precision(pred_type="glm", method="gridsearch", val_loader=FullNetworkLoader(data.val),
                                 link_approx="probit")
     assert ours.prior_precision == pytest.approx(float(la.prior_precision.mean()), rel=1e-9)
+    # the reported curve: the validation NLL a decade apart, of which the chosen one is the lowest
+    # among the grid's own end points 10^-4 and 10^4
+    curve = ours.val_nll_by_prior_precision
+    assert sorted(curve) == [10.0 ** d for d in range(-4, 5)]
+    val_labels = torch.cat([y for _, y in data.val.epoch(0)])
+    chosen_nll = float(-ours.log_probs["val"].gather(1, val_labels[:, None]).mean())
+    assert chosen_nll <= min(curve[1e-4], curve[1e4]) + 1e-6
+    la.prior_precision = 1e-4
+    with torch.no_grad():
+        low = torch.cat([la(x, pred_type="glm", link_approx="probit") for x, _ in data.val.epoch(0)])
+    low_nll = float(-low.float().clamp_min(1e-12).log().gather(1, val_labels[:, None]).mean())
+    assert curve[1e-4] == pytest.approx(low_nll, rel=1e-5)
+    la.prior_precision = ours.prior_precision
     for split, loader in {"test": data.test, "val": data.val}.items():
         with torch.no_grad():
             probs = torch.cat([la(x, pred_type="glm", link_approx="probit") for x, _ in loader.epoch(0)])
