@@ -39,6 +39,7 @@ weights and outside the new M.  Under ``torch.distributed`` every rank draws the
 from __future__ import annotations
 
 import copy
+import numbers
 import types
 from collections.abc import Sequence
 
@@ -103,31 +104,56 @@ class CigL:
     samples are collected at the end of every epoch ≥ T* (``end_epoch``); ``samples`` is where
     they go (default: in memory; the Trainer passes a :class:`SnapshotStore` on disk) and
     ``keep_samples=False`` keeps only their mean.  ``seed`` seeds M (``seed``), the Z stream
-    (``seed + 1``) and SET's scores (``seed + 2``), as the Trainer always has.  Construction zeroes
-    the weights outside the initial M; to resume, build with ``apply_mask=False`` on the module
-    holding the saved weights, then :meth:`load_state_dict` (the order does not matter then).
+    (``seed + 1``) and SET's scores (``seed + 2``), as the Trainer always has.  ``sparsity``
+    defaults to 0.95 for the sparse methods and must be 0 (or left out) for ``dense``.
+
+    Construction zeroes the weights outside the initial M.  To resume, load the module and the
+    optimizer as usual, build ``CigL`` on them and call :meth:`load_state_dict` before the first
+    step: it puts back the weights that construction zeroed (a copy is kept until the first
+    step) and then the saved M.  ``apply_mask=False`` skips the zeroing (and the copy) when the
+    module already holds weights that lie in the M to be loaded.
     """
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, method: str = "cigl",
-                 sparsity: float = 0.95, total_steps: int, distribution: str = "erk",
+                 sparsity: float | None = None, total_steps: int, distribution: str = "erk",
                  sparse_params: Sequence[str] | None = None, keep: float | None = None, delta_t: int = 100,
                  drop_fraction: float = 0.3, update_end: float = 0.75, collect_from_epoch: int = 0,
                  seed: int = 0, samples=None, keep_samples: bool = True, attach: bool = True,
                  apply_mask: bool = True):
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"CigL(module, optimizer, ...): the first argument must be an nn.Module, "
+                             f"got {type(module).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"CigL(module, optimizer, ...): the second argument must be a torch optimizer, "
+                             f"got {type(optimizer).__name__}")
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"unknown sparsity distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
-        if not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
-        if not isinstance(collect_from_epoch, int) or collect_from_epoch < 0:
-            raise ValueError(f"collect_from_epoch must be a non-negative integer, got {collect_from_epoch!r}")
+        total_steps = _count("total_steps", total_steps, minimum=1)
+        collect_from_epoch = _count("collect_from_epoch", collect_from_epoch, minimum=0)
+        delta_t = _count("delta_t", delta_t, minimum=1)
         self.method: MethodConfig = METHODS[method]
-        self.sparsity = check_sparsity(sparsity)
+        if self.method.sparse:
+            self.sparsity = check_sparsity(0.95 if sparsity is None else sparsity)
+        elif sparsity is None or (not isinstance(sparsity, bool) and sparsity == 0):
+            self.sparsity = 0.0
+        else:
+            raise ValueError(f"method {method!r} trains every weight: leave sparsity out (got {sparsity!r})")
+        if keep is not None:
+            check_keep(keep)
         if not self.method.random_mask:
+            if keep is not None and keep != 1:
+                users = ", ".join(n for n, c in METHODS.items() if c.random_mask)
+                raise ValueError(f"method {method!r} has no random mask Z, so keep={keep!r} would be ignored; "
+                                 f"keep applies to {users}")
             self.keep = 1.0
         else:  # as TrainConfig.keep computes it, so a Trainer's keep reaches Z bit for bit
             self.keep = 1.0 - self.method.random_mask_rate if keep is None else check_keep(keep)
+        if self.method.activation_dropout and not any(isinstance(m, nn.modules.dropout._DropoutNd)
+                                                      for m in module.modules()):
+            raise ValueError(f"method {method!r} is RigL with dropout layers kept on at test (MC dropout), and "
+                             f"{type(module).__name__} has none: add nn.Dropout to the model, or use method='rigl'")
         self.optimizer = optimizer
         self._optimizer_step = None  # None: optimizer.step(); a host that wraps optimizer.step sets the inner one
         self.total_steps = total_steps
@@ -138,7 +164,10 @@ class CigL:
         self.net = SparseNetwork(module, names, initial_mask(module, names, self.sparsity if self.method.sparse
                                                              else 0.0, distribution, seed))
         self._check_optimizer()
+        # the weights as handed over, until the first step: a load_state_dict before it puts them back
+        self._before_mask: list[torch.Tensor] | None = None
         if apply_mask:  # W ← M⊙W; off when the module already holds resumed weights (load_state_dict follows)
+            self._before_mask = [p.detach().clone() for p in self.net.sparse_params]
             self.net.apply_mask_()
         device = self.net.sparse_params[0].device
         self.z_source = RandomKeepMask(sum(self.net.mask.numels), self.keep, seed + 1, device,
@@ -163,6 +192,10 @@ class CigL:
     def _sparse_names(self, module: nn.Module, names: Sequence[str] | None, distribution: str) -> list[str]:
         if names is None:
             return sparse_parameter_names(module, dense_first=distribution == "uniform")
+        if isinstance(names, str):
+            raise ValueError(f"sparse_params must be a list of parameter names, got the string {names!r}")
+        if not names:
+            raise ValueError("sparse_params is empty: name at least one parameter to sparsify")
         params = dict(module.named_parameters())
         unknown = [n for n in names if n not in params]
         if unknown:
@@ -253,6 +286,11 @@ class CigL:
         the Z = 0 entries restored.  ``score`` (the dense gradient ∂L/∂(M⊙Z⊙W)) defaults to the one
         captured in this step's forward, all-reduced across ranks.  Returns True on a mask update
         (the optimizer did not step)."""
+        if self._attached and self._w is None:
+            raise RuntimeError("cigl.step() without a training forward pass through the module CigL is attached "
+                               f"to ({type(self.net.module).__name__}, in train mode): the optimizer would move "
+                               "weights outside the mask; call that module (or attach CigL to the one you call)")
+        self._before_mask = None  # training has begun: a load_state_dict no longer restores them
         z = self.z
         update = self.is_update_step
         if update:
@@ -337,7 +375,9 @@ class CigL:
         BatchNorm statistics recomputed as exact averages over ``bn_loader`` (an iterable of
         ``(x, y)`` batches, or a loader with ``epoch(e)``; the protocol names what it serves:
         ``recomputed-clean`` unaugmented, ``recomputed-augmented`` augmented training images).
-        Exportable with :func:`cigl_bayes.export.export_network`."""
+        Exportable with :func:`cigl_bayes.export.export_network` when the module is a built-in
+        architecture (a registry name, ``wrn-D-K``, ``torchvision:NAME`` or ``timm:NAME``), since
+        ``load_exported`` rebuilds the network from that name."""
         if not self.wma.count:
             raise RuntimeError("no samples collected yet: WMA starts at the end of epoch collect_from_epoch "
                                f"= {self.collect_from_epoch} (call end_epoch() after each epoch)")
@@ -353,7 +393,8 @@ class CigL:
 
     def _model_of(self, snap: Snapshot, bn_loader, protocol: str, bn_batches: int | None) -> nn.Module:
         check_bn_protocol(protocol)
-        if protocol != "tracked" and bn_loader is None:
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.net.module.modules())
+        if protocol != "tracked" and bn_loader is None and has_bn:
             raise ValueError(f"BatchNorm protocol {protocol!r} needs bn_loader (training batches to recompute on)")
         was = self._attached
         self.detach()
@@ -364,15 +405,35 @@ class CigL:
                 self.attach()
         copy_net = SparseNetwork(module, self.net.sparse_names, self.net.mask)
         copy_net.load_flat_(snap.sparse, snap.other)
-        if protocol != "tracked":
+        if protocol != "tracked" and has_bn:
             recompute_batchnorm(copy_net, bn_loader, snap.sparse, bn_batches)
         return module.eval()
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def _untouched_since_construction(self) -> bool:
+        """Whether the sparse weights are still exactly M₀⊙W as construction left them (a host that
+        loaded its checkpoint into the module after building CigL has replaced them)."""
+        with torch.no_grad():
+            return all(torch.equal(p, b * m) for p, b, m in
+                       zip(self.net.sparse_params, self._before_mask, self.net.mask.views(self.net.mask.float)))
+
+    def _check_saved_mask(self, saved: dict) -> None:
+        """A saved M of other layers, or of another per-layer size (another sparsity or
+        distribution), would leave this object describing a network it does not hold."""
+        if [list(s) for s in self.net.mask.shapes] != saved.get("shapes"):
+            raise ValueError("the saved mask is for other sparse weights (their shapes differ): "
+                             "build CigL on the same model, with the same sparse_params")
+        numels = [int(torch.Size(s).numel()) for s in saved["shapes"]]
+        saved_nnz = [int(v.sum()) for v in torch.as_tensor(saved["flat"]).split(numels)]
+        if saved_nnz != list(self.net.mask.nnz):
+            raise ValueError(f"the saved mask keeps {sum(saved_nnz)} of {sum(numels)} weights and this CigL "
+                             f"(sparsity {self.sparsity:g}) keeps {sum(self.net.mask.nnz)}: build it with the "
+                             "checkpoint's sparsity and distribution")
+
     def state_dict(self) -> dict:
         """Everything of the algorithm that a resumed run needs (the module and optimizer are the
         host's): counters, M (and its ITOP union), the Z and SET generators, the WMA mean, and the
-        in-memory samples."""
+        in-memory samples.  Every tensor is a copy: training on does not change a state taken."""
         state = {"epoch": self.epoch, "step": self.step_count, "mask": self.net.mask.state_dict(),
                  "z_source": self.z_source.state_dict(), "aux_generator": self.generator.get_state(),
                  "wma": self.wma.state_dict(),
@@ -380,11 +441,25 @@ class CigL:
                  "last_z": self.last_z}
         if isinstance(self.samples, MemorySnapshotStore):
             state["samples"] = [{"sparse": s.sparse, "other": s.other} for s in self.samples]
-        return state
+        return _copied(state)
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict` (copied: the state stays as it was).  Before the first
+        step, and while the module still holds what construction left, the weights that construction
+        zeroed outside its initial M are put back first, so the usual order (module, optimizer,
+        ``CigL(...)``, this) resumes exactly; a module loaded after construction is kept as it is."""
+        missing = [k for k in ("epoch", "step", "mask", "z_source", "aux_generator", "wma") if k not in state]
+        if missing:
+            raise ValueError(f"not a CigL state_dict: it has no {missing[0]!r}")
+        self._check_saved_mask(state["mask"])
+        state = _copied(state)
+        if self._before_mask is not None and self._untouched_since_construction():
+            with torch.no_grad():  # undo construction's zeroing; the saved M is applied below
+                torch._foreach_copy_(self.net.sparse_params, self._before_mask)
+        self._before_mask = None
         self.epoch, self.step_count = state["epoch"], state["step"]
         self.net.mask.load_state_dict(state["mask"])
+        self.net.apply_mask_()
         self.z_source.load_state_dict(state["z_source"])
         self.generator.set_state(state["aux_generator"])
         self.wma.load_state_dict(state["wma"], self.net.sparse_params[0].device)
@@ -393,6 +468,25 @@ class CigL:
         self._z, self._z_drawn, self._scored = None, False, None
         last_z = state.get("last_z")
         self.last_z = None if last_z is None else last_z.to(self.net.sparse_params[0].device)
+
+
+def _count(name: str, value, *, minimum: int) -> int:
+    """An integer option (numpy integers too; not a bool, not a float) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def _copied(state):
+    """``state`` with every tensor cloned (dicts and lists rebuilt), so no caller shares memory with CigL."""
+    if torch.is_tensor(state):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _copied(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_copied(v) for v in state]
+    return state
 
 
 __all__ = ["CigL", "MemorySnapshotStore", "SnapshotStore"]

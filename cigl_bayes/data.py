@@ -622,10 +622,11 @@ def image_batch(images: Any, size: tuple[int, int] | None = None) -> Tensor:
     when given.  Anything else is a ValueError naming it: float images in 0–255, other shapes,
     other sizes (a network with global pooling would silently score them)."""
     x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+    given = tuple(x.shape)  # the shape quoted when refused, before one image gets its N
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or 3 not in (x.shape[1], x.shape[-1]):
-        raise ValueError(f"images must be (N, H, W, 3) or (N, 3, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"images must be (N, H, W, 3) or (N, 3, H, W), got shape {given}")
     if x.shape[-1] == 3 and x.shape[1] != 3:
         x = x.permute(0, 3, 1, 2)
     if size is not None and tuple(x.shape[-2:]) != tuple(size):

@@ -56,10 +56,16 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
                    mean: tuple[float, ...], std: tuple[float, ...], temperature: float | None = None,
                    image_size: tuple[int, int] | None = None, **info) -> Path:
     """Write ``module`` (BatchNorm folded, sparse weights as CSR) and its metadata to ``path``;
-    ``image_size`` (H, W) is the input size the network was trained on, if known."""
+    ``image_size`` (H, W) is the input size the network was trained on, if known.
+
+    :func:`load_exported` rebuilds the network from ``model``, so ``model`` must name a built-in
+    architecture (``cigl_bayes.models.list_models()``, ``wrn-D-K``, ``torchvision:NAME``,
+    ``timm:NAME``) with ``len(classes)`` outputs and the parameters of ``module``; any other name,
+    None, or a module of another architecture is refused here (ValueError), before anything is written."""
     from safetensors.torch import save_file
 
     folded = fold_batchnorm(module)
+    _check_rebuildable(folded.state_dict(), model, len(classes))
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for name, t in folded.state_dict().items():
@@ -79,6 +85,23 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
             "image_size": json.dumps(None if image_size is None else [int(v) for v in image_size]),
             "info": json.dumps(info, default=str)}
     return atomic_write_via(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _check_rebuildable(state: dict[str, torch.Tensor], model: str, num_classes: int) -> None:
+    """ValueError unless :func:`load_exported` can rebuild a network of ``state``'s parameter names and
+    shapes from the name ``model`` (a built-in architecture, BatchNorm folded as the export folds it)."""
+    try:
+        rebuilt = fold_batchnorm(build_model(model, num_classes=num_classes)).state_dict()
+    except (ValueError, TypeError) as err:  # UnknownModelError is a ValueError
+        raise ValueError(f"cannot export with model={model!r}: load_exported rebuilds only built-in architectures, "
+                         f"by name ({err}; torchvision:NAME and timm:NAME too)") from None
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    expected = {k: tuple(v.shape) for k, v in rebuilt.items()}
+    if shapes != expected:
+        name = next(k for k in sorted(shapes.keys() | expected.keys()) if shapes.get(k) != expected.get(k))
+        raise ValueError(f"cannot export with model={model!r}: the module is not that architecture with {num_classes} "
+                         f"classes ({name}: {shapes.get(name, 'absent')} in the module, {expected.get(name, 'absent')} "
+                         f"in {model!r}), and load_exported rebuilds the network from that name")
 
 
 class ExportedNetwork(nn.Module):
@@ -127,6 +150,8 @@ def load_exported(path: str | Path, *, kernels: str = "auto", max_density: float
     if kernels not in ("auto", "dense", "sparse"):
         raise ValueError(f"kernels must be auto, dense or sparse, got {kernels!r}")
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"exported model {path} is a folder, expected a .safetensors file")
     if not path.is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
     try:

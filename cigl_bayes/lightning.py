@@ -36,7 +36,7 @@ class CigLCallback(L.Callback):
     after ``fit`` starts.  Keyword arguments not named here go to :class:`CigL` (``keep``,
     ``delta_t``, ``drop_fraction``, ``update_end``, ``distribution``, ``sparse_params``, ``seed``)."""
 
-    def __init__(self, method: str = "cigl", sparsity: float = 0.95, *, module: str | None = None,
+    def __init__(self, method: str = "cigl", sparsity: float | None = None, *, module: str | None = None,
                  collect_from_epoch: int | None = None, **cigl_kwargs):
         self.method, self.sparsity, self.module = method, sparsity, module
         self.collect_from_epoch = collect_from_epoch
@@ -70,8 +70,11 @@ class CigLCallback(L.Callback):
         def step(closure=None, **kwargs):
             loss = closure() if closure is not None else None
             cigl.step()
+            optimizer._opt_called = True  # what an LR scheduler's wrapper records, mask-update steps included
             return loss
 
+        if hasattr(inner_step, "_wrapped_by_lr_sched"):  # an LR scheduler already wraps the step: keep its
+            step._wrapped_by_lr_sched = True  # mark, so it does not warn that optimizer.step was overridden
         optimizer.step = step
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

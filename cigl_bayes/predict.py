@@ -104,15 +104,30 @@ def recompute_batchnorm(net: SparseNetwork, loader, sparse_flat: torch.Tensor, m
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"BatchNorm recomputation needs at least one batch, got bn_batches={max_batches}")
     was_training = net.module.training
     net.module.train()
-    for i, (x, _) in enumerate(_batches(loader)):
+    seen = 0
+    for i, batch in enumerate(_batches(loader)):
         if max_batches is not None and i >= max_batches:
             break
-        net.forward(x, sparse_flat)
+        net.forward(_images(batch), sparse_flat)
+        seen += 1
     for m, momentum in zip(bns, momenta):
         m.momentum = momentum
     net.module.train(was_training)
+    if not seen:  # reset and never re-estimated: mean 0, variance 1 would be served as statistics
+        raise ValueError("the BatchNorm loader yielded no batch: its statistics cannot be recomputed")
+
+
+def _images(batch) -> torch.Tensor:
+    """The images of a BatchNorm batch: a tensor, or the first item of an (x, y, ...) pair."""
+    if torch.is_tensor(batch):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and torch.is_tensor(batch[0]):
+        return batch[0]
+    raise ValueError(f"a BatchNorm loader must yield image tensors or (x, y) pairs, got a {type(batch).__name__}")
 
 
 @contextmanager

@@ -17,6 +17,7 @@ validation split, and write the run folder (see ``docs/run-folder.md``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import signal
 import time
@@ -191,7 +192,8 @@ def build_cigl(cfg: TrainConfig, module: torch.nn.Module, optimizer: torch.optim
                samples: SnapshotStore | None = None) -> CigL:
     """The algorithm object of a config: the one place a TrainConfig becomes a :class:`CigL`
     (method, sparsity, distribution, keep, ΔT, drop fraction, end, T*, seed)."""
-    return CigL(module, optimizer, method=cfg.method, sparsity=cfg.sparsity, total_steps=total_steps,
+    sparsity = cfg.sparsity if cfg.method_config.sparse else None  # dense: every weight, whatever the config says
+    return CigL(module, optimizer, method=cfg.method, sparsity=sparsity, total_steps=total_steps,
                 distribution=cfg.distribution, keep=cfg.keep, delta_t=cfg.delta_t, drop_fraction=cfg.drop_fraction,
                 update_end=cfg.update_end, collect_from_epoch=cfg.wma_start_epoch, seed=cfg.seed, samples=samples,
                 keep_samples=cfg.save_samples, attach=False)
@@ -316,7 +318,11 @@ class Trainer:
         path = self.out / "checkpoint.pt"
         if not path.exists():
             return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        state = load_checkpoint(path, map_location=self.device)
+        problem = config_file_problem(self.out, state["config"])
+        if problem:
+            raise CheckpointError(problem)
+        self.load_state_dict(state)
         return True
 
     # -- one step ----------------------------------------------------------------
@@ -422,6 +428,28 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def config_file_problem(folder: Path, saved: dict) -> str | None:
+    """Why ``folder/config.json`` disagrees with ``saved``, its checkpoint's config, or None (also when
+    there is no config.json).  Training writes the file from the same config as the checkpoint, and
+    the sweep and reports read it, so a damaged or hand-edited file is named rather than ignored;
+    nothing is rewritten.  Fields a resumption may change (``RESUME_FREE_FIELDS``) are not compared."""
+    path = folder / "config.json"
+    if not path.exists():
+        return None
+    try:
+        written = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as err:  # not JSON, not an object, unknown fields
+        return f"{path} cannot be read as a run config ({err}); put back the run's own config.json or remove it"
+    checkpoint = TrainConfig.from_dict(saved)
+    for field in dataclasses.fields(TrainConfig):
+        mine, theirs = getattr(written, field.name), getattr(checkpoint, field.name)
+        if field.name not in RESUME_FREE_FIELDS and mine != theirs:
+            return (f"{path} disagrees with the run's checkpoint.pt ({field.name}: {mine!r} in config.json, "
+                    f"{theirs!r} in the checkpoint): the file was edited or copied from another run; put back "
+                    "the run's own config.json or remove it")
+    return None
 
 
 class ShortRunWarning(UserWarning):

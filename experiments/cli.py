@@ -11,14 +11,32 @@ from cigl_bayes.config import TrainConfig
 from cigl_bayes.device import HOST_ALLOCATOR_MODES, configure_host_allocator, resolve_device
 
 # Errors that mean "bad input": reported in one line, exit status 2, nothing overwritten.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with its errors on one line ('error: …', exit status 2), like every other bad input."""
+    """argparse with its errors on one line ('error: …', exit status 2), like every other bad input.
+
+    A ``prog`` of the form ``python -m experiments.X`` names the module as it was launched: under
+    ``python -m cigl_bayes.experiments.X`` (the installed name of the same module) usage and errors
+    say that."""
+
+    def __init__(self, *args, prog: str | None = None, **kwargs):
+        super().__init__(*args, prog=_launched_as(prog), **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def _launched_as(prog: str | None) -> str | None:
+    """``python -m <module>`` as ``__main__`` was run, where ``prog`` names that module by another
+    package path (``experiments.train`` run as ``cigl_bayes.experiments.train``); else ``prog``."""
+    module = prog.removeprefix("python -m ") if prog else ""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    running = getattr(spec, "name", None) or ""
+    if module and module != prog and running.endswith("." + module):
+        return f"python -m {running}"
+    return prog
 
 
 _TYPES = {"int": int, "float": float, "str": str}
@@ -46,6 +64,8 @@ def add_train_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None
         if "choices" in field.metadata:
             help_text += f"; one of: {', '.join(field.metadata['choices'])}"
         if field.type == "bool":
+            if field.default:  # a --no-… flag: its help says what it turns off
+                help_text = f"turn off (on by default): {help_text}"
             p.add_argument(_flag(field), dest=field.name, action="store_false" if field.default else "store_true",
                            default=default, help=help_text)
             continue
@@ -80,6 +100,8 @@ def config_from_args(args: argparse.Namespace, **overrides) -> TrainConfig:
 def check_run_folders(runs: list) -> None:
     """Run folders given to a report: each must exist, and none may be given twice."""
     for r in runs:
+        if r.is_file():
+            raise NotADirectoryError(f"run folder {r} is a file, expected a run folder")
         if not r.is_dir():
             raise FileNotFoundError(f"run folder {r} does not exist")
     resolved = [r.resolve() for r in runs]

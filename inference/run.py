@@ -49,6 +49,7 @@ from cigl_bayes.predict import (
 )
 from cigl_bayes.runs import CheckpointError, load_checkpoint
 from cigl_bayes.sparsity import sparse_parameter_names
+from cigl_bayes.train import config_file_problem
 
 from .swag import SparseSWAG
 
@@ -231,7 +232,10 @@ class TrainedRun:
 
     def _temperature_scaled(self, images, draws: int | None, seed: int | None,
                             batch_size: int | None) -> Prediction:
-        stored = self.metrics or {}
+        stored = self.metrics
+        if stored is None:
+            raise RunFolderError(f"run {self.run_dir} has no metrics.json, which holds the fitted temperature; run the "
+                                 "training command again to re-evaluate, or use the other predictors")
         temperature, output = stored.get("temperature"), stored.get("output_predictor")
         if temperature is None or output is None:
             raise RunFolderError(f"run {self.run_dir} fitted no temperature (trained with --no-temperature-scaling, "
@@ -381,6 +385,8 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     if amp is not None and amp not in ("auto", "bf16", "off"):
         raise ValueError(f"amp must be auto, bf16, off or None (the run's own), got {amp!r}")
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise RunFolderError(f"run folder {run_dir} is a file, expected a run folder")
     if not run_dir.is_dir():
         raise RunFolderError(f"run folder {run_dir} does not exist")
     ckpt = run_dir / "checkpoint.pt"
@@ -391,6 +397,9 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
         state = load_checkpoint(ckpt, map_location=dev)
     except CheckpointError as err:
         raise RunFolderError(str(err)) from err
+    problem = config_file_problem(run_dir, state["config"])
+    if problem:
+        raise RunFolderError(problem)
     cfg = TrainConfig.from_dict(state["config"])
     if state["epoch"] < cfg.epochs:
         raise RunFolderError(f"run {run_dir} stopped at epoch {state['epoch']} of {cfg.epochs}; resume it first "

@@ -56,6 +56,7 @@ WD_ONCE = fid("test_weight_decay_is_counted_once")
 DEFAULTS = fid("test_t_star_and_keep_defaults")
 KEEP_DEFAULT = fid("test_t_star_and_keep_defaults", "test_a_default_cigl_trainer_draws_z_at_keep_099_and_records_it")
 ERK = (f"{FIDELITY}::test_erk_per_layer_densities_match_an_independent_solver",)
+MISUSE = "tests/test_drop_in_misuse.py::"
 QUEUE_LAPLACE = ("tests/test_controlled_queue.py::"
                  "test_a_failed_laplace_baseline_is_logged_never_stops_training_and_is_retried",)
 LAPLACE_SPLITS = ("tests/test_laplace.py::test_laplace_fits_on_training_data_and_tunes_on_validation_only",)
@@ -459,6 +460,77 @@ MUTANTS: list[Mutant] = [
            "    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)\n",
            "    half = 1.96 * sd / math.sqrt(n)\n",
            ("tests/test_compare_studies.py::test_runs_are_paired_by_seed_and_judged_against_the_seed_noise_of_a",)),
+    # the drop-in object under a user's plausible mistakes (new-user trial, 2026-12-05)
+    Mutant("drop-in-step-without-forward", "cigl.step() after a forward that bypassed the attached module steps "
+           "the optimizer on the dense gradient (the network trains dense)", "cigl_bayes/cigl.py",
+           "        if self._attached and self._w is None:\n", "        if False:\n",
+           (f"{MISUSE}test_a_step_without_the_attached_forward_is_refused_before_anything_moves",)),
+    Mutant("drop-in-resume-keeps-construction-zeros", "a load_state_dict right after construction leaves the "
+           "weights that construction's initial M zeroed at 0", "cigl_bayes/cigl.py",
+           "if self._before_mask is not None and self._untouched_since_construction():", "if False:",
+           (f"{MISUSE}test_resuming_in_the_usual_pytorch_order_is_exact",)),
+    Mutant("drop-in-resume-overwrites-loaded-module", "a load_state_dict puts construction-time weights back over "
+           "a module the host loaded after construction", "cigl_bayes/cigl.py",
+           "if self._before_mask is not None and self._untouched_since_construction():",
+           "if self._before_mask is not None:",
+           ("tests/test_drop_in.py::test_state_dict_resumes_bit_identically",)),
+    Mutant("drop-in-state-shared", "CigL.state_dict hands out its live tensors", "cigl_bayes/cigl.py",
+           "        return _copied(state)\n", "        return state\n",
+           (f"{MISUSE}test_state_dict_is_a_copy_both_ways",)),
+    Mutant("drop-in-keep-ignored", "keep is accepted and ignored for a method without Z", "cigl_bayes/cigl.py",
+           "            if keep is not None and keep != 1:\n", "            if False:\n",
+           (f"{MISUSE}test_keep_and_sparsity_are_checked_for_every_method",)),
+    Mutant("drop-in-mcdp-without-dropout", "rigl-mcdp on a module without dropout layers runs as plain RigL",
+           "cigl_bayes/cigl.py", "        if self.method.activation_dropout and not any(",
+           "        if False and not any(", (f"{MISUSE}test_rigl_mcdp_needs_dropout_layers_in_the_users_module",)),
+    Mutant("drop-in-other-sparsity-loaded", "a saved mask of another sparsity loads into a CigL built for this one",
+           "cigl_bayes/cigl.py", "        if saved_nnz != list(self.net.mask.nnz):\n", "        if False:\n",
+           (f"{MISUSE}test_a_state_of_another_sparsity_or_no_state_is_refused",)),
+    Mutant("bn-empty-loader-silent", "an empty BatchNorm loader leaves statistics reset to mean 0, variance 1",
+           "cigl_bayes/predict.py", "    if not seen:  # reset", "    if False:  # reset",
+           (f"{MISUSE}test_averaging_a_model_without_batchnorm_needs_no_loader_and_an_empty_loader_is_refused",)),
+    Mutant("lightning-scheduler-warns", "with an LR scheduler, the callback's step makes torch warn that "
+           "optimizer.step was overridden", "cigl_bayes/lightning.py",
+           "            step._wrapped_by_lr_sched = True", "            pass",
+           ("tests/test_lightning.py::test_an_lr_scheduler_beside_the_callback_raises_no_warning",)),
+    # bad input named, not misread (the same trial)
+    Mutant("cli-no-flag-help-inverted", "a --no-… flag's help describes the setting it turns off as if it turned "
+           "it on", "experiments/cli.py", "if field.default:  # a --no-", "if False:  # a --no-",
+           ("tests/test_cli.py::test_every_no_flag_says_what_it_turns_off",)),
+    Mutant("export-unrebuildable-name", "export_network writes a file under a model name load_exported cannot "
+           "rebuild", "cigl_bayes/export.py", "_check_rebuildable(folded.state_dict(), model, len(classes))", "pass",
+           ("tests/test_export.py::test_export_refuses_a_model_name_load_exported_cannot_rebuild",)),
+    Mutant("export-shapes-unchecked", "export_network accepts a module whose parameters differ from the named "
+           "architecture's", "cigl_bayes/export.py", "if shapes != expected:", "if False:",
+           ("tests/test_export.py::test_export_refuses_a_model_name_load_exported_cannot_rebuild",)),
+    Mutant("temperature-missing-metrics-misnamed", "a run without metrics.json is said to have been trained "
+           "without temperature scaling", "inference/run.py", "if stored is None:", "if stored is None and False:",
+           ("tests/test_api.py::test_temperature_scaled_without_metrics_json_names_the_missing_file",)),
+    Mutant("load-run-file-not-named", "load_run given a file says the run folder does not exist",
+           "inference/run.py", "if run_dir.is_file():", "if False:",
+           ("tests/test_api.py::test_a_file_given_as_the_run_folder_is_named_a_file",)),
+    Mutant("load-exported-folder-not-named", "load_exported given a folder does not say it is a folder",
+           "cigl_bayes/export.py", "if path.is_dir():", "if False:",
+           ("tests/test_export.py::test_loading_refuses_other_files",)),
+    Mutant("report-run-file-not-named", "a report given a file as a run folder says it does not exist",
+           "experiments/cli.py", "if r.is_file():", "if False:",
+           ("tests/test_cli.py::test_a_file_given_as_a_run_folder_is_named_a_file",)),
+    Mutant("resume-ignores-config-json", "resuming ignores a config.json that disagrees with the checkpoint",
+           "cigl_bayes/train.py", 'problem = config_file_problem(self.out, state["config"])', "problem = None",
+           ("tests/test_run_integrity.py::test_resuming_refuses_a_config_json_that_disagrees_with_the_checkpoint",)),
+    Mutant("load-run-ignores-config-json", "load_run ignores a config.json that disagrees with the checkpoint",
+           "inference/run.py", 'problem = config_file_problem(run_dir, state["config"])', "problem = None",
+           ("tests/test_api.py::test_a_config_json_that_disagrees_with_the_checkpoint_is_refused_by_name",)),
+    Mutant("config-json-resume-fields-compared", "config.json is refused for fields a resumption may change "
+           "(device, epochs, …)", "cigl_bayes/train.py",
+           "if field.name not in RESUME_FREE_FIELDS and mine != theirs:", "if mine != theirs:",
+           ("tests/test_api.py::test_a_config_json_that_disagrees_with_the_checkpoint_is_refused_by_name",)),
+    Mutant("predict-shape-misquoted", "a refused image batch is quoted in its reshaped shape, not the one given",
+           "cigl_bayes/data.py", "got shape {given}", "got shape {tuple(x.shape)}",
+           ("tests/test_data.py::test_a_refused_image_batch_is_quoted_in_the_shape_given",)),
+    Mutant("cli-prog-not-as-launched", "argparse errors name experiments.X although the module was launched as "
+           "cigl_bayes.experiments.X", "experiments/cli.py", 'running.endswith("." + module)',
+           'running == module + "."', ("tests/test_cli.py::test_argparse_errors_name_the_module_as_it_was_launched",)),
 ]
 
 

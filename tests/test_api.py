@@ -3,6 +3,7 @@ folder, and the example of docs/api.md runs as written."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -135,6 +136,42 @@ def test_a_damaged_run_folder_is_named(finished, tmp_path):
         load_run(out)
     with pytest.raises(RunFolderError, match="does not exist"):
         load_run(tmp_path / "nowhere")
+
+
+def test_a_file_given_as_the_run_folder_is_named_a_file(finished):
+    with pytest.raises(RunFolderError, match="metrics.json is a file, expected a run folder"):
+        load_run(finished[0] / "metrics.json")  # used to be "does not exist"
+
+
+def test_temperature_scaled_without_metrics_json_names_the_missing_file(finished, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)
+    (out / "metrics.json").unlink()
+    trained = load_run(out)
+    with pytest.raises(RunFolderError, match="has no metrics.json, which holds the fitted temperature"):
+        trained.predict(finished[3].images[:2], "temperature_scaled")  # used to blame --no-temperature-scaling
+
+
+def test_a_config_json_that_disagrees_with_the_checkpoint_is_refused_by_name(finished, tmp_path):
+    """config.json is what the sweep and the reports read; load_run goes by the checkpoint, so a file
+    edited by hand or damaged is named (and left as it is) rather than silently disagreeing."""
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "device": "cuda", "data_dir": "/elsewhere"}))
+    load_run(out)  # fields a resumption may change are not compared
+    edited = json.dumps({**config, "sparsity": 0.8})
+    path.write_text(edited)
+    with pytest.raises(RunFolderError, match=r"config.json disagrees with the run's checkpoint.pt \(sparsity: 0.8 in "
+                                             r"config.json, 0.9 in the checkpoint\)") as err:
+        load_run(out)
+    assert "\n" not in str(err.value) and path.read_text() == edited
+    path.write_text('{"method": "cig')  # truncated
+    with pytest.raises(RunFolderError, match="config.json cannot be read as a run config"):
+        load_run(out)
+    path.unlink()  # a run copied without it: the checkpoint's config, as before
+    assert load_run(out).config.sparsity == 0.9
 
 
 def test_the_api_doc_example_runs(cifar_data_dir, cache_dir, monkeypatch, capsys):

@@ -142,6 +142,46 @@ def test_every_config_field_is_an_option_and_the_cli_defaults_are_the_configs():
     assert (flags.save_samples, flags.nesterov, flags.compile, flags.augment) == (False, False, True, False)
 
 
+def test_every_no_flag_says_what_it_turns_off():
+    """A generated --no-… flag (a TrainConfig bool that is on by default) does not reuse the help of
+    the setting itself, which says the opposite of what the flag does."""
+    import dataclasses
+
+    from cigl_bayes.config import TrainConfig
+    from cigl_bayes.experiments.cli import ArgumentParser, add_train_arguments
+
+    p = ArgumentParser()
+    add_train_arguments(p)
+    by_dest = {a.dest: a for a in p._actions}
+    negative = [f for f in dataclasses.fields(TrainConfig)
+                if f.type == "bool" and f.default is True and f.metadata.get("cli", True)]
+    assert {f.name for f in negative} >= {"temperature_scaling", "save_samples", "val_curves", "augment", "nesterov"}
+    for field in negative:
+        action = by_dest[field.name]
+        assert action.option_strings[0].startswith("--no-")
+        assert action.help == f"turn off (on by default): {field.metadata['help']}"
+    assert by_dest["compile"].help == "torch.compile the network's functional forward"  # a positive flag as it is
+
+
+def test_argparse_errors_name_the_module_as_it_was_launched():
+    """The installed name ``cigl_bayes.experiments.train`` is quoted as such; the short name as before."""
+    proc = run_module("cigl_bayes.experiments.train", "--bogus")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: python -m cigl_bayes.experiments.train: unrecognized arguments: --bogus")
+    proc = run_module("experiments.train", "--bogus")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: python -m experiments.train: unrecognized")
+
+
+def test_a_file_given_as_a_run_folder_is_named_a_file(tmp_path):
+    from cigl_bayes.experiments.cli import check_run_folders
+
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(NotADirectoryError, match="metrics.json is a file, expected a run folder"):
+        check_run_folders([tmp_path / "metrics.json"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        check_run_folders([tmp_path / "nowhere"])
+
+
 def test_missing_data_directory_says_where_it_looked(tmp_path):
     empty = tmp_path / "nothing-here"
     empty.mkdir()

@@ -592,3 +592,11 @@ def test_image_batch_takes_what_predict_takes_and_names_the_rest():
         with pytest.raises(ValueError, match=match):
             image_batch(bad, (32, 32))
     assert image_batch(np.zeros((1, 64, 64, 3), np.uint8)).shape == (1, 3, 64, 64)  # no size given: not checked
+
+
+def test_a_refused_image_batch_is_quoted_in_the_shape_given():
+    """A grayscale batch (N, H, W) is refused quoting (2, 32, 32), not the (1, 2, 32, 32) it became inside."""
+    from cigl_bayes.data import image_batch
+
+    with pytest.raises(ValueError, match=r"got shape \(2, 32, 32\)$"):
+        image_batch(np.zeros((2, 32, 32), np.uint8), (32, 32))

@@ -135,11 +135,29 @@ def test_loading_refuses_other_files(tmp_path):
         load_exported(tmp_path / "x.safetensors")
     with pytest.raises(FileNotFoundError):
         load_exported(tmp_path / "missing.safetensors")
+    with pytest.raises(IsADirectoryError, match="is a folder, expected a .safetensors file"):
+        load_exported(tmp_path)  # used to be "does not exist"
     from safetensors.torch import save_file
 
     save_file({"a": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something-else"})
     with pytest.raises(ValueError, match="not a cigl-bayes export"):
         load_exported(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize(("name", "classes", "match"), [
+    ("my-cnn", 10, r"model='my-cnn'.*rebuilds only built-in architectures.*known models: .*small-cnn"),
+    (None, 10, r"model=None.*rebuilds only built-in architectures"),
+    ("mlp", 10, r"model='mlp': the module is not that architecture with 10 classes"),
+    ("small-cnn", 7, r"model='small-cnn': the module is not that architecture with 7 classes .*fc"),
+])
+def test_export_refuses_a_model_name_load_exported_cannot_rebuild(tmp_path, name, classes, match):
+    """What load_exported could not load is refused when exporting, in one line, with nothing written
+    (a user's own name used to give a file that only failed to load; None a TypeError of safetensors)."""
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(ValueError, match=match) as err:
+        export_network(masked_small_cnn(0.9), path, model=name, classes=[str(c) for c in range(classes)],
+                       mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert "\n" not in str(err.value) and not path.exists()
 
 
 def test_sparsify_by_threshold_swaps_only_sparse_layers():

@@ -94,3 +94,23 @@ def test_a_lightning_checkpoint_resumes_with_its_own_weights_and_mask(tmp_path):
     for name, value in saved_weights.items():
         assert torch.equal(seen["weights"][name], value), name
     assert second.cigl.step_count == 24 and second.cigl.epoch == 4
+
+
+class LitCNNWithScheduler(LitCNN):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)}
+
+
+def test_an_lr_scheduler_beside_the_callback_raises_no_warning(tmp_path, recwarn):
+    """The callback replaces optimizer.step after the scheduler wrapped it; the scheduler must
+    not take that for a user overriding the step (torch's "has been overridden" warning)."""
+    torch.manual_seed(0)
+    callback = CigLCallback(method="cigl", sparsity=0.9, delta_t=4, seed=1)
+    trainer = L.Trainer(max_epochs=2, callbacks=[callback], accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(LitCNNWithScheduler(), loader())
+    assert callback.cigl.step_count == 12
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.1 ** 2)  # the scheduler stepped
+    messages = [str(w.message) for w in recwarn]
+    assert not [m for m in messages if "overridden" in m or "before `optimizer.step()`" in m], messages

@@ -173,6 +173,25 @@ def test_a_finished_run_with_broken_metrics_is_evaluated_again(tiny, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())["completed"] is True
 
 
+def test_resuming_refuses_a_config_json_that_disagrees_with_the_checkpoint(tiny, tmp_path):
+    """An interrupted run whose config.json was edited (or damaged) is not resumed over it: the file
+    and the first differing field are named, and nothing in the folder is rewritten."""
+    from cigl_bayes.runs import CheckpointError
+
+    with pytest.warns(ShortRunWarning):
+        assert run(tiny, tmp_path, progress=False, stop_after_epochs=1) is None
+    path = tmp_path / "config.json"
+    for text, match in ((json.dumps({**json.loads(path.read_text()), "lr": 0.5}),
+                         r"config.json disagrees with the run's checkpoint.pt \(lr: 0.5 in config.json, 0.1 in"),
+                        ("[1, 2]", "config.json cannot be read as a run config")):
+        path.write_text(text)
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        with pytest.warns(ShortRunWarning), pytest.raises(CheckpointError, match=match) as err:
+            run(tiny, tmp_path, progress=False)
+        assert "\n" not in str(err.value)
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_fingerprints_tell_data_apart():
     from cigl_bayes.data import ArrayDataset, DeviceLoader, fingerprint
 

@@ -1,0 +1,206 @@
+"""The drop-in CigL object under the mistakes a user plausibly makes (the new-user trial of
+2026-12-05): each is either made to work as the user meant or refused with one clear error,
+never a silently wrong run."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cigl_bayes import CigL
+from tests.test_drop_in import UserCNN
+
+
+def batches(n=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 3, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (16,), generator=g))
+            for _ in range(n)]
+
+
+def build(opt_name="sgd", **kwargs):
+    torch.manual_seed(0)
+    model = UserCNN().double()
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=5e-4)
+    args = {"method": "cigl", "sparsity": 0.8, "total_steps": 24, "delta_t": 3, "collect_from_epoch": 1,
+            "keep": 0.8, "seed": 5, **kwargs}
+    return model, opt, CigL(model, opt, **args)
+
+
+def train(model, opt, cigl, data, steps):
+    for i in steps:
+        opt.zero_grad()
+        F.cross_entropy(model(data[i][0]), data[i][1]).backward()
+        cigl.step()
+        if i % 6 == 5:
+            cigl.end_epoch()
+
+
+def test_a_step_without_the_attached_forward_is_refused_before_anything_moves():
+    model, opt, cigl = build()
+    x, y = batches(1)[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    F.cross_entropy(model.head(model.body(x)), y).backward()  # the user's loop skips model.forward
+    with pytest.raises(RuntimeError, match="without a training forward pass"):
+        cigl.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert cigl.net.mask.density == pytest.approx(0.2, abs=0.01)
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+def test_resuming_in_the_usual_pytorch_order_is_exact(opt_name):
+    """module.load_state_dict, optimizer.load_state_dict, CigL(...), cigl.load_state_dict: the
+    order a PyTorch user writes. Construction zeroes the weights outside a fresh initial M; the
+    load puts them back before applying the saved M."""
+    data = batches(24)
+    model, opt, cigl = build(opt_name)
+    train(model, opt, cigl, data, range(24))
+    model2, opt2, cigl2 = build(opt_name)
+    train(model2, opt2, cigl2, data, range(11))
+    saved = copy.deepcopy({"model": model2.state_dict(), "opt": opt2.state_dict(), "cigl": cigl2.state_dict()})
+
+    torch.manual_seed(123)  # another initialisation: the saved weights must win
+    model3 = UserCNN().double()
+    model3.load_state_dict(saved["model"])
+    opt3 = (torch.optim.SGD(model3.parameters(), lr=0.05, momentum=0.9, nesterov=True) if opt_name == "sgd"
+            else torch.optim.AdamW(model3.parameters(), lr=1e-2, weight_decay=5e-4))
+    opt3.load_state_dict(saved["opt"])
+    cigl3 = CigL(model3, opt3, method="cigl", sparsity=0.8, total_steps=24, delta_t=3, collect_from_epoch=1,
+                 keep=0.8, seed=99)  # its own initial M zeroes some of the saved weights
+    cigl3.load_state_dict(saved["cigl"])
+    for k, v in model3.state_dict().items():
+        assert torch.equal(v, saved["model"][k]), k
+    train(model3, opt3, cigl3, data, range(11, 24))
+    assert torch.equal(cigl3.net.mask.flat, cigl.net.mask.flat)
+    assert torch.equal(cigl3.net.sparse_flat(), cigl.net.sparse_flat())
+    assert torch.equal(cigl3.wma.mean().sparse, cigl.wma.mean().sparse)
+
+
+def test_a_fresh_module_loaded_with_a_saved_mask_keeps_its_weights_inside_that_mask():
+    """Loading a state into a never-trained CigL (its module untouched since construction) puts
+    back the weights construction zeroed: the loaded M selects them, as if built with that M."""
+    model, opt, cigl = build()
+    train(model, opt, cigl, batches(12), range(12))
+    state = cigl.state_dict()
+    torch.manual_seed(0)
+    fresh = UserCNN().double()
+    dense = {k: v.clone() for k, v in fresh.state_dict().items()}
+    cigl2 = CigL(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), sparsity=0.8, total_steps=24, keep=0.8, seed=7)
+    cigl2.load_state_dict(state)
+    for name, w, m in zip(cigl2.net.sparse_names, cigl2.net.sparse_params, cigl2.net.mask.views(cigl2.net.mask.float)):
+        assert torch.equal(w, dense[name] * m), name
+
+
+def test_state_dict_is_a_copy_both_ways():
+    data = batches(12)
+    model, opt, cigl = build()
+    train(model, opt, cigl, data, range(6))
+    state = cigl.state_dict()
+    frozen = copy.deepcopy(state)
+    train(model, opt, cigl, data, range(6, 12))  # training on does not change the state taken
+    model2, opt2, cigl2 = build()
+    cigl2.load_state_dict(state)
+    train(model2, opt2, cigl2, data, range(6, 12))  # nor does training the object it was loaded into
+    for key in ("mask", "wma"):
+        for k, v in frozen[key].items():
+            if torch.is_tensor(v):
+                assert torch.equal(state[key][k], v), (key, k)
+    assert all(torch.equal(a["sparse"], b["sparse"]) for a, b in zip(state["samples"], frozen["samples"]))
+
+
+def test_keep_and_sparsity_are_checked_for_every_method():
+    model = UserCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def make(**kw):
+        cigl = CigL(model, opt, total_steps=10, **kw)
+        cigl.detach()
+        return cigl
+
+    with pytest.raises(ValueError, match="keep probability must be in"):
+        make(method="rigl", keep=0.0)
+    with pytest.raises(ValueError, match="has no random mask Z"):
+        make(method="rigl", keep=0.5)
+    assert make(method="rigl", keep=1.0).keep == 1.0
+    with pytest.raises(ValueError, match="keep probability must be in"):
+        make(method="cigl", keep=True)
+    with pytest.raises(ValueError, match="trains every weight"):
+        make(method="dense", sparsity=0.9)
+    dense = make(method="dense")
+    assert dense.sparsity == 0.0 and dense.net.mask.density == 1.0
+    assert make(method="rigl").sparsity == 0.95
+
+
+def test_rigl_mcdp_needs_dropout_layers_in_the_users_module():
+    model = UserCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="has none: add nn.Dropout"):
+        CigL(model, opt, method="rigl-mcdp", total_steps=10)
+    model.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert CigL(model, opt, method="rigl-mcdp", total_steps=10).method.activation_dropout
+
+
+def test_a_state_of_another_sparsity_or_no_state_is_refused():
+    model, opt, cigl = build()
+    train(model, opt, cigl, batches(6), range(6))
+    state = cigl.state_dict()
+    torch.manual_seed(0)
+    other = UserCNN().double()
+    cigl_half = CigL(other, torch.optim.SGD(other.parameters(), lr=0.1), sparsity=0.5, total_steps=24, keep=0.8)
+    with pytest.raises(ValueError, match="build it with the checkpoint's sparsity"):
+        cigl_half.load_state_dict(state)
+    with pytest.raises(ValueError, match="not a CigL state_dict: it has no 'epoch'"):
+        cigl_half.load_state_dict({})
+
+
+def test_plausible_argument_mistakes_are_one_clear_error():
+    model = UserCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="first argument must be an nn.Module, got SGD"):
+        CigL(opt, model, total_steps=10)
+    with pytest.raises(ValueError, match="second argument must be a torch optimizer, got NoneType"):
+        CigL(model, None, total_steps=10)
+    with pytest.raises(ValueError, match="delta_t must be a positive integer, got 2.5"):
+        CigL(model, opt, total_steps=10, delta_t=2.5)
+    with pytest.raises(ValueError, match="a list of parameter names, got the string"):
+        CigL(model, opt, total_steps=10, sparse_params="head.weight")
+    with pytest.raises(ValueError, match="sparse_params is empty"):
+        CigL(model, opt, total_steps=10, sparse_params=[])
+    bare = nn.Module()
+    bare.scale = nn.Parameter(torch.ones(3))
+    with pytest.raises(ValueError, match="no conv or linear weights to sparsify"):
+        CigL(bare, torch.optim.SGD(bare.parameters(), lr=0.1), total_steps=10)
+    cigl = CigL(model, opt, total_steps=np.int64(100))  # a numpy integer is an integer
+    assert cigl.total_steps == 100 and type(cigl.total_steps) is int
+
+
+def test_averaging_a_model_without_batchnorm_needs_no_loader_and_an_empty_loader_is_refused():
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)).double()
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.05)
+    cigl = CigL(mlp, opt, sparsity=0.5, total_steps=12, delta_t=3, keep=0.9)
+    train(mlp, opt, cigl, batches(12), range(12))
+    averaged = cigl.averaged_model()  # no BatchNorm: nothing to recompute
+    torch.testing.assert_close(torch.cat([p.flatten() for n, p in averaged.named_parameters() if "weight" in n]),
+                               cigl.wma.mean().sparse)
+
+    model, opt, cigl = build()
+    train(model, opt, cigl, batches(12), range(12))
+    with pytest.raises(ValueError, match="yielded no batch"):
+        cigl.averaged_model([])
+    images_only = [x for x, _ in batches(3)]  # a loader of images, without labels
+    with_labels = batches(3)
+    a, b = cigl.averaged_model(images_only), cigl.averaged_model(with_labels)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    with pytest.raises(ValueError, match="must yield image tensors or"):
+        cigl.averaged_model([{"x": x} for x, _ in batches(2)])
