@@ -6,10 +6,11 @@ p(w_L | D) ≈ N(w_L*, (H + δI)⁻¹) with H the Kronecker-factored GGN of the 
 predicts with the probit approximation of the GLM predictive
     p(y | x, D) ≈ softmax( f(x) / √(1 + π/8 · diag(J Σ Jᵀ)) ).
 The prior precision δ is chosen by laplace-torch's validation grid search (lowest validation NLL
-over 10^[−4, 4]); the Hessian sees the clean training images, the grid search the validation
-split, and the test split is only scored.  Why laplace-torch: it is the maintained reference
-implementation of these approximations, and writing the Kronecker GGN and probit predictive again
-would only risk getting them wrong.  It is an optional dependency (``pip install -e ".[laplace]"``).
+over 10^[−4, 4], the NLL computed afresh at each point: ``validation_nll``); the Hessian sees the
+clean training images, the grid search the validation split, and the test split is only scored.
+Why laplace-torch: it is the maintained reference implementation of these approximations, and
+writing the Kronecker GGN and probit predictive again would only risk getting them wrong.  It is
+an optional dependency (``pip install -e ".[laplace]"``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def last_layer_inputs(module: nn.Module, head: nn.Linear, loader) -> tuple[torch
     return torch.cat(features), torch.cat(labels)
 
 
+def validation_nll(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative log predictive probability of the labels (a 0-d tensor): the grid search's score."""
+    return -probs.clamp_min(1e-12).log().gather(1, targets.long()[:, None]).mean()
+
+
 def last_layer_laplace(module: nn.Module, train, loaders: dict, *, hessian_structure: str = "kron",
                        link_approx: str = "probit") -> LaplaceFit:
     """Fit a last-layer Laplace approximation of ``module`` (eval mode: its BatchNorm statistics
@@ -115,8 +121,11 @@ def last_layer_laplace(module: nn.Module, train, loaders: dict, *, hessian_struc
     batch = train.batch_size
     features = {split: last_layer_inputs(module, head, loader) for split, loader in loaders.items()}
     la.fit(LoaderView(*last_layer_inputs(module, head, train), batch))  # the Hessian: training data
+    # the prior precision: validation data.  The NLL is given as a function, computed afresh at each
+    # grid point: laplace-torch's default, a running torchmetrics metric, is never reset between
+    # grid points (laplace-torch 0.3), so it compares running means over all points so far
     la.optimize_prior_precision(pred_type="glm", method="gridsearch", val_loader=LoaderView(*features["val"], batch),
-                                link_approx=link_approx)  # the prior precision: validation data
+                                link_approx=link_approx, loss=validation_nll)
 
     def log_predictive(inputs: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -404,6 +404,10 @@ MUTANTS: list[Mutant] = [
     Mutant("laplace-prior-on-test", "the Laplace prior precision is chosen on the test split",
            "inference/laplace.py", 'val_loader=LoaderView(*features["val"], batch)',
            'val_loader=LoaderView(*features["test"], batch)', LAPLACE_SPLITS),
+    Mutant("laplace-running-metric", "the Laplace grid search scores each prior precision with laplace-torch's "
+           "default running NLL, never reset between grid points", "inference/laplace.py",
+           "link_approx=link_approx, loss=validation_nll)", "link_approx=link_approx)",
+           ("tests/test_laplace.py::test_laplace_on_stored_features_equals_laplace_torch_on_the_whole_network",)),
     Mutant("laplace-hessian-on-val", "the Laplace Hessian is fitted on the validation split, not the training data",
            "inference/laplace.py", "la.fit(LoaderView(*last_layer_inputs(module, head, train), batch))",
            'la.fit(LoaderView(*features["val"], batch))', LAPLACE_SPLITS),

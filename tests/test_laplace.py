@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,13 +39,23 @@ def test_laplace_on_stored_features_equals_laplace_torch_on_the_whole_network(tm
     la = Laplace(reference_net, "classification", subset_of_weights="last_layer", hessian_structure="kron")
     la.fit(FullNetworkLoader(data.train_eval))
     la.optimize_prior_precision(pred_type="glm", method="gridsearch", val_loader=FullNetworkLoader(data.val),
-                                link_approx="probit")
+                                link_approx="probit", loss=laplace_module.validation_nll)
     assert ours.prior_precision == pytest.approx(float(la.prior_precision.mean()), rel=1e-9)
+    # the choice is the grid's lowest validation NLL, each point scored on its own
+    val_labels = torch.cat([y for _, y in data.val.epoch(0)])
+    grid = torch.logspace(-4, 4, 100)
+    nll = []
+    for delta in grid:
+        la.prior_precision = float(delta)
+        with torch.no_grad():
+            probs = torch.cat([la(x, pred_type="glm", link_approx="probit") for x, _ in data.val.epoch(0)])
+        nll.append(float(laplace_module.validation_nll(probs, val_labels)))
+    assert ours.prior_precision == pytest.approx(float(grid[int(np.argmin(nll))]), rel=1e-6)
+    la.prior_precision = ours.prior_precision
     # the reported curve: the validation NLL a decade apart, of which the chosen one is the lowest
     # among the grid's own end points 10^-4 and 10^4
     curve = ours.val_nll_by_prior_precision
     assert sorted(curve) == [10.0 ** d for d in range(-4, 5)]
-    val_labels = torch.cat([y for _, y in data.val.epoch(0)])
     chosen_nll = float(-ours.log_probs["val"].gather(1, val_labels[:, None]).mean())
     assert chosen_nll <= min(curve[1e-4], curve[1e4]) + 1e-6
     la.prior_precision = 1e-4
