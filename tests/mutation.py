@@ -407,7 +407,8 @@ MUTANTS: list[Mutant] = [
     Mutant("laplace-running-metric", "the Laplace grid search scores each prior precision with laplace-torch's "
            "default running NLL, never reset between grid points", "inference/laplace.py",
            "link_approx=link_approx, loss=validation_nll)", "link_approx=link_approx)",
-           ("tests/test_laplace.py::test_laplace_on_stored_features_equals_laplace_torch_on_the_whole_network",)),
+           ("tests/test_laplace.py::"
+            "test_the_prior_precision_is_the_grids_lowest_validation_nll_for_an_overconfident_head",)),
     Mutant("laplace-hessian-on-val", "the Laplace Hessian is fitted on the validation split, not the training data",
            "inference/laplace.py", "la.fit(LoaderView(*last_layer_inputs(module, head, train), batch))",
            'la.fit(LoaderView(*features["val"], batch))', LAPLACE_SPLITS),

@@ -120,3 +120,31 @@ def test_laplace_needs_a_validation_split(tmp_path):
     trainer = make_trainer(tmp_path, method="rigl")
     with pytest.raises(ValueError, match="validation split"):
         laplace_module.last_layer_laplace(trainer.net.module, trainer.data.train_eval, {"test": trainer.data.test})
+
+
+def test_the_prior_precision_is_the_grids_lowest_validation_nll_for_an_overconfident_head():
+    """An overconfident linear classifier (its true weights × 4) on noisy labels: some posterior
+    variance helps and too much hurts, so the validation NLL has its minimum inside the grid,
+    and that minimum is the choice (a score that ran on over the grid would pick its end)."""
+    from cigl_bayes.data import TensorLoader
+
+    g = torch.Generator().manual_seed(0)
+    true_w = torch.randn(4, 8, generator=g, dtype=torch.float64)
+
+    def split(n):
+        x = torch.randn(n, 8, generator=g, dtype=torch.float64)
+        y = torch.distributions.Categorical(logits=x @ true_w.T).sample()
+        return TensorLoader(x, y, batch_size=64, shuffle=False)
+
+    head = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(8, 4)).double()
+    with torch.no_grad():
+        head[1].weight.copy_(4 * true_w)
+        head[1].bias.zero_()
+    train, val = split(64), split(512)
+    fit = laplace_module.last_layer_laplace(head, train, {"val": val})
+    curve = fit.val_nll_by_prior_precision
+    assert min(curve, key=curve.get) not in (1e-4, 1e4)  # the setting this test needs: an inner minimum
+    labels = torch.cat([y for _, y in val.epoch(0)])
+    chosen = float(laplace_module.validation_nll(fit.log_probs["val"].exp(), labels))
+    assert 1e-4 * 1.001 < fit.prior_precision < 1e4 / 1.001
+    assert chosen <= min(curve.values()) + 0.01
