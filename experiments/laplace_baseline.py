@@ -16,6 +16,7 @@ not a sparse model's (recorded as ``last_layer_sparsity_kept: false``).
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import version
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     try:  # before any data are read
-        import laplace
+        import laplace  # noqa: F401
     except ImportError:
         raise ValueError("the Laplace baseline needs laplace-torch: pip install -e \".[laplace]\"") from None
     paths = [weights_path(r) for r in args.runs]
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                   "hessian_data": "clean training images",
                   # laplace-torch treats the last layer as dense: its pruned weights get posterior variance too
                   "last_layer_sparsity_kept": False,
-                  "laplace_torch": getattr(laplace, "__version__", "unknown"),
+                  "laplace_torch": version("laplace-torch"),  # the package has no __version__
                   **{split: metrics.calibration_metrics(lp, labels[split], from_logits=True)
                      for split, lp in fit.log_probs.items()},
                   "runtime": describe_host(resolve_device(args.device))}

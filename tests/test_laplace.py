@@ -148,3 +148,32 @@ def test_the_prior_precision_is_the_grids_lowest_validation_nll_for_an_overconfi
     chosen = float(laplace_module.validation_nll(fit.log_probs["val"].exp(), labels))
     assert 1e-4 * 1.001 < fit.prior_precision < 1e4 / 1.001
     assert chosen <= min(curve.values()) + 0.01
+
+
+@pytest.mark.slow
+def test_the_laplace_baseline_command_writes_a_complete_laplace_json(tmp_path, cifar_data_dir):
+    """End to end on a tiny real run: experiments.laplace_baseline reads weights.safetensors and writes
+    laplace.json with the fitted prior precision inside the grid, its validation-NLL curve, the
+    scores of every split, and the installed laplace-torch's version (the package has no __version__)."""
+    import json
+    from importlib.metadata import version
+
+    from cigl_bayes.config import TrainConfig
+    from cigl_bayes.experiments.laplace_baseline import main as laplace_main
+    from cigl_bayes.inference.training import run
+
+    cfg = TrainConfig(method="rigl", model="small-cnn", sparsity=0.9, epochs=1, subset=300, test_subset=200,
+                      batch_size=64, data_dir=str(cifar_data_dir), device="cpu", amp="off")
+    run(cfg, tmp_path / "run", progress=False)
+    assert laplace_main([str(tmp_path / "run"), "--no-progress", "--device", "cpu",
+                         "--data-dir", str(cifar_data_dir)]) == 0
+    fit = json.loads((tmp_path / "run" / "laplace.json").read_text())
+    assert fit["laplace_torch"] == version("laplace-torch")
+    assert 1e-4 <= fit["prior_precision"] <= 1e4
+    curve = fit["val_nll_by_prior_precision"]
+    assert list(curve) == [f"{10.0 ** k:g}" for k in range(-4, 5)]
+    # the chosen point (the grid's minimum) is no worse than any of the grid's decades (float32 NLLs)
+    assert fit["val"]["nll"] <= min(curve.values()) + 1e-4
+    for split in ("val", "test"):
+        assert {"accuracy", "ece", "nll", "brier"} <= set(fit[split])
+    assert fit["method"] == "rigl" and fit["bn_protocol"] == "tracked"
