@@ -39,8 +39,8 @@ from scipy import stats
 
 from cigl_bayes.runs import atomic_save_figure, atomic_write_bytes, atomic_write_csv
 
-from . import sweep
 from .cli import ArgumentParser, run_cli
+from .study_runs import RUN_NAME, finished_runs, precision_of, rows_of
 
 METRICS = ("accuracy", "ece", "nll")
 PAIR_KEY = ("method", "engine", "sparsity", "seed", "predictor")
@@ -54,21 +54,21 @@ NAME = {"accuracy": "accuracy", "ece": "ECE", "nll": "NLL"}
 
 def study_runs(study: Path) -> list[dict]:
     """One row per predictor variant of every finished run of ``study`` (both engines; the rows of
-    :func:`experiments.sweep.rows_of`, with ``compute_dtype``, the run's ``folder`` and its
+    :func:`experiments.study_runs.rows_of`, with ``compute_dtype``, the run's ``folder`` and its
     ``test_fingerprint``).  A run whose metrics.json lacks a metric is named in the error."""
     if not study.is_dir() or not (study / "runs").is_dir():
         raise FileNotFoundError(f"{study} is not a sweep study: it has no runs/ folder")
     rows = []
     for engine in ("plain", "svi"):
-        for folder, result in sweep.finished_runs(study / "runs", engine):
+        for folder, result in finished_runs(study / "runs", engine):
             try:
-                variants = sweep.rows_of(result, sweep.RUN_NAME.match(folder.name)["method"], engine)
+                variants = rows_of(result, RUN_NAME.match(folder.name)["method"], engine)
                 for row in variants:
                     for m in METRICS:
                         row[m] = float(row[m])
             except (KeyError, TypeError) as err:
                 raise ValueError(f"{folder}/metrics.json has no usable {err} for its predictors") from None
-            extra = {"compute_dtype": sweep.precision_of(folder, result), "folder": folder.name,
+            extra = {"compute_dtype": precision_of(folder, result), "folder": folder.name,
                      "test_fingerprint": result.get("test_fingerprint")}
             rows += [{**row, **extra} for row in variants]
     return rows

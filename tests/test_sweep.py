@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cigl_bayes.device import fast_path_available
-from cigl_bayes.experiments import sweep
+from cigl_bayes.experiments import study_plots, study_runs, study_tables, sweep
 
 
 def test_cpu_smoke_sweep_end_to_end(cifar_data_dir, cache_dir, tmp_path, monkeypatch):
@@ -144,11 +144,11 @@ def test_sweep_rejects_unknown_method_before_training(tmp_path):
 
 
 def test_keep_variants_of_random_mask_methods():
-    assert sweep.method_spec("cigl-keep0.99") == ("cigl", {"random_mask_rate": 0.01})
-    assert sweep.method_spec("cigl-no-wma-keep0.9") == ("cigl-no-wma", {"random_mask_rate": 0.1})
+    assert study_runs.method_spec("cigl-keep0.99") == ("cigl", {"random_mask_rate": 0.01})
+    assert study_runs.method_spec("cigl-no-wma-keep0.9") == ("cigl-no-wma", {"random_mask_rate": 0.1})
     for bad in ("rigl-keep0.9", "cigl-keep1.5", "cigl-keepx", "cigl-keep0"):
         with pytest.raises(ValueError, match="keep|unknown method"):
-            sweep.method_spec(bad)
+            study_runs.method_spec(bad)
     assert sweep.grid(["cigl-keep0.99"], [0.95], [0, 1]) == [("cigl-keep0.99", 0.95, 0), ("cigl-keep0.99", 0.95, 1)]
 
 
@@ -161,10 +161,10 @@ def test_a_run_finished_elsewhere_is_read_from_its_small_files(tmp_path):
     resolved = cfg.resolved(n_train=5000)
     (tmp_path / "config.json").write_text(json.dumps(resolved.to_dict()))
     (tmp_path / "metrics.json").write_text(json.dumps({"completed": True, "n_train": 5000, "seed": 0}))
-    assert sweep.finished_result(tmp_path, cfg)["seed"] == 0
-    assert sweep.finished_result(tmp_path, TrainConfig(model="small-cnn", epochs=5, sparsity=0.9)) is None
+    assert study_runs.finished_result(tmp_path, cfg)["seed"] == 0
+    assert study_runs.finished_result(tmp_path, TrainConfig(model="small-cnn", epochs=5, sparsity=0.9)) is None
     (tmp_path / "metrics.json").write_text('{"completed": tr')  # truncated: train again
-    assert sweep.finished_result(tmp_path, cfg) is None
+    assert study_runs.finished_result(tmp_path, cfg) is None
 
 
 RESULTS = Path(__file__).parent.parent / "docs" / "results"
@@ -201,10 +201,10 @@ def test_the_committed_study_runs_still_count_as_finished_under_the_protocol(stu
         if key not in ("epochs", "subset", "test_subset", "model"):  # may override only these)
             assert overrides.get(key) == value, f"{study}: the protocol's {key} changed from {overrides.get(key)!r}"
     for folder in runs:
-        match = sweep.RUN_NAME.match(folder.name)
+        match = study_runs.RUN_NAME.match(folder.name)
         cfg = sweep.cell_config(proto, match["method"], float(match["sparsity"]), int(match["seed"]),
                                 match["engine"], overrides)
-        assert sweep.finished_result(folder, cfg) is not None, f"{folder.name} no longer matches its cell"
+        assert study_runs.finished_result(folder, cfg) is not None, f"{folder.name} no longer matches its cell"
     # the library's default (keep 0.99 for cigl) must not change what the study's ``cigl`` cells mean ...
     assert TrainConfig(method="cigl").keep == pytest.approx(0.99)
     for default_rate in [None, 0.3]:  # ... today's default, or any later one
@@ -245,22 +245,22 @@ def test_an_explicit_amp_refuses_finished_runs_of_another_precision(tmp_path):
     every epoch (a run resumed on another machine) and the evaluation."""
     fp32 = tmp_path / "fp32"
     _, result = _finished_run(fp32, "auto", ["float32"] * 2, "float32")
-    sweep.check_precision(fp32, result, "float32", "auto")
-    sweep.check_precision(fp32, result, "float32", "off")
+    study_runs.check_precision(fp32, result, "float32", "auto")
+    study_runs.check_precision(fp32, result, "float32", "off")
     with pytest.raises(ValueError, match="run fp32 ran in float32, but --amp bf16 asks for bfloat16"):
-        sweep.check_precision(fp32, result, "float32", "bf16")
+        study_runs.check_precision(fp32, result, "float32", "bf16")
     mixed = tmp_path / "mixed"  # started in float32, resumed under bf16
     _, result = _finished_run(mixed, "bf16", ["float32", "bfloat16"], "bfloat16")
-    assert sweep.precision_of(mixed, result) == "bfloat16+float32"
+    assert study_runs.precision_of(mixed, result) == "bfloat16+float32"
     with pytest.raises(ValueError, match="ran in bfloat16\\+float32"):
-        sweep.check_precision(mixed, result, "float32", "bf16")
+        study_runs.check_precision(mixed, result, "float32", "bf16")
     old = tmp_path / "old"  # from before the records: an explicit amp in config.json settles it, auto does not
     _, result = _finished_run(old, "off", [None], None)
-    sweep.check_precision(old, result, "float32", "off")
+    study_runs.check_precision(old, result, "float32", "off")
     old_auto = tmp_path / "old-auto"
     _, result = _finished_run(old_auto, "auto", [None], None)
     with pytest.raises(ValueError, match="did not record"):
-        sweep.check_precision(old_auto, result, "float32", "off")
+        study_runs.check_precision(old_auto, result, "float32", "off")
     # through the CLI: refused before anything trains, for every run the tables would read (here a
     # cigl run the invocation does not ask for), and nothing of it touched
     runs = tmp_path / "study" / "runs"
@@ -275,13 +275,13 @@ def test_an_explicit_amp_refuses_finished_runs_of_another_precision(tmp_path):
 
 
 def test_a_sweep_says_when_amp_auto_would_mix_precisions_into_a_study(tmp_path, monkeypatch, capsys):
-    note = sweep.mixed_precision_note("cpu-study", {"float32", None}, "bfloat16")
+    note = study_runs.mixed_precision_note("cpu-study", {"float32", None}, "bfloat16")
     assert note.startswith("note: finished runs of cpu-study ran in float32, but --amp auto trains here in bfloat16")
     assert "to keep the study's float32, give --amp off" in note
-    assert "give --amp bf16" in sweep.mixed_precision_note("s", {"bfloat16"}, "float32")
-    assert "give --amp" not in sweep.mixed_precision_note("s", {"bfloat16", "float32"}, "float64")
-    assert sweep.mixed_precision_note("s", {"float32", None}, "float32") is None  # unrecorded is not "other"
-    assert sweep.mixed_precision_note("s", set(), "bfloat16") is None  # a new study
+    assert "give --amp bf16" in study_runs.mixed_precision_note("s", {"bfloat16"}, "float32")
+    assert "give --amp" not in study_runs.mixed_precision_note("s", {"bfloat16", "float32"}, "float64")
+    assert study_runs.mixed_precision_note("s", {"float32", None}, "float32") is None  # unrecorded is not "other"
+    assert study_runs.mixed_precision_note("s", set(), "bfloat16") is None  # a new study
     # through the CLI, on a machine whose --amp auto means bf16, before anything trains
     runs = tmp_path / "study" / "runs"
     _finished_run(runs / "rigl-plain-s0.9-seed0", "auto", ["float32"], "float32")
@@ -314,7 +314,7 @@ def test_paired_summary_counts_the_pairs_of_two_precisions():
             for m, k, d in [("rigl", 0, "float32"), ("cigl", 0, "float32"), ("rigl", 1, "bfloat16"),
                             ("cigl", 1, "float32"), ("rigl", 2, None), ("cigl", 2, "float32"),
                             ("cigl-keep0.99", 0, "float32")]]
-    table = sweep.paired_summary(rows)
+    table = study_tables.paired_summary(rows)
     assert "| cigl | 0.95 | 3 |" in table and table.splitlines()[2].endswith("| 1 † |")
     assert table.splitlines()[3].startswith("| cigl-keep0.99 | 0.95 | 1 |") and table.endswith("| 0 |")
 
@@ -323,7 +323,7 @@ def test_paired_differences_are_per_seed_against_rigl():
     rows = [{"method": m, "sparsity": 0.95, "seed": k, "ece": e, "accuracy": a}
             for m, k, e, a in [("rigl", 0, 0.04, 0.80), ("cigl", 0, 0.03, 0.81), ("rigl", 1, 0.05, 0.79),
                                ("cigl", 1, 0.06, 0.78)]]
-    table = sweep.paired_table(rows)
+    table = study_tables.paired_table(rows)
     assert "| cigl | 0.95 | 0 | -1.00 | -25% | +1.00 | unrecorded |" in table
     assert "| cigl | 0.95 | 1 | +1.00 | +20% | -1.00 | unrecorded |" in table
     assert "†" not in table
@@ -333,7 +333,7 @@ def test_paired_differences_mark_a_pair_trained_in_two_precisions():
     rows = [{"method": m, "sparsity": 0.95, "seed": k, "ece": 0.04, "accuracy": 0.8, "compute_dtype": d}
             for m, k, d in [("rigl", 0, "float32"), ("cigl", 0, "float32"), ("rigl", 1, "bfloat16"),
                             ("cigl", 1, "float32"), ("rigl", 2, None), ("cigl", 2, "float32")]]
-    table = sweep.paired_table(rows)
+    table = study_tables.paired_table(rows)
     assert "| cigl | 0.95 | 0 | +0.00 | +0% | +0.00 | float32 |" in table
     assert "| cigl | 0.95 | 1 | +0.00 | +0% | +0.00 | float32 vs rigl's bfloat16 † |" in table
     assert "| cigl | 0.95 | 2 | +0.00 | +0% | +0.00 | float32, rigl's unrecorded |" in table  # not known to differ
@@ -349,7 +349,7 @@ def test_paired_summary_gives_mean_std_and_the_paired_t_interval_over_seeds():
     rows += [{"method": "cigl-keep0.99", "sparsity": 0.95, "seed": 0, "ece": 0.02, "accuracy": 0.79},
              {"method": "cigl-keep0.99", "sparsity": 0.95, "seed": 5, "ece": 0.01, "accuracy": 0.70},  # no RigL 5
              {"method": "dense", "sparsity": 0.0, "seed": 0, "ece": 0.05, "accuracy": 0.9}]
-    table = sweep.paired_summary(rows)
+    table = study_tables.paired_summary(rows)
     # Δacc: mean +2, std 1, half-width t(0.975, 2) · 1/√3 = 4.3027 / 1.7321 = 2.484.  Relative ΔECE: the mean of
     # the ratios is −13% (the ratio of the means would be −15%); one seed passes the −15% bar.
     assert ("| cigl | 0.95 | 3 | -0.53 ± 0.45 | [-1.65, +0.59] | -13% | 1 of 3 | +2.00 ± 1.00 | [-0.48, +4.48] |"
@@ -363,7 +363,7 @@ def test_paired_summary_leaves_a_zero_rigl_ece_out_of_the_ratios():
     rows = [{"method": m, "sparsity": 0.9, "seed": k, "ece": e, "accuracy": 0.8}
             for m, values in ece.items() for k, e in enumerate(values)]
     # ΔECE +1, −2: mean −0.5, std 3/√2 = 2.12, half-width t(0.975, 1) · 2.12/√2 = 19.06
-    assert "| cigl | 0.9 | 2 | -0.50 ± 2.12 | [-19.56, +18.56] | -50% | 1 of 1 |" in sweep.paired_summary(rows)
+    assert "| cigl | 0.9 | 2 | -0.50 ± 2.12 | [-19.56, +18.56] | -50% | 1 of 1 |" in study_tables.paired_summary(rows)
 
 
 def _row(method, seed, keep, val_nll, accuracy=0.8, confidence=0.85, sparsity=0.95):
@@ -377,21 +377,21 @@ def test_keep_is_chosen_by_validation_nll_never_by_the_test_set():
     rows = [_row("cigl", k, 0.9, 0.70, accuracy=0.90) for k in (0, 1)]  # better on test, worse on validation
     rows += [_row("cigl-keep0.99", k, 0.99, 0.65, accuracy=0.70) for k in (0, 1)]
     rows += [_row("rigl", 0, 1.0, 0.50), _row("rigl+ts", 0, 1.0, 0.40)]  # other families: not candidates
-    best, text = sweep.keep_choice(rows)
+    best, text = study_tables.keep_choice(rows)
     assert best == 0.99 and "Chosen: keep 0.99" in text and "keep 0.99: 0.6500, keep 0.9: 0.7000" in text
     # only the sparsities every keep has count: a lone 0.9 run at 0.9 sparsity does not sway the choice
-    best, _ = sweep.keep_choice(rows + [_row("cigl", 0, 0.9, 0.10, sparsity=0.9)])
+    best, _ = study_tables.keep_choice(rows + [_row("cigl", 0, 0.9, 0.10, sparsity=0.9)])
     assert best == 0.99
-    best, text = sweep.keep_choice([r for r in rows if r["keep"] == 0.9])
+    best, text = study_tables.keep_choice([r for r in rows if r["keep"] == 0.9])
     assert best is None and "No choice yet" in text
 
 
 def test_regime_table_reports_overconfidence_as_confidence_minus_accuracy():
     rows = [_row("rigl", 0, 1.0, 0.6, accuracy=0.80, confidence=0.86), _row("rigl", 1, 1.0, 0.6, accuracy=0.78,
                                                                           confidence=0.86)]
-    summary = sweep.aggregate(rows)
+    summary = study_tables.aggregate(rows)
     assert summary[0]["overconfidence_mean"] == pytest.approx(0.07)
-    table = sweep.regime_table(summary)
+    table = study_tables.regime_table(summary)
     assert "| rigl | 0.95 | 2 | 79.00 ± 1.41 | 86.00 ± 0.00 | 7.00 ± 1.41 | 0.400 ± 0.000 |" in table
 
 
@@ -408,15 +408,15 @@ def test_rigl_vs_cigl_reliability_is_pooled_from_the_committed_small_files(tmp_p
         result = {"completed": True, "output_predictor": "final" if method == "rigl" else "wma",
                   "reliability": {"test": {("final" if method == "rigl" else "wma"):
                                            metrics.reliability_to_dict(metrics.reliability_data(z, y))}}}
-        folder = sweep.run_dir(tmp_path, method, 0.95, seed, "plain")
+        folder = study_runs.run_dir(tmp_path, method, 0.95, seed, "plain")
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps(result))
         rows.append(_row(method, seed, 1.0, 0.6) | {"predictor": result["output_predictor"]})
     rows.append(_row("rigl+ts", 0, 1.0, 0.6))  # read from the rigl runs: not a panel of its own
     out = tmp_path / "rel.png"
-    assert sweep.plot_reliability_rigl_vs_cigl(tmp_path, rows, "plain", 0.95, out)
+    assert study_plots.plot_reliability_rigl_vs_cigl(tmp_path, rows, "plain", 0.95, out)
     assert out.read_bytes()[:4] == b"\x89PNG"
-    assert not sweep.plot_reliability_rigl_vs_cigl(tmp_path, [r for r in rows if r["method"] == "rigl"], "plain",
+    assert not study_plots.plot_reliability_rigl_vs_cigl(tmp_path, [r for r in rows if r["method"] == "rigl"], "plain",
                                                    0.95, tmp_path / "none.png")
 
 
@@ -437,7 +437,7 @@ def test_dense_vs_sparse_reliability_is_pooled_from_the_committed_small_files(tm
                                    ("rigl", 0.95, 1), ("cigl", 0.95, 2)):
         predictor = "wma" if method == "cigl" else "final"
         stored[(method, sparsity, seed)] = bins(seed, 1.0 + sparsity)
-        folder = sweep.run_dir(tmp_path, method, sparsity, seed, "plain")
+        folder = study_runs.run_dir(tmp_path, method, sparsity, seed, "plain")
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps(
             {"completed": True, "output_predictor": predictor,
@@ -446,7 +446,7 @@ def test_dense_vs_sparse_reliability_is_pooled_from_the_committed_small_files(tm
     drawn = {}
     monkeypatch.setattr(metrics, "plot_reliability_diagram",
                         lambda panels, path, title="": drawn.update(panels=panels, title=title))
-    assert sweep.plot_reliability_dense_vs_sparse(tmp_path, rows, "plain", tmp_path / "rel.png")
+    assert study_plots.plot_reliability_dense_vs_sparse(tmp_path, rows, "plain", tmp_path / "rel.png")
     assert list(drawn["panels"]) == ["dense (final), seeds 0, 1", "rigl at 0.95 (final), seeds 0, 1",
                                      "cigl at 0.95 (wma), seed 2"]
     dense = drawn["panels"]["dense (final), seeds 0, 1"]
@@ -454,9 +454,9 @@ def test_dense_vs_sparse_reliability_is_pooled_from_the_committed_small_files(tm
     assert dense.counts.sum() == 600 and dense.ece == pytest.approx(expected.ece)
     assert "dense vs sparse" in drawn["title"] and "pooled over seeds" in drawn["title"]
     # without a dense run, or with dense alone, there is no dense-vs-sparse figure
-    assert not sweep.plot_reliability_dense_vs_sparse(tmp_path, [r for r in rows if r["method"] != "dense"],
+    assert not study_plots.plot_reliability_dense_vs_sparse(tmp_path, [r for r in rows if r["method"] != "dense"],
                                                       "plain", tmp_path / "none.png")
-    assert not sweep.plot_reliability_dense_vs_sparse(tmp_path, [r for r in rows if r["method"] == "dense"],
+    assert not study_plots.plot_reliability_dense_vs_sparse(tmp_path, [r for r in rows if r["method"] == "dense"],
                                                       "plain", tmp_path / "none.png")
 
 
@@ -468,20 +468,20 @@ def test_runs_evaluated_before_the_new_fields_still_make_the_reports(tmp_path):
 
     old = {"completed": True, "output_predictor": "final", "sparsity_target": 0.95, "seed": 0,
            "test": {"final": {"accuracy": 0.8, "ece": 0.03, "nll": 0.6, "brier": 0.3}}, "history": [{}]}
-    rows = sweep.rows_of(old, "rigl", "plain", keep=1.0)
+    rows = study_runs.rows_of(old, "rigl", "plain", keep=1.0)
     assert rows[0]["overconfidence"] is None and rows[0]["val_nll"] is None and rows[0]["train_nll"] is None
-    summary = sweep.aggregate(rows)
+    summary = study_tables.aggregate(rows)
     assert summary[0]["accuracy_mean"] == 0.8 and "overconfidence_mean" not in summary[0]
-    assert "| rigl |" not in sweep.regime_table(summary)
-    assert sweep.keep_choice(rows)[0] is None
+    assert "| rigl |" not in study_tables.regime_table(summary)
+    assert study_tables.keep_choice(rows)[0] is None
     folder = tmp_path / "rigl-plain-s0.95-seed0"
     folder.mkdir()
     (folder / "metrics.json").write_text(json.dumps(old))
-    assert sweep.reliability_bins(folder) is None
+    assert study_plots.reliability_bins(folder) is None
     probs = np.full((4, 10), 0.02, dtype=np.float32)
     probs[:, 0] = 0.82
     np.savez(folder / "predictions.npz", labels=np.array([0, 0, 0, 1]), final=probs)
-    bins = sweep.reliability_bins(folder)
+    bins = study_plots.reliability_bins(folder)
     assert sum(bins["counts"]) == 4 and bins["accuracy"][12] == pytest.approx(0.75)  # 0.82 falls in bin 13 of 15
 
 
@@ -494,7 +494,7 @@ def test_posterior_table_credits_each_run_with_its_own_rows_only(tmp_path):
         rows = [{"run": f"cigl-plain-s0.95-seed{k}", "predictor": "wma", "accuracy": 0.8 + k / 10, "ece": 0.02,
                  "nll": 0.5, "forward_passes": 1} for k in ((0, 1) if seed == 0 else (1,))]
         (folder / "predictors.json").write_text(json.dumps({"predictors": rows}))
-    table = sweep.posterior_table(tmp_path)
+    table = study_tables.posterior_table(tmp_path)
     assert "| cigl | plain | 0.95 | wma | 0, 1 | 1 | 85.00 ± 7.07 |" in table
 
 
@@ -515,7 +515,7 @@ def test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat(tmp_path):
         own = [{"run": folder.parent.name, **chains[seed]}]
         other = [{"run": "cigl-keep0.99-plain-s0.95-seed7", **chains[0]}] if seed == 2 else []
         (folder / "draws.json").write_text(json.dumps({"chains": other + own}))
-    table = sweep.posterior_chains_table(tmp_path / "runs", tmp_path)
+    table = study_tables.posterior_chains_table(tmp_path / "runs", tmp_path)
     row = next(line for line in table.splitlines() if "| theta_norm |" in line)
     assert row.startswith("| cigl-keep0.99 | plain | 0.95 | 3 (0, 1, 2) | 6 |")
     want = float(az.rhat(np.array([chains[s]["theta_norm"] for s in (0, 1, 2)])))
@@ -524,7 +524,7 @@ def test_posterior_chains_pool_each_runs_own_draws_into_arviz_rhat(tmp_path):
     assert nll.split("|")[7].strip() == f"{np.mean([chains[s]['test_nll'] for s in (0, 1, 2)]):.4f}"
     assert "layer_norm (2 layers)" in table
     assert (tmp_path / "posterior_chains_cigl-keep0.99_plain_s0.95.png").stat().st_size > 0
-    assert "No per-draw summaries" in sweep.posterior_chains_table(tmp_path / "none", tmp_path)
+    assert "No per-draw summaries" in study_tables.posterior_chains_table(tmp_path / "none", tmp_path)
 
 
 def test_training_curves_pair_each_method_with_rigl_of_the_same_seed(tmp_path):
@@ -534,21 +534,21 @@ def test_training_curves_pair_each_method_with_rigl_of_the_same_seed(tmp_path):
                  ("cigl", 2): [9.0, 9.0]}  # cigl seed 2 has no RigL partner
     rows = []
     for (method, seed), nll in histories.items():
-        folder = sweep.run_dir(tmp_path, method, 0.95, seed, "plain")
+        folder = study_runs.run_dir(tmp_path, method, 0.95, seed, "plain")
         folder.mkdir(parents=True)
         history = [{"epoch": e + 1, "train_data_loss": v} for e, v in enumerate(nll)]
         (folder / "metrics.json").write_text(json.dumps({"completed": True, "history": history}))
         rows.append(_row(method, seed, 1.0, 0.6))
     rows.append(_row("rigl+ts", 0, 1.0, 0.6))  # derived from the rigl run: no folder, no curve
-    curves = sweep.training_curves(tmp_path, rows, "plain")
+    curves = study_tables.training_curves(tmp_path, rows, "plain")
     assert len(curves) == 8 and {c["method"] for c in curves} == {"rigl", "cigl"}
     assert {(c["seed"], c["epoch"], c["train_nll"]) for c in curves if c["method"] == "cigl"} == {
         (0, 1, 1.6), (0, 2, 1.3), (2, 1, 9.0), (2, 2, 9.0)}
-    paired = sweep.paired_curve(curves, "cigl", 0.95)
+    paired = study_plots.paired_curve(curves, "cigl", 0.95)
     assert paired[1] == (pytest.approx(0.1), 1) and paired[2] == (pytest.approx(0.3), 1)
     out = tmp_path / "curves.png"
-    assert sweep.plot_training_curves(curves, 0.95, out) and out.read_bytes()[:4] == b"\x89PNG"
-    assert not sweep.plot_training_curves(curves, 0.9, tmp_path / "none.png")
+    assert study_plots.plot_training_curves(curves, 0.95, out) and out.read_bytes()[:4] == b"\x89PNG"
+    assert not study_plots.plot_training_curves(curves, 0.9, tmp_path / "none.png")
 
 
 def test_tables_show_no_spread_for_one_seed_and_flag_unequal_seed_sets():
@@ -556,11 +556,11 @@ def test_tables_show_no_spread_for_one_seed_and_flag_unequal_seed_sets():
     RigL is marked, since its change versus RigL then compares unequal seed sets."""
     summary = [{"method": "rigl", "sparsity": 0.95, "seeds": 2, "ece_mean": 0.0433, "ece_std": 0.0119},
                {"method": "cigl", "sparsity": 0.95, "seeds": 1, "ece_mean": 0.0225, "ece_std": 0.0}]
-    table = sweep.pivot_table(summary, "ece", ["rigl", "cigl"], mark_vs_rigl=True)
+    table = study_tables.pivot_table(summary, "ece", ["rigl", "cigl"], mark_vs_rigl=True)
     assert "| rigl | 4.33 ± 1.19 |" in table and "| cigl | 2.25 (n = 1) **(-48%)** |" in table
     assert "k of the 2 seeds so far" in table
-    assert sweep.mean_pm([0.5]) == "0.50" and sweep.mean_pm([0.5, 0.7]) == "0.60 ± 0.14"
-    even = sweep.pivot_table([{**summary[1], "seeds": 2}, summary[0]], "ece", ["rigl", "cigl"])
+    assert study_tables.mean_pm([0.5]) == "0.50" and study_tables.mean_pm([0.5, 0.7]) == "0.60 ± 0.14"
+    even = study_tables.pivot_table([{**summary[1], "seeds": 2}, summary[0]], "ece", ["rigl", "cigl"])
     assert "(n = " not in even and "seeds so far" not in even
 
 
@@ -577,10 +577,11 @@ def test_the_summary_plots_say_what_they_show(tmp_path, monkeypatch):
     rows += [row("cigl", "wma", k, 0.9) for k in (0, 1)] + [row("cigl", "wma", 0, 0.95)]  # 2 seeds, then 1
     rows += [row("dense", "final", 0, 0.0)]
     figures = {}
-    monkeypatch.setattr(sweep, "atomic_save_figure", lambda fig, path: figures.__setitem__(Path(path).name, fig))
+    monkeypatch.setattr(study_plots, "atomic_save_figure", lambda fig, path: figures.__setitem__(Path(path).name, fig))
     (tmp_path / "my-study" / "runs").mkdir(parents=True)
     try:
-        sweep.write_reports(tmp_path / "my-study", rows, ["dense", "rigl", "cigl"], [0, 1, 2], "cpu-study", "plain", {})
+        study_tables.write_reports(tmp_path / "my-study", rows, ["dense", "rigl", "cigl"], [0, 1, 2], "cpu-study",
+                                   "plain", {})
         for name in ("ece_vs_sparsity.png", "accuracy_vs_sparsity.png", "baselines.png"):
             ax = figures[name].axes[0]
             title = ax.get_title()
