@@ -153,22 +153,45 @@ def load_runs(study: Path) -> dict[tuple[str, int], dict]:
     return runs
 
 
-def verdict(primary: Paired, accuracy: Paired, diverged: list[str] = ()) -> str:
-    """The pre-registered reading of the primary test.  A diverged run counts as a failure of its
-    method for that seed (docs/preregistration.md, Exclusions)."""
-    cigl_failed = [d for d in diverged if d.startswith(f"{CIGL} ")]
-    if cigl_failed:
-        return f"the claim does not hold: CigL diverged ({', '.join(cigl_failed)})"
-    if primary.n < len(PRIMARY_SEEDS):
-        return (f"interim: {primary.n} of {len(PRIMARY_SEEDS)} pairs finished; the registered test is read only "
-                "at n = 5")
+def finished_pairs(runs: dict, diverged: list[str]) -> list[int]:
+    """The primary seeds whose pair is finished: each side's run either completed or diverged (a
+    diverged run is finished as a failure, docs/preregistration.md, Exclusions and amendment 2)."""
+    done = {(m, s) for m, s in runs} | {(d.split(" seed ")[0], int(d.split(" seed ")[1])) for d in diverged}
+    return [s for s in PRIMARY_SEEDS if (RIGL, s) in done and (CIGL, s) in done]
+
+
+def failed_seeds(diverged: list[str], method: str) -> list[int]:
+    return sorted(int(d.split(" seed ")[1]) for d in diverged if d.split(" seed ")[0] == method)
+
+
+def verdict(primary: Paired, accuracy: Paired, diverged: list[str] = (), pairs_done: int | None = None) -> str:
+    """The pre-registered reading of the primary test (docs/preregistration.md, amendment 2 for
+    diverged runs).  No verdict before all five pairs are finished.  A diverged run is a failure of
+    its method for that seed: a seed where CigL diverged and RigL did not makes the claim not hold; a
+    seed where RigL alone diverged is RigL's failure, its pair left out of the t-test and named."""
+    n_done = primary.n if pairs_done is None else pairs_done
+    cigl_failed, rigl_failed = failed_seeds(diverged, CIGL), failed_seeds(diverged, RIGL)
+    cigl_only = [s for s in cigl_failed if s not in rigl_failed]
+    rigl_only = [s for s in rigl_failed if s not in cigl_failed]
+    named = "".join(f"; {who} diverged at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                    for who, seeds in (("CigL", cigl_failed), ("RigL", rigl_failed)) if seeds)
+    if n_done < len(PRIMARY_SEEDS):
+        return (f"interim: {n_done} of {len(PRIMARY_SEEDS)} pairs finished; the registered test is read only "
+                f"at n = 5{named}")
+    if cigl_only:
+        return (f"the claim does not hold: CigL failed (diverged) at seed{'s' if len(cigl_only) > 1 else ''} "
+                f"{', '.join(map(str, cigl_only))}, where RigL did not")
+    left_out = (f" (RigL diverged at seed{'s' if len(rigl_only) > 1 else ''} {', '.join(map(str, rigl_only))}: "
+                f"RigL's failure, that pair left out of the test)") if rigl_only else ""
+    if primary.n < 2:
+        return f"no test: fewer than two pairs with scores on both sides{left_out}"
     if accuracy.ci_high < 0:
-        return "the claim does not hold: CigL loses accuracy (the accuracy interval lies below 0)"
+        return f"the claim does not hold: CigL loses accuracy (the accuracy interval lies below 0){left_out}"
     if primary.ci_high < 0:
-        return "the claim holds: CigL's ECE is lower (interval below 0) at no detectable loss of accuracy"
+        return f"the claim holds: CigL's ECE is lower (interval below 0) at no detectable loss of accuracy{left_out}"
     if primary.ci_low > 0:
-        return "the claim does not hold: CigL's ECE is higher (interval above 0)"
-    return "the claim does not hold at this n: no detectable difference in ECE (the interval includes 0)"
+        return f"the claim does not hold: CigL's ECE is higher (interval above 0){left_out}"
+    return f"the claim does not hold at this n: no detectable difference in ECE (the interval includes 0){left_out}"
 
 
 PRIMARY = (Side(RIGL, "final", "tracked"), Side(CIGL, "wma", "recomputed-augmented"))
@@ -185,30 +208,40 @@ BASELINES = {
 }
 
 
-def attribution(primary: Paired, controlled: Paired) -> str | None:
-    """The registered reading of the controlled comparison beside the primary (docs/preregistration.md):
-    a gain under the paper's protocol that is not detectable with one protocol on both sides is the
-    BatchNorm statistics', not CigL's."""
-    if primary.n < len(PRIMARY_SEEDS) or controlled.n < len(PRIMARY_SEEDS):
+def attribution(primary: Paired, controlled: Paired, pairs_done: int) -> str | None:
+    """The controlled comparison beside the primary, read at n = 5 (None before).  Only one reading is
+    registered (docs/preregistration.md): a primary interval below 0 with a controlled interval
+    (recomputed-augmented on both sides) that includes 0 attributes the gain to the BatchNorm
+    statistics.  Every other outcome is stated as the two intervals, marked not registered."""
+    if pairs_done < len(PRIMARY_SEEDS):
         return None
-    if primary.ci_high < 0 and controlled.ci_low <= 0 <= controlled.ci_high:
-        return ("the gain in the paper's protocol is not detectably CigL's own: with recomputed-augmented "
+    if primary.n >= 2 and controlled.n >= 2 and primary.ci_high < 0 and controlled.ci_low <= 0 <= controlled.ci_high:
+        return ("registered: the gain in the paper's protocol is not detectably CigL's own: with recomputed-augmented "
                 "statistics on both sides there is no detectable difference in ECE, so it is attributed to the "
                 "BatchNorm statistics")
-    if primary.ci_high < 0 and controlled.ci_high < 0:
-        return "the gain holds with recomputed-augmented statistics on both sides: it is CigL's own"
-    return "the primary test shows no gain to attribute"
+
+    def where(p: Paired) -> str:
+        if p.n < 2:
+            return "not testable (fewer than two pairs)"
+        side = "below 0" if p.ci_high < 0 else "above 0" if p.ci_low > 0 else "includes 0"
+        return f"[{100 * p.ci_low:+.2f}, {100 * p.ci_high:+.2f}] pp, {side}"
+
+    return (f"the registered attribution does not apply (it needs the primary interval below 0 and the controlled "
+            f"one including 0); descriptive, not registered: primary ΔECE {where(primary)}, controlled "
+            f"(recomputed-augmented on both sides) {where(controlled)}")
 
 
 def analyse(runs: dict, diverged: list[str] = ()) -> dict:
     out: dict = {"alpha": ALPHA, "runs": sorted(f"{m} seed {s}" for m, s in runs), "diverged": list(diverged)}
     primary = {s: paired("primary", runs, *PRIMARY, s, PRIMARY_SEEDS) for s in SCORES}
     out["primary"] = {s: asdict(p) for s, p in primary.items()}
-    out["verdict"] = verdict(primary["ece"], primary["accuracy"], diverged)
+    pairs_done = finished_pairs(runs, list(diverged))
+    out["pairs_finished"] = pairs_done
+    out["verdict"] = verdict(primary["ece"], primary["accuracy"], diverged, len(pairs_done))
     controlled = {proto: {s: paired(f"controlled {proto}", runs, *sides, s, PRIMARY_SEEDS) for s in SCORES}
                   for proto, sides in CONTROLLED.items()}
     out["controlled"] = {proto: {s: asdict(p) for s, p in block.items()} for proto, block in controlled.items()}
-    out["attribution"] = attribution(primary["ece"], controlled["recomputed-augmented"]["ece"])
+    out["attribution"] = attribution(primary["ece"], controlled["recomputed-augmented"]["ece"], len(pairs_done))
     out["decomposition"] = {name: {s: asdict(paired(name, runs, *sides, s, DECOMPOSITION_SEEDS)) for s in SCORES}
                             for name, sides in DECOMPOSITION.items()}
     out["baselines"] = {name: {s: asdict(paired(name, runs, *sides, s, PRIMARY_SEEDS)) for s in SCORES}
@@ -232,11 +265,15 @@ def fmt(x: float, score: str) -> str:
 UNIT = {"ece": "pp", "ece10": "pp", "accuracy": "pp", "overconfidence": "pp", "nll": "nats", "brier": ""}
 
 
-def table(block: dict[str, dict]) -> list[str]:
+def table(block: dict[str, dict], read_at: int | None = len(PRIMARY_SEEDS)) -> list[str]:
+    """A Markdown table of paired comparisons.  Below ``read_at`` pairs (None: never, a descriptive
+    block) the "reads" column is marked descriptive: the registered test is read at n = 5 only."""
     lines = ["| score | n | mean Δ (B − A) | 95% interval | p | per seed | reads |", "|---|---|---|---|---|---|---|"]
     for score, p in block.items():
         per_seed = ", ".join(f"s{s}: {fmt(d, score)}" for s, d in zip(p["seeds"], p["deltas"]))
         reads = Paired(**p).reads()
+        if p["n"] >= 2 and (read_at is None or p["n"] < read_at):
+            reads += " (descriptive)" if read_at is None else f" (descriptive: n < {read_at})"
         pval = "–" if math.isnan(p["p"]) else f"{p['p']:.3f}"
         lines.append(f"| {score}{f' ({UNIT[score]})' if UNIT[score] else ''} | {p['n']} | {fmt(p['mean'], score)} | "
                      f"[{fmt(p['ci_low'], score)}, {fmt(p['ci_high'], score)}] | {pval} | {per_seed} | {reads} |")
@@ -255,14 +292,16 @@ def report(result: dict) -> str:
              *table(result["primary"]), "",
              f"Mean relative ECE change (B − A) / A: {100 * np.mean(rel):+.1f}%." if rel else "", "",
              f"**Verdict:** {result['verdict']}.", "",
+             "Until all five pairs are finished every interval and p-value below is descriptive: the registered "
+             "test is read once, at n = 5.", "",
              f"Diverged runs (each a failure of its method for that seed): {', '.join(result['diverged']) or 'none'}.",
              "", "## Controlled (one protocol on both sides)", "",
-             f"**Attribution (registered):** {result['attribution'] or 'read at n = 5'}.", ""]
+             f"**Attribution:** {result['attribution'] or 'read at n = 5'}.", ""]
     for proto, block in result["controlled"].items():
         lines += [f"### Both {proto}", "", *table(block), ""]
     lines += ["## Decomposition (seeds 3–5, recomputed-augmented; descriptive at n = 3)", ""]
     for name, block in result["decomposition"].items():
-        lines += [f"### {name}", "", *table(block), ""]
+        lines += [f"### {name}", "", *table(block, read_at=None), ""]
     lines += ["## Baselines a practitioner would pick instead (A = the baseline, B = CigL's primary side)", ""]
     for name, block in result["baselines"].items():
         lines += [f"### {name}", "", *table(block), ""]
@@ -303,6 +342,17 @@ def plot_curves(runs: dict, path: Path) -> Path | None:
     return atomic_save_figure(fig, path)
 
 
+def json_safe(value):
+    """``value`` with every non-finite float as None (JSON null): strict JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m experiments.controlled_study", description=__doc__.split("\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -312,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"{args.study} holds no runs/ folder")
     runs = load_runs(args.study)
     result = analyse(runs, diverged_runs(args.study))
-    atomic_write_json(result, args.study / "registered.json")
+    atomic_write_json(json_safe(result), args.study / "registered.json")
     atomic_write_bytes(report(result).encode(), args.study / "registered.md")
     plot_curves(runs, args.study / "validation_curves.png")
     print(report(result))

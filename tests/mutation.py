@@ -74,6 +74,7 @@ FINAL_BN_MODEL = ("tests/test_posterior.py::"
                   "test_model_pt_of_cigl_without_wma_holds_the_final_weights_batchnorm_statistics",)
 
 BNP = "tests/test_bn_protocols.py"
+CS, CST = "experiments/controlled_study.py", "tests/test_controlled_study.py::"
 BN_PROTOCOL = (f"{BNP}::test_each_bn_protocol_uses_its_own_statistics",)
 BN_HEADLINE = (f"{BNP}::test_metrics_json_records_every_protocol_and_each_headlines_own",)
 WEIGHTS_ROUND_TRIP = (f"{BNP}::test_weights_file_round_trip_keeps_every_weight_setting",
@@ -537,6 +538,23 @@ MUTANTS: list[Mutant] = [
     Mutant("cli-prog-not-as-launched", "argparse errors name experiments.X although the module was launched as "
            "cigl_bayes.experiments.X", "experiments/cli.py", 'running.endswith("." + module)',
            'running == module + "."', ("tests/test_cli.py::test_argparse_errors_name_the_module_as_it_was_launched",)),
+    # the registered analysis read exactly as registered (the audit of 2026-12-05, third session)
+    Mutant("verdict-diverged-before-n", "a diverged CigL run gives a final verdict before five pairs are finished",
+           CS, "    if n_done < len(PRIMARY_SEEDS):\n        return (f\"interim",
+           "    if n_done < len(PRIMARY_SEEDS) and not cigl_only:\n        return (f\"interim",
+           (f"{CST}test_a_diverged_run_before_five_pairs_gives_no_verdict",)),
+    Mutant("pairs-ignore-diverged", "a pair with a diverged run never counts as finished (interim for ever)", CS,
+           ' | {(d.split(" seed ")[0], int(d.split(" seed ")[1])) for d in diverged}', "",
+           (f"{CST}test_a_diverged_cigl_run_is_a_failure_of_cigl_for_its_seed",)),
+    Mutant("attribution-unregistered", "a gain that survives the control gets the registered attribution text",
+           CS, "controlled.ci_low <= 0 <= controlled.ci_high:", "controlled.ci_low <= 0:",
+           (f"{CST}test_a_gain_that_survives_the_control_is_described_not_given_an_unregistered_reading",)),
+    Mutant("interim-reads-as-result", "below n = 5 the intervals read as results, not marked descriptive", CS,
+           'if p["n"] >= 2 and (read_at is None or p["n"] < read_at):', "if False:",
+           (f"{CST}test_no_attribution_is_read_before_five_pairs",)),
+    Mutant("registered-json-nan", "registered.json holds NaN tokens (not strict JSON)", CS,
+           "return value if math.isfinite(value) else None", "return value",
+           (f"{CST}test_no_attribution_is_read_before_five_pairs",)),
 ]
 
 
