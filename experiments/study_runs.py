@@ -57,7 +57,9 @@ def rows_of(result: dict, method: str, engine: str, keep: float | None = None) -
     rigl also its temperature-scaled output (``rigl+ts``).  Each row holds the test metrics,
     ``overconfidence`` = mean top-class confidence − accuracy (> 0: over-confident), the same
     predictor's validation metrics (``val_*``), the last epoch's mean training NLL
-    (``train_nll``: how far the network fits its training data) and the keep probability of Z."""
+    (``train_nll``: how far the network fits its training data), the keep probability of Z and the
+    BatchNorm protocol the predictor was scored under (``bn_protocol``; None for runs from before
+    that record)."""
     out = result["output_predictor"]
     variants = [(method, out)]
     if method == "rigl" and "temperature_scaled" in result["test"]:
@@ -67,7 +69,8 @@ def rows_of(result: dict, method: str, engine: str, keep: float | None = None) -
     for name, pred in variants:
         test = result["test"][pred]
         row = {"method": name, "engine": engine, "sparsity": result["sparsity_target"], "seed": result["seed"],
-               "predictor": pred, "keep": keep, **{k: test.get(k) for k in TEST_KEYS}}
+               "predictor": pred, "keep": keep, "bn_protocol": (result.get("bn_protocol") or {}).get(pred),
+               **{k: test.get(k) for k in TEST_KEYS}}
         row["overconfidence"] = (test["confidence"] - test["accuracy"]) if "confidence" in test else None
         val = (result.get("val") or {}).get(pred, {})
         row.update({f"val_{k}": val.get(k) for k in VAL_KEYS})

@@ -28,6 +28,17 @@ from .study_plots import (
 from .study_runs import ABLATIONS, BASELINES, RUN_NAME, SUMMARY_KEYS, family_of, run_dir
 
 
+def scored_as(rows: list[dict]) -> str:
+    """One sentence naming each method's predictor and the BatchNorm statistics it was scored with
+    (``bn_protocol``: ``tracked`` during training, or ``recomputed-clean`` / ``-augmented``).  Methods
+    whose headlines use different statistics are not compared alike; the sentence makes that visible."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        seen[r["method"]].add(f"{r['predictor']} [{r.get('bn_protocol') or 'unrecorded'}]")
+    parts = [f"{m}: {', '.join(sorted(v))}" for m, v in seen.items()]
+    return "Predictor [BatchNorm statistics] per method: " + "; ".join(parts) + "." if parts else ""
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """Mean ± std (ddof 1) over seeds of every :data:`SUMMARY_KEYS` column the rows have."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -151,13 +162,15 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
     shown = [m for m in ["dense", *methods, *(["rigl+ts"] if "rigl" in methods else [])]
              if any(e["method"] == m for e in summary)]
     shown = list(dict.fromkeys(shown))
-    header = f"Protocol `{protocol}`, engine `{engine}`, seeds {seeds}; mean ± std over seeds, in %."
+    header = (f"Protocol `{protocol}`, engine `{engine}`, seeds {seeds}; mean ± std over seeds, in %.  "
+              + scored_as(rows))
     atomic_write_bytes(f"# Accuracy (Table 1)\n\n{header}\n\n{pivot_table(summary, 'accuracy', shown)}\n".encode(),
                        root / "table_accuracy.md")
     atomic_write_bytes(f"# ECE (Table 3)\n\n{header} Bold: ECE ≥ 15% lower than RigL's at that sparsity; "
                        f"(±x%): change versus RigL.\n\n{pivot_table(summary, 'ece', shown, True)}\n".encode(),
                        root / "table_ece.md")
-    atomic_write_bytes(("# Paired differences versus RigL (same seed)\n\n" + paired_table(rows)
+    atomic_write_bytes(("# Paired differences versus RigL (same seed)\n\n" + scored_as(rows) + "\n\n"
+                        + paired_table(rows)
                         + "\n\n## Over seeds\n\nMean ± std (ddof 1) of the per-seed differences above, and the "
                         "95% interval of a paired t-test (n − 1 degrees of freedom): an interval containing 0 "
                         "does not separate the method from RigL.  The paper's bar is an ECE at least 15% "

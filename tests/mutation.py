@@ -555,6 +555,10 @@ MUTANTS: list[Mutant] = [
     Mutant("registered-json-nan", "registered.json holds NaN tokens (not strict JSON)", CS,
            "return value if math.isfinite(value) else None", "return value",
            (f"{CST}test_no_attribution_is_read_before_five_pairs",)),
+    Mutant("tables-hide-bn-protocol", "the study tables drop each predictor's BatchNorm protocol (unrecorded)",
+           "experiments/study_runs.py", '"bn_protocol": (result.get("bn_protocol") or {}).get(pred),',
+           '"bn_protocol": None,',
+           ("tests/test_sweep.py::test_the_tables_name_each_methods_predictor_and_batchnorm_statistics",)),
 ]
 
 

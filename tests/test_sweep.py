@@ -615,3 +615,23 @@ def test_a_study_keeps_one_engine_so_a_sweep_of_the_other_cannot_overwrite_its_t
     (root / "runs" / "cigl-svi-s0.95-seed0").mkdir()
     with pytest.raises(USER_ERRORS, match=r"mixes engines.*svi-engine folders \(cigl-svi-s0.95-seed0\); move those"):
         sweep.main([*args[:args.index("--engine")], "--engine", "plain", *args[args.index("--engine") + 2:]])
+
+
+def test_the_tables_name_each_methods_predictor_and_batchnorm_statistics(tmp_path):
+    """A study's paired.md and tables say which statistics each headline used, so a comparison of RigL's
+    tracked statistics against CigL's recomputed ones is visible as such (issue #39's confound);
+    rows_of reads the protocol from metrics.json → bn_protocol."""
+    result = {"output_predictor": "wma", "sparsity_target": 0.95, "seed": 0,
+              "test": {"wma": {"accuracy": 0.8, "ece": 0.02, "nll": 0.6, "brier": 0.3, "confidence": 0.82}},
+              "bn_protocol": {"wma": "recomputed-clean"}}
+    (row,) = study_runs.rows_of(result, "cigl", "plain")
+    assert row["bn_protocol"] == "recomputed-clean"
+    rigl = {**_row("rigl", 0, 1.0, 0.6), "predictor": "final", "bn_protocol": "tracked"}
+    rows = [rigl, {**_row("cigl", 0, 0.99, 0.6), "bn_protocol": "recomputed-clean"}]
+    (tmp_path / "s" / "runs").mkdir(parents=True)
+    study_tables.write_reports(tmp_path / "s", rows, ["rigl", "cigl"], [0], "cpu-study", "plain", {})
+    line = "Predictor [BatchNorm statistics] per method: rigl: final [tracked]; cigl: wma [recomputed-clean]."
+    for name in ("paired.md", "table_ece.md", "table_accuracy.md"):
+        assert line in (tmp_path / "s" / name).read_text(), name
+    del rows[1]["bn_protocol"]  # a run from before the record
+    assert "cigl: wma [unrecorded]" in study_tables.scored_as(rows)
