@@ -35,7 +35,7 @@ from cigl_bayes import data as data_lib
 from cigl_bayes import metrics
 from cigl_bayes.averaging import Snapshot
 from cigl_bayes.config import TrainConfig
-from cigl_bayes.inference import diagnostics, load_run
+from cigl_bayes.inference import diagnostics, elpd, load_run
 from cigl_bayes.predict import combine
 from cigl_bayes.runs import RunFolderLock, atomic_save_figure, atomic_write_bytes, atomic_write_csv, atomic_write_json
 
@@ -236,10 +236,10 @@ def group_report(group: list[RunAnalysis], out: Path, tag: str, args) -> list[st
     for a in with_samples:  # point predictors, one per run
         for name in ("wma", "final"):
             log_liks[f"{name}/{a.run_dir.name}"] = a.predictors[name].per_draw_log_likelihood(a.labels)[0].numpy()
-    comparison = diagnostics.compare_predictors(log_liks)
+    comparison = elpd.compare_predictors(log_liks)
     ic_rows = []
     for name in ("predictive", "swag", "mc-z"):
-        e = diagnostics.predictor_elpd(log_liks[name])
+        e = elpd.predictor_elpd(log_liks[name])
         ic_rows.append({"predictor": name, "draws": e["n_samples"], "test_lppd": e["test_lppd"],
                         "elpd_loo": e["loo"]["elpd"], "p_loo": e["loo"]["p"],
                         "max_pareto_k": e["loo"]["pareto_k"]["max"],

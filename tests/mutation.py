@@ -559,6 +559,10 @@ MUTANTS: list[Mutant] = [
            "experiments/study_runs.py", '"bn_protocol": (result.get("bn_protocol") or {}).get(pred),',
            '"bn_protocol": None,',
            ("tests/test_sweep.py::test_the_tables_name_each_methods_predictor_and_batchnorm_statistics",)),
+    Mutant("lppd-mean-of-logs", "the test lppd averages log-likelihoods over draws (Jensen: too low) instead of "
+           "log of the mean likelihood", "inference/elpd.py",
+           "return logsumexp(flat, axis=0) - math.log(flat.shape[0])", "return flat.mean(axis=0)",
+           ("tests/test_diagnostics.py::test_multi_draw_elpd_matches_numpy_lppd",)),
 ]
 
 

@@ -12,6 +12,7 @@ import torch
 
 from cigl_bayes.averaging import Snapshot, SnapshotStore
 from cigl_bayes.inference import diagnostics as diag
+from cigl_bayes.inference import elpd
 
 az = diag.az  # arviz, imported by the module with its once-a-day refactor FutureWarning filtered
 
@@ -248,7 +249,7 @@ def test_point_predictor_elpd_is_the_plain_test_log_density():
     labels = rng.integers(0, 10, size=30)
     log_lik = log_probs[np.arange(30), labels]
     for shaped in (log_lik, log_lik[None, None], torch.from_numpy(log_lik)):
-        out = diag.predictor_elpd(shaped)
+        out = elpd.predictor_elpd(shaped)
         assert out["point_predictor"] and not out["ic_applicable"]
         assert out["loo"] is None and out["waic"] is None
         assert out["test_lppd"] == pytest.approx(log_lik.sum(), rel=1e-12)
@@ -261,7 +262,7 @@ def test_multi_draw_elpd_matches_numpy_lppd():
     log_lik = rng.normal(-1.0, 0.4, size=(2, 50, 20))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = diag.predictor_elpd(log_lik)
+        out = elpd.predictor_elpd(log_lik)
     lppd = _logmeanexp_sum(log_lik)
     assert out["n_samples"] == 100 and out["ic_applicable"]
     assert out["test_lppd"] == pytest.approx(lppd, rel=1e-10)
@@ -285,13 +286,13 @@ def test_compare_predictors_lists_every_predictor():
         "mc-z": rng.normal(-1.1, 0.3, size=(20, n)),
     }
     for ic in ("lppd", "loo", "waic"):
-        df = diag.compare_predictors(log_liks, ic=ic)
+        df = elpd.compare_predictors(log_liks, ic=ic)
         assert set(df.index) == set(log_liks)
         assert {"elpd", "se", "d_elpd", "dse", "weight", "test_lppd"} <= set(df.columns)
         assert df["d_elpd"].iloc[0] == 0 and (df["d_elpd"] >= 0).all()
         assert df["weight"].sum() == pytest.approx(1.0, abs=1e-6)
         for name, ll in log_liks.items():
-            single = diag.predictor_elpd(ll)
+            single = elpd.predictor_elpd(ll)
             assert df.loc[name, "test_lppd"] == pytest.approx(single["test_lppd"], rel=1e-12)
             if ic == "lppd" or single["point_predictor"]:
                 assert df.loc[name, "estimate"] == "test_lppd"
@@ -303,7 +304,7 @@ def test_compare_predictors_lists_every_predictor():
         np.testing.assert_allclose(df["d_elpd"], best - df["elpd"], atol=1e-9)
 
     with pytest.raises(ValueError, match="same test points"):
-        diag.compare_predictors({"a": np.zeros(3) - 1, "b": np.zeros(4) - 1})
+        elpd.compare_predictors({"a": np.zeros(3) - 1, "b": np.zeros(4) - 1})
 
 
 def test_plots_write_png_files_and_close_figures(tmp_path):
