@@ -396,9 +396,9 @@ MUTANTS: list[Mutant] = [
            "self.net.mask.views(self.net.effective_flat(None))))",
            ("tests/test_drop_in.py::test_the_forward_pass_sees_m_z_w_in_training_and_m_w_in_eval",
             "tests/test_drop_in.py::test_a_user_loop_follows_the_trainers_trajectory")),
-    Mutant("lightning-resume-masks-again", "resuming from a Lightning checkpoint masks the restored weights with "
-           "a fresh initial M", "cigl_bayes/lightning.py", "apply_mask=self._pending_state is None,",
-           "apply_mask=True,",
+    Mutant("lightning-resume-ignores-state", "resuming from a Lightning checkpoint leaves CigL's saved state "
+           "(M, Z stream, WMA) unloaded", "cigl_bayes/lightning.py",
+           "            self.cigl.load_state_dict(self._pending_state)\n", "            pass\n",
            ("tests/test_lightning.py::test_a_lightning_checkpoint_resumes_with_its_own_weights_and_mask",)),
     Mutant("temperature-on-test", "temperature scaling is fitted on the test split",
            "cigl_bayes/evaluate.py", 'temperature = metrics.fit_temperature(preds[output]["val"], labels["val"])',
@@ -475,7 +475,8 @@ MUTANTS: list[Mutant] = [
     Mutant("drop-in-resume-keeps-construction-zeros", "a load_state_dict right after construction leaves the "
            "weights that construction's initial M zeroed at 0", "cigl_bayes/cigl.py",
            "if self._before_mask is not None and self._untouched_since_construction():", "if False:",
-           (f"{MISUSE}test_resuming_in_the_usual_pytorch_order_is_exact",)),
+           (f"{MISUSE}test_resuming_in_the_usual_pytorch_order_is_exact",
+            "tests/test_lightning.py::test_a_lightning_checkpoint_resumes_with_its_own_weights_and_mask")),
     Mutant("drop-in-resume-overwrites-loaded-module", "a load_state_dict puts construction-time weights back over "
            "a module the host loaded after construction", "cigl_bayes/cigl.py",
            "if self._before_mask is not None and self._untouched_since_construction():",
