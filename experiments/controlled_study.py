@@ -4,7 +4,8 @@
 
 Reads every finished run's ``metrics.json`` under ``<study>/runs/`` (and ``laplace.json`` where the
 Laplace baseline ran, ``experiments.laplace_baseline``) and writes ``registered.md``,
-``registered.json`` and ``validation_curves.png`` into the study folder.  Nothing is fitted here:
+``registered.json``, ``registered_paired.png`` (each comparison's per-seed differences and interval)
+and ``validation_curves.png`` into the study folder.  Nothing is fitted here:
 every number is a paired difference of scores the runs already hold, by seed.
 
 Registered (in the order the pre-registration states them):
@@ -342,6 +343,50 @@ def plot_curves(runs: dict, path: Path) -> Path | None:
     return atomic_save_figure(fig, path)
 
 
+def paired_rows(result: dict) -> list[tuple[str, dict]]:
+    """(label, {score: paired comparison}) of every comparison against CigL's primary side, in the
+    order the pre-registration states them: primary, the two controlled ones, the two baselines."""
+    aug = "CigL [recomputed-augmented]"
+    rows = [(f"primary: {aug} vs RigL [tracked]", result["primary"])]
+    rows += [(f"controlled: both [{proto}]", block) for proto, block in result["controlled"].items()]
+    rows += [(f"{aug} vs {name.replace('CigL − RigL + ', 'RigL + ')}", block)
+             for name, block in result["baselines"].items()]
+    return rows
+
+
+def plot_paired(result: dict, path: Path) -> Path | None:
+    """Forest plot of the paired differences CigL − comparator, ECE (pp) and NLL: each seed's Δ as a
+    dot, the mean with its 95% t interval as a bar (none below two pairs).  Titled with n and, until
+    five pairs are finished, "descriptive"."""
+    import matplotlib.pyplot as plt
+
+    rows = [(label, block) for label, block in paired_rows(result) if block["ece"]["n"] > 0]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.6 * len(rows) + 1.8), sharey=True)
+    for ax, score, scale, unit in ((axes[0], "ece", 100.0, "pp"), (axes[1], "nll", 1.0, "nats")):
+        for y, (_, block) in enumerate(rows):
+            p = block[score]
+            ax.scatter([scale * d for d in p["deltas"]], [y] * len(p["deltas"]), s=18, color="grey", zorder=3,
+                       label="one seed" if y == 0 else None)
+            if p["n"] >= 2:
+                ax.errorbar([scale * p["mean"]], [y], xerr=[[scale * (p["mean"] - p["ci_low"])],
+                                                            [scale * (p["ci_high"] - p["mean"])]],
+                            fmt="D", color="tab:blue", capsize=4, zorder=4,
+                            label="mean, 95% t interval" if y == 0 else None)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_xlabel(f"CigL WMA − RigL (as each row says), test {score.upper()} ({unit})")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(rows)), [label for label, _ in rows])
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize="x-small", loc="best")
+    n = len(result.get("pairs_finished") or [])
+    state = "the registered reading" if n >= len(PRIMARY_SEEDS) else "descriptive: the test is read at 5"
+    fig.suptitle(f"Controlled study, paired by seed: {n} of {len(PRIMARY_SEEDS)} pairs finished ({state}); "
+                 "< 0: CigL lower", fontsize=10)
+    return atomic_save_figure(fig, path)
+
+
 def json_safe(value):
     """``value`` with every non-finite float as None (JSON null): strict JSON has no NaN."""
     if isinstance(value, float):
@@ -365,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(json_safe(result), args.study / "registered.json")
     atomic_write_bytes(report(result).encode(), args.study / "registered.md")
     plot_curves(runs, args.study / "validation_curves.png")
+    plot_paired(result, args.study / "registered_paired.png")
     print(report(result))
     return 0
 

@@ -564,6 +564,9 @@ MUTANTS: list[Mutant] = [
            "log of the mean likelihood", "inference/elpd.py",
            "return logsumexp(flat, axis=0) - math.log(flat.shape[0])", "return flat.mean(axis=0)",
            ("tests/test_diagnostics.py::test_multi_draw_elpd_matches_numpy_lppd",)),
+    Mutant("paired-picture-relative", "registered_paired.png draws each seed's relative change, labelled as the "
+           "difference", CS, '[scale * d for d in p["deltas"]]', '[scale * d for d in p["relative"]]',
+           (f"{CST}test_the_paired_picture_shows_each_seed_and_each_interval_labelled",)),
 ]
 
 

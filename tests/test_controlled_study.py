@@ -173,3 +173,33 @@ def test_a_pair_where_rigl_alone_diverged_is_finished_and_left_out_of_the_test(t
     assert out["pairs_finished"] == list(PRIMARY_SEEDS) and out["primary"]["ece"]["seeds"] == [3, 4, 6, 7]
     assert out["verdict"].startswith("the claim holds")
     assert out["verdict"].endswith("(RigL diverged at seed 5: RigL's failure, that pair left out of the test)")
+
+
+def test_the_paired_picture_shows_each_seed_and_each_interval_labelled(tmp_path, monkeypatch):
+    """registered_paired.png: one row per comparison (primary, both controlled, the baselines with
+    data), each seed's ΔECE as a dot and the mean with its t interval; titled with n and, below five
+    pairs, 'descriptive'."""
+    from matplotlib.collections import PathCollection
+
+    from cigl_bayes.experiments import controlled_study
+
+    figures = {}
+    monkeypatch.setattr(controlled_study, "atomic_save_figure", lambda fig, path: figures.__setitem__(path.name, fig))
+    rigl, cigl = [0.040, 0.045, 0.035, 0.050, 0.042], [0.018, 0.020, 0.017, 0.022, 0.019]
+    for seeds, state in (((3, 4, 5, 6), "descriptive"), (PRIMARY_SEEDS, "the registered reading")):
+        root = tmp_path / state
+        main([str(study(root, rigl[:len(seeds)], cigl[:len(seeds)], rigl[:len(seeds)], seeds=seeds))])
+        out = json.loads((root / "registered.json").read_text())
+        fig = figures["registered_paired.png"]
+        assert f"{len(seeds)} of 5 pairs finished ({state}" in fig._suptitle.get_text()
+        ece_ax = fig.axes[0]
+        labels = [t.get_text() for t in ece_ax.get_yticklabels()]
+        assert labels == ["primary: CigL [recomputed-augmented] vs RigL [tracked]",
+                          "controlled: both [recomputed-augmented]", "controlled: both [recomputed-clean]",
+                          "CigL [recomputed-augmented] vs RigL + temperature scaling"]
+        dots = [c for c in ece_ax.collections if isinstance(c, PathCollection)]
+        primary_x = sorted(dots[0].get_offsets()[:, 0])
+        assert primary_x == pytest.approx(sorted(100 * np.array(out["primary"]["ece"]["deltas"])))
+        means = [line.get_xdata()[0] for line in ece_ax.lines if line.get_marker() == "D"]
+        assert means[0] == pytest.approx(100 * out["primary"]["ece"]["mean"])
+        assert "ECE" in ece_ax.get_xlabel() and "NLL" in fig.axes[1].get_xlabel()
