@@ -56,7 +56,8 @@ commit_study() {  # $1: the commit message; only docs/results/controlled is comm
 
 evaluate_after() {  # $1: method, $2: run name; the evaluations of a committed run, with $1's code
   local done_what=()
-  if [ "$1" = rigl ] && ! tracked "$committed/controlled/runs/$2/laplace.json"; then
+  if [ "$1" = rigl ] && ! tracked "$committed/controlled/runs/$2/laplace.json" && \
+     ! tracked "$committed/controlled/runs/$2/diverged.json"; then  # a diverged run has no weights to fit on
     if (cd "$target" && PYTHONPATH="$target" python -m experiments.laplace_baseline \
           "docs/results/controlled/runs/$2" --no-progress); then
       done_what+=("last-layer Laplace")
@@ -82,6 +83,9 @@ for cell in "${order[@]}"; do
   read -r method seed <<<"$cell"
   run="$method-plain-s0.95-seed$seed"
   folder="$committed/controlled/runs/$run"
+  if tracked "$folder/diverged.json"; then
+    continue  # diverged and committed: a failure of its method for that seed, never retried (preregistration)
+  fi
   if [ -f "$folder/metrics.json" ] && tracked "$folder/metrics.json"; then
     if [ "$method" = rigl ] && ! tracked "$folder/laplace.json"; then
       evaluate_after "$method" "$run"  # an earlier session ended before its Laplace baseline
@@ -89,8 +93,28 @@ for cell in "${order[@]}"; do
     continue  # finished and committed
   fi
   echo "$(date -u +%FT%TZ) start $run on $(python -c 'import platform; print(platform.processor() or platform.machine())')"
+  status=0
   (cd "$code" && PYTHONPATH="$code" python -m experiments.sweep --protocol controlled --results "$work" \
-      --study controlled --amp off --methods "$method" --seeds "$seed" --no-progress)
+      --study controlled --amp off --methods "$method" --seeds "$seed" --no-progress) || status=$?
+  if [ "$status" -ne 0 ]; then
+    if [ ! -f "$work/controlled/runs/$run/diverged.json" ]; then
+      echo "$(date -u +%FT%TZ) error: $run stopped (exit $status); the next start resumes it" >&2
+      exit "$status"
+    fi
+    # diverged (a non-finite loss): a failure of its method for this seed (docs/preregistration.md,
+    # Exclusions and amendment 2), committed as such so the analysis counts it and no start retries it
+    echo "$(date -u +%FT%TZ) $run diverged: committed as a failure of $method at seed $seed"
+    if [ "$work" != "$committed" ]; then  # its marker and config only: no weights exist
+      mkdir -p "$committed/controlled/runs/$run"
+      cp -a "$work/controlled/runs/$run/diverged.json" "$committed/controlled/runs/$run/"
+      [ ! -f "$work/controlled/runs/$run/config.json" ] || cp -a "$work/controlled/runs/$run/config.json" \
+        "$committed/controlled/runs/$run/"
+    fi
+    commit_study "controlled: $run diverged (float32)" || {
+      echo "$(date -u +%FT%TZ) error: could not commit the divergence of $run" >&2; exit 1; }
+    evaluate_after "$method" "$run"
+    continue
+  fi
   if [ "$work" != "$committed" ]; then  # the finished run, then the study tables the sweep rebuilt
     mkdir -p "$committed/controlled/runs"
     cp -a "$work/controlled/runs/$run" "$committed/controlled/runs/"

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -122,68 +124,118 @@ def paired(name: str, runs: dict, a: Side, b: Side, score: str, seeds: tuple[int
     return Paired(name, a.label(), b.label(), score, used, deltas, relative, n, mean, sd, mean - half, mean + half, p)
 
 
+RUN_FOLDER = re.compile(r"^(?P<method>.+)-plain-s0\.95-seed(?P<seed>\d+)$")
+
+
+def study_folders(study: Path) -> list[tuple[str, int, Path]]:
+    """(method, seed, folder) of every folder under ``<study>/runs`` named as the queue names a run
+    (``<method>-plain-s0.95-seed<k>``).  Any other folder (a copy such as ``…-seed3-retry``) is not a
+    run of the study: it is named on stderr and left out, never read in a registered run's place."""
+    out = []
+    root = study / "runs"
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir():
+            continue
+        match = RUN_FOLDER.match(folder.name)
+        if match is None:
+            print(f"note: {folder} is not named <method>-plain-s0.95-seed<k>; left out of the analysis",
+                  file=sys.stderr)
+            continue
+        out.append((match["method"], int(match["seed"]), folder))
+    return out
+
+
+def _completed(folder: Path) -> dict | None:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err})") from None
+    return metrics if metrics.get("completed") else None
+
+
 def diverged_runs(study: Path) -> list[str]:
     """"<method> seed <s>" of every run that stopped on a non-finite loss (its ``diverged.json``,
-    written by the trainer)."""
+    written by the trainer).  A folder holding both that marker and a completed metrics.json is
+    refused: one of the two is stale, and the run cannot count both as a failure and as scored."""
     out = []
-    for marker in sorted((study / "runs").glob("*-plain-s0.95-seed*/diverged.json")):
-        method, _, seed = marker.parent.name.partition("-plain-s0.95-seed")
-        out.append(f"{method} seed {seed}")
+    for method, seed, folder in study_folders(study):
+        if (folder / "diverged.json").is_file():
+            if _completed(folder) is not None:
+                raise ValueError(f"{folder} holds both diverged.json and a completed metrics.json; one is stale: "
+                                 "remove it (a diverged run counts as a failure, a completed one is scored)")
+            out.append(f"{method} seed {seed}")
     return out
 
 
 def load_runs(study: Path) -> dict[tuple[str, int], dict]:
-    """{(method, seed): {"metrics": ..., "laplace": ...}} of the finished runs of the study."""
+    """{(method, seed): {"metrics": ..., "laplace": ...}} of the finished runs of the study; a
+    metrics.json whose seed is not its folder's is refused."""
     runs = {}
-    for folder in sorted((study / "runs").glob("*-plain-s0.95-seed*")):
-        path = folder / "metrics.json"
-        if not path.is_file():
+    for method, seed, folder in study_folders(study):
+        metrics = _completed(folder)
+        if metrics is None:
             continue
-        try:
-            metrics = json.loads(path.read_text())
-        except ValueError as err:
-            raise ValueError(f"{path} is not valid JSON ({err})") from None
-        if not metrics.get("completed"):
-            continue
-        method = folder.name.split("-plain-")[0]
+        if int(metrics.get("seed", -1)) != seed:
+            raise ValueError(f"{folder}/metrics.json is of seed {metrics.get('seed')}, not the folder's seed {seed}")
         entry = {"metrics": metrics}
         laplace = folder / "laplace.json"
         if laplace.is_file():
             entry["laplace"] = json.loads(laplace.read_text())
-        runs[(method, int(metrics["seed"]))] = entry
+        runs[(method, seed)] = entry
     return runs
+
+
+def _method_seed(entry: str) -> tuple[str, int]:
+    method, _, seed = entry.rpartition(" seed ")
+    return method, int(seed)
 
 
 def finished_pairs(runs: dict, diverged: list[str]) -> list[int]:
     """The primary seeds whose pair is finished: each side's run either completed or diverged (a
     diverged run is finished as a failure, docs/preregistration.md, Exclusions and amendment 2)."""
-    done = {(m, s) for m, s in runs} | {(d.split(" seed ")[0], int(d.split(" seed ")[1])) for d in diverged}
+    done = set(runs) | {_method_seed(d) for d in diverged}
     return [s for s in PRIMARY_SEEDS if (RIGL, s) in done and (CIGL, s) in done]
 
 
 def failed_seeds(diverged: list[str], method: str) -> list[int]:
-    return sorted(int(d.split(" seed ")[1]) for d in diverged if d.split(" seed ")[0] == method)
+    """The registered seeds (3–7) at which ``method`` diverged; other seeds are not the study's."""
+    return sorted(s for m, s in map(_method_seed, diverged) if m == method and s in PRIMARY_SEEDS)
 
 
-def verdict(primary: Paired, accuracy: Paired, diverged: list[str] = (), pairs_done: int | None = None) -> str:
+def _seeds(seeds: list[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def verdict(primary: Paired, accuracy: Paired, diverged: list[str] = (), pairs_done: list[int] | None = None) -> str:
     """The pre-registered reading of the primary test (docs/preregistration.md, amendment 2 for
     diverged runs).  No verdict before all five pairs are finished.  A diverged run is a failure of
     its method for that seed: a seed where CigL diverged and RigL did not makes the claim not hold; a
-    seed where RigL alone diverged is RigL's failure, its pair left out of the t-test and named."""
-    n_done = primary.n if pairs_done is None else pairs_done
+    seed where RigL diverged (alone or with CigL) leaves its pair out of the t-test, and the verdict
+    names it, as it names a finished pair that lacks a registered score on one side."""
+    done = list(primary.seeds) if pairs_done is None else list(pairs_done)
     cigl_failed, rigl_failed = failed_seeds(diverged, CIGL), failed_seeds(diverged, RIGL)
     cigl_only = [s for s in cigl_failed if s not in rigl_failed]
     rigl_only = [s for s in rigl_failed if s not in cigl_failed]
-    named = "".join(f"; {who} diverged at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+    both = [s for s in rigl_failed if s in cigl_failed]
+    named = "".join(f"; {who} diverged at {_seeds(seeds)}"
                     for who, seeds in (("CigL", cigl_failed), ("RigL", rigl_failed)) if seeds)
-    if n_done < len(PRIMARY_SEEDS):
-        return (f"interim: {n_done} of {len(PRIMARY_SEEDS)} pairs finished; the registered test is read only "
+    if len(done) < len(PRIMARY_SEEDS):
+        return (f"interim: {len(done)} of {len(PRIMARY_SEEDS)} pairs finished; the registered test is read only "
                 f"at n = 5{named}")
     if cigl_only:
-        return (f"the claim does not hold: CigL failed (diverged) at seed{'s' if len(cigl_only) > 1 else ''} "
-                f"{', '.join(map(str, cigl_only))}, where RigL did not")
-    left_out = (f" (RigL diverged at seed{'s' if len(rigl_only) > 1 else ''} {', '.join(map(str, rigl_only))}: "
-                f"RigL's failure, that pair left out of the test)") if rigl_only else ""
+        return f"the claim does not hold: CigL failed (diverged) at {_seeds(cigl_only)}, where RigL did not"
+    notes = []
+    if rigl_only:
+        notes.append(f"RigL diverged at {_seeds(rigl_only)}: RigL's failure, that pair left out of the test")
+    if both:
+        notes.append(f"both diverged at {_seeds(both)}: that pair left out of the test")
+    unscored = [s for s in done if s not in primary.seeds and s not in rigl_failed and s not in cigl_failed]
+    if unscored:
+        notes.append(f"{_seeds(unscored)}: a side lacks the registered score, that pair left out of the test")
+    left_out = f" ({'; '.join(notes)})" if notes else ""
     if primary.n < 2:
         return f"no test: fewer than two pairs with scores on both sides{left_out}"
     if accuracy.ci_high < 0:
@@ -238,7 +290,7 @@ def analyse(runs: dict, diverged: list[str] = ()) -> dict:
     out["primary"] = {s: asdict(p) for s, p in primary.items()}
     pairs_done = finished_pairs(runs, list(diverged))
     out["pairs_finished"] = pairs_done
-    out["verdict"] = verdict(primary["ece"], primary["accuracy"], diverged, len(pairs_done))
+    out["verdict"] = verdict(primary["ece"], primary["accuracy"], diverged, pairs_done)
     controlled = {proto: {s: paired(f"controlled {proto}", runs, *sides, s, PRIMARY_SEEDS) for s in SCORES}
                   for proto, sides in CONTROLLED.items()}
     out["controlled"] = {proto: {s: asdict(p) for s, p in block.items()} for proto, block in controlled.items()}
@@ -266,15 +318,16 @@ def fmt(x: float, score: str) -> str:
 UNIT = {"ece": "pp", "ece10": "pp", "accuracy": "pp", "overconfidence": "pp", "nll": "nats", "brier": ""}
 
 
-def table(block: dict[str, dict], read_at: int | None = len(PRIMARY_SEEDS)) -> list[str]:
-    """A Markdown table of paired comparisons.  Below ``read_at`` pairs (None: never, a descriptive
-    block) the "reads" column is marked descriptive: the registered test is read at n = 5 only."""
+def table(block: dict[str, dict], descriptive: str | None) -> list[str]:
+    """A Markdown table of paired comparisons.  ``descriptive``: the mark every read of an interval
+    gets (None: the registered reading, once five pairs are finished; their n may still be below 5
+    where a diverged pair is left out)."""
     lines = ["| score | n | mean Δ (B − A) | 95% interval | p | per seed | reads |", "|---|---|---|---|---|---|---|"]
     for score, p in block.items():
         per_seed = ", ".join(f"s{s}: {fmt(d, score)}" for s, d in zip(p["seeds"], p["deltas"]))
         reads = Paired(**p).reads()
-        if p["n"] >= 2 and (read_at is None or p["n"] < read_at):
-            reads += " (descriptive)" if read_at is None else f" (descriptive: n < {read_at})"
+        if p["n"] >= 2 and descriptive:
+            reads += f" ({descriptive})"
         pval = "–" if math.isnan(p["p"]) else f"{p['p']:.3f}"
         lines.append(f"| {score}{f' ({UNIT[score]})' if UNIT[score] else ''} | {p['n']} | {fmt(p['mean'], score)} | "
                      f"[{fmt(p['ci_low'], score)}, {fmt(p['ci_high'], score)}] | {pval} | {per_seed} | {reads} |")
@@ -283,6 +336,8 @@ def table(block: dict[str, dict], read_at: int | None = len(PRIMARY_SEEDS)) -> l
 
 def report(result: dict) -> str:
     first = result["primary"]["ece"]
+    n_done = len(result.get("pairs_finished") or [])
+    interim = f"descriptive: {n_done} of {len(PRIMARY_SEEDS)} pairs" if n_done < len(PRIMARY_SEEDS) else None
     rel = [r for r in first["relative"] if not math.isnan(r)]
     lines = ["# Controlled study: the registered analysis", "",
              "Generated by `python -m experiments.controlled_study docs/results/controlled` from the committed "
@@ -290,22 +345,22 @@ def report(result: dict) -> str:
              f"Finished runs: {len(result['runs'])} ({'; '.join(result['runs']) or 'none'}).", "",
              "## Primary (the paper's protocol)", "",
              f"A = {first['a']}, B = {first['b']}; paired by seed, two-sided t, α = {result['alpha']}.", "",
-             *table(result["primary"]), "",
+             *table(result["primary"], interim), "",
              f"Mean relative ECE change (B − A) / A: {100 * np.mean(rel):+.1f}%." if rel else "", "",
              f"**Verdict:** {result['verdict']}.", "",
-             "Until all five pairs are finished every interval and p-value below is descriptive: the registered "
-             "test is read once, at n = 5.", "",
+             *(["Until all five pairs are finished every interval and p-value here is descriptive: the registered "
+                "test is read once, at n = 5.", ""] if interim else []),
              f"Diverged runs (each a failure of its method for that seed): {', '.join(result['diverged']) or 'none'}.",
              "", "## Controlled (one protocol on both sides)", "",
              f"**Attribution:** {result['attribution'] or 'read at n = 5'}.", ""]
     for proto, block in result["controlled"].items():
-        lines += [f"### Both {proto}", "", *table(block), ""]
+        lines += [f"### Both {proto}", "", *table(block, interim), ""]
     lines += ["## Decomposition (seeds 3–5, recomputed-augmented; descriptive at n = 3)", ""]
     for name, block in result["decomposition"].items():
-        lines += [f"### {name}", "", *table(block, read_at=None), ""]
+        lines += [f"### {name}", "", *table(block, "descriptive"), ""]
     lines += ["## Baselines a practitioner would pick instead (A = the baseline, B = CigL's primary side)", ""]
     for name, block in result["baselines"].items():
-        lines += [f"### {name}", "", *table(block), ""]
+        lines += [f"### {name}", "", *table(block, interim), ""]
     lines += ["## ITOP rate (fraction of sparse-layer weights ever active)", "", "| method | n | mean | sd |",
               "|---|---|---|---|"]
     lines += [f"| {m} | {v['n']} | {v['mean']:.4f} | {v['sd']:.4f} |" for m, v in result["itop"].items()]

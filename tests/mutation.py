@@ -75,6 +75,8 @@ FINAL_BN_MODEL = ("tests/test_posterior.py::"
 
 BNP = "tests/test_bn_protocols.py"
 CS, CST = "experiments/controlled_study.py", "tests/test_controlled_study.py::"
+QS = "experiments/controlled_queue.sh"
+QUEUE_DIVERGED = ("tests/test_controlled_queue.py::test_a_diverged_run_is_committed_as_a_failure_and_never_retried",)
 BN_PROTOCOL = (f"{BNP}::test_each_bn_protocol_uses_its_own_statistics",)
 BN_HEADLINE = (f"{BNP}::test_metrics_json_records_every_protocol_and_each_headlines_own",)
 WEIGHTS_ROUND_TRIP = (f"{BNP}::test_weights_file_round_trip_keeps_every_weight_setting",
@@ -567,6 +569,20 @@ MUTANTS: list[Mutant] = [
     Mutant("paired-picture-relative", "registered_paired.png draws each seed's relative change, labelled as the "
            "difference", CS, '[scale * d for d in p["deltas"]]', '[scale * d for d in p["relative"]]',
            (f"{CST}test_the_paired_picture_shows_each_seed_and_each_interval_labelled",)),
+    Mutant("queue-diverged-retried", "a committed diverged run is trained again at the next start", QS,
+           '  if tracked "$folder/diverged.json"; then\n', "  if false; then\n", QUEUE_DIVERGED),
+    Mutant("queue-diverged-stops", "a diverged run stops the queue uncommitted, so the analysis never counts it",
+           QS, '    if [ ! -f "$work/controlled/runs/$run/diverged.json" ]; then', "    if true; then", QUEUE_DIVERGED),
+    Mutant("study-foreign-folder-read", "a copy of a run folder (…-seed3-retry) is read in the registered run's "
+           "place", CS, 'RUN_FOLDER = re.compile(r"^(?P<method>.+)-plain-s0\\.95-seed(?P<seed>\\d+)$")',
+           'RUN_FOLDER = re.compile(r"^(?P<method>.+)-plain-s0\\.95-seed(?P<seed>\\d+)")',
+           (f"{CST}test_copies_and_mislabelled_runs_are_never_read_as_registered_runs",)),
+    Mutant("verdict-other-seed-failure", "a CigL divergence at a seed outside 3–7 decides the verdict", CS,
+           "if m == method and s in PRIMARY_SEEDS)", "if m == method)",
+           (f"{CST}test_a_divergence_outside_the_registered_seeds_decides_nothing",)),
+    Mutant("final-reads-descriptive", "the final reading is marked descriptive when a diverged pair is left out",
+           CS, 'if n_done < len(PRIMARY_SEEDS) else None', 'if len(first["seeds"]) < len(PRIMARY_SEEDS) else None',
+           (f"{CST}test_the_final_reading_is_not_marked_descriptive_when_a_diverged_pair_is_left_out",)),
 ]
 
 

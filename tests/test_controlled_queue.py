@@ -25,6 +25,13 @@ a = p.parse_args()
 study = pathlib.Path(a.results) / a.study
 run = study / "runs" / f"{a.methods}-plain-s0.95-seed{a.seeds}"
 run.mkdir(parents=True, exist_ok=True)
+import os, sys
+if os.environ.get("STUB_DIVERGES") == run.name:  # a non-finite loss: the trainer's marker, no metrics.json
+    (run / "config.json").write_text("{}")
+    (run / "diverged.json").write_text(json.dumps({"loss": "nan"}))
+    sys.exit(1)
+if os.environ.get("STUB_CRASHES") == run.name:
+    sys.exit(1)
 resumed = (run / "checkpoint.pt").read_text() if (run / "checkpoint.pt").exists() else "fresh"
 (run / "metrics.json").write_text(json.dumps({"completed": True, "resumed_from": resumed}))
 (run / "checkpoint.pt").write_text("final")
@@ -158,3 +165,32 @@ def test_a_failed_laplace_baseline_is_logged_never_stops_training_and_is_retried
     assert _git(target, "ls-files", "--", f"docs/results/controlled/runs/{failing}/laplace.json").strip()
     assert _git(target, "log", "-1", "--format=%s").strip() == \
         f"controlled: after {failing}, last-layer Laplace, registered analysis"
+
+
+@pytest.mark.parametrize("with_work_folder", [True, False])
+def test_a_diverged_run_is_committed_as_a_failure_and_never_retried(queue, tmp_path, with_work_folder):
+    """A run that diverges (docs/preregistration.md, amendment 2: a failure of its method for that
+    seed) is committed with its diverged.json, gets no Laplace fit, and the queue goes on; no later
+    start trains it again.  A run that crashes otherwise stops the queue, to be resumed."""
+    code, target, study = queue
+    work = tmp_path / "work" if with_work_folder else None
+    diverging = "rigl-plain-s0.95-seed4"
+    proc = _run_queue(code, target, work, env={"STUB_DIVERGES": diverging})
+    assert proc.returncode == 0, proc.stderr
+    assert f"{diverging} diverged: committed as a failure of rigl at seed 4" in proc.stdout
+    assert "queue done" in proc.stdout
+    tracked = _git(target, "ls-files").split()
+    assert f"docs/results/controlled/runs/{diverging}/diverged.json" in tracked
+    assert f"docs/results/controlled/runs/{diverging}/laplace.json" not in tracked
+    messages = _git(target, "log", "--format=%s").splitlines()
+    assert f"controlled: {diverging} diverged (float32)" in messages
+    assert "error" not in proc.stderr
+    again = _run_queue(code, target, work)
+    assert again.returncode == 0 and " start " not in again.stdout, again.stdout
+
+
+def test_a_run_that_stops_without_diverging_stops_the_queue(queue, tmp_path):
+    code, target, study = queue
+    proc = _run_queue(code, target, tmp_path / "work", env={"STUB_CRASHES": "rigl-plain-s0.95-seed4"})
+    assert proc.returncode == 1 and "error: rigl-plain-s0.95-seed4 stopped (exit 1)" in proc.stderr
+    assert "queue done" not in proc.stdout

@@ -127,7 +127,7 @@ def test_no_attribution_is_read_before_five_pairs(tmp_path):
     md = (tmp_path / "registered.md").read_text()
     # every read of an interval is marked descriptive until n = 5, and no JSON NaN is written
     primary_rows = md.split("## Primary")[1].split("**Verdict:**")[0]
-    assert "| lower (descriptive: n < 5) |" in primary_rows and "| lower |" not in primary_rows
+    assert "| lower (descriptive: 4 of 5 pairs) |" in primary_rows and "| lower |" not in primary_rows
     assert "NaN" not in (tmp_path / "registered.json").read_text()
 
 
@@ -203,3 +203,74 @@ def test_the_paired_picture_shows_each_seed_and_each_interval_labelled(tmp_path,
         means = [line.get_xdata()[0] for line in ece_ax.lines if line.get_marker() == "D"]
         assert means[0] == pytest.approx(100 * out["primary"]["ece"]["mean"])
         assert "ECE" in ece_ax.get_xlabel() and "NLL" in fig.axes[1].get_xlabel()
+
+
+FIVE_RIGL, FIVE_CIGL = [0.040, 0.045, 0.035, 0.050, 0.042], [0.018, 0.020, 0.017, 0.022, 0.019]
+
+
+def test_the_final_reading_is_not_marked_descriptive_when_a_diverged_pair_is_left_out(tmp_path):
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
+    diverge(tmp_path, "rigl", 4)
+    main([str(tmp_path)])
+    md = (tmp_path / "registered.md").read_text()
+    primary_rows = md.split("## Primary")[1].split("**Verdict:**")[0]
+    assert "| lower |" in primary_rows and "descriptive" not in primary_rows
+    assert "Until all five pairs" not in md
+
+
+def test_a_divergence_outside_the_registered_seeds_decides_nothing(tmp_path):
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
+    diverge(tmp_path, "cigl-keep0.99", 9)
+    main([str(tmp_path)])
+    out = json.loads((tmp_path / "registered.json").read_text())
+    assert out["diverged"] == ["cigl-keep0.99 seed 9"] and out["verdict"].startswith("the claim holds")
+
+
+def test_a_pair_where_both_diverged_is_named_in_the_final_verdict(tmp_path):
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
+    diverge(tmp_path, "rigl", 6)
+    diverge(tmp_path, "cigl-keep0.99", 6)
+    main([str(tmp_path)])
+    out = json.loads((tmp_path / "registered.json").read_text())
+    assert out["verdict"].startswith("the claim holds")
+    assert "both diverged at seed 6: that pair left out of the test" in out["verdict"]
+
+
+def test_a_finished_pair_without_a_registered_score_is_named(tmp_path):
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
+    path = tmp_path / "runs" / "cigl-keep0.99-plain-s0.95-seed5" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    del metrics["by_bn_protocol"]["recomputed-augmented"]
+    path.write_text(json.dumps(metrics))
+    main([str(tmp_path)])
+    out = json.loads((tmp_path / "registered.json").read_text())
+    assert out["primary"]["ece"]["n"] == 4
+    assert "seed 5: a side lacks the registered score, that pair left out of the test" in out["verdict"]
+
+
+def test_copies_and_mislabelled_runs_are_never_read_as_registered_runs(tmp_path, capsys):
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
+    main([str(tmp_path)])
+    before = json.loads((tmp_path / "registered.json").read_text())
+    # a copy beside the run, with other scores, and a stray marker in a backup folder
+    write_run(tmp_path, "rigl-plain-s0.95-seed3-retry", 3, {"tracked": {"final": scores(0.001, 0.5)}})
+    (tmp_path / "runs" / "rigl-plain-s0.95-seed3-retry-plain-s0.95-seed3").rename(
+        tmp_path / "runs" / "rigl-plain-s0.95-seed3-retry")
+    (tmp_path / "runs" / "rigl-plain-s0.95-seed5.bak").mkdir()
+    (tmp_path / "runs" / "rigl-plain-s0.95-seed5.bak" / "diverged.json").write_text("{}")
+    assert main([str(tmp_path)]) == 0
+    after = json.loads((tmp_path / "registered.json").read_text())
+    assert after["primary"] == before["primary"] and after["diverged"] == []
+    assert "rigl-plain-s0.95-seed3-retry is not named" in capsys.readouterr().err
+
+
+def test_a_mislabelled_seed_or_a_stale_divergence_marker_is_refused(tmp_path):
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
+    path = tmp_path / "runs" / "rigl-plain-s0.95-seed4" / "metrics.json"
+    path.write_text(path.read_text().replace('"seed": 4', '"seed": 3'))
+    with pytest.raises(ValueError, match="of seed 3, not the folder's seed 4"):
+        main([str(tmp_path)])
+    path.write_text(path.read_text().replace('"seed": 3', '"seed": 4'))
+    (path.parent / "diverged.json").write_text("{}")
+    with pytest.raises(ValueError, match="both diverged.json and a completed metrics.json"):
+        main([str(tmp_path)])
