@@ -54,11 +54,12 @@ class CigLCallback(L.Callback):
         optimizer = trainer.optimizers[0]
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
         t_star = int(0.8 * epochs) if self.collect_from_epoch is None else self.collect_from_epoch
+        # resuming: Lightning restored the module's weights before this hook, so they are not masked by a
+        # fresh initial M (the saved M is applied by load_state_dict); a refused state then leaves them as
+        # the checkpoint holds them
         self.cigl = CigL(target, optimizer, method=self.method, sparsity=self.sparsity,
                          total_steps=int(trainer.estimated_stepping_batches), collect_from_epoch=t_star,
-                         **self.cigl_kwargs)
-        # resuming: Lightning restored the module's weights before this hook.  CigL masked them with a
-        # fresh M above; its load_state_dict puts them back, under the saved M, as in any PyTorch resume
+                         apply_mask=self._pending_state is None, **self.cigl_kwargs)
         if self._pending_state is not None:
             self.cigl.load_state_dict(self._pending_state)
             self._pending_state = None

@@ -16,7 +16,7 @@ not a sparse model's (recorded as ``last_layer_sparsity_kept: false``).
 from __future__ import annotations
 
 import argparse
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         import laplace  # noqa: F401
     except ImportError:
         raise ValueError("the Laplace baseline needs laplace-torch: pip install -e \".[laplace]\"") from None
+    try:  # the package has no __version__; read before the fit, so a missing record never costs one
+        laplace_version = version("laplace-torch")
+    except PackageNotFoundError:
+        laplace_version = "unknown (laplace imports, but no laplace-torch package metadata)"
     paths = [weights_path(r) for r in args.runs]
     for run, path in tqdm(list(zip(args.runs, paths)), desc="laplace", unit="run", disable=not args.progress):
         net, cfg, data, _ = network_from_weights(path, data_dir=args.data_dir, device=args.device)
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                   "hessian_data": "clean training images",
                   # laplace-torch treats the last layer as dense: its pruned weights get posterior variance too
                   "last_layer_sparsity_kept": False,
-                  "laplace_torch": version("laplace-torch"),  # the package has no __version__
+                  "laplace_torch": laplace_version,
                   **{split: metrics.calibration_metrics(lp, labels[split], from_logits=True)
                      for split, lp in fit.log_probs.items()},
                   "runtime": describe_host(resolve_device(args.device))}

@@ -61,6 +61,18 @@ __all__ = [
 ]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+_MOVED_TO_ELPD = ("predictor_elpd", "compare_predictors")
+
+
+def __getattr__(name: str) -> Any:
+    """``predictor_elpd`` and ``compare_predictors`` lived here until they moved to
+    :mod:`cigl_bayes.inference.elpd` (2026-12-05); the old names keep working (imported on first use,
+    since elpd itself imports this module)."""
+    if name in _MOVED_TO_ELPD:
+        from . import elpd
+
+        return getattr(elpd, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 PerChain = np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor | Sequence[Any]]
 
 DEFAULT_TRACE_VARS = ("theta_norm", "layer_norm", "density")

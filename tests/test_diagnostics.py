@@ -324,3 +324,13 @@ def test_plots_write_png_files_and_close_figures(tmp_path):
     one_draw = diag.posterior_inference_data(_chains([1, 1]), LAYERS)
     with pytest.raises(ValueError, match="at least 2 draws"):
         diag.plot_trace(one_draw, tmp_path / "bad.png")
+
+
+def test_the_elpd_functions_keep_their_old_import_path():
+    """predictor_elpd and compare_predictors moved to inference/elpd.py; a user's
+    `from cigl_bayes.inference.diagnostics import compare_predictors` still gets the same functions."""
+    from cigl_bayes.inference.diagnostics import compare_predictors, predictor_elpd
+
+    assert compare_predictors is elpd.compare_predictors and predictor_elpd is elpd.predictor_elpd
+    with pytest.raises(AttributeError):
+        diag.no_such_function  # noqa: B018

@@ -96,6 +96,77 @@ def test_a_lightning_checkpoint_resumes_with_its_own_weights_and_mask(tmp_path):
     assert second.cigl.step_count == 24 and second.cigl.epoch == 4
 
 
+def _states_equal(a, b, where="state") -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _states_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _states_equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_a_resumed_fit_ends_exactly_where_an_uninterrupted_one_does(tmp_path):
+    """Stopped after epoch 2 of 4 and resumed from its checkpoint, a fit ends with the weights, M, the
+    Z stream, the WMA mean and its samples of one run straight through: the whole CigL state resumes."""
+    def trainer(*callbacks):
+        return L.Trainer(max_epochs=4, callbacks=list(callbacks), accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+
+    class StopAfterTwo(L.Callback):
+        def on_train_epoch_end(self, tr, pl_module):
+            if tr.current_epoch == 1:
+                tr.should_stop = True
+
+    options = dict(method="cigl", sparsity=0.9, delta_t=4, seed=1, collect_from_epoch=1)
+    torch.manual_seed(0)
+    straight = CigLCallback(**options)
+    whole = LitCNN()
+    trainer(straight).fit(whole, loader())
+
+    torch.manual_seed(0)
+    first = CigLCallback(**options)
+    t1 = trainer(first, StopAfterTwo())
+    t1.fit(LitCNN(), loader())
+    assert first.cigl.epoch == 2
+    t1.save_checkpoint(tmp_path / "half.ckpt")
+    torch.manual_seed(5)  # another initial model: everything must come from the checkpoint
+    second = CigLCallback(**options)
+    resumed = LitCNN()
+    trainer(second).fit(resumed, loader(), ckpt_path=tmp_path / "half.ckpt")
+    assert second.cigl.epoch == 4 and second.cigl.wma.count == straight.cigl.wma.count == 3
+    _states_equal(second.cigl.state_dict(), straight.cigl.state_dict())
+    _states_equal(resumed.state_dict(), whole.state_dict(), "module")
+
+
+def test_a_refused_lightning_resume_leaves_the_checkpoint_weights_untouched(tmp_path):
+    """A checkpoint of another sparsity is refused by name, and the module keeps the weights Lightning
+    restored: the callback never masks them with a fresh M before the saved state is checked."""
+    def trainer(epochs, *callbacks):
+        return L.Trainer(max_epochs=epochs, callbacks=list(callbacks), accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+
+    torch.manual_seed(0)
+    t1 = trainer(1, CigLCallback(method="cigl", sparsity=0.9, delta_t=4, seed=1))
+    t1.fit(LitCNN(), loader())
+    t1.save_checkpoint(tmp_path / "s09.ckpt")
+    saved = torch.load(tmp_path / "s09.ckpt", weights_only=False)["state_dict"]
+    module = LitCNN()
+    with pytest.raises(ValueError, match="sparsity|non-zeros|nnz"):
+        # sparser than the checkpoint: a fresh initial M would zero some of its non-zero weights
+        trainer(2, CigLCallback(method="cigl", sparsity=0.99, delta_t=4, seed=1)).fit(
+            module, loader(), ckpt_path=tmp_path / "s09.ckpt")
+    for name, value in module.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
 class LitCNNWithScheduler(LitCNN):
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
