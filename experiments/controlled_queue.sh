@@ -17,8 +17,9 @@
 #     registered_paired.png, validation_curves.png: experiments.controlled_study; the folder's README.md)
 #     is written on $1 only, never copied back.
 # After each run: for a rigl run, the last-layer Laplace baseline on its committed weights
-# (experiments.laplace_baseline, with $1's code: evaluation, not training), then the registered
-# analysis (experiments.controlled_study), both committed.  A failure there is logged and retried
+# (experiments.laplace_baseline, with $1's code: evaluation, not training), the sweep's tables
+# rebuilt with $1's code (experiments.sweep --tables-only), then the registered analysis
+# (experiments.controlled_study), all committed.  A failure there is logged and retried
 # by the next start of the queue; it never stops the training.
 # Finished runs are skipped, an interrupted one resumes from its checkpoint, so the same command
 # continues the queue in every session.  Float32 everywhere (--amp off): the study keeps one precision.
@@ -64,6 +65,13 @@ evaluate_after() {  # $1: method, $2: run name; the evaluations of a committed r
     else
       echo "$(date -u +%FT%TZ) error: the Laplace baseline of $2 failed; the next start retries it" >&2
     fi
+  fi
+  # the sweep's generic tables again, with $1's report code (the frozen copy trains; $1 reports)
+  if (cd "$target" && PYTHONPATH="$target" python -m experiments.sweep --protocol controlled --results docs/results \
+        --study controlled --amp off --tables-only --no-progress > /dev/null); then
+    done_what+=("study tables")
+  else
+    echo "$(date -u +%FT%TZ) error: rebuilding the study tables failed after $2" >&2
   fi
   if (cd "$target" && PYTHONPATH="$target" python -m experiments.controlled_study docs/results/controlled); then
     done_what+=("registered analysis")

@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--posterior", choices=["auto", "on", "off"], default="auto",
                    help="posterior report of each finished run with samples, kept in runs/<run>/posterior "
                         "(auto: the protocol's choice; cpu-study: on)")
+    p.add_argument("--tables-only", action="store_true",
+                   help="train nothing: rebuild the study's tables and plots from its finished runs with this "
+                        "code (e.g. after a change to the reports, or for runs committed from other machines)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     proto = PROTOCOLS[args.protocol]
@@ -251,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
                               overrides)
 
     left_to_others = []
+    if args.tables_only:
+        if not runs_root.is_dir():
+            raise FileNotFoundError(f"{root} holds no runs/ folder: no study to rebuild tables for")
+        rebuild_tables()
+        configs = []  # nothing trains
     for method, sparsity, seed, cfg in tqdm(configs, desc=f"sweep {root.name}", unit="run",
                                             disable=not args.progress):
         folder = run_dir(runs_root, method, sparsity, seed, args.engine)

@@ -43,6 +43,10 @@ class Mutant:
     new: str
     tests: tuple[str, ...]  # pytest node ids that must fail
 
+    def __post_init__(self) -> None:
+        if isinstance(self.tests, str) or not self.tests:  # a bare string would run one test per character
+            raise TypeError(f"mutant {self.name}: tests must be a non-empty tuple of pytest node ids")
+
 
 Z_FRESH = fid("test_z_is_drawn_fresh_every_step_and_enters_the_forward_pass")
 ONLY_MZ = fid("test_only_the_m_and_z_entries_move_in_a_step")
@@ -61,7 +65,7 @@ QUEUE_LAPLACE = ("tests/test_controlled_queue.py::"
                  "test_a_failed_laplace_baseline_is_logged_never_stops_training_and_is_retried",)
 LAPLACE_SPLITS = ("tests/test_laplace.py::test_laplace_fits_on_training_data_and_tunes_on_validation_only",)
 QUEUE = ("tests/test_controlled_queue.py::"
-         "test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_registered_order")
+         "test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_registered_order",)
 GUIDE = fid("test_guide_log_density_has_the_u_level_and_scale_sigma",
             "test_guide_samples_have_the_hierarchical_moments")
 SVI_SCORE = fid("test_svi_regrowth_score_at_positive_sigma_is_the_models_gradient_at_the_sampled_w",
@@ -464,11 +468,11 @@ MUTANTS: list[Mutant] = [
     Mutant("queue-copies-untracked", "the controlled queue seeds its work folder with every file of the checkout, so a "
            "stale checkpoint there overwrites the unfinished run's newer one", "experiments/controlled_queue.sh",
            '(cd "$committed" && git ls-files -z -- controlled | xargs -0 --no-run-if-empty cp -a --parents -t "$work")',
-           'cp -a "$committed/controlled/." "$work/controlled/"', (QUEUE,)),
+           'cp -a "$committed/controlled/." "$work/controlled/"', QUEUE),
     Mutant("queue-copies-registered-back", "the queue copies the work folder's stale registered analysis back over "
            "the checkout's", "experiments/controlled_queue.sh",
            'if [ -f "$file" ] && [[ ! " ${not_the_sweeps[*]} " == *" $name "* ]]; then', 'if [ -f "$file" ]; then',
-           (QUEUE,)),
+           QUEUE),
     Mutant("queue-laplace-not-retried", "a rigl run committed without its Laplace baseline (a session ended, or the "
            "baseline failed) never gets one", "experiments/controlled_queue.sh",
            'evaluate_after "$method" "$run"  # an earlier session', ':  # an earlier session', QUEUE_LAPLACE),
@@ -580,6 +584,9 @@ MUTANTS: list[Mutant] = [
     Mutant("paired-picture-relative", "registered_paired.png draws each seed's relative change, labelled as the "
            "difference", CS, '[scale * d for d in p["deltas"]]', '[scale * d for d in p["relative"]]',
            (f"{CST}test_the_paired_picture_shows_each_seed_and_each_interval_labelled",)),
+    Mutant("queue-tables-frozen", "the controlled study's tables stay those of the frozen training copy, never "
+           "rebuilt with the checkout's report code", QS, "--tables-only --no-progress > /dev/null); then",
+           "--tables-only --no-progress > /dev/null) && false; then", QUEUE),
     Mutant("queue-diverged-retried", "a committed diverged run is trained again at the next start", QS,
            '  if tracked "$folder/diverged.json"; then\n', "  if false; then\n", QUEUE_DIVERGED),
     Mutant("queue-diverged-stops", "a diverged run stops the queue uncommitted, so the analysis never counts it",

@@ -52,6 +52,14 @@ if os.environ.get("STUB_LAPLACE_FAILS") == run.name:
     sys.exit("laplace failed")
 (run / "laplace.json").write_text(json.dumps({"method": "rigl"}))
 '''
+# Stand in for the checkout's sweep called with --tables-only: the tables rebuilt by the checkout's code.
+STUB_TABLES = '''
+import pathlib, sys
+assert "--tables-only" in sys.argv
+study = pathlib.Path("docs/results/controlled")
+finished = sorted(r.name for r in (study / "runs").iterdir() if (r / "metrics.json").exists())
+(study / "runs.csv").write_text("rebuilt on the checkout\\n" + "\\n".join(finished) + "\\n")
+'''
 STUB_ANALYSIS = '''
 import pathlib, sys
 study = pathlib.Path(sys.argv[1])
@@ -82,6 +90,7 @@ def queue(tmp_path):
     (target / "experiments" / "__init__.py").write_text("")
     (target / "experiments" / "laplace_baseline.py").write_text(STUB_LAPLACE)
     (target / "experiments" / "controlled_study.py").write_text(STUB_ANALYSIS)
+    (target / "experiments" / "sweep.py").write_text(STUB_TABLES)
     _git(target, "init", "-q", "-b", "main")
     _git(target, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
     _git(target, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run 1")
@@ -118,17 +127,20 @@ def test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_regis
     runs = [m for m in messages if m.endswith("(float32)")]
     assert messages[0] == "run 1" and runs[0] == f"controlled: {unfinished} (float32)" and len(runs) == 15
     # the committed rigl seed 3 gets its Laplace baseline first; each run is followed by its evaluations
-    assert messages[1] == "controlled: after rigl-plain-s0.95-seed3, last-layer Laplace, registered analysis"
+    assert messages[1] == ("controlled: after rigl-plain-s0.95-seed3, last-layer Laplace, study tables, "
+                           "registered analysis")
     for i, message in enumerate(messages[2:], start=2):
         if message.endswith("(float32)"):
             run = message.split()[1]
-            what = "last-layer Laplace, registered analysis" if run.startswith("rigl-") else "registered analysis"
+            what = ("last-layer Laplace, study tables, registered analysis" if run.startswith("rigl-")
+                    else "study tables, registered analysis")
             assert messages[i + 1] == f"controlled: after {run}, {what}"
     tracked = _git(target, "ls-files").split()
     assert not [f for f in tracked if f.endswith(".pt")]  # weights stay out (.gitignore)
     laplace = sorted(Path(f).parent.name for f in tracked if f.endswith("laplace.json"))
     assert laplace == [f"rigl-plain-s0.95-seed{s}" for s in range(3, 8)]  # every rigl run, no other
-    assert (study / "runs.csv").read_text().count("seed") == 16  # the rebuilt table counts every run
+    runs_csv = (study / "runs.csv").read_text()  # rebuilt by the checkout's code, counting every run
+    assert runs_csv.startswith("rebuilt on the checkout") and runs_csv.count("seed") == 16
     registered = (study / "registered.md").read_text()  # rebuilt on the checkout after the last run,
     assert registered.count("seed") == 16 + 5
     # the work folder's copy (seeded from the first commit) never comes back, in no later commit
@@ -164,7 +176,7 @@ def test_a_failed_laplace_baseline_is_logged_never_stops_training_and_is_retried
     assert " start " not in again.stdout
     assert _git(target, "ls-files", "--", f"docs/results/controlled/runs/{failing}/laplace.json").strip()
     assert _git(target, "log", "-1", "--format=%s").strip() == \
-        f"controlled: after {failing}, last-layer Laplace, registered analysis"
+        f"controlled: after {failing}, last-layer Laplace, study tables, registered analysis"
 
 
 @pytest.mark.parametrize("with_work_folder", [True, False])

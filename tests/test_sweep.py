@@ -635,3 +635,29 @@ def test_the_tables_name_each_methods_predictor_and_batchnorm_statistics(tmp_pat
         assert line in (tmp_path / "s" / name).read_text(), name
     del rows[1]["bn_protocol"]  # a run from before the record
     assert "cigl: wma [unrecorded]" in study_tables.scored_as(rows)
+
+
+def test_tables_only_rebuilds_a_studys_tables_from_its_committed_runs_without_training(tmp_path, monkeypatch):
+    """--tables-only trains nothing and rebuilds every table from the finished runs' small files with
+    the current code: here the controlled study's committed runs, whose tables then name each
+    method's predictor and BatchNorm statistics (RigL tracked, CigL recomputed on clean images)."""
+    import shutil
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--tables-only must not train")
+
+    monkeypatch.setattr(sweep, "run", no_training)
+    source = RESULTS / "controlled" / "runs"
+    for folder in sorted(source.glob("*-seed*")):
+        if (folder / "metrics.json").is_file():
+            (tmp_path / "controlled" / "runs" / folder.name).mkdir(parents=True)
+            for name in ("config.json", "metrics.json"):
+                shutil.copy2(folder / name, tmp_path / "controlled" / "runs" / folder.name / name)
+    assert sweep.main(["--protocol", "controlled", "--results", str(tmp_path), "--study", "controlled",
+                       "--amp", "off", "--tables-only", "--no-progress"]) == 0
+    paired = (tmp_path / "controlled" / "paired.md").read_text()
+    assert "rigl: final [tracked]" in paired and "cigl-keep0.99: wma [recomputed-clean]" in paired
+    header = (tmp_path / "controlled" / "runs.csv").read_text().splitlines()[0].split(",")
+    assert "bn_protocol" in header
+    with pytest.raises(FileNotFoundError, match="no runs/ folder"):
+        sweep.main(["--protocol", "controlled", "--results", str(tmp_path), "--study", "empty", "--tables-only"])
