@@ -179,12 +179,18 @@ def test_the_paired_picture_shows_each_seed_and_each_interval_labelled(tmp_path,
     """registered_paired.png: one row per comparison (primary, both controlled, the baselines with
     data), each seed's ΔECE as a dot and the mean with its t interval; titled with n and, below five
     pairs, 'descriptive'."""
+    import matplotlib.pyplot as plt
     from matplotlib.collections import PathCollection
 
     from cigl_bayes.experiments import controlled_study
 
     figures = {}
-    monkeypatch.setattr(controlled_study, "atomic_save_figure", lambda fig, path: figures.__setitem__(path.name, fig))
+
+    def keep(fig, path):  # instead of saving: kept for the checks below, closed at the end
+        figures[path.name] = fig
+        plt.close(fig)
+
+    monkeypatch.setattr(controlled_study, "atomic_save_figure", keep)
     rigl, cigl = [0.040, 0.045, 0.035, 0.050, 0.042], [0.018, 0.020, 0.017, 0.022, 0.019]
     for seeds, state in (((3, 4, 5, 6), "descriptive"), (PRIMARY_SEEDS, "the registered reading")):
         root = tmp_path / state
