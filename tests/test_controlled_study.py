@@ -18,6 +18,9 @@ def scores(ece: float, acc: float) -> dict:
             "nll": 0.5 + ece, "brier": 0.3 + ece / 2}
 
 
+FIVE_RIGL, FIVE_CIGL = [0.040, 0.045, 0.035, 0.050, 0.042], [0.018, 0.020, 0.017, 0.022, 0.019]
+
+
 def write_run(root, method: str, seed: int, by_protocol: dict, headline: dict | None = None, itop: float = 0.2):
     folder = root / "runs" / f"{method}-plain-s0.95-seed{seed}"
     folder.mkdir(parents=True)
@@ -93,9 +96,7 @@ def test_fewer_than_five_pairs_is_interim_without_verdict(tmp_path):
 
 
 def test_the_laplace_baseline_is_paired_with_cigl_by_seed(tmp_path):
-    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
-    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
-    study(tmp_path, rigl, cigl, rigl)
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
     laplace_ece = [0.012, 0.015, 0.011, 0.016, 0.013]
     for seed, e in zip(PRIMARY_SEEDS, laplace_ece):
         (tmp_path / "runs" / f"rigl-plain-s0.95-seed{seed}" / "laplace.json").write_text(
@@ -103,7 +104,7 @@ def test_the_laplace_baseline_is_paired_with_cigl_by_seed(tmp_path):
     main([str(tmp_path)])
     out = json.loads((tmp_path / "registered.json").read_text())
     b = out["baselines"]["CigL − RigL + last-layer Laplace"]["ece"]
-    assert b["n"] == 5 and b["deltas"] == pytest.approx(list(np.array(cigl) - np.array(laplace_ece)))
+    assert b["n"] == 5 and b["deltas"] == pytest.approx(list(np.array(FIVE_CIGL) - np.array(laplace_ece)))
 
 
 def test_a_gain_that_survives_the_control_is_described_not_given_an_unregistered_reading(tmp_path):
@@ -142,9 +143,7 @@ def diverge(root, method: str, seed: int) -> None:
 def test_a_diverged_cigl_run_is_a_failure_of_cigl_for_its_seed(tmp_path):
     """Amendment 2: a diverged run finishes its pair as a failure of its method; CigL failing where
     RigL did not makes the claim not hold, read at five finished pairs."""
-    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
-    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
-    study(tmp_path, rigl, cigl, rigl)
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
     diverge(tmp_path, "cigl-keep0.99", 7)
     main([str(tmp_path)])
     out = json.loads((tmp_path / "registered.json").read_text())
@@ -164,9 +163,7 @@ def test_a_diverged_run_before_five_pairs_gives_no_verdict(tmp_path):
 
 
 def test_a_pair_where_rigl_alone_diverged_is_finished_and_left_out_of_the_test(tmp_path):
-    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
-    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
-    study(tmp_path, rigl, cigl, rigl)
+    study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
     diverge(tmp_path, "rigl", 5)
     main([str(tmp_path)])
     out = json.loads((tmp_path / "registered.json").read_text())
@@ -209,9 +206,6 @@ def test_the_paired_picture_shows_each_seed_and_each_interval_labelled(tmp_path,
         means = [line.get_xdata()[0] for line in ece_ax.lines if line.get_marker() == "D"]
         assert means[0] == pytest.approx(100 * out["primary"]["ece"]["mean"])
         assert "ECE" in ece_ax.get_xlabel() and "NLL" in fig.axes[1].get_xlabel()
-
-
-FIVE_RIGL, FIVE_CIGL = [0.040, 0.045, 0.035, 0.050, 0.042], [0.018, 0.020, 0.017, 0.022, 0.019]
 
 
 def test_the_final_reading_is_not_marked_descriptive_when_a_diverged_pair_is_left_out(tmp_path):
