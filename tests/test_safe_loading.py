@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from cigl_bayes import data as data_lib
+from cigl_bayes import data_sources
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.runs import (
     CHECKPOINT_FORMAT,
@@ -258,7 +259,7 @@ def test_the_codecs_global_admits_only_the_bytes_encoding_of_protocol_2():
             return codecs.encode, ("text", "rot13")
 
     with pytest.raises(data_lib.DataFormatError, match="cannot unpickle crafted") as err:
-        data_lib._unpickle(io.BytesIO(pickle.dumps({b"x": Rot13()}, protocol=2)), "crafted")
+        data_sources._unpickle(io.BytesIO(pickle.dumps({b"x": Rot13()}, protocol=2)), "crafted")
     assert one_line(err.value)
 
 
