@@ -39,9 +39,11 @@ weights and outside the new M.  Under ``torch.distributed`` every rank draws the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import numbers
 import types
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -52,7 +54,7 @@ from .config import METHODS, MethodConfig
 from .distributed import all_reduce_mean_, dist_info
 from .masks import DeterministicMask, MaskSchedule
 from .network import SparseNetwork
-from .predict import RECOMPUTED_CLEAN, check_bn_protocol, recompute_batchnorm
+from .predict import RECOMPUTED_CLEAN, check_bn_protocol, has_batchnorm, recompute_batchnorm
 from .random_mask import RandomKeepMask, check_keep
 from .sparsity import DISTRIBUTIONS, check_sparsity, densities_for, layer_nnz, sparse_parameter_names
 
@@ -93,6 +95,69 @@ def initial_mask(module: nn.Module, names: Sequence[str], sparsity: float, distr
     return DeterministicMask.dense(shapes, device=first.device, dtype=first.dtype)
 
 
+EXTENDABLE_SETTINGS = ("total_steps", "collect_from_epoch")  # may differ on resume: the run is extended
+
+
+@dataclass(frozen=True)
+class CigLSettings:
+    """The options that fix what a CigL run computes, resolved and checked.  :meth:`CigL.state_dict`
+    records them, and :meth:`CigL.load_state_dict` refuses a state saved under other settings (a
+    resumed run would silently follow another schedule, keep or method)."""
+
+    method: str
+    sparsity: float
+    keep: float
+    distribution: str
+    total_steps: int
+    delta_t: int
+    drop_fraction: float
+    update_end: float
+    collect_from_epoch: int
+
+    @classmethod
+    def resolve(cls, *, method: str = "cigl", sparsity: float | None = None, total_steps: int,
+                distribution: str = "erk", keep: float | None = None, delta_t: int = 100,
+                drop_fraction: float = 0.3, update_end: float = 0.75, collect_from_epoch: int = 0) -> CigLSettings:
+        """The settings of ``CigL(...)``'s keyword arguments, or a ValueError naming the bad one:
+        sparsity defaults to 0.95 for the sparse methods (0 for ``dense``), keep to the method's."""
+        if not isinstance(method, str) or method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
+            raise ValueError(f"unknown sparsity distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
+        config = METHODS[method]
+        if config.sparse:
+            sparsity = check_sparsity(0.95 if sparsity is None else sparsity)
+        elif sparsity is None or (not isinstance(sparsity, bool) and sparsity == 0):
+            sparsity = 0.0
+        else:
+            raise ValueError(f"method {method!r} trains every weight: leave sparsity out (got {sparsity!r})")
+        if keep is not None:
+            check_keep(keep)
+        if not config.random_mask:
+            if keep is not None and keep != 1:
+                users = ", ".join(n for n, c in METHODS.items() if c.random_mask)
+                raise ValueError(f"method {method!r} has no random mask Z, so keep={keep!r} would be ignored; "
+                                 f"keep applies to {users}")
+            keep = 1.0
+        else:  # as TrainConfig.keep computes it, so a Trainer's keep reaches Z bit for bit
+            keep = 1.0 - config.random_mask_rate if keep is None else check_keep(keep)
+        settings = cls(method=method, sparsity=float(sparsity), keep=float(keep), distribution=distribution,
+                       total_steps=_count("total_steps", total_steps, minimum=1),
+                       delta_t=_count("delta_t", delta_t, minimum=1),
+                       drop_fraction=_fraction("drop_fraction", drop_fraction),
+                       update_end=_fraction("update_end", update_end),
+                       collect_from_epoch=_count("collect_from_epoch", collect_from_epoch, minimum=0))
+        return settings
+
+    def differences(self, saved: dict) -> list[str]:
+        """``name: saved → now`` for every setting a saved state disagrees with, but the run's length
+        (``total_steps``, ``collect_from_epoch``): a resumed run may be extended (Lightning's
+        ``max_epochs`` raised), and the schedule then follows the new length."""
+        now = dataclasses.asdict(self)
+        return [f"{k} {saved[k]!r} in the state, {v!r} here" for k, v in now.items()
+                if k in saved and k not in EXTENDABLE_SETTINGS and saved[k] != v]
+
+
 class CigL:
     """The CigL algorithm (and RigL, SET, static, dense and the ablations) on a module and optimizer.
 
@@ -126,30 +191,20 @@ class CigL:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError(f"CigL(module, optimizer, ...): the second argument must be a torch optimizer, "
                              f"got {type(optimizer).__name__}")
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"unknown sparsity distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
-        total_steps = _count("total_steps", total_steps, minimum=1)
-        collect_from_epoch = _count("collect_from_epoch", collect_from_epoch, minimum=0)
-        delta_t = _count("delta_t", delta_t, minimum=1)
+        self.settings = CigLSettings.resolve(
+            method=method, sparsity=sparsity, total_steps=total_steps, distribution=distribution, keep=keep,
+            delta_t=delta_t, drop_fraction=drop_fraction, update_end=update_end,
+            collect_from_epoch=collect_from_epoch)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        seed = int(seed)
+        if any(p.is_meta for p in module.parameters()):
+            raise ValueError(f"{type(module).__name__} has parameters on the meta device (no values yet): "
+                             "materialise it (e.g. module.to_empty(device=...) and initialise) before CigL(...)")
         self.method: MethodConfig = METHODS[method]
-        if self.method.sparse:
-            self.sparsity = check_sparsity(0.95 if sparsity is None else sparsity)
-        elif sparsity is None or (not isinstance(sparsity, bool) and sparsity == 0):
-            self.sparsity = 0.0
-        else:
-            raise ValueError(f"method {method!r} trains every weight: leave sparsity out (got {sparsity!r})")
-        if keep is not None:
-            check_keep(keep)
-        if not self.method.random_mask:
-            if keep is not None and keep != 1:
-                users = ", ".join(n for n, c in METHODS.items() if c.random_mask)
-                raise ValueError(f"method {method!r} has no random mask Z, so keep={keep!r} would be ignored; "
-                                 f"keep applies to {users}")
-            self.keep = 1.0
-        else:  # as TrainConfig.keep computes it, so a Trainer's keep reaches Z bit for bit
-            self.keep = 1.0 - self.method.random_mask_rate if keep is None else check_keep(keep)
+        self.sparsity, self.keep = self.settings.sparsity, self.settings.keep
+        total_steps, delta_t, collect_from_epoch = (self.settings.total_steps, self.settings.delta_t,
+                                                    self.settings.collect_from_epoch)
         if self.method.activation_dropout and not any(isinstance(m, nn.modules.dropout._DropoutNd)
                                                       for m in module.modules()):
             raise ValueError(f"method {method!r} is RigL with dropout layers kept on at test (MC dropout), and "
@@ -157,7 +212,7 @@ class CigL:
         self.optimizer = optimizer
         self._optimizer_step = None  # None: optimizer.step(); a host that wraps optimizer.step sets the inner one
         self.total_steps = total_steps
-        self.schedule = MaskSchedule(total_steps, delta_t, drop_fraction, update_end)
+        self.schedule = MaskSchedule(total_steps, delta_t, self.settings.drop_fraction, self.settings.update_end)
         self.collect_from_epoch = collect_from_epoch
         self.seed = seed
         names = self._sparse_names(module, sparse_params, distribution)
@@ -185,6 +240,7 @@ class CigL:
         self._w: torch.Tensor | None = None  # M⊙Z⊙W of this step's forward
         self._inside = False
         self._attached = False
+        self._detached = False  # detach() was called: no step until attach()
         if attach:
             self.attach()
 
@@ -211,16 +267,35 @@ class CigL:
 
     # -- the module's forward ----------------------------------------------------------------
     def attach(self) -> CigL:
-        """Make ``module(x)`` compute with M⊙Z⊙W in training mode (an instance ``forward``)."""
+        """Make ``module(x)`` compute with M⊙Z⊙W in training mode (an instance ``forward``).
+
+        A copy of the module (``copy.deepcopy``, ``torch.optim.swa_utils.AveragedModel``) is a
+        plain module: the forward it inherits sees that it is not the module CigL trains and runs
+        the class's own forward on the copy's weights."""
+        self._detached = False
+        self._install_forward()
+        return self
+
+    def detach(self) -> nn.Module:
+        """Remove the instance forward; the module is a plain module holding M⊙W.  :meth:`step`
+        is refused until :meth:`attach` (the optimizer would move the weights outside M)."""
+        self._remove_forward()
+        self._detached = True
+        return self.net.module
+
+    def _install_forward(self) -> None:
         if self._attached:
-            return self
+            return
         module = self.net.module
-        if "forward" in vars(module):
+        inherited = vars(module).get("forward")
+        if inherited is not None and _copied_forward(inherited, module):
+            del module.forward  # a copy of a module another CigL trains: its inert forward goes
+        elif inherited is not None:
             raise ValueError(f"{type(module).__name__} already has an instance forward (another CigL attached?)")
         cls_forward = type(module).forward
 
         def forward(this, *args, **kwargs):
-            if self._inside or not this.training:
+            if self._inside or not this.training or this is not self.net.module:  # a copy runs as a plain module
                 return cls_forward(this, *args, **kwargs)
             weights = dict(zip(self.net.sparse_names, self.net.mask.views(self.training_weights())))
             self._inside = True
@@ -229,16 +304,22 @@ class CigL:
             finally:
                 self._inside = False
 
+        forward.cigl_module = module  # which module this forward trains (a deepcopy keeps the function)
         module.forward = types.MethodType(forward, module)
         self._attached = True
-        return self
 
-    def detach(self) -> nn.Module:
-        """Remove the instance forward; the module is a plain module holding M⊙W."""
+    def _remove_forward(self) -> None:
         if self._attached:
             del self.net.module.forward
             self._attached = False
-        return self.net.module
+
+    def plain_copy(self) -> nn.Module:
+        """A deep copy of the module without CigL's forward, holding the current weights (M⊙W)."""
+        module = copy.deepcopy(self.net.module)
+        inherited = vars(module).get("forward")
+        if inherited is not None and _copied_forward(inherited, module):
+            del module.forward
+        return module
 
     # -- one step ----------------------------------------------------------------------------
     @property
@@ -286,6 +367,10 @@ class CigL:
         the Z = 0 entries restored.  ``score`` (the dense gradient ∂L/∂(M⊙Z⊙W)) defaults to the one
         captured in this step's forward, all-reduced across ranks.  Returns True on a mask update
         (the optimizer did not step)."""
+        if self._detached:
+            raise RuntimeError("cigl.step() after cigl.detach(): the module is a plain module again and the "
+                               "optimizer would move weights outside the mask; call cigl.attach() to train on "
+                               "with CigL (or optimizer.step() to train it without)")
         if self._attached and self._w is None:
             raise RuntimeError("cigl.step() without a training forward pass through the module CigL is attached "
                                f"to ({type(self.net.module).__name__}, in train mode): the optimizer would move "
@@ -393,16 +478,10 @@ class CigL:
 
     def _model_of(self, snap: Snapshot, bn_loader, protocol: str, bn_batches: int | None) -> nn.Module:
         check_bn_protocol(protocol)
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.net.module.modules())
+        has_bn = has_batchnorm(self.net.module)
         if protocol != "tracked" and bn_loader is None and has_bn:
             raise ValueError(f"BatchNorm protocol {protocol!r} needs bn_loader (training batches to recompute on)")
-        was = self._attached
-        self.detach()
-        try:
-            module = copy.deepcopy(self.net.module)
-        finally:
-            if was:
-                self.attach()
+        module = self.plain_copy()
         copy_net = SparseNetwork(module, self.net.sparse_names, self.net.mask)
         copy_net.load_flat_(snap.sparse, snap.other)
         if protocol != "tracked" and has_bn:
@@ -421,8 +500,9 @@ class CigL:
         """A saved M of other layers, or of another per-layer size (another sparsity or
         distribution), would leave this object describing a network it does not hold."""
         if [list(s) for s in self.net.mask.shapes] != saved.get("shapes"):
-            raise ValueError("the saved mask is for other sparse weights (their shapes differ): "
-                             "build CigL on the same model, with the same sparse_params")
+            raise ValueError("the saved mask is for other sparse weights (their shapes differ): build CigL on the "
+                             "same model, with the same sparse_params and distribution (distribution='uniform' "
+                             "keeps the first layer dense)")
         numels = [int(torch.Size(s).numel()) for s in saved["shapes"]]
         saved_nnz = [int(v.sum()) for v in torch.as_tensor(saved["flat"]).split(numels)]
         if saved_nnz != list(self.net.mask.nnz):
@@ -432,9 +512,11 @@ class CigL:
 
     def state_dict(self) -> dict:
         """Everything of the algorithm that a resumed run needs (the module and optimizer are the
-        host's): counters, M (and its ITOP union), the Z and SET generators, the WMA mean, and the
-        in-memory samples.  Every tensor is a copy: training on does not change a state taken."""
-        state = {"epoch": self.epoch, "step": self.step_count, "mask": self.net.mask.state_dict(),
+        host's): the settings it was built with (:class:`CigLSettings`), counters, M (and its ITOP
+        union), the Z and SET generators, the WMA mean, and the in-memory samples.  Every tensor
+        is a copy: training on does not change a state taken."""
+        state = {"settings": dataclasses.asdict(self.settings),
+                 "epoch": self.epoch, "step": self.step_count, "mask": self.net.mask.state_dict(),
                  "z_source": self.z_source.state_dict(), "aux_generator": self.generator.get_state(),
                  "wma": self.wma.state_dict(),
                  # the Z of the last step: a checkpoint taken mid-epoch (Lightning) collects with it at the epoch's end
@@ -451,6 +533,12 @@ class CigL:
         missing = [k for k in ("epoch", "step", "mask", "z_source", "aux_generator", "wma") if k not in state]
         if missing:
             raise ValueError(f"not a CigL state_dict: it has no {missing[0]!r}")
+        saved = state.get("settings")  # absent from states saved before the settings were recorded
+        if saved is not None:
+            differ = self.settings.differences(saved)
+            if differ:
+                raise ValueError(f"the state was saved under other CigL settings ({'; '.join(differ)}): build "
+                                 "CigL with the settings of the run you resume")
         self._check_saved_mask(state["mask"])
         state = _copied(state)
         if self._before_mask is not None and self._untouched_since_construction():
@@ -476,6 +564,20 @@ def _count(name: str, value, *, minimum: int) -> int:
         kind = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
         raise ValueError(f"{name} must be {kind}, got {value!r}")
     return int(value)
+
+
+def _copied_forward(forward, module: nn.Module) -> bool:
+    """Whether ``forward`` (an instance forward found on ``module``) is CigL's, inherited by copying
+    a module that CigL trains: it trains another module, not this one."""
+    owner = getattr(getattr(forward, "__func__", None), "cigl_module", None)
+    return owner is not None and owner is not module
+
+
+def _fraction(name: str, value) -> float:
+    """A fraction option in [0, 1] (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= float(value) <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def _copied(state):

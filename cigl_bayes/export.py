@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import warnings
 from pathlib import Path
 
@@ -64,6 +66,15 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
     None, or a module of another architecture is refused here (ValueError), before anything is written."""
     from safetensors.torch import save_file
 
+    mean, std = _normalisation("mean", mean), _normalisation("std", std)
+    if len(mean) != len(std):
+        raise ValueError(f"mean has {len(mean)} channels and std {len(std)}: give one value per input channel")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std must be positive in every channel (predict divides by it), got {list(std)}")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
+                                    or not math.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"temperature must be a positive number (logits are divided by it) or None, got "
+                         f"{temperature!r}")
     folded = fold_batchnorm(module)
     _check_rebuildable(folded.state_dict(), model, len(classes))
     tensors: dict[str, torch.Tensor] = {}
@@ -99,9 +110,33 @@ def _check_rebuildable(state: dict[str, torch.Tensor], model: str, num_classes: 
     expected = {k: tuple(v.shape) for k, v in rebuilt.items()}
     if shapes != expected:
         name = next(k for k in sorted(shapes.keys() | expected.keys()) if shapes.get(k) != expected.get(k))
+        wrapped = _wrapping_prefix(shapes, expected)
+        hint = f"; it wraps one: pass module.{wrapped}" if wrapped else ""
         raise ValueError(f"cannot export with model={model!r}: the module is not that architecture with {num_classes} "
                          f"classes ({name}: {shapes.get(name, 'absent')} in the module, {expected.get(name, 'absent')} "
-                         f"in {model!r}), and load_exported rebuilds the network from that name")
+                         f"in {model!r}), and load_exported rebuilds the network from that name{hint}")
+
+
+def _wrapping_prefix(shapes: dict, expected: dict) -> str | None:
+    """``net`` when ``shapes`` holds ``expected`` under ``net.`` (a LightningModule or another wrapper
+    around the network), else None."""
+    prefixes = {key[: -len(want) - 1] for key in shapes for want in expected if key.endswith("." + want)}
+    for prefix in sorted(prefixes, key=len):
+        inner = {k[len(prefix) + 1:]: v for k, v in shapes.items() if k.startswith(prefix + ".")}
+        if inner == expected:
+            return prefix
+    return None
+
+
+def _normalisation(name: str, values) -> tuple[float, ...]:
+    """Per-channel ``mean`` or ``std``: finite numbers, at least one."""
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a sequence of numbers, one per input channel, got {values!r}") from None
+    if not out or not all(math.isfinite(v) for v in out):
+        raise ValueError(f"{name} must be finite numbers, one per input channel, got {values!r}")
+    return out
 
 
 class ExportedNetwork(nn.Module):

@@ -23,12 +23,18 @@ Needs ``pip install lightning`` (the ``lightning`` extra).
 
 from __future__ import annotations
 
+import inspect
+
 try:
     import lightning as L
 except ImportError as err:  # pragma: no cover - depends on the extra
     raise ImportError("cigl_bayes.lightning needs the lightning package: pip install lightning") from err
 
-from .cigl import CigL
+from .cigl import CigL, CigLSettings
+
+_CIGL_OPTIONS = set(inspect.signature(CigL).parameters) - {"module", "optimizer", "method", "sparsity",
+                                                           "total_steps", "collect_from_epoch", "apply_mask",
+                                                           "attach"}
 
 
 class CigLCallback(L.Callback):
@@ -38,6 +44,15 @@ class CigLCallback(L.Callback):
 
     def __init__(self, method: str = "cigl", sparsity: float | None = None, *, module: str | None = None,
                  collect_from_epoch: int | None = None, **cigl_kwargs):
+        unknown = sorted(set(cigl_kwargs) - _CIGL_OPTIONS)
+        if unknown:
+            raise TypeError(f"CigLCallback got an unknown option {unknown[0]!r}; CigL's options: "
+                            f"{', '.join(sorted(_CIGL_OPTIONS))}")
+        settings = {k: v for k, v in cigl_kwargs.items()
+                    if k in ("distribution", "keep", "delta_t", "drop_fraction", "update_end")}
+        # checked now, as CigL(...) would check them: total_steps and T* are known only when fit starts
+        CigLSettings.resolve(method=method, sparsity=sparsity, total_steps=1,
+                             collect_from_epoch=0 if collect_from_epoch is None else collect_from_epoch, **settings)
         self.method, self.sparsity, self.module = method, sparsity, module
         self.collect_from_epoch = collect_from_epoch
         self.cigl_kwargs = cigl_kwargs

@@ -92,6 +92,11 @@ def mc_dropout_log_probs(net: SparseNetwork, loader, samples: int, generator_see
     return (total / samples).clamp_min(1e-12).log()
 
 
+def has_batchnorm(module: nn.Module) -> bool:
+    """Whether ``module`` holds a BatchNorm layer (whose statistics a weight change invalidates)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 @torch.no_grad()
 def recompute_batchnorm(net: SparseNetwork, loader, sparse_flat: torch.Tensor, max_batches: int | None = None) -> None:
     """Reset BatchNorm running statistics and re-estimate them as exact averages over
@@ -100,23 +105,36 @@ def recompute_batchnorm(net: SparseNetwork, loader, sparse_flat: torch.Tensor, m
     bns = [m for m in net.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"BatchNorm recomputation needs at least one batch, got bn_batches={max_batches}")
+    if torch.is_tensor(loader):
+        raise ValueError(f"the BatchNorm loader is one tensor {tuple(loader.shape)}, which iterates over single "
+                         "samples: give an iterable of batches, e.g. a DataLoader or [(x, y), ...]")
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"BatchNorm recomputation needs at least one batch, got bn_batches={max_batches}")
     was_training = net.module.training
     net.module.train()
     seen = 0
-    for i, batch in enumerate(_batches(loader)):
-        if max_batches is not None and i >= max_batches:
-            break
-        net.forward(_images(batch), sparse_flat)
-        seen += 1
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-    net.module.train(was_training)
+    try:
+        for i, batch in enumerate(_batches(loader)):
+            if max_batches is not None and i >= max_batches:
+                break
+            x = _images(batch)
+            try:
+                net.forward(x, sparse_flat)
+            except (RuntimeError, ValueError, TypeError) as err:
+                if seen:  # a later batch: not a question of what the loader serves
+                    raise
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ValueError(f"the BatchNorm loader's first batch ({x.dtype} {tuple(x.shape)}) does not fit "
+                                 f"the model: {first}; it must yield training batches as the model takes them") from err
+            seen += 1
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        net.module.train(was_training)
     if not seen:  # reset and never re-estimated: mean 0, variance 1 would be served as statistics
         raise ValueError("the BatchNorm loader yielded no batch: its statistics cannot be recomputed")
 

@@ -16,7 +16,6 @@ nothing is rescaled), and BatchNorm statistics are recomputed on ``bn_loader`` (
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from cigl_bayes.cigl import CigL
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.masks import DeterministicMask
 from cigl_bayes.network import SparseNetwork
+from cigl_bayes.predict import has_batchnorm
 
 from .run import TrainedRun
 
@@ -45,6 +45,8 @@ class ObjectPosterior(TrainedRun):
 
     def bn_loader(self):
         if self.loader is None:
+            if not has_batchnorm(self.net.module):
+                return ()  # nothing to recompute
             raise ValueError("this predictor recomputes BatchNorm statistics: give posterior(cigl, bn_loader)")
         return self.loader
 
@@ -55,19 +57,17 @@ class ObjectPosterior(TrainedRun):
     def metrics(self):
         return None
 
+    @property
+    def where(self) -> str:
+        return "this CigL object"
+
 
 def posterior(cigl: CigL, bn_loader=None, *, mc_samples: int = 10, bn_batches: int | None = None) -> ObjectPosterior:
     """Every predictor of a trained :class:`CigL` object (final, wma, predictive, mc-z, swag), SWAG
     and the arviz export, over a copy of its network (training may go on afterwards)."""
     device = cigl.net.sparse_params[0].device
     dtype = cigl.net.sparse_params[0].dtype
-    was = cigl._attached
-    cigl.detach()
-    try:
-        module = copy.deepcopy(cigl.net.module).eval()
-    finally:
-        if was:
-            cigl.attach()
+    module = cigl.plain_copy().eval()
     mask = DeterministicMask(cigl.net.mask.shapes, cigl.net.mask.flat.clone(), dtype)
     net = SparseNetwork(module, cigl.net.sparse_names, mask)
     net.autocast_dtype = cigl.net.autocast_dtype

@@ -109,6 +109,11 @@ class TrainedRun:
     _stored_bn: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
+    def where(self) -> str:
+        """How messages name what these weights come from."""
+        return f"run {self.run_dir}"
+
+    @property
     def metrics(self) -> dict | None:
         """The run's metrics.json (None if it is missing)."""
         path = self.run_dir / "metrics.json"
@@ -143,13 +148,13 @@ class TrainedRun:
         if predictor not in PREDICTORS:
             raise ValueError(f"unknown predictor {predictor!r}; known: {', '.join(PREDICTORS + SCORED_PREDICTORS)}")
         if predictor in ("wma", "predictive", "swag") and not self.samples:
-            raise RunFolderError(f"run {self.run_dir} collected no posterior samples (method "
+            raise RunFolderError(f"{self.where} collected no posterior samples (method "
                                  f"{self.config.method}); use predictor 'final' or 'mc-z'")
         if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
             raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
         if predictor == "predictive":
             if draws is not None and draws > len(self.samples):
-                raise ValueError(f"draws={draws} but predictive averages over the samples and run {self.run_dir} "
+                raise ValueError(f"draws={draws} but predictive averages over the samples and {self.where} "
                                  f"collected {len(self.samples)}; give draws ≤ {len(self.samples)}, or None for all")
             count = len(self.samples) if draws is None else draws
         else:
@@ -234,11 +239,11 @@ class TrainedRun:
                             batch_size: int | None) -> Prediction:
         stored = self.metrics
         if stored is None:
-            raise RunFolderError(f"run {self.run_dir} has no metrics.json, which holds the fitted temperature; run the "
+            raise RunFolderError(f"{self.where} has no metrics.json, which holds the fitted temperature; run the "
                                  "training command again to re-evaluate, or use the other predictors")
         temperature, output = stored.get("temperature"), stored.get("output_predictor")
         if temperature is None or output is None:
-            raise RunFolderError(f"run {self.run_dir} fitted no temperature (trained with --no-temperature-scaling, "
+            raise RunFolderError(f"{self.where} fitted no temperature (trained with --no-temperature-scaling, "
                                  "or without a validation split); use its other predictors")
         base = self.predict(images, output, draws, seed=seed, batch_size=batch_size)
         scaled = torch.softmax(apply_temperature(base.probs.clamp_min(1e-12).log(), temperature), -1)
@@ -246,7 +251,7 @@ class TrainedRun:
 
     def _mc_dropout(self, images, draws: int | None, seed: int | None, batch_size: int | None) -> Prediction:
         if not self.config.method_config.activation_dropout:
-            raise ValueError(f"run {self.run_dir} (method {self.config.method}) has no activation dropout; "
+            raise ValueError(f"{self.where} (method {self.config.method}) has no activation dropout; "
                              "mc-dropout is the predictor of rigl-mcdp runs (for CigL's random mask use mc-z)")
         if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
             raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
@@ -293,7 +298,7 @@ class TrainedRun:
     def _split(self, split: str):
         loader = {"test": self.data().test, "val": self.data().val}.get(split)
         if loader is None:
-            raise ValueError(f"run {self.run_dir} has no {split!r} split (splits: test, val when val_fraction > 0)")
+            raise ValueError(f"{self.where} has no {split!r} split (splits: test, val when val_fraction > 0)")
         return loader
 
     def _load(self, key: str, snap: Snapshot) -> None:
@@ -332,7 +337,7 @@ class TrainedRun:
                 saved = stored.get(f"{split}_fingerprint")
                 if saved is not None and saved != data_lib.fingerprint(loader):
                     raise RunFolderError(f"the {split} data found now (data dir {cfg.data_dir}) differ from those "
-                                         f"run {self.run_dir} was trained and scored on; give the right data_dir")
+                                         f"{self.where} was trained and scored on; give the right data_dir")
             self._data = data
         return self._data
 
@@ -346,9 +351,9 @@ class TrainedRun:
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"SWAG rank must be an integer ≥ 1, got {rank!r}")
         if len(self.samples) < 2:
-            raise RunFolderError(f"SWAG needs at least 2 samples; run {self.run_dir} has {len(self.samples)}")
+            raise RunFolderError(f"SWAG needs at least 2 samples; {self.where} has {len(self.samples)}")
         if rank is not None and rank > len(self.samples):
-            raise ValueError(f"SWAG rank {rank} is more than the {len(self.samples)} samples run {self.run_dir} "
+            raise ValueError(f"SWAG rank {rank} is more than the {len(self.samples)} samples {self.where} "
                              f"collected (one deviation column per sample); give rank ≤ {len(self.samples)}, or "
                              f"none for up to {SWAG_RANK}")
         key = SWAG_RANK if rank is None else rank

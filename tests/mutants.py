@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FIDELITY = "tests/test_cigl_fidelity.py"
+MISUSE = "tests/test_drop_in_misuse.py::"
 
 
 def fid(*names: str) -> tuple[str, ...]:
@@ -584,4 +585,41 @@ MUTANTS: list[Mutant] = [
     Mutant("final-reads-descriptive", "the final reading is marked descriptive when a diverged pair is left out",
            CS, 'if n_done < len(PRIMARY_SEEDS) else None', 'if len(first["seeds"]) < len(PRIMARY_SEEDS) else None',
            (f"{CST}test_the_final_reading_is_not_marked_descriptive_when_a_diverged_pair_is_left_out",)),
+    # the second new-user trial (2026-12-06)
+    Mutant("copy-trains-original", "a deep copy of the trained module (AveragedModel) computes with the original's "
+           "weights and sends its gradients there", "cigl_bayes/cigl.py",
+           "if self._inside or not this.training or this is not self.net.module:",
+           "if self._inside or not this.training:",
+           (f"{MISUSE}test_a_deep_copy_of_the_trained_module_is_a_plain_independent_module",)),
+    Mutant("step-after-detach", "cigl.step() after cigl.detach() steps the optimizer on every weight",
+           "cigl_bayes/cigl.py", "        if self._detached:\n            raise RuntimeError(",
+           "        if False:\n            raise RuntimeError(",
+           (f"{MISUSE}test_a_step_after_detach_is_refused_until_attach",)),
+    Mutant("resume-settings-unchecked", "a state saved under another keep, method or ΔT is loaded silently",
+           "cigl_bayes/cigl.py", "            if differ:\n                raise ValueError(",
+           "            if False:\n                raise ValueError(",
+           (f"{MISUSE}test_a_state_saved_under_other_settings_is_refused_by_name",
+            f"{MISUSE}test_another_distribution_on_resume_is_named")),
+    Mutant("resume-length-fixed", "a resumed run cannot be extended (total_steps and T* checked too)",
+           "cigl_bayes/cigl.py", "if k in saved and k not in EXTENDABLE_SETTINGS and saved[k] != v]",
+           "if k in saved and saved[k] != v]",
+           (f"{MISUSE}test_a_state_saved_under_other_settings_is_refused_by_name",
+            "tests/test_lightning.py::test_a_lightning_checkpoint_resumes_with_its_own_weights_and_mask")),
+    Mutant("posterior-needs-bn-loader", "posterior(cigl) of a model without BatchNorm demands a BatchNorm loader",
+           "inference/posterior.py", "            if not has_batchnorm(self.net.module):\n                return ()",
+           "            if False:\n                return ()",
+           (f"{MISUSE}test_posterior_of_a_model_without_batchnorm_needs_no_loader",)),
+    Mutant("bn-loader-error-raw", "a BatchNorm loader of the wrong dtype gives the model's raw error",
+           "cigl_bayes/predict.py", "            if seen:  # a later batch", "            if True:  # a later batch",
+           (f"{MISUSE}test_a_batchnorm_loader_of_the_wrong_kind_names_the_loader",)),
+    Mutant("export-std-unchecked", "export accepts std 0 (NaN predictions)", "cigl_bayes/export.py",
+           "    if any(s <= 0 for s in std):", "    if False:",
+           ("tests/test_export.py::test_export_refuses_normalisation_and_temperature_that_would_break_predictions",)),
+    Mutant("export-temperature-unchecked", "export accepts a negative temperature (every argmax flipped)",
+           "cigl_bayes/export.py", "or not math.isfinite(temperature) or temperature <= 0):",
+           "or not math.isfinite(temperature)):",
+           ("tests/test_export.py::test_export_refuses_normalisation_and_temperature_that_would_break_predictions",)),
+    Mutant("callback-options-late", "CigLCallback accepts bad options and fails only at trainer.fit",
+           "cigl_bayes/lightning.py", "        CigLSettings.resolve(method=method,", "        dict(method=method,",
+           ("tests/test_lightning.py::test_the_callback_checks_its_options_when_built",)),
 ]

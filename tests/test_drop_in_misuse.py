@@ -93,7 +93,8 @@ def test_a_fresh_module_loaded_with_a_saved_mask_keeps_its_weights_inside_that_m
     torch.manual_seed(0)
     fresh = UserCNN().double()
     dense = {k: v.clone() for k, v in fresh.state_dict().items()}
-    cigl2 = CigL(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), sparsity=0.8, total_steps=24, keep=0.8, seed=7)
+    cigl2 = CigL(fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), sparsity=0.8, total_steps=24, keep=0.8, seed=7,
+                 delta_t=3, collect_from_epoch=1)  # the run's settings, another seed (another initial M)
     cigl2.load_state_dict(state)
     for name, w, m in zip(cigl2.net.sparse_names, cigl2.net.sparse_params, cigl2.net.mask.views(cigl2.net.mask.float)):
         assert torch.equal(w, dense[name] * m), name
@@ -156,8 +157,11 @@ def test_a_state_of_another_sparsity_or_no_state_is_refused():
     torch.manual_seed(0)
     other = UserCNN().double()
     cigl_half = CigL(other, torch.optim.SGD(other.parameters(), lr=0.1), sparsity=0.5, total_steps=24, keep=0.8)
-    with pytest.raises(ValueError, match="build it with the checkpoint's sparsity"):
+    with pytest.raises(ValueError, match="sparsity 0.8 in the state, 0.5 here"):
         cigl_half.load_state_dict(state)
+    legacy = {k: v for k, v in state.items() if k != "settings"}  # saved before settings were recorded
+    with pytest.raises(ValueError, match="build it with the checkpoint's sparsity"):
+        cigl_half.load_state_dict(legacy)
     with pytest.raises(ValueError, match="not a CigL state_dict: it has no 'epoch'"):
         cigl_half.load_state_dict({})
 
@@ -204,3 +208,143 @@ def test_averaging_a_model_without_batchnorm_needs_no_loader_and_an_empty_loader
         assert torch.equal(v, b.state_dict()[k]), k
     with pytest.raises(ValueError, match="must yield image tensors or"):
         cigl.averaged_model([{"x": x} for x, _ in batches(2)])
+
+
+# --------------------------------------------------------------------------------------------------
+# The second new-user trial (2026-12-06)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_deep_copy_of_the_trained_module_is_a_plain_independent_module():
+    """copy.deepcopy (and AveragedModel, which deep-copies) of a module CigL trains: the copy
+    computes with its own weights, its gradients land on its own parameters, never the original's."""
+    model, opt, cigl = build()
+    data = batches(3)
+    train(model, opt, cigl, data, range(2))
+    opt.zero_grad()
+    snap = copy.deepcopy(model).train()
+    x, y = data[2]
+    F.cross_entropy(snap(x), y).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # the original untouched
+    assert snap.body[3].weight.grad is not None and snap.body[3].weight.grad.abs().sum() > 0
+    with torch.no_grad():  # a plain module: its own forward on its own weights, in train mode too
+        plain = copy.deepcopy(snap)
+        del plain.forward
+        torch.testing.assert_close(snap(x), plain(x))
+        snap.body[3].weight.mul_(2.0)
+        assert not torch.allclose(snap(x), plain(x))
+    from torch.optim.swa_utils import AveragedModel
+
+    averaged = AveragedModel(model)  # the SWA utility a user reaches for
+    averaged.train()
+    F.cross_entropy(averaged(x), y).backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    # CigL trains on as before, and a new CigL can be built on the copy
+    opt.zero_grad()
+    train(model, opt, cigl, data, [2])
+    CigL(snap, torch.optim.SGD(snap.parameters(), lr=0.1), sparsity=0.8, total_steps=4)
+
+
+def test_a_step_after_detach_is_refused_until_attach():
+    model, opt, cigl = build()
+    data = batches(2)
+    cigl.detach()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    F.cross_entropy(model(data[0][0]), data[0][1]).backward()
+    with pytest.raises(RuntimeError, match=r"after cigl.detach\(\)"):
+        cigl.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    cigl.attach()
+    opt.zero_grad()
+    train(model, opt, cigl, data, [1])
+    assert cigl.net.mask.density == pytest.approx(0.2, abs=0.01)
+
+
+@pytest.mark.parametrize("changed", [{"keep": 0.9}, {"method": "rigl", "keep": None}, {"delta_t": 5},
+                                     {"drop_fraction": 0.5}, {"update_end": 0.5}])
+def test_a_state_saved_under_other_settings_is_refused_by_name(changed):
+    model, opt, cigl = build()
+    train(model, opt, cigl, batches(6), range(6))
+    state = cigl.state_dict()
+    model2, opt2, cigl2 = build(**changed)
+    name = next(k for k in changed if k != "keep") if len(changed) > 1 else next(iter(changed))
+    with pytest.raises(ValueError, match=rf"other CigL settings \(.*{name} "):
+        cigl2.load_state_dict(state)
+    model3, opt3, cigl3 = build()  # the same settings: accepted
+    cigl3.load_state_dict(state)
+    legacy = {k: v for k, v in state.items() if k != "settings"}  # saved before settings were recorded
+    model4, opt4, cigl4 = build()
+    cigl4.load_state_dict(legacy)
+    model5, opt5, longer = build(total_steps=48, collect_from_epoch=2)  # the run extended: accepted
+    longer.load_state_dict(state)
+    assert longer.settings.total_steps == 48 and longer.step_count == 6
+
+
+def test_another_distribution_on_resume_is_named():
+    model, opt, cigl = build()
+    state = cigl.state_dict()
+    _, _, uniform = build(distribution="uniform")
+    with pytest.raises(ValueError, match=r"distribution 'erk' in the state, 'uniform' here"):
+        uniform.load_state_dict(state)
+    legacy = {k: v for k, v in state.items() if k != "settings"}
+    with pytest.raises(ValueError, match="same sparse_params and distribution"):
+        uniform.load_state_dict(legacy)
+
+
+def test_a_batchnorm_loader_of_the_wrong_kind_names_the_loader():
+    model, opt, cigl = build()
+    data = batches(12)
+    train(model, opt, cigl, data, range(12))
+    x = torch.cat([xb for xb, _ in data])
+    with pytest.raises(ValueError, match=r"BatchNorm loader is one tensor \(192, 3, 8, 8\)"):
+        cigl.averaged_model(x)
+    with pytest.raises(ValueError, match=r"BatchNorm loader's first batch \(torch.float32 \(16, 3, 8, 8\)\) does "
+                                         "not fit the model"):
+        cigl.averaged_model([(xb.float(), yb) for xb, yb in data])
+    with pytest.raises(ValueError, match="bn_batches=0"):
+        cigl.averaged_model(data, bn_batches=0)
+    good = cigl.averaged_model(data)  # a refused loader left the live module as it was
+    assert good is not model
+
+
+def test_seed_and_meta_parameters_are_refused_clearly():
+    model = UserCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="seed must be an integer, got None"):
+        CigL(model, opt, total_steps=10, seed=None)
+    with pytest.raises(ValueError, match="drop_fraction must be a number in"):
+        CigL(model, opt, total_steps=10, drop_fraction=1.5)
+    with torch.device("meta"):
+        meta = UserCNN()
+    with pytest.raises(ValueError, match="meta device"):
+        CigL(meta, torch.optim.SGD(meta.parameters(), lr=0.1), total_steps=10)
+
+
+def test_posterior_of_a_model_without_batchnorm_needs_no_loader():
+    from cigl_bayes.inference import posterior
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)).double()
+    opt = torch.optim.SGD(mlp.parameters(), lr=0.05)
+    cigl = CigL(mlp, opt, sparsity=0.5, total_steps=12, delta_t=3, keep=0.9)
+    train(mlp, opt, cigl, batches(12), range(12))
+    post = posterior(cigl)
+    x = batches(1, seed=7)[0][0]
+    for predictor in ("final", "wma", "predictive", "mc-z"):
+        assert torch.isfinite(post.predict(x, predictor).probs).all(), predictor
+    torch.testing.assert_close(post.predict(x, "wma").probs.double(), torch.softmax(cigl.averaged_model()(x), -1),
+                               rtol=1e-5, atol=1e-6)
+    model, opt, cigl_bn = build()
+    train(model, opt, cigl_bn, batches(12), range(12))
+    with pytest.raises(ValueError, match=r"give posterior\(cigl, bn_loader\)"):
+        posterior(cigl_bn).predict(x, "wma")
+    few = CigL(*_mlp_and_opt(), sparsity=0.5, total_steps=12, delta_t=3, keep=0.9, collect_from_epoch=0)
+    few.end_epoch()
+    with pytest.raises(ValueError, match="SWAG needs at least 2 samples; this CigL object has 1"):
+        posterior(few).swag()
+
+
+def _mlp_and_opt():
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)).double()
+    return mlp, torch.optim.SGD(mlp.parameters(), lr=0.05)

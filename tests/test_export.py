@@ -212,3 +212,42 @@ def test_sparsify_by_timing_records_both_kernels_and_keeps_outputs():
         assert choice[name] == ("sparse" if t["sparse_ms"] < t["dense_ms"] else "dense")
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"std": (0.0, 0.0, 0.0)}, r"std must be positive in every channel"),
+    ({"std": (0.25, float("nan"), 0.25)}, r"std must be finite numbers"),
+    ({"mean": (0.5, 0.5)}, r"mean has 2 channels and std 3"),
+    ({"temperature": -1.0}, r"temperature must be a positive number"),
+    ({"temperature": 0.0}, r"temperature must be a positive number"),
+    ({"temperature": float("inf")}, r"temperature must be a positive number"),
+])
+def test_export_refuses_normalisation_and_temperature_that_would_break_predictions(tmp_path, options, match):
+    """std 0 gave NaN predictions and a negative temperature flipped every argmax, from a file that
+    loaded without complaint (the trial of 2026-12-06); now nothing is written."""
+    path = tmp_path / "m.safetensors"
+    kwargs = {"mean": (0.5,) * 3, "std": (0.25,) * 3, **options}
+    with pytest.raises(ValueError, match=match) as err:
+        export_network(masked_small_cnn(0.9), path, model="small-cnn", classes=[str(c) for c in range(10)], **kwargs)
+    assert "\n" not in str(err.value) and not path.exists()
+    export_network(masked_small_cnn(0.9), path, model="small-cnn", classes=[str(c) for c in range(10)],
+                   mean=(0.5,) * 3, std=(0.25,) * 3, temperature=1.5)
+    assert path.exists()
+
+
+def test_export_of_a_wrapper_names_the_attribute_to_pass(tmp_path):
+    class Wrapper(nn.Module):  # as a LightningModule holds its network
+        def __init__(self):
+            super().__init__()
+            self.net = masked_small_cnn(0.9)
+            self.criterion = nn.CrossEntropyLoss()
+
+        def forward(self, x):
+            return self.net(x)
+
+    with pytest.raises(ValueError, match=r"it wraps one: pass module\.net$"):
+        export_network(Wrapper(), tmp_path / "m.safetensors", model="small-cnn", classes=[str(c) for c in range(10)],
+                       mean=(0.5,) * 3, std=(0.25,) * 3)
+    with pytest.raises(ValueError, match=r"in 'small-cnn'\), and load_exported rebuilds the network from that name$"):
+        export_network(masked_small_cnn(0.9), tmp_path / "m.safetensors", model="small-cnn",
+                       classes=[str(c) for c in range(7)], mean=(0.5,) * 3, std=(0.25,) * 3)

@@ -186,3 +186,18 @@ def test_an_lr_scheduler_beside_the_callback_raises_no_warning(tmp_path, recwarn
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.05 * 0.1 ** 2)  # the scheduler stepped
     messages = [str(w.message) for w in recwarn]
     assert not [m for m in messages if "overridden" in m or "before `optimizer.step()`" in m], messages
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"sparsity": 1.5}, ValueError, "sparsity"),
+    ({"keep": 0}, ValueError, "keep probability must be in"),
+    ({"method": "rigl2"}, ValueError, "unknown method 'rigl2'"),
+    ({"delta_t": 0}, ValueError, "delta_t must be a positive integer"),
+    ({"collect_from_epoch": -1}, ValueError, "collect_from_epoch must be an integer"),
+    ({"sparsty": 0.9}, TypeError, "unknown option 'sparsty'"),
+])
+def test_the_callback_checks_its_options_when_built(kwargs, error, match):
+    """As CigL(...) does, not at trainer.fit (the trial of 2026-12-06)."""
+    with pytest.raises(error, match=match):
+        CigLCallback(**kwargs)
+    CigLCallback(method="cigl", sparsity=0.9, keep=0.95, delta_t=4, seed=1)  # the same, well formed
