@@ -42,6 +42,7 @@ import copy
 import dataclasses
 import numbers
 import types
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -288,23 +289,26 @@ class CigL:
             return
         module = self.net.module
         inherited = vars(module).get("forward")
-        if inherited is not None and _copied_forward(inherited, module):
-            del module.forward  # a copy of a module another CigL trains: its inert forward goes
+        if inherited is not None and _inert_forward(inherited, module):
+            del module.forward  # a copy's inherited forward (deepcopy, or a pickled module): it trains nothing here
         elif inherited is not None:
             raise ValueError(f"{type(module).__name__} already has an instance forward (another CigL attached?)")
         cls_forward = type(module).forward
+        trainer = weakref.ref(self)  # a copy of the module must not keep this object (and its samples) alive
+        trained = weakref.ref(module)
 
         def forward(this, *args, **kwargs):
-            if self._inside or not this.training or this is not self.net.module:  # a copy runs as a plain module
+            cigl = trainer()
+            if cigl is None or cigl._inside or not this.training or this is not trained():  # a copy: a plain module
                 return cls_forward(this, *args, **kwargs)
-            weights = dict(zip(self.net.sparse_names, self.net.mask.views(self.training_weights())))
-            self._inside = True
+            weights = dict(zip(cigl.net.sparse_names, cigl.net.mask.views(cigl.training_weights())))
+            cigl._inside = True
             try:
                 return functional_call(this, weights, args, kwargs, strict=False)
             finally:
-                self._inside = False
+                cigl._inside = False
 
-        forward.cigl_module = module  # which module this forward trains (a deepcopy keeps the function)
+        forward.cigl_module, forward.cigl_object = trained, trainer  # a deepcopy keeps the function: see _inert_forward
         module.forward = types.MethodType(forward, module)
         self._attached = True
 
@@ -315,11 +319,13 @@ class CigL:
 
     def plain_copy(self) -> nn.Module:
         """A deep copy of the module without CigL's forward, holding the current weights (M⊙W)."""
-        module = copy.deepcopy(self.net.module)
-        inherited = vars(module).get("forward")
-        if inherited is not None and _copied_forward(inherited, module):
-            del module.forward
-        return module
+        was = self._attached
+        self._remove_forward()  # copied without it: a class's own __deepcopy__ never meets the bound forward
+        try:
+            return copy.deepcopy(self.net.module)
+        finally:
+            if was:
+                self._install_forward()
 
     # -- one step ----------------------------------------------------------------------------
     @property
@@ -566,11 +572,16 @@ def _count(name: str, value, *, minimum: int) -> int:
     return int(value)
 
 
-def _copied_forward(forward, module: nn.Module) -> bool:
-    """Whether ``forward`` (an instance forward found on ``module``) is CigL's, inherited by copying
-    a module that CigL trains: it trains another module, not this one."""
-    owner = getattr(getattr(forward, "__func__", None), "cigl_module", None)
-    return owner is not None and owner is not module
+def _inert_forward(forward, module: nn.Module) -> bool:
+    """Whether ``forward`` (an instance forward found on ``module``) trains nothing here: CigL's,
+    inherited by copying a module another CigL trains, or the class's own forward stored on the
+    instance (what pickling a module with CigL attached brings back).  A forward whose CigL object
+    is gone trains nothing either."""
+    func = getattr(forward, "__func__", None)
+    owner = getattr(func, "cigl_module", None)
+    if owner is not None:
+        return owner() is not module or func.cigl_object() is None
+    return func is type(module).forward and getattr(forward, "__self__", None) is module
 
 
 def _fraction(name: str, value) -> float:

@@ -75,6 +75,7 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
                                     or not math.isfinite(temperature) or temperature <= 0):
         raise ValueError(f"temperature must be a positive number (logits are divided by it) or None, got "
                          f"{temperature!r}")
+    temperature = None if temperature is None else float(temperature)  # numpy scalars too, stored as JSON
     folded = fold_batchnorm(module)
     _check_rebuildable(folded.state_dict(), model, len(classes))
     tensors: dict[str, torch.Tensor] = {}
@@ -118,12 +119,13 @@ def _check_rebuildable(state: dict[str, torch.Tensor], model: str, num_classes: 
 
 
 def _wrapping_prefix(shapes: dict, expected: dict) -> str | None:
-    """``net`` when ``shapes`` holds ``expected`` under ``net.`` (a LightningModule or another wrapper
-    around the network), else None."""
+    """``net`` when ``shapes`` holds ``expected`` under ``net.`` and nothing else (a LightningModule
+    or another wrapper that only holds the network), else None: exporting the inner network of a
+    wrapper with its own layers would drop them."""
     prefixes = {key[: -len(want) - 1] for key in shapes for want in expected if key.endswith("." + want)}
     for prefix in sorted(prefixes, key=len):
         inner = {k[len(prefix) + 1:]: v for k, v in shapes.items() if k.startswith(prefix + ".")}
-        if inner == expected:
+        if inner == expected and len(inner) == len(shapes):  # nothing else learned (an adapter, another head)
             return prefix
     return None
 

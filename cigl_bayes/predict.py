@@ -122,14 +122,15 @@ def recompute_batchnorm(net: SparseNetwork, loader, sparse_flat: torch.Tensor, m
             if max_batches is not None and i >= max_batches:
                 break
             x = _images(batch)
+            if not seen and net.autocast_dtype is None:  # under autocast the layers cast their inputs
+                _check_first_batch(x, sparse_flat)
             try:
                 net.forward(x, sparse_flat)
-            except (RuntimeError, ValueError, TypeError) as err:
-                if seen:  # a later batch: not a question of what the loader serves
-                    raise
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise ValueError(f"the BatchNorm loader's first batch ({x.dtype} {tuple(x.shape)}) does not fit "
-                                 f"the model: {first}; it must yield training batches as the model takes them") from err
+            except Exception as err:
+                if not seen and hasattr(err, "add_note"):  # Python ≥ 3.11: the same error, with where it arose
+                    err.add_note(f"(while recomputing BatchNorm statistics on the first batch of the BatchNorm "
+                                 f"loader, {x.dtype} {tuple(x.shape)})")
+                raise
             seen += 1
     finally:
         for m, momentum in zip(bns, momenta):
@@ -137,6 +138,14 @@ def recompute_batchnorm(net: SparseNetwork, loader, sparse_flat: torch.Tensor, m
         net.module.train(was_training)
     if not seen:  # reset and never re-estimated: mean 0, variance 1 would be served as statistics
         raise ValueError("the BatchNorm loader yielded no batch: its statistics cannot be recomputed")
+
+
+def _check_first_batch(x: torch.Tensor, sparse_flat: torch.Tensor) -> None:
+    """A floating batch of another precision than the weights is the loader's mistake (a float64
+    tensor built with numpy, a float32 loader for a float64 model): name it, not the layer it breaks."""
+    if x.is_floating_point() and sparse_flat.is_floating_point() and x.dtype != sparse_flat.dtype:
+        raise ValueError(f"the BatchNorm loader's first batch is {x.dtype} {tuple(x.shape)} and the model's weights "
+                         f"are {sparse_flat.dtype}: it must yield training batches as the model takes them")
 
 
 def _images(batch) -> torch.Tensor:

@@ -382,8 +382,8 @@ MUTANTS: list[Mutant] = [
            "for k, buf in state[p].items() if k == 'momentum_buffer']",
            ("tests/test_drop_in.py::test_adamw_trains_a_user_model_and_its_moments_restart_at_zero_for_regrown_weights",)),
     Mutant("drop-in-forward-without-z", "the attached forward computes with M⊙W (Z never reaches the user's model)",
-           "cigl_bayes/cigl.py", "self.net.mask.views(self.training_weights())))",
-           "self.net.mask.views(self.net.effective_flat(None))))",
+           "cigl_bayes/cigl.py", "cigl.net.mask.views(cigl.training_weights())))",
+           "cigl.net.mask.views(cigl.net.effective_flat(None))))",
            ("tests/test_drop_in.py::test_the_forward_pass_sees_m_z_w_in_training_and_m_w_in_eval",
             "tests/test_drop_in.py::test_a_user_loop_follows_the_trainers_trajectory")),
     Mutant("lightning-resume-masks-again", "resuming from a Lightning checkpoint masks the restored weights with "
@@ -588,8 +588,8 @@ MUTANTS: list[Mutant] = [
     # the second new-user trial (2026-12-06)
     Mutant("copy-trains-original", "a deep copy of the trained module (AveragedModel) computes with the original's "
            "weights and sends its gradients there", "cigl_bayes/cigl.py",
-           "if self._inside or not this.training or this is not self.net.module:",
-           "if self._inside or not this.training:",
+           "if cigl is None or cigl._inside or not this.training or this is not trained():",
+           "if cigl is None or cigl._inside or not this.training:",
            (f"{MISUSE}test_a_deep_copy_of_the_trained_module_is_a_plain_independent_module",)),
     Mutant("step-after-detach", "cigl.step() after cigl.detach() steps the optimizer on every weight",
            "cigl_bayes/cigl.py", "        if self._detached:\n            raise RuntimeError(",
@@ -609,8 +609,9 @@ MUTANTS: list[Mutant] = [
            "inference/posterior.py", "            if not has_batchnorm(self.net.module):\n                return ()",
            "            if False:\n                return ()",
            (f"{MISUSE}test_posterior_of_a_model_without_batchnorm_needs_no_loader",)),
-    Mutant("bn-loader-error-raw", "a BatchNorm loader of the wrong dtype gives the model's raw error",
-           "cigl_bayes/predict.py", "            if seen:  # a later batch", "            if True:  # a later batch",
+    Mutant("bn-loader-dtype-unchecked", "a BatchNorm loader of the wrong dtype gives the model's raw error",
+           "cigl_bayes/predict.py", "            if not seen and net.autocast_dtype is None:  # under autocast",
+           "            if False:  # under autocast",
            (f"{MISUSE}test_a_batchnorm_loader_of_the_wrong_kind_names_the_loader",)),
     Mutant("export-std-unchecked", "export accepts std 0 (NaN predictions)", "cigl_bayes/export.py",
            "    if any(s <= 0 for s in std):", "    if False:",
@@ -622,4 +623,19 @@ MUTANTS: list[Mutant] = [
     Mutant("callback-options-late", "CigLCallback accepts bad options and fails only at trainer.fit",
            "cigl_bayes/lightning.py", "        CigLSettings.resolve(method=method,", "        dict(method=method,",
            ("tests/test_lightning.py::test_the_callback_checks_its_options_when_built",)),
+    Mutant("plain-copy-with-forward", "CigL's copies are deep-copied with the attached forward (a class's own "
+           "__deepcopy__ recurses; the copy carries an instance forward)", "cigl_bayes/cigl.py",
+           "        self._remove_forward()  # copied without it", "        pass  # copied without it",
+           (f"{MISUSE}test_copies_made_by_cigl_meet_a_class_own_deepcopy_without_the_attached_forward",)),
+    Mutant("copy-keeps-cigl-alive", "a deep copy of the module keeps the original's CigL and its samples alive",
+           "cigl_bayes/cigl.py", "        trainer = weakref.ref(self)  #",
+           "        trainer = (lambda o: lambda: o)(self)  #",
+           (f"{MISUSE}test_a_pickled_module_and_a_dropped_cigl_leave_nothing_that_blocks_a_new_cigl",)),
+    Mutant("pickled-forward-blocks", "a module pickled with CigL attached refuses a new CigL (its stored class "
+           "forward taken for another CigL)", "cigl_bayes/cigl.py",
+           'return func is type(module).forward and getattr(forward, "__self__", None) is module', "return False",
+           (f"{MISUSE}test_a_pickled_module_and_a_dropped_cigl_leave_nothing_that_blocks_a_new_cigl",)),
+    Mutant("export-hint-drops-layers", "export advises passing the inner network of a wrapper with layers of its own",
+           "cigl_bayes/export.py", "if inner == expected and len(inner) == len(shapes):", "if inner == expected:",
+           ("tests/test_export.py::test_no_wrapper_hint_when_the_wrapper_has_layers_of_its_own",)),
 ]

@@ -299,9 +299,12 @@ def test_a_batchnorm_loader_of_the_wrong_kind_names_the_loader():
     x = torch.cat([xb for xb, _ in data])
     with pytest.raises(ValueError, match=r"BatchNorm loader is one tensor \(192, 3, 8, 8\)"):
         cigl.averaged_model(x)
-    with pytest.raises(ValueError, match=r"BatchNorm loader's first batch \(torch.float32 \(16, 3, 8, 8\)\) does "
-                                         "not fit the model"):
+    with pytest.raises(ValueError, match=r"BatchNorm loader's first batch is torch.float32 \(16, 3, 8, 8\) and the "
+                                         r"model's weights are torch.float64"):
         cigl.averaged_model([(xb.float(), yb) for xb, yb in data])
+    with pytest.raises(RuntimeError) as err:  # any other error keeps its type (an OOM stays catchable as such)
+        cigl.averaged_model([(xb[:, :2], yb) for xb, yb in data])  # two channels: the model's own error
+    assert type(err.value) is RuntimeError
     with pytest.raises(ValueError, match="bn_batches=0"):
         cigl.averaged_model(data, bn_batches=0)
     good = cigl.averaged_model(data)  # a refused loader left the live module as it was
@@ -348,3 +351,45 @@ def test_posterior_of_a_model_without_batchnorm_needs_no_loader():
 def _mlp_and_opt():
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)).double()
     return mlp, torch.optim.SGD(mlp.parameters(), lr=0.05)
+
+
+class NoMemoCNN(UserCNN):
+    """A module whose own __deepcopy__ does not register the copy in ``memo`` (it is allowed to)."""
+
+    def __deepcopy__(self, memo):
+        new = self.__class__.__new__(self.__class__)
+        for k, v in self.__dict__.items():
+            object.__setattr__(new, k, copy.deepcopy(v, memo))
+        return new
+
+
+def test_copies_made_by_cigl_meet_a_class_own_deepcopy_without_the_attached_forward():
+    torch.manual_seed(0)
+    model = NoMemoCNN().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    cigl = CigL(model, opt, sparsity=0.8, total_steps=12, delta_t=3, keep=0.8, seed=5)
+    data = batches(12)
+    train(model, opt, cigl, data, range(12))
+    for made in (cigl.plain_copy(), cigl.final_model(), cigl.averaged_model(data)):
+        assert "forward" not in vars(made)
+    assert "forward" in vars(model)  # still attached: training goes on
+    train(model, opt, cigl, data, [0])
+
+
+def test_a_pickled_module_and_a_dropped_cigl_leave_nothing_that_blocks_a_new_cigl(tmp_path):
+    import gc
+    import weakref
+
+    model, opt, cigl = build()
+    train(model, opt, cigl, batches(6), range(6))
+    torch.save(model, tmp_path / "model.pt")  # the whole module, pickled: a file the user wrote
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    CigL(loaded, torch.optim.SGD(loaded.parameters(), lr=0.1), sparsity=0.8, total_steps=4)
+    snap = copy.deepcopy(model)  # a copy does not keep the original's CigL (and its samples) alive
+    gone = weakref.ref(cigl)
+    del cigl
+    gc.collect()
+    assert gone() is None
+    x = batches(1)[0][0]
+    torch.testing.assert_close(snap.train()(x), type(snap).forward(snap, x))
+    CigL(model, opt, sparsity=0.8, total_steps=4)  # its CigL is gone: the module takes a new one

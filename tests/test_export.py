@@ -251,3 +251,26 @@ def test_export_of_a_wrapper_names_the_attribute_to_pass(tmp_path):
     with pytest.raises(ValueError, match=r"in 'small-cnn'\), and load_exported rebuilds the network from that name$"):
         export_network(masked_small_cnn(0.9), tmp_path / "m.safetensors", model="small-cnn",
                        classes=[str(c) for c in range(7)], mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def test_no_wrapper_hint_when_the_wrapper_has_layers_of_its_own(tmp_path):
+    """Exporting the inner network of a wrapper with an adapter would drop the adapter: no hint."""
+    class Adapted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.adapter = nn.Conv2d(3, 3, 1)
+            self.net = masked_small_cnn(0.9)
+
+        def forward(self, x):
+            return self.net(self.adapter(x))
+
+    with pytest.raises(ValueError, match=r"rebuilds the network from that name$"):
+        export_network(Adapted(), tmp_path / "m.safetensors", model="small-cnn", classes=[str(c) for c in range(10)],
+                       mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def test_numpy_scalars_are_accepted_as_temperature_and_normalisation(tmp_path):
+    path = export_network(masked_small_cnn(0.9), tmp_path / "m.safetensors", model="small-cnn",
+                          classes=[str(c) for c in range(10)], mean=np.full(3, 0.5, dtype=np.float32),
+                          std=torch.full((3,), 0.25), temperature=np.float32(1.5))
+    assert load_exported(path).temperature == pytest.approx(1.5)
