@@ -56,14 +56,17 @@ def _is_sparse_weight(name: str, t: torch.Tensor) -> bool:
 
 def export_network(module: nn.Module, path: str | Path, *, model: str, classes: list[str],
                    mean: tuple[float, ...], std: tuple[float, ...], temperature: float | None = None,
-                   image_size: tuple[int, int] | None = None, **info) -> Path:
+                   image_size: tuple[int, int] | None = None, model_options: dict | None = None, **info) -> Path:
     """Write ``module`` (BatchNorm folded, sparse weights as CSR) and its metadata to ``path``;
     ``image_size`` (H, W) is the input size the network was trained on, if known.
 
     :func:`load_exported` rebuilds the network from ``model``, so ``model`` must name a built-in
     architecture (``cigl_bayes.models.list_models()``, ``wrn-D-K``, ``torchvision:NAME``,
     ``timm:NAME``) with ``len(classes)`` outputs and the parameters of ``module``; any other name,
-    None, or a module of another architecture is refused here (ValueError), before anything is written."""
+    None, or a module of another architecture is refused here (ValueError), before anything is written.
+    ``model_options`` are the builder's keyword arguments the network was built with (e.g.
+    ``{"hidden": [64, 32], "in_features": 768}`` for ``mlp``): JSON values, stored in the file and
+    given to the builder again by :func:`load_exported`."""
     from safetensors.torch import save_file
 
     mean, std = _normalisation("mean", mean), _normalisation("std", std)
@@ -76,8 +79,9 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
         raise ValueError(f"temperature must be a positive number (logits are divided by it) or None, got "
                          f"{temperature!r}")
     temperature = None if temperature is None else float(temperature)  # numpy scalars too, stored as JSON
+    options = _model_options(model_options)
     folded = fold_batchnorm(module)
-    _check_rebuildable(folded.state_dict(), model, len(classes))
+    _check_rebuildable(folded.state_dict(), model, len(classes), options)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for name, t in folded.state_dict().items():
@@ -95,15 +99,30 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
             "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
             "temperature": json.dumps(temperature), "sparse_shapes": json.dumps(shapes),
             "image_size": json.dumps(None if image_size is None else [int(v) for v in image_size]),
+            "model_options": json.dumps(options),
             "info": json.dumps(info, default=str)}
     return atomic_write_via(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
-def _check_rebuildable(state: dict[str, torch.Tensor], model: str, num_classes: int) -> None:
-    """ValueError unless :func:`load_exported` can rebuild a network of ``state``'s parameter names and
-    shapes from the name ``model`` (a built-in architecture, BatchNorm folded as the export folds it)."""
+def _model_options(options: dict | None) -> dict:
+    """The builder's keyword arguments as JSON stores them (tuples become lists), or a ValueError."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ValueError(f"model_options must be a dict of the builder's keyword arguments, got {options!r}")
     try:
-        rebuilt = fold_batchnorm(build_model(model, num_classes=num_classes)).state_dict()
+        return json.loads(json.dumps(options, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"model_options must hold JSON values (numbers, strings, lists), got {options!r}: "
+                         f"{err}") from None
+
+
+def _check_rebuildable(state: dict[str, torch.Tensor], model: str, num_classes: int, options: dict) -> None:
+    """ValueError unless :func:`load_exported` can rebuild a network of ``state``'s parameter names and
+    shapes from the name ``model`` and ``options`` (a built-in architecture, BatchNorm folded as the
+    export folds it)."""
+    try:
+        rebuilt = fold_batchnorm(build_model(model, num_classes=num_classes, **options)).state_dict()
     except (ValueError, TypeError) as err:  # UnknownModelError is a ValueError
         raise ValueError(f"cannot export with model={model!r}: load_exported rebuilds only built-in architectures, "
                          f"by name ({err}; torchvision:NAME and timm:NAME too)") from None
@@ -115,7 +134,12 @@ def _check_rebuildable(state: dict[str, torch.Tensor], model: str, num_classes: 
         hint = f"; it wraps one: pass module.{wrapped}" if wrapped else ""
         raise ValueError(f"cannot export with model={model!r}: the module is not that architecture with {num_classes} "
                          f"classes ({name}: {shapes.get(name, 'absent')} in the module, {expected.get(name, 'absent')} "
-                         f"in {model!r}), and load_exported rebuilds the network from that name{hint}")
+                         f"in {model!r}{_with(options)}), and load_exported rebuilds the network from that name and "
+                         f"model_options (the builder's keyword arguments){hint}")
+
+
+def _with(options: dict) -> str:
+    return f" with model_options {options}" if options else ""
 
 
 def _wrapping_prefix(shapes: dict, expected: dict) -> str | None:
@@ -206,7 +230,8 @@ def load_exported(path: str | Path, *, kernels: str = "auto", max_density: float
             csr = torch.sparse_csr_tensor(stored[f"{name}::crow"].long(), stored[f"{name}::col"].long(),
                                           stored[f"{name}::values"], (shape[0], int(np.prod(shape[1:]))))
         state[name] = csr.to_dense().reshape(shape)
-    network = fold_batchnorm(build_model(meta["model"], num_classes=int(meta["num_classes"])))
+    options = json.loads(meta.get("model_options", "{}"))  # absent from exports written before it was recorded
+    network = fold_batchnorm(build_model(meta["model"], num_classes=int(meta["num_classes"]), **options))
     network.load_state_dict(state)
     exported = ExportedNetwork(network, meta)
     if kernels != "dense":

@@ -507,7 +507,8 @@ MUTANTS: list[Mutant] = [
            "it on", "experiments/cli.py", "if field.default:  # a --no-", "if False:  # a --no-",
            ("tests/test_cli.py::test_every_no_flag_says_what_it_turns_off",)),
     Mutant("export-unrebuildable-name", "export_network writes a file under a model name load_exported cannot "
-           "rebuild", "cigl_bayes/export.py", "_check_rebuildable(folded.state_dict(), model, len(classes))", "pass",
+           "rebuild", "cigl_bayes/export.py", "_check_rebuildable(folded.state_dict(), model, len(classes), options)",
+           "pass",
            ("tests/test_export.py::test_export_refuses_a_model_name_load_exported_cannot_rebuild",)),
     Mutant("export-shapes-unchecked", "export_network accepts a module whose parameters differ from the named "
            "architecture's", "cigl_bayes/export.py", "if shapes != expected:", "if False:",
@@ -638,4 +639,8 @@ MUTANTS: list[Mutant] = [
     Mutant("export-hint-drops-layers", "export advises passing the inner network of a wrapper with layers of its own",
            "cigl_bayes/export.py", "if inner == expected and len(inner) == len(shapes):", "if inner == expected:",
            ("tests/test_export.py::test_no_wrapper_hint_when_the_wrapper_has_layers_of_its_own",)),
+    Mutant("export-options-dropped", "load_exported rebuilds with the builder's defaults, not the stored model_options",
+           "cigl_bayes/export.py", 'num_classes=int(meta["num_classes"]), **options))',
+           'num_classes=int(meta["num_classes"])))',
+           ("tests/test_export.py::test_a_builder_s_options_travel_with_the_export",)),
 ]

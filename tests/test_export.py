@@ -248,7 +248,8 @@ def test_export_of_a_wrapper_names_the_attribute_to_pass(tmp_path):
     with pytest.raises(ValueError, match=r"it wraps one: pass module\.net$"):
         export_network(Wrapper(), tmp_path / "m.safetensors", model="small-cnn", classes=[str(c) for c in range(10)],
                        mean=(0.5,) * 3, std=(0.25,) * 3)
-    with pytest.raises(ValueError, match=r"in 'small-cnn'\), and load_exported rebuilds the network from that name$"):
+    with pytest.raises(ValueError, match=r"in 'small-cnn'\), and load_exported rebuilds the network from that name "
+                                         r"and model_options \(the builder's keyword arguments\)$"):
         export_network(masked_small_cnn(0.9), tmp_path / "m.safetensors", model="small-cnn",
                        classes=[str(c) for c in range(7)], mean=(0.5,) * 3, std=(0.25,) * 3)
 
@@ -264,7 +265,7 @@ def test_no_wrapper_hint_when_the_wrapper_has_layers_of_its_own(tmp_path):
         def forward(self, x):
             return self.net(self.adapter(x))
 
-    with pytest.raises(ValueError, match=r"rebuilds the network from that name$"):
+    with pytest.raises(ValueError, match=r"\(the builder's keyword arguments\)$"):
         export_network(Adapted(), tmp_path / "m.safetensors", model="small-cnn", classes=[str(c) for c in range(10)],
                        mean=(0.5,) * 3, std=(0.25,) * 3)
 
@@ -274,3 +275,18 @@ def test_numpy_scalars_are_accepted_as_temperature_and_normalisation(tmp_path):
                           classes=[str(c) for c in range(10)], mean=np.full(3, 0.5, dtype=np.float32),
                           std=torch.full((3,), 0.25), temperature=np.float32(1.5))
     assert load_exported(path).temperature == pytest.approx(1.5)
+
+
+def test_a_builder_s_options_travel_with_the_export(tmp_path):
+    """An mlp with other hidden sizes: refused without its builder options, round-trips with them."""
+    torch.manual_seed(0)
+    mlp = build_model("mlp", num_classes=10, in_features=48, hidden=(16, 8)).eval()
+    kwargs = {"model": "mlp", "classes": [str(c) for c in range(10)], "mean": (0.0,) * 3, "std": (1.0,) * 3}
+    with pytest.raises(ValueError, match=r"model_options \(the builder's keyword arguments\)$"):
+        export_network(mlp, tmp_path / "no.safetensors", **kwargs)
+    with pytest.raises(ValueError, match="model_options must hold JSON values"):
+        export_network(mlp, tmp_path / "no.safetensors", model_options={"hidden": object()}, **kwargs)
+    path = export_network(mlp, tmp_path / "mlp.safetensors", model_options={"in_features": 48, "hidden": (16, 8)},
+                          **kwargs)
+    x = torch.rand(5, 3, 4, 4)
+    torch.testing.assert_close(load_exported(path, kernels="dense")(x), mlp(x))
