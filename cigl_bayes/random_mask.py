@@ -7,12 +7,14 @@ same seed, and the generator state is part of every checkpoint.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
 def check_keep(keep: float) -> float:
     """Return ``keep`` if it lies in (0, 1], else raise a ValueError naming it."""
-    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 < float(keep) <= 1.0:
+    if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not 0.0 < float(keep) <= 1.0:
         raise ValueError(f"keep probability must be in (0, 1], got {keep!r} (keep = 1 - random-mask rate)")
     return float(keep)
 

@@ -10,6 +10,7 @@ kept dense, as RigL does following Gale et al. (2019).  Both choices can be over
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +21,7 @@ DISTRIBUTIONS = ("erk", "uniform")
 
 def check_sparsity(sparsity: float) -> float:
     """Return ``sparsity`` if it lies in [0, 1), else raise a ValueError naming it."""
-    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real) or not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     return float(sparsity)
 

@@ -185,6 +185,12 @@ def test_plausible_argument_mistakes_are_one_clear_error():
         CigL(bare, torch.optim.SGD(bare.parameters(), lr=0.1), total_steps=10)
     cigl = CigL(model, opt, total_steps=np.int64(100))  # a numpy integer is an integer
     assert cigl.total_steps == 100 and type(cigl.total_steps) is int
+    model2 = UserCNN()
+    cigl = CigL(model2, torch.optim.SGD(model2.parameters(), lr=0.1), total_steps=10, sparsity=np.float32(0.9),
+                keep=np.float32(0.95))  # numpy floats of any width are numbers
+    assert type(cigl.sparsity) is float and cigl.keep == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        CigL(UserCNN(), opt, total_steps=10, sparsity=False)
 
 
 def test_averaging_a_model_without_batchnorm_needs_no_loader_and_an_empty_loader_is_refused():
