@@ -282,7 +282,7 @@ class Trainer:
 
     # -- checkpoint --------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The checkpoint: config, the algorithm's state (:meth:`CigL.state_dict`: epoch, step,
+        """The checkpoint: config, the algorithm's state (:meth:`CigL.state_dict`: settings, epoch, step,
         mask, z_source, aux_generator, wma), module, optimizer, schedule, history and RNG states."""
         return {
             "config": self.cfg.to_dict(),
