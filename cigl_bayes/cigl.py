@@ -317,6 +317,19 @@ class CigL:
             del self.net.module.forward
             self._attached = False
 
+    def __deepcopy__(self, memo) -> CigL:
+        """A copy of the whole object (module and optimizer included, as ``copy.deepcopy`` copies
+        them), attached to its own copy of the module: the forward it inherits trains the original."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in vars(self).items():
+            setattr(new, key, copy.deepcopy(value, memo))
+        if new._attached:
+            new._attached = False
+            vars(new.net.module).pop("forward", None)
+            new._install_forward()
+        return new
+
     def plain_copy(self) -> nn.Module:
         """A deep copy of the module without CigL's forward, holding the current weights (M⊙W)."""
         was = self._attached

@@ -643,4 +643,9 @@ MUTANTS: list[Mutant] = [
            "cigl_bayes/export.py", 'num_classes=int(meta["num_classes"]), **options))',
            'num_classes=int(meta["num_classes"])))',
            ("tests/test_export.py::test_a_builder_s_options_travel_with_the_export",)),
+    Mutant("cigl-copy-unattached", "a deep copy of the CigL object keeps the forward that trains the original's "
+           "module (its step is refused)", "cigl_bayes/cigl.py",
+           "        if new._attached:\n            new._attached = False",
+           "        if False:\n            new._attached = False",
+           (f"{MISUSE}test_a_deep_copy_of_the_cigl_object_trains_its_own_copy_exactly_as_the_original_trains_on",)),
 ]

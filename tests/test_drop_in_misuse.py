@@ -399,3 +399,16 @@ def test_a_pickled_module_and_a_dropped_cigl_leave_nothing_that_blocks_a_new_cig
     x = batches(1)[0][0]
     torch.testing.assert_close(snap.train()(x), type(snap).forward(snap, x))
     CigL(model, opt, sparsity=0.8, total_steps=4)  # its CigL is gone: the module takes a new one
+
+
+def test_a_deep_copy_of_the_cigl_object_trains_its_own_copy_exactly_as_the_original_trains_on():
+    model, opt, cigl = build()
+    data = batches(12)
+    train(model, opt, cigl, data, range(4))
+    twin = copy.deepcopy(cigl)  # module, optimizer, masks, Z stream: all copied
+    assert twin.net.module is not model
+    train(model, opt, cigl, data, range(4, 12))
+    train(twin.net.module, twin.optimizer, twin, data, range(4, 12))
+    for (name, a), b in zip(model.named_parameters(), twin.net.module.parameters()):
+        assert torch.equal(a, b), name
+    assert torch.equal(cigl.net.mask.flat, twin.net.mask.flat) and cigl.wma.count == twin.wma.count
