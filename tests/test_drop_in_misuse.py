@@ -194,11 +194,7 @@ def test_plausible_argument_mistakes_are_one_clear_error():
 
 
 def test_averaging_a_model_without_batchnorm_needs_no_loader_and_an_empty_loader_is_refused():
-    torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)).double()
-    opt = torch.optim.SGD(mlp.parameters(), lr=0.05)
-    cigl = CigL(mlp, opt, sparsity=0.5, total_steps=12, delta_t=3, keep=0.9)
-    train(mlp, opt, cigl, batches(12), range(12))
+    mlp, opt, cigl = trained_mlp()
     averaged = cigl.averaged_model()  # no BatchNorm: nothing to recompute
     torch.testing.assert_close(torch.cat([p.flatten() for n, p in averaged.named_parameters() if "weight" in n]),
                                cigl.wma.mean().sparse)
@@ -333,11 +329,7 @@ def test_seed_and_meta_parameters_are_refused_clearly():
 def test_posterior_of_a_model_without_batchnorm_needs_no_loader():
     from cigl_bayes.inference import posterior
 
-    torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)).double()
-    opt = torch.optim.SGD(mlp.parameters(), lr=0.05)
-    cigl = CigL(mlp, opt, sparsity=0.5, total_steps=12, delta_t=3, keep=0.9)
-    train(mlp, opt, cigl, batches(12), range(12))
+    mlp, opt, cigl = trained_mlp()
     post = posterior(cigl)
     x = batches(1, seed=7)[0][0]
     for predictor in ("final", "wma", "predictive", "mc-z"):
@@ -357,6 +349,15 @@ def test_posterior_of_a_model_without_batchnorm_needs_no_loader():
 def _mlp_and_opt():
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(192, 32), nn.ReLU(), nn.Linear(32, 10)).double()
     return mlp, torch.optim.SGD(mlp.parameters(), lr=0.05)
+
+
+def trained_mlp():
+    """A model without BatchNorm, trained 12 steps with CigL (two WMA samples)."""
+    torch.manual_seed(0)
+    mlp, opt = _mlp_and_opt()
+    cigl = CigL(mlp, opt, sparsity=0.5, total_steps=12, delta_t=3, keep=0.9)
+    train(mlp, opt, cigl, batches(12), range(12))
+    return mlp, opt, cigl
 
 
 class NoMemoCNN(UserCNN):
@@ -382,14 +383,16 @@ def test_copies_made_by_cigl_meet_a_class_own_deepcopy_without_the_attached_forw
     train(model, opt, cigl, data, [0])
 
 
-def test_a_pickled_module_and_a_dropped_cigl_leave_nothing_that_blocks_a_new_cigl(tmp_path):
+def test_a_pickled_module_and_a_dropped_cigl_leave_nothing_that_blocks_a_new_cigl():
     import gc
     import weakref
 
     model, opt, cigl = build()
     train(model, opt, cigl, batches(6), range(6))
-    torch.save(model, tmp_path / "model.pt")  # the whole module, pickled: a file the user wrote
-    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    # pickling a module stores its instance forward by name, so unpickling brings back the class's own
+    # forward stored on the instance; built here directly (the project never unpickles a whole module)
+    loaded = copy.deepcopy(model)
+    loaded.forward = type(loaded).forward.__get__(loaded)
     CigL(loaded, torch.optim.SGD(loaded.parameters(), lr=0.1), sparsity=0.8, total_steps=4)
     snap = copy.deepcopy(model)  # a copy does not keep the original's CigL (and its samples) alive
     gone = weakref.ref(cigl)
