@@ -39,12 +39,10 @@ weights and outside the new M.  Under ``torch.distributed`` every rank draws the
 from __future__ import annotations
 
 import copy
-import dataclasses
 import numbers
 import types
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -56,8 +54,9 @@ from .distributed import all_reduce_mean_, dist_info
 from .masks import DeterministicMask, MaskSchedule
 from .network import SparseNetwork
 from .predict import RECOMPUTED_CLEAN, check_bn_protocol, has_batchnorm, recompute_batchnorm
-from .random_mask import RandomKeepMask, check_keep
-from .sparsity import DISTRIBUTIONS, check_sparsity, densities_for, layer_nnz, sparse_parameter_names
+from .random_mask import RandomKeepMask
+from .settings import CigLSettings
+from .sparsity import densities_for, layer_nnz, sparse_parameter_names
 
 
 class MemorySnapshotStore:
@@ -94,69 +93,6 @@ def initial_mask(module: nn.Module, names: Sequence[str], sparsity: float, distr
         gen = torch.Generator().manual_seed(seed)
         return DeterministicMask.random(shapes, nnz, gen, device=first.device, dtype=first.dtype)
     return DeterministicMask.dense(shapes, device=first.device, dtype=first.dtype)
-
-
-EXTENDABLE_SETTINGS = ("total_steps", "collect_from_epoch")  # may differ on resume: the run is extended
-
-
-@dataclass(frozen=True)
-class CigLSettings:
-    """The options that fix what a CigL run computes, resolved and checked.  :meth:`CigL.state_dict`
-    records them, and :meth:`CigL.load_state_dict` refuses a state saved under other settings (a
-    resumed run would silently follow another schedule, keep or method)."""
-
-    method: str
-    sparsity: float
-    keep: float
-    distribution: str
-    total_steps: int
-    delta_t: int
-    drop_fraction: float
-    update_end: float
-    collect_from_epoch: int
-
-    @classmethod
-    def resolve(cls, *, method: str = "cigl", sparsity: float | None = None, total_steps: int,
-                distribution: str = "erk", keep: float | None = None, delta_t: int = 100,
-                drop_fraction: float = 0.3, update_end: float = 0.75, collect_from_epoch: int = 0) -> CigLSettings:
-        """The settings of ``CigL(...)``'s keyword arguments, or a ValueError naming the bad one:
-        sparsity defaults to 0.95 for the sparse methods (0 for ``dense``), keep to the method's."""
-        if not isinstance(method, str) or method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-        if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
-            raise ValueError(f"unknown sparsity distribution {distribution!r}; known: {', '.join(DISTRIBUTIONS)}")
-        config = METHODS[method]
-        if config.sparse:
-            sparsity = check_sparsity(0.95 if sparsity is None else sparsity)
-        elif sparsity is None or (not isinstance(sparsity, bool) and sparsity == 0):
-            sparsity = 0.0
-        else:
-            raise ValueError(f"method {method!r} trains every weight: leave sparsity out (got {sparsity!r})")
-        if keep is not None:
-            check_keep(keep)
-        if not config.random_mask:
-            if keep is not None and keep != 1:
-                users = ", ".join(n for n, c in METHODS.items() if c.random_mask)
-                raise ValueError(f"method {method!r} has no random mask Z, so keep={keep!r} would be ignored; "
-                                 f"keep applies to {users}")
-            keep = 1.0
-        else:  # as TrainConfig.keep computes it, so a Trainer's keep reaches Z bit for bit
-            keep = 1.0 - config.random_mask_rate if keep is None else check_keep(keep)
-        settings = cls(method=method, sparsity=float(sparsity), keep=float(keep), distribution=distribution,
-                       total_steps=_count("total_steps", total_steps, minimum=1),
-                       delta_t=_count("delta_t", delta_t, minimum=1),
-                       drop_fraction=_fraction("drop_fraction", drop_fraction),
-                       update_end=_fraction("update_end", update_end),
-                       collect_from_epoch=_count("collect_from_epoch", collect_from_epoch, minimum=0))
-        return settings
-
-    def differences(self, saved: dict) -> list[str]:
-        """``name: saved → now`` for every setting a saved state disagrees with, but the run's length
-        (``total_steps``, ``collect_from_epoch``): a resumed run may be extended (Lightning's
-        ``max_epochs`` raised), and the schedule then follows the new length."""
-        now = dataclasses.asdict(self)
-        return [f"{k} {saved[k]!r} in the state, {v!r} here" for k, v in now.items()
-                if k in saved and k not in EXTENDABLE_SETTINGS and saved[k] != v]
 
 
 class CigL:
@@ -534,7 +470,7 @@ class CigL:
         host's): the settings it was built with (:class:`CigLSettings`), counters, M (and its ITOP
         union), the Z and SET generators, the WMA mean, and the in-memory samples.  Every tensor
         is a copy: training on does not change a state taken."""
-        state = {"settings": dataclasses.asdict(self.settings),
+        state = {"settings": self.settings.to_dict(),
                  "epoch": self.epoch, "step": self.step_count, "mask": self.net.mask.state_dict(),
                  "z_source": self.z_source.state_dict(), "aux_generator": self.generator.get_state(),
                  "wma": self.wma.state_dict(),
@@ -577,14 +513,6 @@ class CigL:
         self.last_z = None if last_z is None else last_z.to(self.net.sparse_params[0].device)
 
 
-def _count(name: str, value, *, minimum: int) -> int:
-    """An integer option (numpy integers too; not a bool, not a float) of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return int(value)
-
-
 def _inert_forward(forward, module: nn.Module) -> bool:
     """Whether ``forward`` (an instance forward found on ``module``) trains nothing here: CigL's,
     inherited by copying a module another CigL trains, or the class's own forward stored on the
@@ -595,13 +523,6 @@ def _inert_forward(forward, module: nn.Module) -> bool:
     if owner is not None:
         return owner() is not module or func.cigl_object() is None
     return func is type(module).forward and getattr(forward, "__self__", None) is module
-
-
-def _fraction(name: str, value) -> float:
-    """A fraction option in [0, 1] (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0.0 <= float(value) <= 1.0):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 def _copied(state):

@@ -30,7 +30,8 @@ try:
 except ImportError as err:  # pragma: no cover - depends on the extra
     raise ImportError("cigl_bayes.lightning needs the lightning package: pip install lightning") from err
 
-from .cigl import CigL, CigLSettings
+from .cigl import CigL
+from .settings import CigLSettings
 
 _CIGL_OPTIONS = set(inspect.signature(CigL).parameters) - {"module", "optimizer", "method", "sparsity",
                                                            "total_steps", "collect_from_epoch", "apply_mask",
