@@ -173,7 +173,7 @@ class CigL:
         self.last_z: torch.Tensor | None = None  # Z of the last completed step (paired with the WMA sample)
         self._z: torch.Tensor | None = None  # Z of the step under way (drawn on first use)
         self._z_drawn = False
-        self._scored: torch.Tensor | None = None  # M⊙Z⊙W of this step's forward, on update steps
+        self._scored: list[torch.Tensor] = []  # M⊙Z⊙W of this step's forward passes, on update steps
         self._w: torch.Tensor | None = None  # M⊙Z⊙W of this step's forward
         self._inside = False
         self._attached = False
@@ -237,6 +237,8 @@ class CigL:
             cigl = trainer()
             if cigl is None or cigl._inside or not this.training or this is not trained():  # a copy: a plain module
                 return cls_forward(this, *args, **kwargs)
+            if cigl._caller_substitutes_weights():  # functional_call(module, {...}) or net.forward(x, w): theirs win
+                return cls_forward(this, *args, **kwargs)
             weights = dict(zip(cigl.net.sparse_names, cigl.net.mask.views(cigl.training_weights())))
             cigl._inside = True
             try:
@@ -247,6 +249,17 @@ class CigL:
         forward.cigl_module, forward.cigl_object = trained, trainer  # a deepcopy keeps the function: see _inert_forward
         module.forward = types.MethodType(forward, module)
         self._attached = True
+
+    def _caller_substitutes_weights(self) -> bool:
+        """Whether a caller runs the module with sparse weights of its own
+        (``torch.func.functional_call``, :meth:`SparseNetwork.forward` with a sampled W — the Pyro
+        model and guide): those are the weights asked for, so the attached forward leaves them."""
+        module = self.net.module
+        for name, param in zip(self.net.sparse_names, self.net.sparse_params):
+            owner, _, leaf = name.rpartition(".")
+            if (module.get_submodule(owner) if owner else module)._parameters.get(leaf) is not param:
+                return True
+        return False
 
     def _remove_forward(self) -> None:
         if self._attached:
@@ -298,12 +311,17 @@ class CigL:
 
     def training_weights(self) -> torch.Tensor:
         """M⊙Z⊙W (flat, differentiable) for this step's forward pass; on update steps its gradient
-        is kept as the regrowth score."""
+        is kept as the regrowth score.  Every forward pass with gradients before :meth:`step` adds
+        its gradient to the score, as ``backward`` adds to ``.grad`` (gradient accumulation over
+        micro-batches scores the whole batch); a pass without gradients (``torch.no_grad``, a metric
+        on the training batch) trains nothing and is not recorded."""
         w = self.net.effective_flat(self.z)
+        if not torch.is_grad_enabled():
+            return w
         self._w = w
         if self.needs_score:
             w.retain_grad()
-            self._scored = w
+            self._scored.append(w)
         return w
 
     def l2(self) -> torch.Tensor:
@@ -328,8 +346,9 @@ class CigL:
                                "with CigL (or optimizer.step() to train it without)")
         if self._attached and self._w is None:
             raise RuntimeError("cigl.step() without a training forward pass through the module CigL is attached "
-                               f"to ({type(self.net.module).__name__}, in train mode): the optimizer would move "
-                               "weights outside the mask; call that module (or attach CigL to the one you call)")
+                               f"to ({type(self.net.module).__name__}, in train mode, gradients on): the "
+                               "optimizer would move weights outside the mask; call that module (or attach CigL "
+                               "to the one you call)")
         self._before_mask = None  # training has begun: a load_state_dict no longer restores them
         z = self.z
         update = self.is_update_step
@@ -341,14 +360,15 @@ class CigL:
             self.optimizer_step(z)
         self.step_count += 1
         self.last_z = z
-        self._z, self._z_drawn, self._scored, self._w = None, False, None, None
+        self._z, self._z_drawn, self._scored, self._w = None, False, [], None
         return update
 
     def _captured_score(self) -> torch.Tensor:
-        if self._scored is None or self._scored.grad is None:
+        grads = [w.grad for w in self._scored if w.grad is not None]
+        if not grads:
             raise RuntimeError("this is a mask-update step and no regrowth score was captured: run the training "
                                "forward pass (module in train mode) and loss.backward() before cigl.step()")
-        score = self._scored.grad
+        score = grads[0] if len(grads) == 1 else torch.stack(grads).sum(0)
         info = dist_info()
         if info.active:
             all_reduce_mean_([score], 1, info)
@@ -508,7 +528,7 @@ class CigL:
         self.wma.load_state_dict(state["wma"], self.net.sparse_params[0].device)
         if "samples" in state and isinstance(self.samples, MemorySnapshotStore):
             self.samples.snapshots = [Snapshot(s["sparse"], s["other"]) for s in state["samples"]]
-        self._z, self._z_drawn, self._scored = None, False, None
+        self._z, self._z_drawn, self._scored = None, False, []
         last_z = state.get("last_z")
         self.last_z = None if last_z is None else last_z.to(self.net.sparse_params[0].device)
 

@@ -50,18 +50,34 @@ def batch_targets(
     return x, target
 
 
+def gaussian_mean(output: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """f(x) shaped like the regression targets: a (B, 1) head for (B,) targets loses its last
+    dimension; any other mismatch (which would broadcast, e.g. to (B, B)) is refused."""
+    if target is None:
+        return output.squeeze(-1) if output.dim() == 2 and output.shape[-1] == 1 else output
+    mean = output.squeeze(-1) if output.dim() == target.dim() + 1 and output.shape[-1] == 1 else output
+    if mean.shape != target.shape:
+        raise ValueError(f"gaussian likelihood: targets of shape {tuple(target.shape)} for outputs of shape "
+                         f"{tuple(output.shape)}; expected targets of shape {tuple(mean.shape)}")
+    return mean
+
+
 def data_loss(output: torch.Tensor, target: torch.Tensor, likelihood: str = "categorical",
               precision: float = 1.0) -> torch.Tensor:
     """Mean negative log-likelihood per data point, up to a constant.
 
-    categorical: cross-entropy (hard or soft targets); gaussian: τ/2 · mean (f(x) − y)² (paper Eq. 2).
+    categorical: cross-entropy (hard or soft targets); soft: −Σ_c ỹ_c log softmax(f)_c;
+    gaussian: τ/2 · ‖f(x) − y‖² per data point (paper Eq. 2; the sum over a data point's
+    dimensions, as ``inference.likelihoods.gaussian`` counts them, so (B,) and (B, 1) agree).
     """
     if likelihood == "categorical":
         return F.cross_entropy(output, target)
+    if likelihood == "soft":
+        return -(target * torch.log_softmax(output, dim=-1)).sum(-1).mean()
     if likelihood == "gaussian":
-        mean = output.squeeze(-1) if output.dim() == target.dim() + 1 else output
-        return 0.5 * precision * (mean - target).square().mean()
-    raise ValueError(f"unknown likelihood {likelihood!r}; known: categorical, gaussian")
+        mean = gaussian_mean(output, target)
+        return 0.5 * precision * (mean - target).square().reshape(len(target), -1).sum(1).mean()
+    raise ValueError(f"unknown likelihood {likelihood!r}; known: categorical, soft, gaussian")
 
 
 class PlainObjective:

@@ -101,7 +101,10 @@ def has_batchnorm(module: nn.Module) -> bool:
 def recompute_batchnorm(net: SparseNetwork, loader, sparse_flat: torch.Tensor, max_batches: int | None = None) -> None:
     """Reset BatchNorm running statistics and re-estimate them as exact averages over
     ``max_batches`` training batches (all if None) for the weights ``sparse_flat``
-    (as SWA/SWAG do for averaged weights)."""
+    (as SWA/SWAG do for averaged weights: the whole module in train mode, as in training).
+    Dropout, if the module has any, draws its masks from a generator seeded 0 inside a forked
+    random state: the same weights get the same statistics every time, and the caller's random
+    stream (the next training step's) is left as it was."""
     bns = [m for m in net.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return
@@ -117,21 +120,26 @@ def recompute_batchnorm(net: SparseNetwork, loader, sparse_flat: torch.Tensor, m
     was_training = net.module.training
     net.module.train()
     seen = 0
+    device = sparse_flat.device
     try:
-        for i, batch in enumerate(_batches(loader)):
-            if max_batches is not None and i >= max_batches:
-                break
-            x = _images(batch)
-            if not seen and net.autocast_dtype is None:  # under autocast the layers cast their inputs
-                _check_first_batch(x, sparse_flat)
-            try:
-                net.forward(x, sparse_flat)
-            except Exception as err:
-                if not seen and hasattr(err, "add_note"):  # Python ≥ 3.11: the same error, with where it arose
-                    err.add_note(f"(while recomputing BatchNorm statistics on the first batch of the BatchNorm "
-                                 f"loader, {x.dtype} {tuple(x.shape)})")
-                raise
-            seen += 1
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.default_generator.manual_seed(0)
+            if device.type == "cuda":
+                torch.cuda.manual_seed(0)
+            for i, batch in enumerate(_batches(loader)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x = _images(batch)
+                if not seen and net.autocast_dtype is None:  # under autocast the layers cast their inputs
+                    _check_first_batch(x, sparse_flat)
+                try:
+                    net.forward(x, sparse_flat)
+                except Exception as err:
+                    if not seen and hasattr(err, "add_note"):  # Python ≥ 3.11: the same error, with where it arose
+                        err.add_note(f"(while recomputing BatchNorm statistics on the first batch of the "
+                                     f"BatchNorm loader, {x.dtype} {tuple(x.shape)})")
+                    raise
+                seen += 1
     finally:
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum

@@ -82,6 +82,14 @@ class IidBernoulli(_FlatSite):
         return (ones * math.log(self.probs) + (self.numel - ones) * math.log1p(-self.probs)).to(value.dtype)
 
 
+def check_z(z: torch.Tensor | None, keep: float) -> None:
+    """Refuse a random mask Z with zeros under keep = 1 (the default of the model and the guide):
+    log p(Z) = log q(Z) = −∞ there and −ELBO would be NaN.  Give both the keep Z was drawn with."""
+    if z is not None and keep >= 1.0 and not bool(z.all()):
+        raise ValueError("the random mask Z has zeros but keep=1.0: give the model and the guide the keep Z "
+                         "was drawn with (e.g. keep=cigl.keep)")
+
+
 class PointMass(dist.Delta):
     """Pyro's ``Delta(v)`` that skips the element-wise test ``x == v`` when scored at v itself.
 

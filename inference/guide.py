@@ -21,8 +21,9 @@ import pyro.distributions as dist
 import torch
 
 from cigl_bayes.network import SparseNetwork
+from cigl_bayes.random_mask import check_keep
 
-from .distributions import IidBernoulli, PointMass
+from .distributions import IidBernoulli, PointMass, check_z
 
 
 class HierarchicalGuide:
@@ -33,7 +34,7 @@ class HierarchicalGuide:
             raise ValueError(f"guide scale sigma must be ≥ 0, got {sigma}")
         self.net = net
         self.sigma = float(sigma)
-        self.keep = keep
+        self.keep = check_keep(keep)
         self.last_w: torch.Tensor | None = None
 
     def _site(self, loc: torch.Tensor) -> dist.Distribution:
@@ -42,6 +43,7 @@ class HierarchicalGuide:
         return dist.Normal(loc, self.sigma).to_event(1)
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        check_z(z, self.keep)
         net = self.net
         v = net.sparse_flat()
         # σ = 0: U = V exactly (a Delta with log-density 0), so the site is skipped to save work

@@ -1,10 +1,14 @@
 """Likelihoods p(y | f(x; W)) over a mini-batch plate (paper Eq. 2 and its classification form).
 
 Each is called inside ``pyro.plate("data", N, subsample=…)`` so Pyro scales the batch log-
-likelihood by N/B.
-  categorical   y ~ Categorical(softmax(f))                     hard labels
-  soft          log p = Σ_c ỹ_c log softmax(f)_c                 soft labels (mixup, smoothing)
+likelihood by N/B.  The plate is the first dimension: every other dimension of a data point's
+target is an event dimension (summed in its log-likelihood), so targets of shape (B,) and (B, 1)
+give the same −ELBO.
+  categorical   y ~ Categorical(softmax(f))                     hard labels (B,); float targets: soft
+  soft          log p = Σ_c ỹ_c log softmax(f)_c                 soft labels (B, C) (mixup, smoothing)
   gaussian      y ~ N(f, 1/τ)                                    regression, precision τ
+With ``target=None`` the categorical and Gaussian likelihoods *sample* y (``pyro.infer.Predictive``);
+soft labels cannot be sampled.
 """
 
 from __future__ import annotations
@@ -13,25 +17,39 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from cigl_bayes.objectives import gaussian_mean
 
-def categorical(output: torch.Tensor, target: torch.Tensor, **_) -> None:
-    if target.dtype.is_floating_point:  # soft labels (mixup / label smoothing)
+
+def _shapes_differ(kind: str, target: torch.Tensor, expected: tuple, output: torch.Tensor) -> ValueError:
+    return ValueError(f"{kind} likelihood: targets of shape {tuple(target.shape)} for outputs of shape "
+                      f"{tuple(output.shape)}; expected targets of shape {expected}")
+
+
+def categorical(output: torch.Tensor, target: torch.Tensor | None, **_) -> None:
+    if target is not None and target.dtype.is_floating_point:  # soft labels (mixup / label smoothing)
         soft(output, target)
         return
+    if target is not None and target.shape != output.shape[:-1]:  # (B, 1) would broadcast to (B, B)
+        raise _shapes_differ("categorical", target, tuple(output.shape[:-1]), output)
     pyro.sample("y", dist.Categorical(logits=output), obs=target)
 
 
-def soft(output: torch.Tensor, target: torch.Tensor, **_) -> None:
+def soft(output: torch.Tensor, target: torch.Tensor | None, **_) -> None:
     """Soft-label cross-entropy as a log-likelihood factor (a tempered categorical)."""
+    if target is None:
+        raise ValueError("soft likelihood: soft labels cannot be sampled (target=None); predict with "
+                         "likelihood='categorical'")
+    if target.shape != output.shape:
+        raise _shapes_differ("soft", target, tuple(output.shape), output)
     pyro.factor("y", (target * torch.log_softmax(output, dim=-1)).sum(-1))
 
 
-def gaussian(output: torch.Tensor, target: torch.Tensor, *, precision: float = 1.0, **_) -> None:
-    """y ~ N(f(x), τ⁻¹) (paper Eq. 2)."""
+def gaussian(output: torch.Tensor, target: torch.Tensor | None, *, precision: float = 1.0, **_) -> None:
+    """y ~ N(f(x), τ⁻¹) (paper Eq. 2), each data point's dimensions after the first one event."""
     if precision <= 0:
         raise ValueError(f"Gaussian likelihood precision τ must be > 0, got {precision}")
-    mean = output.squeeze(-1) if output.dim() == target.dim() + 1 else output
-    pyro.sample("y", dist.Normal(mean, precision ** -0.5), obs=target)
+    mean = gaussian_mean(output, target)
+    pyro.sample("y", dist.Normal(mean, precision ** -0.5).to_event(mean.dim() - 1), obs=target)
 
 
 LIKELIHOODS = {"categorical": categorical, "soft": soft, "gaussian": gaussian}

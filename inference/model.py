@@ -19,8 +19,9 @@ import pyro
 import torch
 
 from cigl_bayes.network import SparseNetwork
+from cigl_bayes.random_mask import check_keep
 
-from .distributions import IidBernoulli, IsotropicNormal
+from .distributions import IidBernoulli, IsotropicNormal, check_z
 from .likelihoods import LIKELIHOODS
 
 
@@ -33,8 +34,10 @@ class SparseBayesianModel:
             raise ValueError(f"prior scale s must be > 0, got {prior_scale}")
         self.net = net
         self.prior_scale = prior_scale
+        if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1:
+            raise ValueError(f"n_train (the number of training points N) must be a positive integer, got {n_train!r}")
         self.n_train = n_train
-        self.keep = keep
+        self.keep = check_keep(keep)
         if isinstance(likelihood, str) and likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; known: {', '.join(LIKELIHOODS)}")
         self.likelihood = LIKELIHOODS[likelihood] if isinstance(likelihood, str) else likelihood
@@ -49,7 +52,9 @@ class SparseBayesianModel:
     def _prior(self, numel: int, like: torch.Tensor) -> IsotropicNormal:
         return IsotropicNormal(self.prior_scale, numel, like)
 
-    def __call__(self, x: torch.Tensor, target: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, target: torch.Tensor | None, z: torch.Tensor | None = None) -> torch.Tensor:
+        """One pass of the model; ``target=None`` samples y (``pyro.infer.Predictive``)."""
+        check_z(z, self.keep)
         like = self.net.sparse_params[0]
         w = pyro.sample("W", self._prior(sum(self.net.mask.numels), like))
         theta = None

@@ -24,6 +24,15 @@ class ElboObjective:
     """Callable (x, target, z) → (−ELBO/N, sampled W), like ``PlainObjective``."""
 
     def __init__(self, model: SparseBayesianModel, guide: HierarchicalGuide, n_train: int):
+        if model.net is not guide.net:
+            raise ValueError("the model and the guide are built on different networks: give both the same "
+                             "SparseNetwork (e.g. cigl.net)")
+        if model.keep != guide.keep:
+            raise ValueError(f"the model's keep {model.keep} and the guide's keep {guide.keep} differ: give both the "
+                             "keep Z is drawn with")
+        if n_train != model.n_train:
+            raise ValueError(f"n_train {n_train} differs from the model's n_train {model.n_train} (the N of its "
+                             "data plate): give the same number of training points")
         self.model, self.guide, self.n_train = model, guide, n_train
         self.last_data_loss: torch.Tensor | None = None
         # max_plate_nesting given: no extra "guess" run of the model (which would touch BN stats)
@@ -41,11 +50,16 @@ class ElboObjective:
         self.model.tap_forward_weights = track_score
         self.model.forward_weights = None
         with pyro.validation_enabled(False):
-            loss = self.elbo.differentiable_loss(self.model, self.guide, x, target, z)
+            try:
+                loss = self.elbo.differentiable_loss(self.model, self.guide, x, target, z)
+            except ValueError as err:  # Pyro appends its trace's shapes to the model's and guide's own errors
+                if isinstance(err.__cause__, ValueError) and str(err).startswith(str(err.__cause__)):
+                    raise err.__cause__ from None
+                raise
         # the data term per data point (cross-entropy, or τ/2·MSE for the Gaussian likelihood, up to
         # its constant), read off the model's output: comparable with the plain engine's
         name = self.model.likelihood_name
-        if name is None:  # a custom likelihood: its data term is not known here
+        if name is None or target is None:  # a custom likelihood: its data term is not known here
             self.last_data_loss = torch.full((), float("nan"), device=loss.device)
         else:
             precision = self.model.likelihood_kwargs.get("precision", 1.0)

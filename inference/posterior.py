@@ -53,6 +53,11 @@ class ObjectPosterior(TrainedRun):
     def data(self):
         raise ValueError("a posterior built from a CigL object has no run data: give inputs to predict()")
 
+    def _temperature_scaled(self, images, draws, seed, batch_size):
+        raise ValueError("a posterior built from a CigL object has fitted no temperature: fit one on validation "
+                         "logits with cigl_bayes.metrics.fit_temperature(logits, labels) and scale with "
+                         "apply_temperature(logits, T)")
+
     @property
     def metrics(self):
         return None

@@ -82,6 +82,11 @@ class Prediction:
         return (self.entropy() - _entropy(self.draws).mean(0)).clamp_min(0.0)
 
 
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the softmax: bf16/fp16 widened to float32, a float64 model's kept float64."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
@@ -147,9 +152,13 @@ class TrainedRun:
             raise ValueError(f"{predictor} is not a set of weight draws; ask predict() for it")
         if predictor not in PREDICTORS:
             raise ValueError(f"unknown predictor {predictor!r}; known: {', '.join(PREDICTORS + SCORED_PREDICTORS)}")
-        if predictor in ("wma", "predictive", "swag") and not self.samples:
-            raise RunFolderError(f"{self.where} collected no posterior samples (method "
-                                 f"{self.config.method}); use predictor 'final' or 'mc-z'")
+        if predictor in ("wma", "predictive", "swag") and not self.samples and \
+                (predictor != "wma" or self.wma is None):
+            kept_mean = self.wma is not None  # CigL(..., keep_samples=False): the mean, not the samples
+            why = ", keep_samples=False keeps only their mean" if kept_mean else ""
+            instead = "'wma', 'final' or 'mc-z'" if kept_mean else "'final' or 'mc-z'"
+            raise RunFolderError(f"{self.where} collected no posterior samples (method {self.config.method}{why}); "
+                                 f"use predictor {instead}")
         if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
             raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
         if predictor == "predictive":
@@ -228,7 +237,7 @@ class TrainedRun:
         per_draw = []
         for key, snap in self.weight_draws(predictor, draws, seed):
             self._load(key, snap)
-            logits = torch.cat([self.net.forward(b, snap.sparse).float() for b in x.split(batch_size)])
+            logits = torch.cat([_at_least_float32(self.net.forward(b, snap.sparse)) for b in x.split(batch_size)])
             per_draw.append(torch.softmax(logits, -1).cpu())
         self._restore()
         stacked = torch.stack(per_draw)
@@ -363,13 +372,14 @@ class TrainedRun:
 
     def to_inferencedata(self):
         """The samples as an arviz ``InferenceData`` (one chain; draws = samples; coordinates name the
-        layers), with the per-epoch training loss as a sample statistic."""
+        layers), with the per-epoch training loss as a sample statistic where the history holds it."""
         from . import diagnostics
 
         layers = list(zip(self.net.sparse_names, self.net.mask.numels))
         by_epoch = {h["epoch"]: h["train_loss"] for h in self.history}
         loss = [by_epoch.get(e + 1, float("nan")) for e in self.sample_epochs]
-        return diagnostics.posterior_inference_data([self.samples], layers, train_loss=[loss])
+        known = any(e + 1 in by_epoch for e in self.sample_epochs)  # a CigL object in memory keeps no loss
+        return diagnostics.posterior_inference_data([self.samples], layers, train_loss=[loss] if known else None)
 
 
 # predict() also gives these two, as the run's evaluation scored them (they are not weight draws)

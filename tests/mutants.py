@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 FIDELITY = "tests/test_cigl_fidelity.py"
 MISUSE = "tests/test_drop_in_misuse.py::"
+OWN = "tests/test_bayes_own_model.py::"
 
 
 def fid(*names: str) -> tuple[str, ...]:
@@ -45,6 +46,7 @@ DEFAULTS = fid("test_t_star_and_keep_defaults")
 KEEP_DEFAULT = fid("test_t_star_and_keep_defaults", "test_a_default_cigl_trainer_draws_z_at_keep_099_and_records_it")
 ERK = (f"{FIDELITY}::test_erk_per_layer_densities_match_an_independent_solver",)
 MISUSE = "tests/test_drop_in_misuse.py::"
+OWN = "tests/test_bayes_own_model.py::"
 QUEUE_LAPLACE = ("tests/test_controlled_queue.py::"
                  "test_a_failed_laplace_baseline_is_logged_never_stops_training_and_is_retried",)
 LAPLACE_SPLITS = ("tests/test_laplace.py::test_laplace_fits_on_training_data_and_tunes_on_validation_only",)
@@ -81,8 +83,8 @@ MUTANTS: list[Mutant] = [
            Z_FRESH),
     Mutant("z-once-per-run", "Z is drawn once for the whole run instead of every step",
            "cigl_bayes/cigl.py",
-           "        self._z, self._z_drawn, self._scored, self._w = None, False, None, None\n        return update",
-           "        self._scored = None\n        return update", Z_FRESH),
+           "        self._z, self._z_drawn, self._scored, self._w = None, False, [], None\n        return update",
+           "        self._scored = []\n        return update", Z_FRESH),
     Mutant("z-keep-inverted", "Z ~ Bernoulli(1 − keep): keeps 10% instead of 90%",
            "cigl_bayes/random_mask.py", "out.bernoulli_(check_keep(keep), generator=generator)",
            "out.bernoulli_(1 - check_keep(keep), generator=generator)", Z_FRESH),
@@ -648,4 +650,52 @@ MUTANTS: list[Mutant] = [
            "        if new._attached:\n            new._attached = False",
            "        if False:\n            new._attached = False",
            (f"{MISUSE}test_a_deep_copy_of_the_cigl_object_trains_its_own_copy_exactly_as_the_original_trains_on",)),
+    # the third new-user trial (2026-12-06): the Bayesian side on a user's own model
+    Mutant("attached-forward-overrides-w", "the attached forward replaces the weights a caller passes "
+           "(the Pyro model on cigl.net computes with M⊙Z⊙V, not the sampled W)", "cigl_bayes/cigl.py",
+           "            if cigl._caller_substitutes_weights():", "            if False:",
+           (f"{OWN}test_the_pyro_model_on_an_attached_cigls_network_computes_with_the_sampled_w",
+            f"{OWN}test_a_users_functional_call_on_the_attached_module_keeps_the_callers_weights")),
+    Mutant("gaussian-no-event-dims", "a Gaussian target of shape (B, 1) broadcasts against the data plate to (B, B)",
+           "inference/likelihoods.py", "dist.Normal(mean, precision ** -0.5).to_event(mean.dim() - 1)",
+           "dist.Normal(mean, precision ** -0.5)",
+           (f"{OWN}test_gaussian_targets_of_shape_b_and_b1_give_the_same_elbo_and_mismatches_are_refused",)),
+    Mutant("categorical-shape-unchecked", "categorical targets of shape (B, 1) are scored as (B, B)",
+           "inference/likelihoods.py", "if target is not None and target.shape != output.shape[:-1]:", "if False:",
+           (f"{OWN}test_categorical_targets_of_shape_b1_are_refused",)),
+    Mutant("soft-data-loss-missing", "the soft likelihood has no data term: ElboObjective fails after the ELBO",
+           "cigl_bayes/objectives.py", '    if likelihood == "soft":\n', "    if False:\n",
+           (f"{OWN}test_the_soft_likelihood_trains_like_categorical_on_one_hot_labels",)),
+    Mutant("z-zeros-at-keep-1", "a Z with zeros under keep = 1 gives a NaN loss instead of an error",
+           "inference/distributions.py", "if z is not None and keep >= 1.0 and not bool(z.all()):", "if False:",
+           (f"{OWN}test_a_z_with_zeros_under_the_default_keep_is_refused_not_a_nan_loss",)),
+    Mutant("objective-keep-unchecked", "a model and a guide with different keep are accepted",
+           "inference/objective.py", "        if model.keep != guide.keep:", "        if False:",
+           (f"{OWN}test_model_guide_and_objective_that_disagree_are_refused",)),
+    Mutant("pyro-shapes-appended", "the model's own errors come back with Pyro's trace shapes appended (many lines)",
+           "inference/objective.py",
+           "                if isinstance(err.__cause__, ValueError) and str(err).startswith(str(err.__cause__)):",
+           "                if False:",
+           (f"{OWN}test_categorical_targets_of_shape_b1_are_refused",
+            f"{OWN}test_a_z_with_zeros_under_the_default_keep_is_refused_not_a_nan_loss")),
+    Mutant("no-grad-pass-scored", "a no-grad forward in train mode is recorded (and crashes on update steps)",
+           "cigl_bayes/cigl.py", "        if not torch.is_grad_enabled():\n            return w\n", "",
+           (f"{OWN}test_a_no_grad_pass_in_train_mode_before_an_update_step_changes_nothing",)),
+    Mutant("accumulation-last-only", "with gradient accumulation the regrowth score is the last micro-batch's",
+           "cigl_bayes/cigl.py", "            self._scored.append(w)", "            self._scored[:] = [w]",
+           (f"{OWN}test_gradient_accumulation_scores_regrowth_on_the_whole_batch",)),
+    Mutant("wma-needs-samples", "posterior(cigl).predict('wma') is refused when only the mean was kept",
+           "inference/run.py", '(predictor != "wma" or self.wma is None)', "True",
+           (f"{OWN}test_wma_is_predicted_when_only_the_mean_was_kept",)),
+    Mutant("bn-recompute-unseeded", "BatchNorm recomputation draws dropout masks from the unseeded random state",
+           "cigl_bayes/predict.py", "            torch.default_generator.manual_seed(0)\n", "",
+           (f"{OWN}test_batchnorm_recomputation_with_dropout_is_deterministic_and_leaves_the_callers_random_stream",)),
+    Mutant("bn-recompute-unforked", "BatchNorm recomputation moves the caller's random stream",
+           "cigl_bayes/predict.py", 'with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):',
+           "with torch.no_grad():",
+           (f"{OWN}test_batchnorm_recomputation_with_dropout_is_deterministic_and_leaves_the_callers_random_stream",)),
+    Mutant("probs-narrowed", "a float64 model's predicted probabilities come back float32",
+           "inference/run.py", "return logits if logits.dtype == torch.float64 else logits.float()",
+           "return logits.float()",
+           (f"{OWN}test_the_posterior_of_an_object_keeps_float64_and_names_what_it_lacks",)),
 ]
