@@ -104,7 +104,8 @@ def test_categorical_targets_of_shape_b1_are_refused():
     _, cigl = drop_in(model, attach=False)
     obj = elbo(cigl.net, cigl.keep)
     x, y = data()
-    with pytest.raises(ValueError, match=r"categorical likelihood: targets of shape \(32, 1\).*of shape \(32,\)") as err:
+    expected = r"categorical likelihood: targets of shape \(32, 1\).*of shape \(32,\)"
+    with pytest.raises(ValueError, match=expected) as err:
         obj(x, y.view(32, 1), cigl.z)
     assert "\n" not in str(err.value)  # one line: Pyro's trace shapes are not appended
 
@@ -191,7 +192,7 @@ def trained(keep_samples=True, **model_kwargs):
     model = mlp(**model_kwargs)
     opt, cigl = drop_in(model, collect_from_epoch=1, keep_samples=keep_samples, total_steps=12, delta_t=4)
     x, y = data(n=64)
-    for epoch in range(3):
+    for _epoch in range(3):
         for i in range(4):
             opt.zero_grad()
             F.cross_entropy(model(x[16 * i:16 * (i + 1)]), y[16 * i:16 * (i + 1)]).backward()
