@@ -17,7 +17,9 @@ sample; the callback's ``state_dict`` is CigL's, so Lightning checkpoints resume
 
 ``training_step`` must call the module CigL is attached to (``self(x)``, the LightningModule's
 own forward, or name the submodule it calls with ``module="net"``): its training forward then
-computes with M⊙Z⊙W.  One optimizer, automatic optimization, gradient accumulation 1.
+computes with M⊙Z⊙W.  One optimizer, automatic optimization.  With ``accumulate_grad_batches=k``
+a step is k micro-batches: one Z for all of them, and RigL's regrowth score is the gradient of
+their summed loss, exactly as the optimizer's step sees it.
 Needs ``pip install lightning`` (the ``lightning`` extra).
 """
 
@@ -64,8 +66,6 @@ class CigLCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
             raise ValueError(f"CigLCallback needs exactly one optimizer, got {len(trainer.optimizers)}")
-        if trainer.accumulate_grad_batches != 1:
-            raise ValueError("CigLCallback needs accumulate_grad_batches=1 (one Z and one update per step)")
         target = pl_module if self.module is None else pl_module.get_submodule(self.module)
         optimizer = trainer.optimizers[0]
         epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1

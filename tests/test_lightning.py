@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 L = pytest.importorskip("lightning")
 
+from cigl_bayes import CigL  # noqa: E402
 from cigl_bayes.lightning import CigLCallback  # noqa: E402
 from tests.test_drop_in import UserCNN  # noqa: E402
 
@@ -201,3 +202,33 @@ def test_the_callback_checks_its_options_when_built(kwargs, error, match):
     with pytest.raises(error, match=match):
         CigLCallback(**kwargs)
     CigLCallback(method="cigl", sparsity=0.9, keep=0.95, delta_t=4, seed=1)  # the same, well formed
+
+
+def test_gradient_accumulation_trains_as_a_user_loop_of_micro_batches(tmp_path):
+    """accumulate_grad_batches=2: each step is two micro-batches under one Z, the loss of each
+    divided by 2 (Lightning's), mask updates scored on both: the same run as a plain loop."""
+    options = dict(method="cigl", sparsity=0.9, delta_t=2, seed=1, collect_from_epoch=1, keep=0.8)
+    torch.manual_seed(0)
+    lit = LitCNN()
+    callback = CigLCallback(**options)
+    L.Trainer(max_epochs=2, callbacks=[callback], accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+              accumulate_grad_batches=2).fit(lit, loader())
+    assert callback.cigl.step_count == 6 and callback.cigl.total_steps == 6  # 6 batches / 2 × 2 epochs
+
+    torch.manual_seed(0)
+    mine = LitCNN()
+    opt = mine.configure_optimizers()
+    cigl = CigL(mine, opt, total_steps=6, **options)
+    batches = list(loader())
+    mine.train()
+    for _ in range(2):
+        for first in range(0, 6, 2):
+            opt.zero_grad()
+            for x, y in batches[first:first + 2]:
+                (F.cross_entropy(mine(x), y) / 2).backward()
+            cigl.step()
+        cigl.end_epoch()
+    assert torch.equal(callback.cigl.net.mask.flat, cigl.net.mask.flat)
+    _states_equal(callback.cigl.state_dict(), cigl.state_dict())
+    _states_equal(lit.state_dict(), mine.state_dict(), "module")
