@@ -231,3 +231,22 @@ def test_the_posterior_of_an_object_keeps_float64_and_names_what_it_lacks():
     assert "sample_stats" not in post.to_inferencedata().groups()  # no training loss was recorded
     with pytest.raises(ValueError, match="fitted no temperature.*fit_temperature"):
         post.predict(x, "temperature_scaled")
+
+
+# -- docs/api.md, "The Bayesian reading on your own model (Pyro)" ------------------------------------------
+def test_the_pyro_example_of_the_api_docs_runs_and_shows_the_identity(capsys):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    start = text.index("## The Bayesian reading on your own model (Pyro)")
+    section = text[start:text.index("\n## ", start + 1)]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    exec(compile(block, "docs/api.md", "exec"), {"__name__": "api_doc_pyro"})
+    printed = capsys.readouterr().out
+    identity = re.findall(r"-ELBO/N - plain loss (\S+) const (\S+)", printed)
+    assert len(identity) == 2  # one line per random mask: the difference is the priors' constant for both
+    for difference, const in identity:
+        assert abs(float(difference) - float(const)) < 1e-4
+    accuracy, samples = re.search(r"test accuracy (\S+) samples (\d+)", printed).groups()
+    assert float(accuracy) > 0.8 and int(samples) == 5  # epochs 10–14 collected
