@@ -71,6 +71,12 @@ def last_linear_layer(module: nn.Module, x: torch.Tensor) -> nn.Linear:
     return order[-1]
 
 
+def one_epoch(loader):
+    """The (x, y) batches of one fixed-order pass: ``loader.epoch(0)`` for this project's loaders,
+    else the iterable itself (a list of batches, a DataLoader without shuffling)."""
+    return loader.epoch(0) if hasattr(loader, "epoch") else iter(loader)
+
+
 def last_layer_inputs(module: nn.Module, head: nn.Linear, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) over one fixed-order epoch of ``loader``: the inputs of ``head`` in an
     eval-mode forward pass, and the labels.  Computed once per split, so that laplace-torch's
@@ -81,7 +87,7 @@ def last_layer_inputs(module: nn.Module, head: nn.Linear, loader) -> tuple[torch
     hook = head.register_forward_hook(lambda _m, inputs, _out: features.append(inputs[0].detach()))
     try:
         with torch.no_grad():
-            for x, y in loader.epoch(0):
+            for x, y in one_epoch(loader):
                 module(x)
                 labels.append(y)
     finally:
@@ -98,7 +104,10 @@ def last_layer_laplace(module: nn.Module, train, loaders: dict, *, hessian_struc
                        link_approx: str = "probit") -> LaplaceFit:
     """Fit a last-layer Laplace approximation of ``module`` (eval mode: its BatchNorm statistics
     stay as they are) on ``train``, choose the prior precision on ``loaders["val"]``, and return
-    the predictive log-probabilities on every split of ``loaders``.
+    the predictive log-probabilities on every split of ``loaders``.  Each is a loader of this
+    project or any iterable of (x, y) batches (a list, a DataLoader without shuffling).  The
+    approximation covers the whole last layer: its pruned weights (zeros outside M) get posterior
+    variance too, as in ``Laplace(..., subset_of_weights="last_layer")`` on a dense layer.
 
     The network below the last layer is fixed, so the approximation depends on the data only
     through that layer's inputs: laplace-torch is run on a copy of the last layer alone, fed the
@@ -112,13 +121,13 @@ def last_layer_laplace(module: nn.Module, train, loaders: dict, *, hessian_struc
     if "val" not in loaders:
         raise ValueError("the Laplace prior precision is chosen on the validation split, and this run has none")
     module = copy.deepcopy(module).eval()  # the caller's network is left alone
-    first_batch = next(iter(train.epoch(0)))[0]
+    first_batch = next(iter(one_epoch(train)))[0]
     head = last_linear_layer(module, first_batch)
     # the head alone, behind an Identity so that laplace-torch finds it as the last layer; a
     # contiguous copy, as laplace-torch flattens parameters with view()
     head_only = nn.Sequential(nn.Identity(), copy.deepcopy(head)).to(memory_format=torch.contiguous_format)
     la = Laplace(head_only, "classification", subset_of_weights="last_layer", hessian_structure=hessian_structure)
-    batch = train.batch_size
+    batch = getattr(train, "batch_size", None) or len(first_batch)
     features = {split: last_layer_inputs(module, head, loader) for split, loader in loaders.items()}
     la.fit(LoaderView(*last_layer_inputs(module, head, train), batch))  # the Hessian: training data
     # the prior precision: validation data.  The NLL is given as a function, computed afresh at each

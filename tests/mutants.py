@@ -699,6 +699,10 @@ MUTANTS: list[Mutant] = [
            "cigl_bayes/predict.py", 'with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):',
            "with torch.no_grad():",
            (f"{OWN}test_batchnorm_recomputation_with_dropout_is_deterministic_and_leaves_the_callers_random_stream",)),
+    Mutant("laplace-loaders-only", "the last-layer Laplace fit takes only this project's loaders, not a list of "
+           "batches", "inference/laplace.py",
+           'return loader.epoch(0) if hasattr(loader, "epoch") else iter(loader)', "return loader.epoch(0)",
+           ("tests/test_laplace.py::test_plain_lists_of_batches_fit_as_the_projects_loaders_do",)),
     Mutant("probs-narrowed", "a float64 model's predicted probabilities come back float32",
            "inference/run.py", "return logits if logits.dtype == torch.float64 else logits.float()",
            "return logits.float()",

@@ -177,3 +177,19 @@ def test_the_laplace_baseline_command_writes_a_complete_laplace_json(tmp_path, c
     for split in ("val", "test"):
         assert {"accuracy", "ece", "nll", "brier"} <= set(fit[split])
     assert fit["method"] == "rigl" and fit["bn_protocol"] == "tracked"
+
+
+def test_plain_lists_of_batches_fit_as_the_projects_loaders_do():
+    """A user's own model and batches: lists of (x, y) give the fit that TensorLoaders give."""
+    from cigl_bayes.data import TensorLoader
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(192, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (192,), generator=g)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).double()
+    as_lists = [list(zip(x[a:b].split(32), y[a:b].split(32))) for a, b in ((0, 128), (128, 192))]
+    as_loaders = [TensorLoader(x[a:b], y[a:b], batch_size=32, shuffle=False) for a, b in ((0, 128), (128, 192))]
+    ours = laplace_module.last_layer_laplace(net, as_lists[0], {"val": as_lists[1]})
+    theirs = laplace_module.last_layer_laplace(net, as_loaders[0], {"val": as_loaders[1]})
+    assert ours.prior_precision == theirs.prior_precision
+    assert torch.allclose(ours.log_probs["val"], theirs.log_probs["val"])
