@@ -173,7 +173,9 @@ class CigL:
         self.last_z: torch.Tensor | None = None  # Z of the last completed step (paired with the WMA sample)
         self._z: torch.Tensor | None = None  # Z of the step under way (drawn on first use)
         self._z_drawn = False
-        self._scored: list[torch.Tensor] = []  # M⊙Z⊙W of this step's forward passes, on update steps
+        self._score: torch.Tensor | None = None  # ∂L/∂(M⊙Z⊙W) summed over this step's passes, on update steps
+        self._caller_trained = False  # a training pass ran with sparse weights the caller gave (Pyro's W)
+        self._slots: list = []
         self._w: torch.Tensor | None = None  # M⊙Z⊙W of this step's forward
         self._inside = False
         self._attached = False
@@ -237,9 +239,13 @@ class CigL:
             cigl = trainer()
             if cigl is None or cigl._inside or not this.training or this is not trained():  # a copy: a plain module
                 return cls_forward(this, *args, **kwargs)
-            if cigl._caller_substitutes_weights():  # functional_call(module, {...}) or net.forward(x, w): theirs win
+            theirs = cigl._substituted_by_caller()  # functional_call(module, {...}), net.forward(x, w): theirs win
+            if theirs and torch.is_grad_enabled():
+                cigl._caller_trained = True  # e.g. the Pyro model's sampled W: a training pass all the same
+            if len(theirs) == len(cigl.net.sparse_names):
                 return cls_forward(this, *args, **kwargs)
-            weights = dict(zip(cigl.net.sparse_names, cigl.net.mask.views(cigl.training_weights())))
+            weights = {name: w for name, w in zip(cigl.net.sparse_names, cigl.net.mask.views(cigl.training_weights()))
+                       if name not in theirs}  # M⊙Z⊙W for every sparse weight the caller left to the module
             cigl._inside = True
             try:
                 return functional_call(this, weights, args, kwargs, strict=False)
@@ -247,19 +253,19 @@ class CigL:
                 cigl._inside = False
 
         forward.cigl_module, forward.cigl_object = trained, trainer  # a deepcopy keeps the function: see _inert_forward
+        # where each sparse weight sits ({leaf: Parameter} of its owner), looked up once
+        self._slots = [(name, (module.get_submodule(owner) if owner else module)._parameters, leaf, param)
+                       for name, param in zip(self.net.sparse_names, self.net.sparse_params)
+                       for owner, _, leaf in [name.rpartition(".")]]
         module.forward = types.MethodType(forward, module)
         self._attached = True
 
-    def _caller_substitutes_weights(self) -> bool:
-        """Whether a caller runs the module with sparse weights of its own
+    def _substituted_by_caller(self) -> set[str]:
+        """The sparse weights a caller runs the module with in place of its parameters
         (``torch.func.functional_call``, :meth:`SparseNetwork.forward` with a sampled W — the Pyro
-        model and guide): those are the weights asked for, so the attached forward leaves them."""
-        module = self.net.module
-        for name, param in zip(self.net.sparse_names, self.net.sparse_params):
-            owner, _, leaf = name.rpartition(".")
-            if (module.get_submodule(owner) if owner else module)._parameters.get(leaf) is not param:
-                return True
-        return False
+        model and guide): those are the weights asked for, so the attached forward leaves them and
+        gives M⊙Z⊙W only to the others."""
+        return {name for name, slots, leaf, param in self._slots if slots.get(leaf) is not param}
 
     def _remove_forward(self) -> None:
         if self._attached:
@@ -320,9 +326,15 @@ class CigL:
             return w
         self._w = w
         if self.needs_score:
-            w.retain_grad()
-            self._scored.append(w)
+            if self._score is not None and _gradients_cleared(self.net.sparse_params):
+                self._score = None  # zero_grad() since the last pass: its gradient was thrown away
+            w.register_hook(self._add_to_score)
         return w
+
+    def _add_to_score(self, grad: torch.Tensor) -> None:
+        """Backward hook on M⊙Z⊙W: the regrowth score sums the gradients of the passes since the
+        optimizer's gradients were last cleared, in one buffer."""
+        self._score = grad.detach().clone() if self._score is None else self._score.add_(grad)
 
     def l2(self) -> torch.Tensor:
         """‖M⊙Z⊙W‖² + ‖θ‖² of this step's training forward: add (wd/2)·l2() to the loss to train as
@@ -344,7 +356,7 @@ class CigL:
             raise RuntimeError("cigl.step() after cigl.detach(): the module is a plain module again and the "
                                "optimizer would move weights outside the mask; call cigl.attach() to train on "
                                "with CigL (or optimizer.step() to train it without)")
-        if self._attached and self._w is None:
+        if self._attached and self._w is None and not self._caller_trained:
             raise RuntimeError("cigl.step() without a training forward pass through the module CigL is attached "
                                f"to ({type(self.net.module).__name__}, in train mode, gradients on): the "
                                "optimizer would move weights outside the mask; call that module (or attach CigL "
@@ -360,15 +372,14 @@ class CigL:
             self.optimizer_step(z)
         self.step_count += 1
         self.last_z = z
-        self._z, self._z_drawn, self._scored, self._w = None, False, [], None
+        self._z, self._z_drawn, self._score, self._w, self._caller_trained = None, False, None, None, False
         return update
 
     def _captured_score(self) -> torch.Tensor:
-        grads = [w.grad for w in self._scored if w.grad is not None]
-        if not grads:
+        if self._score is None:
             raise RuntimeError("this is a mask-update step and no regrowth score was captured: run the training "
                                "forward pass (module in train mode) and loss.backward() before cigl.step()")
-        score = grads[0] if len(grads) == 1 else torch.stack(grads).sum(0)
+        score = self._score
         info = dist_info()
         if info.active:
             all_reduce_mean_([score], 1, info)
@@ -528,7 +539,7 @@ class CigL:
         self.wma.load_state_dict(state["wma"], self.net.sparse_params[0].device)
         if "samples" in state and isinstance(self.samples, MemorySnapshotStore):
             self.samples.snapshots = [Snapshot(s["sparse"], s["other"]) for s in state["samples"]]
-        self._z, self._z_drawn, self._scored = None, False, []
+        self._z, self._z_drawn, self._score, self._caller_trained = None, False, None, False
         last_z = state.get("last_z")
         self.last_z = None if last_z is None else last_z.to(self.net.sparse_params[0].device)
 
@@ -543,6 +554,11 @@ def _inert_forward(forward, module: nn.Module) -> bool:
     if owner is not None:
         return owner() is not module or func.cigl_object() is None
     return func is type(module).forward and getattr(forward, "__self__", None) is module
+
+
+def _gradients_cleared(params: Sequence[torch.Tensor]) -> bool:
+    """Whether ``optimizer.zero_grad()`` ran since the last backward: no gradient, or all zeros."""
+    return all(p.grad is None for p in params) or not any(bool(p.grad.any()) for p in params if p.grad is not None)
 
 
 def _copied(state):

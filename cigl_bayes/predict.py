@@ -122,10 +122,12 @@ def recompute_batchnorm(net: SparseNetwork, loader, sparse_flat: torch.Tensor, m
     seen = 0
     device = sparse_flat.device
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
             torch.default_generator.manual_seed(0)
-            if device.type == "cuda":
-                torch.cuda.manual_seed(0)
+            for index in cuda:  # the weights' GPU, which need not be the current one
+                torch.cuda.default_generators[index].manual_seed(0)
             for i, batch in enumerate(_batches(loader)):
                 if max_batches is not None and i >= max_batches:
                     break

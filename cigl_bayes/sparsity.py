@@ -29,12 +29,16 @@ def check_sparsity(sparsity: float) -> float:
 def sparse_parameter_names(
     model: nn.Module, *, dense_first: bool = False, dense_last: bool = False
 ) -> list[str]:
-    """Names of the conv/linear weights to sparsify, in module (= forward) order."""
-    names = [
-        f"{module_name}.weight" if module_name else "weight"
-        for module_name, module in model.named_modules()
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-    ]
+    """Names of the conv/linear weights to sparsify, in module (= forward) order, as
+    ``named_parameters()`` names them: a weight tied between two layers is one parameter and is
+    listed once, and a weight that is not a parameter of its layer (a parametrization's output)
+    is left out."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = list(dict.fromkeys(
+        name_of[id(module.weight)]
+        for _, module in model.named_modules()
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and id(module.weight) in name_of
+    ))
     if not names:
         raise ValueError(f"{type(model).__name__} has no conv or linear weights to sparsify")
     first, last = names[0], names[-1]

@@ -77,6 +77,12 @@ def one_epoch(loader):
     return loader.epoch(0) if hasattr(loader, "epoch") else iter(loader)
 
 
+def reiterable(loader):
+    """``loader`` if it can be read more than once, else its batches in a list (a generator is
+    read once: its first batch, taken to find the last layer, would be lost to the fit)."""
+    return list(loader) if not hasattr(loader, "epoch") and iter(loader) is loader else loader
+
+
 def last_layer_inputs(module: nn.Module, head: nn.Linear, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) over one fixed-order epoch of ``loader``: the inputs of ``head`` in an
     eval-mode forward pass, and the labels.  Computed once per split, so that laplace-torch's
@@ -121,6 +127,7 @@ def last_layer_laplace(module: nn.Module, train, loaders: dict, *, hessian_struc
     if "val" not in loaders:
         raise ValueError("the Laplace prior precision is chosen on the validation split, and this run has none")
     module = copy.deepcopy(module).eval()  # the caller's network is left alone
+    train, loaders = reiterable(train), {split: reiterable(loader) for split, loader in loaders.items()}
     first_batch = next(iter(one_epoch(train)))[0]
     head = last_linear_layer(module, first_batch)
     # the head alone, behind an Identity so that laplace-torch finds it as the last layer; a

@@ -1,9 +1,10 @@
 """Likelihoods p(y | f(x; W)) over a mini-batch plate (paper Eq. 2 and its classification form).
 
 Each is called inside ``pyro.plate("data", N, subsample=…)`` so Pyro scales the batch log-
-likelihood by N/B.  The plate is the first dimension: every other dimension of a data point's
-target is an event dimension (summed in its log-likelihood), so targets of shape (B,) and (B, 1)
-give the same −ELBO.
+likelihood by N/B.  The plate is the first dimension.  Classification takes
+outputs (B, C) and one label per data point; a regression target's dimensions after the first are
+event dimensions (summed in its log-likelihood), so targets of shape (B,) and (B, 1) give the same
+−ELBO.  A target of another shape, which would broadcast against the plate, is refused.
   categorical   y ~ Categorical(softmax(f))                     hard labels (B,); float targets: soft
   soft          log p = Σ_c ỹ_c log softmax(f)_c                 soft labels (B, C) (mixup, smoothing)
   gaussian      y ~ N(f, 1/τ)                                    regression, precision τ
@@ -20,14 +21,20 @@ import torch
 from cigl_bayes.objectives import gaussian_mean
 
 
-def _shapes_differ(kind: str, target: torch.Tensor, expected: tuple, output: torch.Tensor) -> ValueError:
+def _shapes_differ(kind: str, target: torch.Tensor, expected: tuple | str, output: torch.Tensor) -> ValueError:
     return ValueError(f"{kind} likelihood: targets of shape {tuple(target.shape)} for outputs of shape "
                       f"{tuple(output.shape)}; expected targets of shape {expected}")
 
 
 def categorical(output: torch.Tensor, target: torch.Tensor | None, **_) -> None:
-    if target is not None and target.dtype.is_floating_point:  # soft labels (mixup / label smoothing)
-        soft(output, target)
+    if output.dim() != 2:
+        raise ValueError(f"categorical likelihood: outputs of shape {tuple(output.shape)}; expected (B, C), "
+                         "one class distribution per data point")
+    if target is not None and target.dtype.is_floating_point:
+        if target.dim() == 1:
+            raise ValueError(f"categorical likelihood: float targets of shape {tuple(target.shape)}; class indices "
+                             "must be integers (soft labels are (B, C))")
+        soft(output, target)  # soft labels (mixup / label smoothing)
         return
     if target is not None and target.shape != output.shape[:-1]:  # (B, 1) would broadcast to (B, B)
         raise _shapes_differ("categorical", target, tuple(output.shape[:-1]), output)
@@ -39,8 +46,8 @@ def soft(output: torch.Tensor, target: torch.Tensor | None, **_) -> None:
     if target is None:
         raise ValueError("soft likelihood: soft labels cannot be sampled (target=None); predict with "
                          "likelihood='categorical'")
-    if target.shape != output.shape:
-        raise _shapes_differ("soft", target, tuple(output.shape), output)
+    if output.dim() != 2 or target.shape != output.shape:
+        raise _shapes_differ("soft", target, "(B, C) with outputs (B, C)", output)
     pyro.factor("y", (target * torch.log_softmax(output, dim=-1)).sum(-1))
 
 

@@ -13,6 +13,7 @@ in closed form (``inference.distributions``).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import pyro
@@ -34,9 +35,9 @@ class SparseBayesianModel:
             raise ValueError(f"prior scale s must be > 0, got {prior_scale}")
         self.net = net
         self.prior_scale = prior_scale
-        if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1:
+        if isinstance(n_train, bool) or not isinstance(n_train, numbers.Integral) or n_train < 1:
             raise ValueError(f"n_train (the number of training points N) must be a positive integer, got {n_train!r}")
-        self.n_train = n_train
+        self.n_train = int(n_train)
         self.keep = check_keep(keep)
         if isinstance(likelihood, str) and likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood {likelihood!r}; known: {', '.join(LIKELIHOODS)}")

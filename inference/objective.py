@@ -52,8 +52,8 @@ class ElboObjective:
         with pyro.validation_enabled(False):
             try:
                 loss = self.elbo.differentiable_loss(self.model, self.guide, x, target, z)
-            except ValueError as err:  # Pyro appends its trace's shapes to the model's and guide's own errors
-                if isinstance(err.__cause__, ValueError) and str(err).startswith(str(err.__cause__)):
+            except (ValueError, RuntimeError) as err:  # Pyro appends its trace's shapes to the model's errors
+                if type(err.__cause__) is type(err) and str(err).startswith(str(err.__cause__)):
                     raise err.__cause__ from None
                 raise
         # the data term per data point (cross-entropy, or τ/2·MSE for the Gaussian likelihood, up to

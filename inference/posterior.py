@@ -66,6 +66,10 @@ class ObjectPosterior(TrainedRun):
     def where(self) -> str:
         return "this CigL object"
 
+    @property
+    def mean_only_option(self) -> str:
+        return "keep_samples=False"
+
 
 def posterior(cigl: CigL, bn_loader=None, *, mc_samples: int = 10, bn_batches: int | None = None) -> ObjectPosterior:
     """Every predictor of a trained :class:`CigL` object (final, wma, predictive, mc-z, swag), SWAG

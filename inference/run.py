@@ -119,6 +119,11 @@ class TrainedRun:
         return f"run {self.run_dir}"
 
     @property
+    def mean_only_option(self) -> str:
+        """The option that keeps the WMA mean without its samples, as messages name it."""
+        return "--no-samples"
+
+    @property
     def metrics(self) -> dict | None:
         """The run's metrics.json (None if it is missing)."""
         path = self.run_dir / "metrics.json"
@@ -155,7 +160,7 @@ class TrainedRun:
         if predictor in ("wma", "predictive", "swag") and not self.samples and \
                 (predictor != "wma" or self.wma is None):
             kept_mean = self.wma is not None  # CigL(..., keep_samples=False): the mean, not the samples
-            why = ", keep_samples=False keeps only their mean" if kept_mean else ""
+            why = f", {self.mean_only_option} keeps only their mean" if kept_mean else ""
             instead = "'wma', 'final' or 'mc-z'" if kept_mean else "'final' or 'mc-z'"
             raise RunFolderError(f"{self.where} collected no posterior samples (method {self.config.method}{why}); "
                                  f"use predictor {instead}")

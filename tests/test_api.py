@@ -112,6 +112,8 @@ def test_posterior_objects(finished, cifar_data_dir):
     trained = load_run(finished[0], data_dir=str(cifar_data_dir))
     idata = trained.to_inferencedata()
     assert idata.posterior.sizes["draw"] == 3
+    losses = idata.sample_stats["train_loss"].values  # a run folder keeps each draw's training loss
+    assert losses.shape == (1, 3) and bool((losses > 0).all())
     assert list(idata.posterior["layer"].values) == trained.net.sparse_names
     swag = trained.swag(rank=2)
     assert swag.rank == 2 and swag.sample(torch.Generator().manual_seed(0)).sparse.shape == trained.wma.sparse.shape

@@ -99,6 +99,37 @@ def test_gaussian_targets_of_shape_b_and_b1_give_the_same_elbo_and_mismatches_ar
         obj(x, y.view(32, 1).repeat(1, 2), None)
 
 
+def test_a_gaussian_data_point_of_k_values_is_scored_as_their_sum():
+    model = mlp(out=2)
+    _, cigl = drop_in(model, attach=False, keep=None, method="rigl")
+    obj = elbo(cigl.net, 1.0, likelihood="gaussian", kwargs={"precision": 3.0})
+    x, _ = data()
+    g = torch.Generator().manual_seed(4)
+    differences = []
+    for _ in range(2):
+        y = torch.randn(32, 2, dtype=torch.float64, generator=g)
+        loss, _ = obj(x, y, None)
+        assert torch.allclose(obj.last_data_loss, 1.5 * (model(x) - y).square().sum(1).mean())
+        differences.append(float(loss.detach() - obj.last_data_loss))
+    assert differences[0] == pytest.approx(differences[1], abs=1e-9)  # −ELBO/N − data term: no y in it
+
+
+def test_predictive_samples_gaussian_targets_shaped_like_the_head():
+    model = mlp(out=1)
+    _, cigl = drop_in(model, attach=False, keep=None, method="rigl")
+    obj = elbo(cigl.net, 1.0, likelihood="gaussian")
+    x, _ = data(n=5)
+    assert Predictive(obj.model, guide=obj.guide, num_samples=3)(x, None)["y"].shape == (3, 5)
+
+
+def test_float_class_indices_are_named():
+    model = mlp()
+    _, cigl = drop_in(model, attach=False)
+    x, y = data()
+    with pytest.raises(ValueError, match=r"float targets of shape \(32,\); class indices must be integers"):
+        elbo(cigl.net, cigl.keep)(x, y.double(), cigl.z)
+
+
 def test_categorical_targets_of_shape_b1_are_refused():
     model = mlp()
     _, cigl = drop_in(model, attach=False)
@@ -185,6 +216,72 @@ def test_gradient_accumulation_scores_regrowth_on_the_whole_batch():
     assert torch.equal(cigl.net.mask.flat, whole[2].net.mask.flat)
     _update_step(*last, [(x[32:], y[32:])])  # scored on the last micro-batch alone: another regrowth
     assert not torch.equal(cigl.net.mask.flat, last[2].net.mask.flat)
+
+
+def test_a_micro_batch_thrown_away_with_zero_grad_leaves_the_regrowth_score():
+    """forward and backward on a batch, zero_grad (a non-finite gradient skipped, say), then the
+    step's real batch: the score is the real batch's gradient, as the optimizer's .grad is."""
+    model = mlp()
+    opt, cigl = drop_in(model, delta_t=1, keep=1.0, method="rigl", sparsity=0.9)
+    twin = copy.deepcopy((model, opt, cigl))
+    x, y = data(n=64)
+    assert cigl.is_update_step
+    opt.zero_grad()
+    F.cross_entropy(model(x[:32]), y[:32]).backward()
+    opt.zero_grad()  # thrown away
+    F.cross_entropy(model(x[32:]), y[32:]).backward()
+    cigl.step()
+    _update_step(*twin, [(x[32:], y[32:])])
+    assert torch.equal(cigl.net.mask.flat, twin[2].net.mask.flat)
+
+
+def test_a_step_after_only_a_no_grad_pass_is_refused():
+    model = mlp()
+    opt, cigl = drop_in(model)
+    x, _ = data()
+    with torch.no_grad():
+        model.train()(x)
+    with pytest.raises(RuntimeError, match="without a training forward pass .*gradients on"):
+        cigl.step()
+
+
+def test_the_elbo_trains_through_an_attached_cigl_as_through_a_detached_one():
+    """The Pyro objective on ``cigl.net`` with CigL attached (its forward leaves the sampled W alone)
+    follows the same trajectory as with ``attach=False``, mask updates included."""
+    runs = []
+    for attach in (True, False):
+        model = mlp()
+        opt, cigl = drop_in(model, attach=attach, delta_t=3, total_steps=12)
+        obj = elbo(cigl.net, cigl.keep)
+        x, y = data(n=64)
+        for i in range(8):
+            opt.zero_grad()
+            loss, _ = obj(x[8 * i:8 * i + 8], y[8 * i:8 * i + 8], cigl.z, track_score=cigl.needs_score)
+            loss.backward()
+            cigl.step(obj.regrowth_score() if cigl.needs_score else None)
+        runs.append((cigl.net.mask.flat.clone(), cigl.net.sparse_flat().detach().clone()))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_a_functional_call_that_swaps_some_sparse_weights_gets_m_z_w_for_the_others():
+    model = mlp()
+    _, cigl = drop_in(model)
+    x, _ = data()
+    mine = {"0.weight": torch.full_like(model[0].weight, 0.01)}
+    got = functional_call(model.train(), mine, (x,))
+    views = dict(zip(cigl.net.sparse_names, cigl.net.mask.views(cigl.net.effective_flat(cigl.z))))
+    expected = functional_call(cigl.plain_copy().train(), {**mine, "2.weight": views["2.weight"]}, (x,))
+    assert torch.allclose(got, expected)
+
+
+def test_a_tied_weight_is_one_sparse_parameter():
+    torch.manual_seed(0)
+    encoder, decoder = nn.Linear(8, 8), nn.Linear(8, 8)
+    decoder.weight = encoder.weight
+    model = nn.Sequential(encoder, nn.ReLU(), decoder).double()
+    _, cigl = drop_in(model, sparsity=0.5)
+    assert cigl.net.sparse_names == ["0.weight"]
+    assert torch.equal(model[2].weight, model[0].weight) and bool((model[0].weight == 0).any())
 
 
 # -- the posterior of an object in memory -----------------------------------------------------------

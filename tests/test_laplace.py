@@ -193,3 +193,16 @@ def test_plain_lists_of_batches_fit_as_the_projects_loaders_do():
     theirs = laplace_module.last_layer_laplace(net, as_loaders[0], {"val": as_loaders[1]})
     assert ours.prior_precision == theirs.prior_precision
     assert torch.allclose(ours.log_probs["val"], theirs.log_probs["val"])
+
+
+def test_a_generator_of_batches_is_read_whole():
+    """A one-shot iterable: its first batch (read to find the last layer) must not be lost to the fit."""
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(128, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (128,), generator=g)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).double()
+    train = list(zip(x[:96].split(32), y[:96].split(32)))
+    val = list(zip(x[96:].split(32), y[96:].split(32)))
+    as_list = laplace_module.last_layer_laplace(net, train, {"val": val})
+    as_generator = laplace_module.last_layer_laplace(net, (b for b in train), {"val": (b for b in val)})
+    assert as_list.val_nll_by_prior_precision == as_generator.val_nll_by_prior_precision
