@@ -317,9 +317,10 @@ class CigL:
 
     def training_weights(self) -> torch.Tensor:
         """M⊙Z⊙W (flat, differentiable) for this step's forward pass; on update steps its gradient
-        is kept as the regrowth score.  Every forward pass with gradients before :meth:`step` adds
-        its gradient to the score, as ``backward`` adds to ``.grad`` (gradient accumulation over
-        micro-batches scores the whole batch); a pass without gradients (``torch.no_grad``, a metric
+        is kept as the regrowth score.  Every forward pass with gradients since the optimizer's
+        gradients were last cleared adds its gradient to the score, as ``backward`` adds to ``.grad``
+        (gradient accumulation over micro-batches scores the whole batch; a batch thrown away with
+        ``zero_grad()`` is not scored); a pass without gradients (``torch.no_grad``, a metric
         on the training batch) trains nothing and is not recorded."""
         w = self.net.effective_flat(self.z)
         if not torch.is_grad_enabled():
