@@ -362,6 +362,12 @@ class CigL:
                                f"to ({type(self.net.module).__name__}, in train mode, gradients on): the "
                                "optimizer would move weights outside the mask; call that module (or attach CigL "
                                "to the one you call)")
+        replaced = self.net.replaced_parameter()
+        if replaced is not None:
+            raise RuntimeError(f"{type(self.net.module).__name__}'s parameter {replaced!r} was replaced after "
+                               "CigL(...) (load_state_dict(..., assign=True), or a new layer assigned): the "
+                               "optimizer and the mask hold the old one; load weights in place (without assign), "
+                               "or build the optimizer and CigL again on the module as it is now")
         self._before_mask = None  # training has begun: a load_state_dict no longer restores them
         z = self.z
         update = self.is_update_step

@@ -32,8 +32,20 @@ class SparseNetwork:
         if [p.shape for p in self.sparse_params] != mask.shapes:
             raise ValueError("mask shapes do not match the sparse parameters")
         self.mask = mask
+        self._places = _places_of(module, self.sparse_names + self.other_names,
+                                  self.sparse_params + self.other_params)
         self.autocast_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 on CUDA (see ``configure``)
         self._call = self._functional_call
+
+    def replaced_parameter(self) -> str | None:
+        """The name of the first parameter that is no longer where it was when this object was
+        built (``load_state_dict(..., assign=True)``, a new layer assigned to the module): the
+        optimizer and the mask still hold the old one, so training it would silently do nothing.
+        None when every parameter is in place.  One dictionary lookup per module and parameter."""
+        for slots, key, value, name in self._places:
+            if slots.get(key) is not value:
+                return name
+        return None
 
     def configure(self, *, autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
                   compile: bool = False) -> SparseNetwork:
@@ -102,3 +114,19 @@ class SparseNetwork:
         with torch.no_grad():
             flat = self.sparse_flat()
             return float((flat == 0).sum()) / max(1, flat.numel())
+
+
+def _places_of(module: nn.Module, names: list[str], params: list[torch.Tensor]) -> list[tuple]:
+    """Every slot on the way from ``module`` to each named parameter — each submodule's entry in
+    its parent's ``_modules`` and the parameter's entry in its owner's ``_parameters`` — as
+    (dict, key, value held, the first parameter name reached through it)."""
+    places: dict[tuple[int, str], tuple] = {}
+    for name, param in zip(names, params):
+        *path, leaf = name.split(".")
+        owner = module
+        for key in path:
+            child = owner._modules[key]
+            places.setdefault((id(owner._modules), key), (owner._modules, key, child, name))
+            owner = child
+        places.setdefault((id(owner._parameters), leaf), (owner._parameters, leaf, param, name))
+    return list(places.values())

@@ -742,4 +742,15 @@ MUTANTS: list[Mutant] = [
            "inference/likelihoods.py", "        if target.dim() == 1:\n            raise ValueError(",
            "        if False:\n            raise ValueError(",
            (f"{OWN}test_float_class_indices_are_named",)),
+    Mutant("replaced-parameter-unchecked", "a parameter replaced after CigL(...) (load_state_dict assign, a new "
+           "layer) trains nothing, silently", "cigl_bayes/cigl.py",
+           "        replaced = self.net.replaced_parameter()\n", "        replaced = None\n",
+           tuple(f"{MISUSE}test_a_parameter_replaced_after_construction_is_named_at_the_next_step[{case}]"
+                 for case in ("load-assign", "new-head", "new-body", "new-batchnorm-weight"))),
+    Mutant("replaced-layer-unseen", "only each parameter's slot in its owner is checked: a new layer (the owner "
+           "replaced) goes unnoticed", "cigl_bayes/network.py",
+           "            places.setdefault((id(owner._modules), key), (owner._modules, key, child, name))\n",
+           "",
+           tuple(f"{MISUSE}test_a_parameter_replaced_after_construction_is_named_at_the_next_step[{case}]"
+                 for case in ("new-head", "new-body"))),
 ]

@@ -415,3 +415,39 @@ def test_a_deep_copy_of_the_cigl_object_trains_its_own_copy_exactly_as_the_origi
     for (name, a), b in zip(model.named_parameters(), twin.net.module.parameters()):
         assert torch.equal(a, b), name
     assert torch.equal(cigl.net.mask.flat, twin.net.mask.flat) and cigl.wma.count == twin.wma.count
+
+
+@pytest.mark.parametrize("replace", ["load-assign", "new-head", "new-body", "new-batchnorm-weight"])
+def test_a_parameter_replaced_after_construction_is_named_at_the_next_step(replace):
+    """The optimizer and the mask hold the parameters CigL was built on; a module whose parameter was
+    replaced afterwards would train nothing (before the check it did so silently).  The step is
+    refused, naming the parameter, before anything moves."""
+    model, opt, cigl = build()
+    data = batches(3)
+    train(model, opt, cigl, data, range(2))
+    expected = {"load-assign": "body.0.weight", "new-head": "head.weight", "new-body": "body.0.weight",
+                "new-batchnorm-weight": "body.1.weight"}[replace]
+    if replace == "load-assign":
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    elif replace == "new-head":
+        model.head = nn.Linear(32, 10).double()
+    elif replace == "new-body":
+        model.body = copy.deepcopy(model.body)
+    else:
+        model.body[1].weight = nn.Parameter(model.body[1].weight.detach().clone())
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    F.cross_entropy(model(data[2][0]), data[2][1]).backward()
+    with pytest.raises(RuntimeError, match=f"parameter '{expected}' was replaced after CigL"):
+        cigl.step()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
+def test_parameters_loaded_in_place_after_construction_train_on():
+    model, opt, cigl = build()
+    data = batches(3)
+    train(model, opt, cigl, data, range(1))
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})  # in place: the same Parameters
+    model.to(memory_format=torch.channels_last)
+    train(model, opt, cigl, data, range(1, 3))
+    assert cigl.step_count == 3
