@@ -27,7 +27,7 @@ from cigl_bayes.masks import DeterministicMask
 from cigl_bayes.network import SparseNetwork
 from cigl_bayes.predict import has_batchnorm
 
-from .run import TrainedRun
+from .run import TrainedRun, one_row_per_input
 
 
 @dataclasses.dataclass
@@ -42,6 +42,18 @@ class ObjectPosterior(TrainedRun):
         if not x.is_floating_point():
             raise ValueError(f"inputs must be float tensors as your model takes them, got {x.dtype}")
         return x.to(self.device, self.net.sparse_params[0].dtype)
+
+    def _logits(self, batch: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """Your model's logits; an error of its forward on this batch comes back as one line naming the
+        batch's shape (a single image (C, H, W) instead of a batch is the usual cause)."""
+        try:
+            logits = self.net.forward(batch, sparse)
+        except (RuntimeError, TypeError, ValueError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f"your model failed on a batch of shape {tuple(batch.shape)} ({first}); predict "
+                             "takes a batch of inputs as your model takes them (one image: "
+                             "images.unsqueeze(0))") from error
+        return one_row_per_input(logits, batch)
 
     def bn_loader(self):
         if self.loader is None:

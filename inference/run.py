@@ -82,6 +82,15 @@ class Prediction:
         return (self.entropy() - _entropy(self.draws).mean(0)).clamp_min(0.0)
 
 
+def one_row_per_input(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """``logits`` when they are (B, classes) for a batch of B inputs; else a one-line error."""
+    if logits.dim() != 2 or len(logits) != len(batch):
+        raise ValueError(f"the network returned outputs of shape {tuple(logits.shape)} for a batch of shape "
+                         f"{tuple(batch.shape)}; predict needs logits (batch, classes): give a batch of "
+                         "inputs (one image: images.unsqueeze(0))")
+    return logits
+
+
 def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
     """Logits for the softmax: bf16/fp16 widened to float32, a float64 model's kept float64."""
     return logits if logits.dtype == torch.float64 else logits.float()
@@ -242,12 +251,16 @@ class TrainedRun:
         per_draw = []
         for key, snap in self.weight_draws(predictor, draws, seed):
             self._load(key, snap)
-            logits = torch.cat([_at_least_float32(self.net.forward(b, snap.sparse)) for b in x.split(batch_size)])
+            logits = torch.cat([_at_least_float32(self._logits(b, snap.sparse)) for b in x.split(batch_size)])
             per_draw.append(torch.softmax(logits, -1).cpu())
         self._restore()
         stacked = torch.stack(per_draw)
         single = predictor in SINGLE_WEIGHT
         return Prediction(predictor, stacked.mean(0), None if single else stacked)
+
+    def _logits(self, batch: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """The network's logits (B, C) for one batch of B inputs under the sparse weights ``sparse``."""
+        return one_row_per_input(self.net.forward(batch, sparse), batch)
 
     def _temperature_scaled(self, images, draws: int | None, seed: int | None,
                             batch_size: int | None) -> Prediction:

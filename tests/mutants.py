@@ -753,4 +753,12 @@ MUTANTS: list[Mutant] = [
            "",
            tuple(f"{MISUSE}test_a_parameter_replaced_after_construction_is_named_at_the_next_step[{case}]"
                  for case in ("new-head", "new-body"))),
+    Mutant("single-input-unnamed", "a single input instead of a batch given to posterior(cigl).predict gets the "
+           "model's own multi-line torch error", "inference/posterior.py",
+           "        except (RuntimeError, TypeError, ValueError) as error:",
+           "        except ZeroDivisionError as error:",
+           (f"{OWN}test_a_single_input_instead_of_a_batch_is_named_in_one_line",)),
+    Mutant("logits-shape-unchecked", "outputs that are not (batch, classes) are turned into probabilities",
+           "inference/run.py", "    if logits.dim() != 2 or len(logits) != len(batch):", "    if False:",
+           (f"{OWN}test_outputs_that_are_not_one_row_of_logits_per_input_are_refused",)),
 ]

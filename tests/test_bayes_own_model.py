@@ -330,6 +330,28 @@ def test_the_posterior_of_an_object_keeps_float64_and_names_what_it_lacks():
         post.predict(x, "temperature_scaled")
 
 
+def test_a_single_input_instead_of_a_batch_is_named_in_one_line():
+    model, cigl, loader = trained(batchnorm=True)
+    x, _ = data(n=8, seed=9)
+    with pytest.raises(ValueError, match=r"your model failed on a batch of shape \(6,\) \(.*\); .*unsqueeze\(0\)"
+                       ) as error:
+        posterior(cigl, loader).predict(x[0], "wma")
+    assert "\n" not in str(error.value)
+
+
+def test_outputs_that_are_not_one_row_of_logits_per_input_are_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(*mlp(), nn.Unflatten(1, (4, 1)))  # (B, 4, 1): not (B, classes)
+    opt, cigl = drop_in(model, total_steps=4, delta_t=2)
+    x, y = data(n=32)
+    for i in range(4):
+        opt.zero_grad()
+        F.cross_entropy(model(x[8 * i:8 * (i + 1)]), y[8 * i:8 * (i + 1), None]).backward()
+        cigl.step()
+    with pytest.raises(ValueError, match=r"returned outputs of shape \(8, 4, 1\) for a batch of shape \(8, 6\)"):
+        posterior(cigl).predict(x[:8], "final")
+
+
 # -- docs/api.md, "The Bayesian reading on your own model (Pyro)" ------------------------------------------
 def test_the_pyro_example_of_the_api_docs_runs_and_shows_the_identity(capsys):
     import re
