@@ -217,7 +217,8 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
     output = trainer.method.output if trainer.method.output in preds else "final"
     temperature = with_temperature(preds, used, output, labels, cfg.temperature_scaling)
     report = scores(preds, labels)
-    save_run_weights(out / WEIGHTS_FILE, weights, cfg.to_dict(), trainer.net.sparse_names)
+    save_run_weights(out / WEIGHTS_FILE, weights, cfg.to_dict(), trainer.net.sparse_names,
+                     num_classes=trainer.data.num_classes)
     state = output_state_dict(trainer)
     atomic_torch_save(state, out / "model.pt")
     result = {
@@ -272,49 +273,106 @@ def network_from_weights(weights_path, *, data_dir: str | None = None, device: s
     run's data (``data_dir`` overrides the recorded folder)."""
     import dataclasses
 
-    from .config import TrainConfig
     from .device import resolve_device
-    from .train import build_data, build_network
-    from .weights import WeightsFileError, load_run_weights
+    from .train import build_data
+    from .weights import load_run_weights
 
     weights, meta = load_run_weights(weights_path)
-    cfg = TrainConfig.from_dict(meta["config"])
+    cfg = config_of_weights(weights_path, meta)
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
     dev = resolve_device(device)
     data = build_data(cfg, dev)
-    net = build_network(cfg, data.num_classes, dev)
+    net = network_of_weights(weights_path, weights, meta, cfg, dev, data.num_classes)
+    return net, cfg, data, weights
+
+
+def config_of_weights(weights_path, meta: dict):
+    """The run's :class:`TrainConfig` stored in a weights file, or a one-line WeightsFileError."""
+    from .config import TrainConfig
+    from .weights import WeightsFileError
+
+    stored = meta["config"]
+    try:
+        cfg = TrainConfig.from_dict(stored)
+        cfg.method_config  # noqa: B018  (a method this code does not know raises KeyError here)
+        return cfg
+    except KeyError as err:  # a registry name this code does not know (method, model)
+        raise WeightsFileError(f"{weights_path}: its stored config names {err.args[0]!r}, unknown to this "
+                               "version of cigl-bayes") from None
+    except (ValueError, TypeError) as err:
+        raise WeightsFileError(f"{weights_path}: its stored config is not a valid run config ({err})") from None
+
+
+def classes_of_weights(meta: dict, cfg) -> int:
+    """The number of classes of the network a weights file holds: recorded in the file, or (files
+    written before it was) that of the run's data set."""
+    if meta.get("num_classes") is not None:
+        return int(meta["num_classes"])
+    return data_lib.num_classes(cfg.dataset)
+
+
+def network_of_weights(weights_path, weights: RunWeights, meta: dict, cfg, device, num_classes: int):
+    """The run's network (built as training built it) holding the file's final weights M⊙W, θ, its
+    mask and tracked buffers, after every tensor of the file was checked against it: a file of
+    another network is refused in one line naming the first tensor that does not fit."""
+    from .train import build_network
+    from .weights import WeightsFileError
+
+    net = build_network(cfg, num_classes, device)
     if net.sparse_names != meta["sparse_names"] or sum(net.mask.numels) != weights.mask.numel():
-        raise WeightsFileError(f"{weights_path} does not fit the network {cfg.model} builds here")
+        raise WeightsFileError(f"{weights_path} does not fit the network {cfg.model} builds here "
+                               "(other sparse layers)")
+    n_other = sum(p.numel() for p in net.other_params)
+    settings = [("final", weights.final)] + ([("wma", weights.wma)] if weights.wma is not None else []) + \
+        [(f"sample.{i:04d}", s) for i, s in enumerate(weights.samples)]
+    for name, snap in settings:
+        if snap.other.numel() != n_other:
+            raise WeightsFileError(f"{weights_path}: {name}.other holds {snap.other.numel()} dense parameters, "
+                                   f"{cfg.model} has {n_other}")
     buffers = dict(net.module.named_buffers())
     missing = sorted(set(buffers) - set(weights.buffers))
     if missing:
         raise WeightsFileError(f"{weights_path} lacks the buffer {missing[0]!r} of {cfg.model}")
+    unknown = sorted(set(weights.buffers) - set(buffers))
+    if unknown:
+        raise WeightsFileError(f"{weights_path} holds a buffer {unknown[0]!r} that {cfg.model} does not have")
+    for name, value in weights.buffers.items():
+        if value.shape != buffers[name].shape:
+            raise WeightsFileError(f"{weights_path}: buffer {name!r} has shape {tuple(value.shape)}, "
+                                   f"{cfg.model} has {tuple(buffers[name].shape)}")
 
     def moved(snap: Snapshot) -> Snapshot:
-        return Snapshot(snap.sparse.to(dev, cfg.torch_dtype), snap.other.to(dev, cfg.torch_dtype))
+        return Snapshot(snap.sparse.to(device, cfg.torch_dtype), snap.other.to(device, cfg.torch_dtype))
 
     weights.final = moved(weights.final)
     weights.wma = moved(weights.wma) if weights.wma is not None else None
     weights.samples = [moved(s) for s in weights.samples]
     with torch.no_grad():
-        net.mask.flat.copy_(weights.mask.to(dev))
+        net.mask.flat.copy_(weights.mask.to(device))
         net.mask.float.copy_(net.mask.flat)
         net.load_flat_(weights.final.sparse, weights.final.other)
         for name, value in weights.buffers.items():
             buffers[name].copy_(value)
-    return net, cfg, data, weights
+    return net
 
 
-def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto") -> dict:
+def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto",
+               test_fingerprint: str | None = None) -> dict:
     """Evaluate a committed weights file again, on any machine: the run's network is rebuilt from
     the config stored in the file (:func:`network_from_weights`) and every predictor scored under
     every BatchNorm protocol by the code that evaluated it first (:func:`evaluate_weights`).
     Returns ``test``, ``val``, ``bn_protocol``, ``by_bn_protocol``, ``temperature``, the test
-    fingerprint and the runtime; training is not repeated."""
+    fingerprint and the runtime; training is not repeated.  ``test_fingerprint`` (the run's
+    ``metrics.json`` → ``test_fingerprint``): test images found here with another fingerprint are
+    refused before anything is scored."""
     from .device import resolve_device
 
     net, cfg, data, weights = network_from_weights(weights_path, data_dir=data_dir, device=device)
+    found = data_lib.fingerprint(data.test)
+    if test_fingerprint and found != test_fingerprint:
+        raise ValueError(f"{weights_path}: the test set found here differs from the one the run was scored on "
+                         f"(fingerprint {found} vs {test_fingerprint}); give the run's --data-dir")
     dev = resolve_device(device)
     loaders, labels = evaluation_loaders(data)
     by_protocol = evaluate_weights(net, cfg, data, weights, loaders)
@@ -325,5 +383,5 @@ def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto
     return {"method": cfg.method, "model": cfg.model, "seed": cfg.seed, "sparsity_target": cfg.sparsity,
             "output_predictor": output, "temperature": temperature, "test": report["test"],
             "val": report.get("val", {}), "bn_protocol": used, "by_bn_protocol": score_by_protocol(by_protocol, labels),
-            "test_fingerprint": data_lib.fingerprint(data.test),
+            "test_fingerprint": found,
             "runtime": {**describe_host(dev), "compute_dtype": cfg.compute_dtype(dev)}}

@@ -430,11 +430,12 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def config_file_problem(folder: Path, saved: dict) -> str | None:
-    """Why ``folder/config.json`` disagrees with ``saved``, its checkpoint's config, or None (also when
-    there is no config.json).  Training writes the file from the same config as the checkpoint, and
-    the sweep and reports read it, so a damaged or hand-edited file is named rather than ignored;
-    nothing is rewritten.  Fields a resumption may change (``RESUME_FREE_FIELDS``) are not compared."""
+def config_file_problem(folder: Path, saved: dict, source: str = "checkpoint.pt") -> str | None:
+    """Why ``folder/config.json`` disagrees with ``saved``, the config of the run's ``source`` (its
+    checkpoint, or its committed weights file), or None (also when there is no config.json).
+    Training writes the file from the same config as the checkpoint, and the sweep and reports read
+    it, so a damaged or hand-edited file is named rather than ignored; nothing is rewritten.
+    Fields a resumption may change (``RESUME_FREE_FIELDS``) are not compared."""
     path = folder / "config.json"
     if not path.exists():
         return None
@@ -446,9 +447,9 @@ def config_file_problem(folder: Path, saved: dict) -> str | None:
     for field in dataclasses.fields(TrainConfig):
         mine, theirs = getattr(written, field.name), getattr(checkpoint, field.name)
         if field.name not in RESUME_FREE_FIELDS and mine != theirs:
-            return (f"{path} disagrees with the run's checkpoint.pt ({field.name}: {mine!r} in config.json, "
-                    f"{theirs!r} in the checkpoint): the file was edited or copied from another run; put back "
-                    "the run's own config.json or remove it")
+            return (f"{path} disagrees with the run's {source} ({field.name}: {mine!r} in config.json, "
+                    f"{theirs!r} in {source}): one of them was edited or copied from another run; put back "
+                    "the run's own files")
     return None
 
 

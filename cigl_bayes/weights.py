@@ -1,8 +1,10 @@
 """A run's weights in one compact file that outlives the machine: ``weights.safetensors``.
 
-A study commits this file with every run, so anyone can evaluate the run again later (new
-BatchNorm protocols, shift reports, new predictors) without retraining
-(``python -m experiments.reevaluate``).  It holds, for the network of ``config``:
+A study commits this file with every run, so anyone can evaluate the run again later without
+retraining: ``python -m experiments.reevaluate`` scores every predictor under every BatchNorm
+protocol, and ``cigl_bayes.inference.load_run`` reads a committed run folder from it (``final``,
+``wma``, ``mc-z`` under any protocol; the samples that ``predictive``, SWAG and arviz need are
+kept only for methods that predict with them).  It holds, for the network of ``config``:
 
   final     M (packed bits over the flat sparse weights), W on M, the dense parameters θ, and the
             module's buffers as training left them (BatchNorm's tracked running statistics)
@@ -71,8 +73,10 @@ def _unpack(tensors: dict[str, torch.Tensor], prefix: str, numel: int) -> tuple[
     return flat, support, other
 
 
-def save_run_weights(path: str | Path, weights: RunWeights, config: dict, sparse_names: list[str]) -> Path:
-    """Write ``weights`` atomically; ``config`` is the run's resolved ``TrainConfig.to_dict()``."""
+def save_run_weights(path: str | Path, weights: RunWeights, config: dict, sparse_names: list[str],
+                     num_classes: int | None = None) -> Path:
+    """Write ``weights`` atomically; ``config`` is the run's resolved ``TrainConfig.to_dict()`` and
+    ``num_classes`` the network's outputs (recorded; files without it are of a fixed-class data set)."""
     from safetensors.torch import save_file
 
     numel = weights.final.sparse.numel()
@@ -84,6 +88,8 @@ def save_run_weights(path: str | Path, weights: RunWeights, config: dict, sparse
     tensors.update({f"buffer.{k}": v.detach().cpu().contiguous() for k, v in weights.buffers.items()})
     meta = {"format": WEIGHTS_FORMAT, "config": json.dumps(config), "sparse_names": json.dumps(sparse_names),
             "numel": str(numel), "samples": str(len(weights.samples))}
+    if num_classes is not None:
+        meta["num_classes"] = str(int(num_classes))
     return atomic_write_via(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -120,4 +126,4 @@ def load_run_weights(path: str | Path) -> tuple[RunWeights, dict]:
     samples = [Snapshot(*_unpack(tensors, f"sample.{i:04d}", numel)[::2]) for i in range(n_samples)]
     buffers = {k.removeprefix("buffer."): v for k, v in tensors.items() if k.startswith("buffer.")}
     weights = RunWeights(final=Snapshot(final, other), mask=mask, buffers=buffers, wma=wma, samples=samples)
-    return weights, {"config": config, "sparse_names": names}
+    return weights, {"config": config, "sparse_names": names, "num_classes": meta.get("num_classes")}

@@ -1,16 +1,23 @@
 """Evaluate committed runs again from their weights file, without retraining.
 
-    python -m experiments.reevaluate docs/results/controlled/runs/rigl-plain-s0.95-seed3
+    python -m experiments.reevaluate docs/results/controlled/runs/rigl-plain-s0.95-seed3 --out /tmp/reeval
     python -m experiments.reevaluate RUN [RUN ...] --out-name reevaluation.json --device cpu
 
 Each RUN is a run folder holding ``weights.safetensors`` (every study run from the controlled
 study on commits one; ``cigl_bayes/weights.py``) or the file itself.  The network is rebuilt from
 the config stored in the file and every predictor is scored under every BatchNorm protocol
 (``tracked``, ``recomputed-clean``, ``recomputed-augmented``) by the code that evaluated the run
-after training, so on the machine that trained it the result equals ``metrics.json``'s
-``by_bn_protocol``.  The result goes to ``<run>/reevaluation.json`` (``--out-name``), or, for a
-folder that cannot be written (read-only media), to ``--out DIR/<run name>.json``.  A run whose
-test set differs from the one it was first scored on (its ``test_fingerprint``) is refused.
+after training.  The result goes to ``--out DIR/<run name>.json``, or, without ``--out``, to
+``<run>/reevaluation.json`` (``--out-name``; git ignores it inside ``docs/results``).
+
+Every input is checked before any work: the weights file must fit the folder's ``config.json``
+(a file copied in from another run is refused) and the network; two runs may not write to one
+file; a test set whose fingerprint differs from the run's ``metrics.json`` is refused before
+scoring.  The result records how far it is from ``metrics.json`` → ``by_bn_protocol``
+(``agreement``: the largest absolute difference of any score); it is 0 on the CPU model, torch
+version and thread count that evaluated the run (``--threads`` defaults to the run's recorded
+count).  A WRN-22-2 run takes minutes to tens of minutes on a 2-core CPU: its BatchNorm
+statistics are recomputed over the 45,000 training images for each weight setting and protocol.
 """
 
 from __future__ import annotations
@@ -19,13 +26,17 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
-from cigl_bayes.evaluate import reevaluate
+from cigl_bayes.evaluate import classes_of_weights, config_of_weights, network_of_weights, reevaluate
 from cigl_bayes.runs import RunFolderLock, atomic_write_json
-from cigl_bayes.weights import WEIGHTS_FILE
+from cigl_bayes.train import config_file_problem
+from cigl_bayes.weights import WEIGHTS_FILE, load_run_weights
 
 from .cli import ArgumentParser, run_cli
+
+SPLITS = ("test", "val")
 
 
 def weights_path(run: Path) -> Path:
@@ -37,18 +48,45 @@ def weights_path(run: Path) -> Path:
     raise FileNotFoundError(f"no run folder or weights file at {run}")
 
 
-def check_same_test_set(run: Path, result: dict) -> None:
-    """Refuse a re-evaluation scored on other test images than the run's metrics.json."""
-    stored = run / "metrics.json" if run.is_dir() else None
-    if stored is None or not stored.is_file():
-        return
+def folder_of(run: Path) -> Path:
+    return run if run.is_dir() else run.parent
+
+
+def stored_metrics(run: Path) -> dict:
+    """The run folder's metrics.json ({} when there is none or it cannot be read)."""
+    path = folder_of(run) / "metrics.json"
     try:
-        before = json.loads(stored.read_text()).get("test_fingerprint")
-    except ValueError:
-        return
-    if before and before != result["test_fingerprint"]:
-        raise ValueError(f"{run}: the test set found here differs from the one the run was scored on "
-                         f"(fingerprint {result['test_fingerprint']} vs {before}); give the run's --data-dir")
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
+def check_weights_file(run: Path, path: Path) -> None:
+    """Everything about one input that can be checked without its data: the file reads, its config
+    is a valid run config that agrees with the folder's config.json, and it fits the network."""
+    weights, meta = load_run_weights(path)
+    cfg = config_of_weights(path, meta)
+    problem = config_file_problem(folder_of(run), meta["config"], source=path.name)
+    if problem:
+        raise ValueError(problem)
+    network_of_weights(path, weights, meta, cfg, torch.device("cpu"), classes_of_weights(meta, cfg))
+
+
+def largest_difference(before: dict, after: dict) -> tuple[float | None, str | None]:
+    """(largest |difference|, where) over every score both ``by_bn_protocol`` tables hold
+    (protocol / split / predictor / metric); (None, None) when they share none."""
+    worst, where = None, None
+    for protocol, splits in after.items():
+        for split in SPLITS:
+            for name, scores in (splits.get(split) or {}).items():
+                old = (((before.get(protocol) or {}).get(split) or {}).get(name)) or {}
+                for metric, value in scores.items():
+                    if isinstance(old.get(metric), (int, float)) and isinstance(value, (int, float)):
+                        diff = abs(float(value) - float(old[metric]))
+                        if worst is None or diff > worst:
+                            worst, where = diff, f"{protocol}/{split}/{name}/{metric}"
+    return worst, where
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,25 +97,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write <run name>.json here instead of into the runs")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $CIGL_DATA_DIR)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the count the run was evaluated with, from its metrics.json)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     if "/" in args.out_name or not args.out_name.endswith(".json"):
         raise ValueError(f"--out-name must be a plain .json file name, got {args.out_name!r}")
-    paths = [weights_path(r) for r in args.runs]  # every input checked before any work
-    for run, path in tqdm(list(zip(args.runs, paths)), desc="reevaluate", unit="run", disable=not args.progress):
-        result = reevaluate(path, data_dir=args.data_dir, device=args.device)
-        check_same_test_set(run, result)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    # every input checked before any work
+    paths = [weights_path(r) for r in args.runs]
+    targets = [args.out / f"{folder_of(r).resolve().name}.json" if args.out is not None
+               else folder_of(r) / args.out_name for r in args.runs]
+    seen: dict[Path, Path] = {}
+    for run, target in zip(args.runs, targets):
+        if target.resolve() in seen:
+            raise ValueError(f"{seen[target.resolve()]} and {run} would both write {target}; "
+                             "give them separate --out folders (or re-evaluate them into their own run folders)")
+        seen[target.resolve()] = run
+    for run, path in zip(args.runs, paths):
+        check_weights_file(run, path)
+    for run, path, target in tqdm(list(zip(args.runs, paths, targets)), desc="reevaluate", unit="run",
+                                  disable=not args.progress):
+        stored = stored_metrics(run)
+        threads = args.threads or (stored.get("runtime") or {}).get("cpu_threads")
+        if isinstance(threads, int) and threads >= 1:
+            torch.set_num_threads(threads)
+        result = reevaluate(path, data_dir=args.data_dir, device=args.device,
+                            test_fingerprint=stored.get("test_fingerprint"))
         result["weights_file"] = str(path)
-        if args.out is not None:
-            target = args.out / f"{(run if run.is_dir() else run.parent).resolve().name}.json"
-            atomic_write_json(result, target)
+        worst, where = largest_difference(stored.get("by_bn_protocol") or {}, result["by_bn_protocol"])
+        result["agreement"] = {"compared_with": "metrics.json by_bn_protocol" if worst is not None else None,
+                               "largest_abs_difference": worst, "at": where,
+                               "evaluated_on": stored.get("runtime")}
+        if args.out is None:
+            with RunFolderLock(folder_of(run)):
+                atomic_write_json(result, target)
         else:
-            folder = run if run.is_dir() else run.parent
-            with RunFolderLock(folder):
-                target = atomic_write_json(result, folder / args.out_name)
+            atomic_write_json(result, target)
         head = result["bn_protocol"]
         print(f"{run}: " + ", ".join(f"{name} [{head[name]}] acc {m['accuracy']:.4f} ECE {m['ece']:.4f}"
                                      for name, m in result["test"].items()) + f" → {target}")
+        if worst is not None:
+            print(f"  largest difference from metrics.json: {worst:.3g} ({where})")
     return 0
 
 

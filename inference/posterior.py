@@ -25,7 +25,7 @@ from cigl_bayes.cigl import CigL
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.masks import DeterministicMask
 from cigl_bayes.network import SparseNetwork
-from cigl_bayes.predict import has_batchnorm
+from cigl_bayes.predict import RECOMPUTED_CLEAN, has_batchnorm
 
 from .run import TrainedRun, one_row_per_input
 
@@ -55,7 +55,11 @@ class ObjectPosterior(TrainedRun):
                              "images.unsqueeze(0))") from error
         return one_row_per_input(logits, batch)
 
-    def bn_loader(self):
+    def bn_loader(self, protocol: str = RECOMPUTED_CLEAN):
+        if protocol != RECOMPUTED_CLEAN:
+            raise ValueError("a posterior of a CigL object recomputes BatchNorm statistics on the bn_loader you "
+                             f"gave it, whatever it serves; for {protocol} build posterior(cigl, loader) on those "
+                             "batches and leave bn_protocol out")
         if self.loader is None:
             if not has_batchnorm(self.net.module):
                 return ()  # nothing to recompute

@@ -39,8 +39,11 @@ from cigl_bayes.network import SparseNetwork
 from cigl_bayes.predict import (
     FINAL_RECOMPUTED_KEY,
     PREDICTORS,
+    RECOMPUTED_CLEAN,
     SINGLE_WEIGHT,
+    TRACKED,
     TRAINING_BN_KEY,
+    check_bn_protocol,
     mc_dropout_probs,
     nnz,
     predict_log_probs,
@@ -50,9 +53,11 @@ from cigl_bayes.predict import (
 from cigl_bayes.runs import CheckpointError, load_checkpoint
 from cigl_bayes.sparsity import sparse_parameter_names
 from cigl_bayes.train import config_file_problem
+from cigl_bayes.weights import WEIGHTS_FILE
 
 from .swag import SparseSWAG
 
+PROTOCOL_SEPARATOR = "@"  # a draw key "wma@recomputed-augmented": its statistics recomputed under that protocol
 AVERAGE_TOLERANCE = 1e-4  # stored samples vs the checkpoint's WMA, relative to the largest |weight| (≥ 1)
 SWAG_RANK = 20  # SWAG's K when none is given (Maddox et al. 2019); a run with fewer samples keeps that many
 
@@ -171,7 +176,7 @@ class TrainedRun:
             kept_mean = self.wma is not None  # CigL(..., keep_samples=False): the mean, not the samples
             why = f", {self.mean_only_option} keeps only their mean" if kept_mean else ""
             instead = "'wma', 'final' or 'mc-z'" if kept_mean else "'final' or 'mc-z'"
-            raise RunFolderError(f"{self.where} collected no posterior samples (method {self.config.method}{why}); "
+            raise RunFolderError(f"{self.where} has no posterior samples (method {self.config.method}{why}); "
                                  f"use predictor {instead}")
         if draws is not None and (isinstance(draws, bool) or not isinstance(draws, int) or draws < 1):
             raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
@@ -222,7 +227,7 @@ class TrainedRun:
     # -- prediction --------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, images, predictor: str = "wma", draws: int | None = None, *, seed: int | None = None,
-                batch_size: int | None = None) -> Prediction:
+                batch_size: int | None = None, bn_protocol: str | None = None) -> Prediction:
         """Class probabilities of ``predictor`` for ``images``: handles normalisation, BatchNorm
         (recomputed on the training data for every weight setting but ``final``, and for CigL's ``final`` too:
         ``TrainConfig.final_bn_recomputed``) and eval mode.
@@ -240,7 +245,16 @@ class TrainedRun:
         ``seed`` seeds the draws of ``mc-z`` and ``swag`` (default 0) and the dropout masks of
         ``mc-dropout`` (default: the run's seed, as its evaluation drew them); ``batch_size``: images
         per forward pass (default 500; ``mc-dropout``: the evaluation's, max(batch size, 500), so that
-        the default call gives exactly the passes the run's evaluation made)."""
+        the default call gives exactly the passes the run's evaluation made).
+
+        ``bn_protocol`` picks the BatchNorm statistics (:data:`cigl_bayes.predict.BN_PROTOCOLS`):
+        ``tracked`` (the running statistics of training; ``final`` only), ``recomputed-clean``
+        (exact averages over the unaugmented training images) or ``recomputed-augmented`` (over
+        augmented training batches, as the official CigL code does for its WMA model).  None: the
+        run's own choice, as its headline numbers used it (``metrics.json`` → ``bn_protocol``)."""
+        if bn_protocol is not None and predictor in ("temperature_scaled", "mc-dropout"):
+            raise ValueError(f"{predictor} keeps the BatchNorm statistics the run's evaluation used; bn_protocol "
+                             "applies to the weight-setting predictors (final, wma, predictive, mc-z, swag)")
         if predictor == "temperature_scaled":
             return self._temperature_scaled(images, draws, seed, batch_size)
         if predictor == "mc-dropout":
@@ -249,7 +263,7 @@ class TrainedRun:
         batch_size = 500 if batch_size is None else batch_size
         x = self.prepare(images)
         per_draw = []
-        for key, snap in self.weight_draws(predictor, draws, seed):
+        for key, snap in self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed)):
             self._load(key, snap)
             logits = torch.cat([_at_least_float32(self._logits(b, snap.sparse)) for b in x.split(batch_size)])
             per_draw.append(torch.softmax(logits, -1).cpu())
@@ -257,6 +271,23 @@ class TrainedRun:
         stacked = torch.stack(per_draw)
         single = predictor in SINGLE_WEIGHT
         return Prediction(predictor, stacked.mean(0), None if single else stacked)
+
+    @staticmethod
+    def _under(protocol: str | None, predictor: str, draws: list[tuple[str, Snapshot]]) -> list[tuple[str, Snapshot]]:
+        """The draws with keys that say which BatchNorm statistics :meth:`_load` gives them under
+        ``protocol`` (None: the keys as drawn, the run's own choice)."""
+        if protocol is None:
+            return draws
+        check_bn_protocol(protocol)
+        if protocol == TRACKED:
+            if predictor != "final":
+                raise ValueError(f"tracked BatchNorm statistics exist only for the final weights, not for "
+                                 f"{predictor!r}; use recomputed-clean or recomputed-augmented")
+            return [(TRAINING_BN_KEY, snap) for _, snap in draws]
+        recomputed = [(FINAL_RECOMPUTED_KEY if key == TRAINING_BN_KEY else key, snap) for key, snap in draws]
+        if protocol == RECOMPUTED_CLEAN:
+            return recomputed  # the keys' own recomputation: on the unaugmented training images
+        return [(f"{key}{PROTOCOL_SEPARATOR}{protocol}", snap) for key, snap in recomputed]
 
     def _logits(self, batch: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """The network's logits (B, C) for one batch of B inputs under the sparse weights ``sparse``."""
@@ -294,12 +325,12 @@ class TrainedRun:
 
     @torch.no_grad()
     def log_probs(self, predictor: str, split: str = "test", draws: int | None = None, *, seed: int = 0,
-                  swag_rank: int | None = None) -> list[torch.Tensor]:
+                  swag_rank: int | None = None, bn_protocol: str | None = None) -> list[torch.Tensor]:
         """Per-draw log-probabilities (N, C) of ``predictor`` on the run's own ``split`` ("test" or
-        "val"), in the loader's order (labels: :meth:`labels`)."""
+        "val"), in the loader's order (labels: :meth:`labels`); ``bn_protocol`` as in :meth:`predict`."""
         loader = self._split(split)
         out = []
-        for key, snap in self.weight_draws(predictor, draws, seed, swag_rank):
+        for key, snap in self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed, swag_rank)):
             self._load(key, snap)
             out.append(predict_log_probs(self.net, loader, snap.sparse))
         self._restore()
@@ -338,7 +369,8 @@ class TrainedRun:
         elif key in self._stored_bn and self.bn_batches == self.config.bn_batches:
             self.net.module.load_state_dict(self._stored_bn[key], strict=False)
         else:
-            recompute_batchnorm(self.net, self.bn_loader(), snap.sparse, self.bn_batches)
+            _, _, protocol = key.partition(PROTOCOL_SEPARATOR)
+            recompute_batchnorm(self.net, self.bn_loader(protocol or RECOMPUTED_CLEAN), snap.sparse, self.bn_batches)
             self._bn_cache[key] = {k: v.clone() for k, v in self.net.module.state_dict().items()
                                    if "running_" in k or "num_batches_tracked" in k}
         self.net.module.eval()
@@ -347,9 +379,10 @@ class TrainedRun:
         self.net.module.load_state_dict(self._final_state)
         self.net.module.eval()
 
-    def bn_loader(self):
-        """The unaugmented training images (loaded on first use), for BatchNorm recomputation."""
-        return self.data().train_eval
+    def bn_loader(self, protocol: str = RECOMPUTED_CLEAN):
+        """The training batches BatchNorm statistics are recomputed on under ``protocol`` (loaded on
+        first use): the unaugmented images, or augmented batches with the run's seeded plan."""
+        return self.data().bn_loader(protocol)
 
     def data(self):
         """The run's data splits (``cigl_bayes.train.Data``), loaded on first use and checked against
@@ -409,6 +442,8 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
     """Read a finished run folder (see docs/api.md): config, network in eval mode with its final
     weights and BatchNorm statistics, mask, WMA mean and the stored samples, checked against the
     checkpoint.  ``data_dir`` is where the training images are, for BatchNorm recomputation.
+    A committed run folder (``weights.safetensors``, no checkpoint: ``docs/results``) is read from
+    its weights file (:mod:`inference.committed`; it keeps no samples of a CigL run).
 
     ``amp`` is the precision of every forward pass made from the loaded run, BatchNorm
     recomputation included: None keeps the run's own ``--amp`` (resolved on this machine, as
@@ -424,7 +459,12 @@ def load_run(run_dir: str | Path, data_dir: str | None = None, device: str = "au
         raise RunFolderError(f"run folder {run_dir} does not exist")
     ckpt = run_dir / "checkpoint.pt"
     if not ckpt.exists():
-        raise RunFolderError(f"{run_dir} has no checkpoint.pt: not a run folder, or training never finished an epoch")
+        if (run_dir / WEIGHTS_FILE).exists():  # a committed run: its weights file, not its checkpoint
+            from .committed import load_committed_run
+
+            return load_committed_run(run_dir, data_dir, resolve_device(device), amp)
+        raise RunFolderError(f"{run_dir} has no checkpoint.pt or {WEIGHTS_FILE}: not a run folder, or training "
+                             "never finished an epoch")
     dev = resolve_device(device)
     try:
         state = load_checkpoint(ckpt, map_location=dev)

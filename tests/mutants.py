@@ -13,6 +13,8 @@ from dataclasses import dataclass
 FIDELITY = "tests/test_cigl_fidelity.py"
 MISUSE = "tests/test_drop_in_misuse.py::"
 OWN = "tests/test_bayes_own_model.py::"
+COMMITTED = "tests/test_committed_runs.py::"
+SWAPPED_WEIGHTS = (f"{COMMITTED}test_a_weights_file_from_another_run_is_refused_by_load_run_and_reevaluate",)
 
 
 def fid(*names: str) -> tuple[str, ...]:
@@ -761,4 +763,39 @@ MUTANTS: list[Mutant] = [
     Mutant("logits-shape-unchecked", "outputs that are not (batch, classes) are turned into probabilities",
            "inference/run.py", "    if logits.dim() != 2 or len(logits) != len(batch):", "    if False:",
            (f"{OWN}test_outputs_that_are_not_one_row_of_logits_per_input_are_refused",)),
+    Mutant("committed-config-unchecked", "load_run accepts a committed weights file copied in from another run",
+           "inference/committed.py", 'problem = config_file_problem(run_dir, meta["config"], source=WEIGHTS_FILE)',
+           "problem = None", SWAPPED_WEIGHTS),
+    Mutant("reevaluate-config-unchecked", "reevaluate scores a weights file copied in from another run",
+           "experiments/reevaluate.py",
+           'problem = config_file_problem(folder_of(run), meta["config"], source=path.name)',
+           "problem = None", SWAPPED_WEIGHTS),
+    Mutant("weights-buffer-shape-unchecked", "a weights file's buffer of the wrong shape reaches copy_ (a traceback)",
+           "cigl_bayes/evaluate.py", "        if value.shape != buffers[name].shape:", "        if False:",
+           (f"{COMMITTED}test_a_malformed_weights_file_is_one_line_naming_what_is_wrong[buffer-shape]",)),
+    Mutant("weights-extra-buffer-accepted", "a weights file's unknown buffer gives a bare KeyError",
+           "cigl_bayes/evaluate.py", "    unknown = sorted(set(weights.buffers) - set(buffers))", "    unknown = []",
+           (f"{COMMITTED}test_a_malformed_weights_file_is_one_line_naming_what_is_wrong[extra-buffer]",)),
+    Mutant("reevaluate-checks-late", "reevaluate checks each weights file only when it reaches it (earlier runs "
+           "are scored first)", "experiments/reevaluate.py",
+           "    for run, path in zip(args.runs, paths):\n        check_weights_file(run, path)\n", "",
+           (f"{COMMITTED}test_reevaluate_checks_every_input_before_any_work",)),
+    Mutant("reevaluate-out-collision", "two runs of one name overwrite each other's result in --out",
+           "experiments/reevaluate.py", "        if target.resolve() in seen:", "        if False:",
+           (f"{COMMITTED}test_reevaluate_checks_every_input_before_any_work",)),
+    Mutant("reevaluate-fingerprint-late", "a foreign test set is found only after every predictor was scored",
+           "experiments/reevaluate.py", 'test_fingerprint=stored.get("test_fingerprint"))', "test_fingerprint=None)",
+           (f"{COMMITTED}test_reevaluate_checks_every_input_before_any_work",)),
+    Mutant("reevaluate-agreement-blind", "the re-evaluation's agreement with metrics.json is always reported as 0",
+           "experiments/reevaluate.py", "diff = abs(float(value) - float(old[metric]))", "diff = 0.0",
+           (f"{COMMITTED}test_reevaluation_records_its_agreement_with_metrics_json",)),
+    Mutant("bn-protocol-ignored", "predict(bn_protocol='recomputed-augmented') recomputes on clean images",
+           "inference/run.py", "recompute_batchnorm(self.net, self.bn_loader(protocol or RECOMPUTED_CLEAN),",
+           "recompute_batchnorm(self.net, self.bn_loader(RECOMPUTED_CLEAN),",
+           (f"{COMMITTED}test_load_run_reads_a_committed_folder_and_scores_every_protocol_as_its_evaluation",
+            f"{COMMITTED}test_predict_takes_a_batchnorm_protocol_and_refuses_what_the_file_cannot_give")),
+    Mutant("tracked-for-any-weights", "bn_protocol='tracked' for the WMA loads the final weights' state over it",
+           "inference/run.py", '            if predictor != "final":\n                raise ValueError(f"tracked',
+           '            if False:\n                raise ValueError(f"tracked',
+           (f"{COMMITTED}test_predict_takes_a_batchnorm_protocol_and_refuses_what_the_file_cannot_give",)),
 ]

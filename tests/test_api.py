@@ -166,7 +166,7 @@ def test_a_config_json_that_disagrees_with_the_checkpoint_is_refused_by_name(fin
     edited = json.dumps({**config, "sparsity": 0.8})
     path.write_text(edited)
     with pytest.raises(RunFolderError, match=r"config.json disagrees with the run's checkpoint.pt \(sparsity: 0.8 in "
-                                             r"config.json, 0.9 in the checkpoint\)") as err:
+                                             r"config.json, 0.9 in checkpoint.pt\)") as err:
         load_run(out)
     assert "\n" not in str(err.value) and path.read_text() == edited
     path.write_text('{"method": "cig')  # truncated

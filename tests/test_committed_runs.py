@@ -1,0 +1,181 @@
+"""A committed run folder — config.json, metrics.json and weights.safetensors, as a study commits
+it, without checkpoint or model.pt — loaded in Python and re-evaluated on the command line
+(the new-user trial of 2026-12-06: re-evaluating the controlled study's committed runs)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from cigl_bayes.config import TrainConfig
+from cigl_bayes.evaluate import score_by_protocol
+from cigl_bayes.experiments.cli import run_cli
+from cigl_bayes.experiments.reevaluate import main as reevaluate_main
+from cigl_bayes.inference import load_run
+from cigl_bayes.inference.run import RunFolderError
+from cigl_bayes.predict import bn_protocols_of, combine
+from cigl_bayes.weights import load_run_weights
+
+COMMITTED = ("config.json", "metrics.json", "weights.safetensors")  # what git keeps of a run
+
+
+@pytest.fixture(scope="module")
+def committed(tmp_path_factory, cifar_data_dir):
+    """{method: a committed copy of a tiny real-CIFAR run} for rigl and cigl."""
+    from cigl_bayes.inference.training import run
+
+    root = tmp_path_factory.mktemp("committed")
+    out = {}
+    for method in ("rigl", "cigl"):
+        cfg = TrainConfig(method=method, model="small-cnn", sparsity=0.9, epochs=2, wma_start_epoch=0, subset=400,
+                          test_subset=300, batch_size=64, data_dir=str(cifar_data_dir), device="cpu", amp="off")
+        run(cfg, root / "trained" / method, progress=False)
+        folder = root / method
+        folder.mkdir()
+        for name in COMMITTED:
+            shutil.copy2(root / "trained" / method / name, folder)
+        out[method] = folder
+    return out
+
+
+def cli(args: list[str]) -> int:
+    """``python -m experiments.reevaluate ARGS``'s exit status (errors: one line on stderr, 2)."""
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: reevaluate_main(args))
+    return stop.value.code
+
+
+def copy_of(folder, tmp_path, name="run"):
+    target = tmp_path / name
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_load_run_reads_a_committed_folder_and_scores_every_protocol_as_its_evaluation(committed):
+    """load_run on the weights file alone: every predictor under every BatchNorm protocol gives the
+    test scores of metrics.json → by_bn_protocol exactly (same machine, same code)."""
+    for method, folder in committed.items():
+        run = load_run(folder, device="cpu")
+        stored = json.loads((folder / "metrics.json").read_text())["by_bn_protocol"]
+        labels = {"test": run.labels("test")}
+        names = ["final"] + (["wma"] if method == "cigl" else [])
+        for name in names:
+            for protocol in bn_protocols_of(name):
+                logp = {name: {"test": combine(name, run.log_probs(name, "test", bn_protocol=protocol))}}
+                scored = score_by_protocol({protocol: logp}, labels)[protocol]["test"][name]
+                assert scored == stored[protocol]["test"][name], (method, name, protocol)
+
+
+def test_predict_takes_a_batchnorm_protocol_and_refuses_what_the_file_cannot_give(committed):
+    run = load_run(committed["cigl"], device="cpu")
+    images = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    clean = run.predict(images, "wma").probs
+    assert torch.equal(run.predict(images, "wma", bn_protocol="recomputed-clean").probs, clean)  # the default
+    assert not torch.allclose(run.predict(images, "wma", bn_protocol="recomputed-augmented").probs, clean)
+    with pytest.raises(ValueError, match="tracked BatchNorm statistics exist only for the final weights"):
+        run.predict(images, "wma", bn_protocol="tracked")
+    with pytest.raises(ValueError, match="unknown BatchNorm protocol 'clean'"):
+        run.predict(images, "wma", bn_protocol="clean")
+    with pytest.raises(RunFolderError, match=r"\(weights.safetensors\) has no posterior samples \(method cigl, "
+                                             r"weights.safetensors keeps only their mean\); use predictor 'wma'"):
+        run.predict(images, "predictive")
+    rigl = load_run(committed["rigl"], device="cpu")
+    tracked = rigl.predict(images, "final").probs  # RigL's own choice: the statistics tracked in training
+    assert torch.equal(rigl.predict(images, "final", bn_protocol="tracked").probs, tracked)
+    assert not torch.allclose(rigl.predict(images, "final", bn_protocol="recomputed-clean").probs, tracked)
+
+
+def test_a_weights_file_from_another_run_is_refused_by_load_run_and_reevaluate(committed, tmp_path):
+    swapped = copy_of(committed["rigl"], tmp_path)
+    shutil.copy2(committed["cigl"] / "weights.safetensors", swapped)
+    with pytest.raises(RunFolderError, match=r"config.json disagrees with the run's weights.safetensors "
+                                             r"\(method: 'rigl' in config.json, 'cigl' in weights.safetensors\)"):
+        load_run(swapped, device="cpu")
+    assert cli([str(swapped), "--no-progress", "--device", "cpu"]) == 2
+    assert not (swapped / "reevaluation.json").exists()
+
+
+def _rewrite(path, change):
+    """Rewrite a weights file with ``change(tensors, meta)`` applied (a deliberately broken copy)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(path))
+    change(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _first_running_mean(t):
+    return next(k for k in t if k.endswith("running_mean"))
+
+
+BROKEN = {
+    "buffer-shape": (lambda t, m: t.__setitem__(_first_running_mean(t), torch.zeros(3)), r"buffer '.*running_mean' "
+                     r"has shape \(3,\), small-cnn has \(\d+,\)"),
+    "short-dense": (lambda t, m: t.__setitem__("final.other", t["final.other"][:-1]),
+                    r"final.other holds \d+ dense parameters, small-cnn has \d+"),
+    "extra-buffer": (lambda t, m: t.__setitem__("buffer.bogus", torch.zeros(1)),
+                     "holds a buffer 'bogus' that small-cnn does not have"),
+    "unknown-method": (lambda t, m: m.__setitem__("config", json.dumps({**json.loads(m["config"]),
+                                                                         "method": "nosuch"})),
+                       "its stored config names 'nosuch', unknown to this version of cigl-bayes"),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN))
+def test_a_malformed_weights_file_is_one_line_naming_what_is_wrong(committed, tmp_path, broken, capsys):
+    change, match = BROKEN[broken]
+    folder = copy_of(committed["rigl"], tmp_path)
+    (folder / "config.json").unlink()  # the file alone decides (config.json would name the method first)
+    _rewrite(folder / "weights.safetensors", change)
+    with pytest.raises(RunFolderError, match=match) as err:
+        load_run(folder, device="cpu")
+    assert "\n" not in str(err.value)
+    assert cli([str(folder), "--no-progress", "--device", "cpu"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and re.search(match, message), message
+    assert not (folder / "reevaluation.json").exists()
+
+
+def test_reevaluate_checks_every_input_before_any_work(committed, tmp_path, monkeypatch):
+    import cigl_bayes.evaluate as evaluate
+
+    def never(*args, **kwargs):
+        raise AssertionError("scored before every input was checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_weights", never)
+    good = copy_of(committed["rigl"], tmp_path, "good")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli([str(good), str(empty), "--no-progress", "--device", "cpu"]) == 2  # no weights file
+    same = [copy_of(committed["rigl"], tmp_path / "a", "run"), copy_of(committed["cigl"], tmp_path / "b", "run")]
+    assert cli([*map(str, same), "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 2
+    stored = json.loads((good / "metrics.json").read_text())
+    (good / "metrics.json").write_text(json.dumps({**stored, "test_fingerprint": "0" * 16}))
+    assert cli([str(good), "--no-progress", "--device", "cpu"]) == 2  # another test set: before scoring
+    assert not list(tmp_path.rglob("reevaluation.json")) and not (tmp_path / "out").exists()
+
+
+def test_reevaluation_records_its_agreement_with_metrics_json(committed, tmp_path):
+    folder = copy_of(committed["cigl"], tmp_path)
+    assert cli([str(folder), "--no-progress", "--device", "cpu"]) == 0
+    agreement = json.loads((folder / "reevaluation.json").read_text())["agreement"]
+    assert agreement["largest_abs_difference"] == 0.0 and agreement["at"]
+    stored = json.loads((folder / "metrics.json").read_text())
+    stored["by_bn_protocol"]["recomputed-augmented"]["test"]["wma"]["ece"] += 0.25
+    (folder / "metrics.json").write_text(json.dumps(stored))
+    assert cli([str(folder), "--no-progress", "--device", "cpu"]) == 0
+    agreement = json.loads((folder / "reevaluation.json").read_text())["agreement"]
+    assert agreement["largest_abs_difference"] == pytest.approx(0.25)
+    assert agreement["at"] == "recomputed-augmented/test/wma/ece"
+
+
+def test_the_weights_file_records_its_number_of_classes(committed):
+    _, meta = load_run_weights(committed["cigl"] / "weights.safetensors")
+    assert meta["num_classes"] == "10"
