@@ -73,8 +73,8 @@ def uncertainty(probs: torch.Tensor, draws: torch.Tensor | None, score: str) -> 
 def predictions(run, images: np.ndarray, draws: int,
                 progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """{predictor: (probs (N, C), per-draw probs (K, N, C) or None)} for every predictor the run has."""
-    names = ["final", "mc-z"] + (["wma", "predictive"] if run.samples else []) + \
-        (["swag"] if len(run.samples) >= 2 else [])
+    names = ["final", "mc-z"] + (["wma"] if run.wma is not None or run.samples else []) + \
+        (["predictive"] if run.samples else []) + (["swag"] if len(run.samples) >= 2 else [])
     names = [n for n in PREDICTOR_ORDER if n in names]
     seeds = {"mc-z": run.config.seed + 100, "swag": run.config.seed + 200}
     out = {}

@@ -798,4 +798,8 @@ MUTANTS: list[Mutant] = [
            "inference/run.py", '            if predictor != "final":\n                raise ValueError(f"tracked',
            '            if False:\n                raise ValueError(f"tracked',
            (f"{COMMITTED}test_predict_takes_a_batchnorm_protocol_and_refuses_what_the_file_cannot_give",)),
+    Mutant("shift-wma-needs-samples", "the shift report leaves out the WMA of a run that kept only its mean "
+           "(a committed CigL run)", "experiments/shift_report.py",
+           '(["wma"] if run.wma is not None or run.samples else [])', '(["wma"] if run.samples else [])',
+           (f"{COMMITTED}test_the_shift_report_scores_a_committed_cigl_runs_wma",)),
 ]

@@ -179,3 +179,15 @@ def test_reevaluation_records_its_agreement_with_metrics_json(committed, tmp_pat
 def test_the_weights_file_records_its_number_of_classes(committed):
     _, meta = load_run_weights(committed["cigl"] / "weights.safetensors")
     assert meta["num_classes"] == "10"
+
+
+def test_the_shift_report_scores_a_committed_cigl_runs_wma(committed):
+    """The file keeps CigL's WMA mean without its samples: the shift report's predictors include wma
+    (and the temperature on top of it), not only final and mc-z."""
+    from cigl_bayes.experiments.shift_report import predictions
+
+    run = load_run(committed["cigl"], device="cpu")
+    images = (torch.rand(6, 32, 32, 3) * 255).to(torch.uint8).numpy()
+    out = predictions(run, images, draws=2, progress=False)
+    assert list(out) == ["final", "wma", "temperature_scaled", "mc-z"]
+    assert torch.equal(out["wma"][0], run.predict(images, "wma").probs)
