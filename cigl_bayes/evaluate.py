@@ -384,4 +384,5 @@ def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto
             "output_predictor": output, "temperature": temperature, "test": report["test"],
             "val": report.get("val", {}), "bn_protocol": used, "by_bn_protocol": score_by_protocol(by_protocol, labels),
             "test_fingerprint": found,
-            "runtime": {**describe_host(dev), "compute_dtype": cfg.compute_dtype(dev)}}
+            "runtime": {**describe_host(dev), "compute_dtype": cfg.compute_dtype(dev),
+                        "channels_last": cfg.speed_options(dev)["channels_last"], "compile": cfg.compile}}

@@ -165,8 +165,11 @@ def test_reevaluate_checks_every_input_before_any_work(committed, tmp_path, monk
 def test_reevaluation_records_its_agreement_with_metrics_json(committed, tmp_path):
     folder = copy_of(committed["cigl"], tmp_path)
     assert cli([str(folder), "--no-progress", "--device", "cpu"]) == 0
-    agreement = json.loads((folder / "reevaluation.json").read_text())["agreement"]
+    again = json.loads((folder / "reevaluation.json").read_text())
+    agreement = again["agreement"]
     assert agreement["largest_abs_difference"] == 0.0 and agreement["at"]
+    stored_runtime = json.loads((folder / "metrics.json").read_text())["runtime"]
+    assert again["runtime"] == stored_runtime == agreement["evaluated_on"]  # the same host and options
     stored = json.loads((folder / "metrics.json").read_text())
     stored["by_bn_protocol"]["recomputed-augmented"]["test"]["wma"]["ece"] += 0.25
     (folder / "metrics.json").write_text(json.dumps(stored))
