@@ -43,7 +43,9 @@ class SparseNetwork:
         optimizer and the mask still hold the old one, so training it would silently do nothing.
         None when every parameter is in place.  One dictionary lookup per module and parameter."""
         for slots, key, value, name in self._places:
-            if slots.get(key) is not value:
+            held = slots.get(key)
+            # a submodule compiled in place (module.body = torch.compile(module.body)) wraps the same one
+            if held is not value and getattr(held, "_orig_mod", None) is not value:
                 return name
         return None
 

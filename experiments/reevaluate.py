@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from cigl_bayes.weights import WEIGHTS_FILE, load_run_weights
 from .cli import ArgumentParser, run_cli
 
 SPLITS = ("test", "val")
+RUN_FILES = ("config.json", "metrics.json", "laplace.json", "diverged.json")  # a run's own: never overwritten
 
 
 def weights_path(run: Path) -> Path:
@@ -60,6 +62,18 @@ def stored_metrics(run: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return stored if isinstance(stored, dict) else {}
+
+
+def output_names(runs: list[Path]) -> list[str]:
+    """One file name per run for ``--out``: the run folder's name, or, where two runs share it, as
+    many of their parent folders as tell them apart (``precision-native-bf16__runs__cigl-….json``)."""
+    parts = [folder_of(r).resolve().parts for r in runs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["__".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return [f"{n}.json" for n in names]
+    same = next(r for i, r in enumerate(runs) if names.count(names[i]) > 1)
+    raise ValueError(f"the run {same} is given twice")
 
 
 def check_weights_file(run: Path, path: Path) -> None:
@@ -98,49 +112,78 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $CIGL_DATA_DIR)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: the count the run was evaluated with, from its metrics.json)")
+                   help="CPU threads (default: the count the run was evaluated with, from its metrics.json, at most "
+                        "this machine's cores; OMP_NUM_THREADS is not followed: another count sums in another order)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     if "/" in args.out_name or not args.out_name.endswith(".json"):
         raise ValueError(f"--out-name must be a plain .json file name, got {args.out_name!r}")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be a positive integer, got {args.threads}")
+    if args.out is None and args.out_name in RUN_FILES:
+        raise ValueError(f"--out-name {args.out_name} is a file of the run folder itself; choose another name")
     # every input checked before any work
     paths = [weights_path(r) for r in args.runs]
-    targets = [args.out / f"{folder_of(r).resolve().name}.json" if args.out is not None
-               else folder_of(r) / args.out_name for r in args.runs]
-    seen: dict[Path, Path] = {}
-    for run, target in zip(args.runs, targets):
-        if target.resolve() in seen:
-            raise ValueError(f"{seen[target.resolve()]} and {run} would both write {target}; "
-                             "give them separate --out folders (or re-evaluate them into their own run folders)")
-        seen[target.resolve()] = run
+    if args.out is not None:
+        if args.out.exists() and not args.out.is_dir():
+            raise ValueError(f"--out {args.out} is a file, not a folder")
+        targets = [args.out / name for name in output_names(args.runs)]
+    else:
+        targets = [folder_of(r) / args.out_name for r in args.runs]
+        seen: dict[Path, Path] = {}
+        for run, target in zip(args.runs, targets):
+            if target.resolve() in seen:
+                raise ValueError(f"the run {run} is given twice")
+            seen[target.resolve()] = run
     for run, path in zip(args.runs, paths):
         check_weights_file(run, path)
-    for run, path, target in tqdm(list(zip(args.runs, paths, targets)), desc="reevaluate", unit="run",
-                                  disable=not args.progress):
-        stored = stored_metrics(run)
-        threads = args.threads or (stored.get("runtime") or {}).get("cpu_threads")
-        if isinstance(threads, int) and threads >= 1:
-            torch.set_num_threads(threads)
-        result = reevaluate(path, data_dir=args.data_dir, device=args.device,
-                            test_fingerprint=stored.get("test_fingerprint"))
-        result["weights_file"] = str(path)
-        worst, where = largest_difference(stored.get("by_bn_protocol") or {}, result["by_bn_protocol"])
-        result["agreement"] = {"compared_with": "metrics.json by_bn_protocol" if worst is not None else None,
-                               "largest_abs_difference": worst, "at": where,
-                               "evaluated_on": stored.get("runtime")}
-        if args.out is None:
-            with RunFolderLock(folder_of(run)):
-                atomic_write_json(result, target)
-        else:
-            atomic_write_json(result, target)
-        head = result["bn_protocol"]
-        print(f"{run}: " + ", ".join(f"{name} [{head[name]}] acc {m['accuracy']:.4f} ECE {m['ece']:.4f}"
-                                     for name, m in result["test"].items()) + f" → {target}")
-        if worst is not None:
-            print(f"  largest difference from metrics.json: {worst:.3g} ({where})")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if not os.access(args.out, os.W_OK):
+            raise ValueError(f"--out {args.out} cannot be written")
+    threads_before = torch.get_num_threads()
+    try:
+        for run, path, target in tqdm(list(zip(args.runs, paths, targets)), desc="reevaluate", unit="run",
+                                      disable=not args.progress):
+            torch.set_num_threads(thread_count(args.threads, stored_metrics(run)))
+            reevaluate_one(run, path, target, args)
+    finally:
+        torch.set_num_threads(threads_before)
     return 0
+
+
+def thread_count(asked: int | None, stored: dict) -> int:
+    """CPU threads for one run: ``--threads``; else the count the run was evaluated with (the same
+    summation order, so the same numbers; ``OMP_NUM_THREADS`` is not followed, as it would change
+    them), at most this machine's cores; else this process's count."""
+    if asked is not None:
+        return asked
+    recorded = (stored.get("runtime") or {}).get("cpu_threads")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+        return min(recorded, os.cpu_count() or recorded)
+    return torch.get_num_threads()
+
+
+def reevaluate_one(run: Path, path: Path, target: Path, args) -> None:
+    """Score one run's weights file and write its result (with its agreement with metrics.json)."""
+    stored = stored_metrics(run)
+    result = reevaluate(path, data_dir=args.data_dir, device=args.device,
+                        test_fingerprint=stored.get("test_fingerprint"))
+    result["weights_file"] = str(path)
+    worst, where = largest_difference(stored.get("by_bn_protocol") or {}, result["by_bn_protocol"])
+    result["agreement"] = {"compared_with": "metrics.json by_bn_protocol" if worst is not None else None,
+                           "largest_abs_difference": worst, "at": where,
+                           "evaluated_on": stored.get("runtime")}
+    if args.out is None:
+        with RunFolderLock(folder_of(run)):
+            atomic_write_json(result, target)
+    else:
+        atomic_write_json(result, target)
+    head = result["bn_protocol"]
+    print(f"{run}: " + ", ".join(f"{name} [{head[name]}] acc {m['accuracy']:.4f} ECE {m['ece']:.4f}"
+                                 for name, m in result["test"].items()) + f" → {target}")
+    if worst is not None:
+        print(f"  largest difference from metrics.json: {worst:.3g} ({where})")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from cigl_bayes.cigl import CigL
 from cigl_bayes.config import TrainConfig
 from cigl_bayes.masks import DeterministicMask
 from cigl_bayes.network import SparseNetwork
-from cigl_bayes.predict import RECOMPUTED_CLEAN, has_batchnorm
+from cigl_bayes.predict import RECOMPUTED_AUGMENTED, RECOMPUTED_CLEAN, has_batchnorm
 
 from .run import TrainedRun, one_row_per_input
 
@@ -48,18 +48,22 @@ class ObjectPosterior(TrainedRun):
         batch's shape (a single image (C, H, W) instead of a batch is the usual cause)."""
         try:
             logits = self.net.forward(batch, sparse)
-        except (RuntimeError, TypeError, ValueError) as error:
+        except torch.OutOfMemoryError:
+            raise  # not the batch's shape: a caller may retry with a smaller batch
+        except Exception as error:
             first = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise ValueError(f"your model failed on a batch of shape {tuple(batch.shape)} ({first}); predict "
                              "takes a batch of inputs as your model takes them (one image: "
                              "images.unsqueeze(0))") from error
         return one_row_per_input(logits, batch)
 
-    def bn_loader(self, protocol: str = RECOMPUTED_CLEAN):
-        if protocol != RECOMPUTED_CLEAN:
+    def _check_protocol(self, protocol: str) -> None:
+        if protocol == RECOMPUTED_AUGMENTED:
             raise ValueError("a posterior of a CigL object recomputes BatchNorm statistics on the bn_loader you "
                              f"gave it, whatever it serves; for {protocol} build posterior(cigl, loader) on those "
                              "batches and leave bn_protocol out")
+
+    def bn_loader(self, protocol: str = RECOMPUTED_CLEAN):
         if self.loader is None:
             if not has_batchnorm(self.net.module):
                 return ()  # nothing to recompute

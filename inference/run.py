@@ -89,6 +89,9 @@ class Prediction:
 
 def one_row_per_input(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """``logits`` when they are (B, classes) for a batch of B inputs; else a one-line error."""
+    if not torch.is_tensor(logits):
+        raise ValueError(f"the network returned a {type(logits).__name__}, not a tensor of logits (batch, classes); "
+                         "give predict a module whose forward returns the logits alone")
     if logits.dim() != 2 or len(logits) != len(batch):
         raise ValueError(f"the network returned outputs of shape {tuple(logits.shape)} for a batch of shape "
                          f"{tuple(batch.shape)}; predict needs logits (batch, classes): give a batch of "
@@ -194,9 +197,13 @@ class TrainedRun:
             def sampler(gen: torch.Generator) -> Snapshot:
                 d = swag.sample(gen, scale=0.5)
                 return Snapshot(d.sparse.to(self.device, dtype), d.other.to(self.device, dtype))
-        return predictor_draws(predictor, self._final(), self.samples, wma=self.wma, keep=self.keep,
-                               count=count, seed=seed, swag_sample=sampler,
-                               final_bn_recomputed=self.config.final_bn_recomputed)
+        drawn = predictor_draws(predictor, self._final(), self.samples, wma=self.wma, keep=self.keep,
+                                count=count, seed=seed, swag_sample=sampler,
+                                final_bn_recomputed=self.config.final_bn_recomputed)
+        if predictor == "swag":  # the draws (and their cached BatchNorm statistics) depend on the rank
+            rank = SWAG_RANK if swag_rank is None else swag_rank
+            drawn = [(key.replace("swag:", f"swag:rank{rank}:", 1), snap) for key, snap in drawn]
+        return drawn
 
     @property
     def compute_dtype(self) -> str:
@@ -263,22 +270,25 @@ class TrainedRun:
         batch_size = 500 if batch_size is None else batch_size
         x = self.prepare(images)
         per_draw = []
-        for key, snap in self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed)):
-            self._load(key, snap)
-            logits = torch.cat([_at_least_float32(self._logits(b, snap.sparse)) for b in x.split(batch_size)])
-            per_draw.append(torch.softmax(logits, -1).cpu())
-        self._restore()
+        try:  # a draw that fails (or Ctrl-C) must not leave its weights where the final ones belong
+            for key, snap in self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed)):
+                self._load(key, snap)
+                logits = torch.cat([_at_least_float32(self._logits(b, snap.sparse)) for b in x.split(batch_size)])
+                per_draw.append(torch.softmax(logits, -1).cpu())
+        finally:
+            self._restore()
         stacked = torch.stack(per_draw)
         single = predictor in SINGLE_WEIGHT
         return Prediction(predictor, stacked.mean(0), None if single else stacked)
 
-    @staticmethod
-    def _under(protocol: str | None, predictor: str, draws: list[tuple[str, Snapshot]]) -> list[tuple[str, Snapshot]]:
+    def _under(self, protocol: str | None, predictor: str,
+               draws: list[tuple[str, Snapshot]]) -> list[tuple[str, Snapshot]]:
         """The draws with keys that say which BatchNorm statistics :meth:`_load` gives them under
         ``protocol`` (None: the keys as drawn, the run's own choice)."""
         if protocol is None:
             return draws
         check_bn_protocol(protocol)
+        self._check_protocol(protocol)
         if protocol == TRACKED:
             if predictor != "final":
                 raise ValueError(f"tracked BatchNorm statistics exist only for the final weights, not for "
@@ -288,6 +298,9 @@ class TrainedRun:
         if protocol == RECOMPUTED_CLEAN:
             return recomputed  # the keys' own recomputation: on the unaugmented training images
         return [(f"{key}{PROTOCOL_SEPARATOR}{protocol}", snap) for key, snap in recomputed]
+
+    def _check_protocol(self, protocol: str) -> None:
+        """Refuse a BatchNorm protocol these weights cannot serve (before anything is loaded)."""
 
     def _logits(self, batch: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """The network's logits (B, C) for one batch of B inputs under the sparse weights ``sparse``."""
@@ -318,8 +331,10 @@ class TrainedRun:
         x = self.prepare(images)
         self._restore()  # the final weights with the BatchNorm statistics tracked in training
         batches = [(b, None) for b in x.split(batch_size)]
-        passes = mc_dropout_probs(self.net, batches, self.config.mc_samples if draws is None else draws, seed)
-        self._restore()
+        try:
+            passes = mc_dropout_probs(self.net, batches, self.config.mc_samples if draws is None else draws, seed)
+        finally:
+            self._restore()
         stacked = torch.stack(passes)
         return Prediction("mc-dropout", stacked.mean(0), stacked)
 
@@ -330,10 +345,12 @@ class TrainedRun:
         "val"), in the loader's order (labels: :meth:`labels`); ``bn_protocol`` as in :meth:`predict`."""
         loader = self._split(split)
         out = []
-        for key, snap in self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed, swag_rank)):
-            self._load(key, snap)
-            out.append(predict_log_probs(self.net, loader, snap.sparse))
-        self._restore()
+        try:
+            for key, snap in self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed, swag_rank)):
+                self._load(key, snap)
+                out.append(predict_log_probs(self.net, loader, snap.sparse))
+        finally:
+            self._restore()
         return out
 
     @torch.no_grad()
@@ -343,11 +360,12 @@ class TrainedRun:
         if predictor not in SINGLE_WEIGHT:
             raise ValueError(f"only {' and '.join(SINGLE_WEIGHT)} are one network; {predictor!r} averages several")
         key, snap = self.weight_draws(predictor)[0]
-        self._load(key, snap)
-        self.net.load_flat_(snap.sparse, snap.other)  # the masked weights themselves, zeros included
-        module = copy.deepcopy(self.net.module).eval()
-        self._restore()
-        return module
+        try:
+            self._load(key, snap)
+            self.net.load_flat_(snap.sparse, snap.other)  # the masked weights themselves, zeros included
+            return copy.deepcopy(self.net.module).eval()
+        finally:
+            self._restore()
 
     def labels(self, split: str = "test") -> torch.Tensor:
         """Labels of the run's ``split``, in the order of :meth:`log_probs`."""
@@ -364,14 +382,14 @@ class TrainedRun:
         self.net.load_flat_(snap.sparse, snap.other)
         if key == TRAINING_BN_KEY:
             self.net.module.load_state_dict(self._final_state)
-        elif key in self._bn_cache:
-            self.net.module.load_state_dict(self._bn_cache[key], strict=False)
+        elif (key, self.bn_batches) in self._bn_cache:  # a new run.bn_batches asks for a recomputation
+            self.net.module.load_state_dict(self._bn_cache[key, self.bn_batches], strict=False)
         elif key in self._stored_bn and self.bn_batches == self.config.bn_batches:
             self.net.module.load_state_dict(self._stored_bn[key], strict=False)
         else:
             _, _, protocol = key.partition(PROTOCOL_SEPARATOR)
             recompute_batchnorm(self.net, self.bn_loader(protocol or RECOMPUTED_CLEAN), snap.sparse, self.bn_batches)
-            self._bn_cache[key] = {k: v.clone() for k, v in self.net.module.state_dict().items()
+            self._bn_cache[key, self.bn_batches] = {k: v.clone() for k, v in self.net.module.state_dict().items()
                                    if "running_" in k or "num_batches_tracked" in k}
         self.net.module.eval()
 
@@ -426,6 +444,10 @@ class TrainedRun:
         layers), with the per-epoch training loss as a sample statistic where the history holds it."""
         from . import diagnostics
 
+        if not self.samples:
+            why = f", {self.mean_only_option} keeps only their mean" if self.wma is not None else ""
+            raise RunFolderError(f"{self.where} has no posterior samples (method {self.config.method}{why}); "
+                                 "InferenceData holds the samples")
         layers = list(zip(self.net.sparse_names, self.net.mask.numels))
         by_epoch = {h["epoch"]: h["train_loss"] for h in self.history}
         loss = [by_epoch.get(e + 1, float("nan")) for e in self.sample_epochs]

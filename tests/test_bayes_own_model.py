@@ -339,6 +339,29 @@ def test_a_single_input_instead_of_a_batch_is_named_in_one_line():
     assert "\n" not in str(error.value)
 
 
+def test_a_failed_prediction_leaves_the_final_weights_and_statistics_in_place():
+    model, cigl, loader = trained(batchnorm=True)
+    post = posterior(cigl, loader)
+    x, _ = data(n=8, seed=9)
+    final = post.predict(x, "final").probs
+    with pytest.raises(ValueError, match="your model failed"):
+        post.predict(x[0], "wma")  # fails in the forward, after the WMA weights were loaded
+    with pytest.raises(ValueError, match="recomputes BatchNorm statistics on the bn_loader you gave it"):
+        post.predict(x, "wma", bn_protocol="recomputed-augmented")
+    assert torch.equal(post.predict(x, "final").probs, final)
+
+
+def test_a_new_bn_batches_recomputes_the_statistics():
+    model, cigl, loader = trained(batchnorm=True)  # two BatchNorm batches
+    post = posterior(cigl, loader)
+    x, _ = data(n=8, seed=9)
+    every = post.predict(x, "wma").probs
+    post.bn_batches = 1
+    first_only = post.predict(x, "wma").probs
+    assert torch.equal(first_only, posterior(cigl, loader, bn_batches=1).predict(x, "wma").probs)
+    assert not torch.equal(first_only, every)
+
+
 def test_outputs_that_are_not_one_row_of_logits_per_input_are_refused():
     torch.manual_seed(0)
     model = nn.Sequential(*mlp(), nn.Unflatten(1, (4, 1)))  # (B, 4, 1): not (B, classes)
@@ -349,6 +372,35 @@ def test_outputs_that_are_not_one_row_of_logits_per_input_are_refused():
         F.cross_entropy(model(x[8 * i:8 * (i + 1)]), y[8 * i:8 * (i + 1), None]).backward()
         cigl.step()
     with pytest.raises(ValueError, match=r"returned outputs of shape \(8, 4, 1\) for a batch of shape \(8, 6\)"):
+        posterior(cigl).predict(x[:8], "final")
+    model[-1] = FirstHalf()  # (B, 4) → (B/2, 4): two dimensions, but not a row per input
+    with pytest.raises(ValueError, match=r"returned outputs of shape \(8, 4\) for a batch of shape \(16, 6\)"):
+        posterior(cigl).predict(x[:16], "final")
+
+
+class FirstHalf(nn.Module):
+    def forward(self, x):
+        return x[: len(x) // 2]
+
+
+class TupleOut(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x), x  # (logits, features): not what predict takes
+
+
+def test_a_model_that_returns_a_tuple_is_named():
+    model = TupleOut(mlp())
+    opt, cigl = drop_in(model, total_steps=2, delta_t=2)
+    x, y = data(n=16)
+    for i in range(2):
+        opt.zero_grad()
+        F.cross_entropy(model(x[8 * i:8 * (i + 1)])[0], y[8 * i:8 * (i + 1)]).backward()
+        cigl.step()
+    with pytest.raises(ValueError, match="the network returned a tuple, not a tensor of logits"):
         posterior(cigl).predict(x[:8], "final")
 
 

@@ -5,6 +5,7 @@ it, without checkpoint or model.pt — loaded in Python and re-evaluated on the 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -39,6 +40,7 @@ def committed(tmp_path_factory, cifar_data_dir):
         for name in COMMITTED:
             shutil.copy2(root / "trained" / method / name, folder)
         out[method] = folder
+    out["cigl-full"] = root / "trained" / "cigl"  # the run folder itself: checkpoint and samples
     return out
 
 
@@ -154,8 +156,15 @@ def test_reevaluate_checks_every_input_before_any_work(committed, tmp_path, monk
     empty = tmp_path / "empty"
     empty.mkdir()
     assert cli([str(good), str(empty), "--no-progress", "--device", "cpu"]) == 2  # no weights file
-    same = [copy_of(committed["rigl"], tmp_path / "a", "run"), copy_of(committed["cigl"], tmp_path / "b", "run")]
-    assert cli([*map(str, same), "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 2
+    misfit = copy_of(committed["rigl"], tmp_path, "misfit")  # a second run that does not fit its network
+    _rewrite(misfit / "weights.safetensors", BROKEN["buffer-shape"][0])
+    assert cli([str(good), str(misfit), "--no-progress", "--device", "cpu"]) == 2
+    assert cli([str(good), str(good), "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 2
+    (tmp_path / "a-file").write_text("")
+    assert cli([str(good), "--out", str(tmp_path / "a-file"), "--no-progress", "--device", "cpu"]) == 2
+    before = (good / "metrics.json").read_bytes()
+    assert cli([str(good), "--out-name", "metrics.json", "--no-progress", "--device", "cpu"]) == 2
+    assert (good / "metrics.json").read_bytes() == before
     stored = json.loads((good / "metrics.json").read_text())
     (good / "metrics.json").write_text(json.dumps({**stored, "test_fingerprint": "0" * 16}))
     assert cli([str(good), "--no-progress", "--device", "cpu"]) == 2  # another test set: before scoring
@@ -194,3 +203,76 @@ def test_the_shift_report_scores_a_committed_cigl_runs_wma(committed):
     out = predictions(run, images, draws=2, progress=False)
     assert list(out) == ["final", "wma", "temperature_scaled", "mc-z"]
     assert torch.equal(out["wma"][0], run.predict(images, "wma").probs)
+
+
+def test_runs_of_one_name_from_two_studies_get_two_output_files(tmp_path):
+    from cigl_bayes.experiments.reevaluate import output_names
+
+    a, b = tmp_path / "bf16" / "runs" / "cigl-s0", tmp_path / "fp32" / "runs" / "cigl-s0"
+    c = tmp_path / "fp32" / "runs" / "rigl-s0"
+    for folder in (a, b, c):
+        folder.mkdir(parents=True)
+    assert output_names([c]) == ["rigl-s0.json"]
+    assert output_names([a, b, c]) == ["bf16__runs__cigl-s0.json", "fp32__runs__cigl-s0.json",
+                                       "fp32__runs__rigl-s0.json"]
+    with pytest.raises(ValueError, match="is given twice"):
+        output_names([a, a])
+
+
+def test_the_thread_count_follows_the_option_then_the_run_capped_at_the_cores(monkeypatch):
+    from cigl_bayes.experiments.reevaluate import thread_count
+
+    stored = {"runtime": {"cpu_threads": 64}}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # not followed: it would change the numbers
+    assert thread_count(None, stored) == min(64, os.cpu_count())
+    assert thread_count(None, {"runtime": {"cpu_threads": 1}}) == 1
+    assert thread_count(3, stored) == 3
+    assert thread_count(None, {}) == torch.get_num_threads()
+
+
+def test_reevaluation_runs_at_the_runs_thread_count_and_puts_the_callers_back(committed, tmp_path, monkeypatch):
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores to tell thread counts apart")
+    folder = copy_of(committed["rigl"], tmp_path)
+    mine = torch.get_num_threads()
+    recorded = 1 if mine != 1 else 2
+    stored = json.loads((folder / "metrics.json").read_text())
+    stored["runtime"]["cpu_threads"] = recorded
+    (folder / "metrics.json").write_text(json.dumps(stored))
+    assert cli([str(folder), "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads((folder / "reevaluation.json").read_text())["runtime"]["cpu_threads"] == recorded
+    assert torch.get_num_threads() == mine
+
+
+def test_to_inferencedata_of_a_committed_cigl_run_is_refused_by_name(committed):
+    run = load_run(committed["cigl"], device="cpu")
+    with pytest.raises(RunFolderError, match=r"has no posterior samples \(method cigl, weights.safetensors keeps "
+                                             r"only their mean\); InferenceData holds the samples"):
+        run.to_inferencedata()
+
+
+def test_a_failed_prediction_leaves_the_final_weights_in_place(committed):
+    """A draw interrupted after its weights were loaded (Ctrl-C during its BatchNorm recomputation)
+    must not leave them in the network: final, and mc-z built from it, are unchanged afterwards."""
+    run = load_run(committed["cigl-full"], device="cpu")
+    images = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    final, mcz = run.predict(images, "final").probs, run.predict(images, "mc-z", draws=2).probs
+    original = run.bn_loader
+
+    def broken(protocol="recomputed-clean"):
+        raise KeyboardInterrupt("Ctrl-C during the BatchNorm recomputation")
+
+    run.bn_loader = broken
+    with pytest.raises(KeyboardInterrupt):
+        run.predict(images, "predictive")  # each sample's statistics are recomputed
+    run.bn_loader = original
+    assert torch.equal(run.predict(images, "final").probs, final)
+    assert torch.equal(run.predict(images, "mc-z", draws=2).probs, mcz)
+
+
+def test_swag_statistics_are_cached_per_rank(committed):
+    run = load_run(committed["cigl-full"], device="cpu")
+    run.log_probs("swag", "test", draws=2, swag_rank=1)
+    second = run.log_probs("swag", "test", draws=2, swag_rank=2)
+    fresh = load_run(committed["cigl-full"], device="cpu").log_probs("swag", "test", draws=2, swag_rank=2)
+    assert all(torch.equal(a, b) for a, b in zip(second, fresh))

@@ -449,5 +449,6 @@ def test_parameters_loaded_in_place_after_construction_train_on():
     train(model, opt, cigl, data, range(1))
     model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})  # in place: the same Parameters
     model.to(memory_format=torch.channels_last)
+    model.body = torch.compile(model.body, backend="eager")  # compiled in place: the same Parameters inside
     train(model, opt, cigl, data, range(1, 3))
     assert cigl.step_count == 3
