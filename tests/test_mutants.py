@@ -27,4 +27,6 @@ def test_each_mutant_applies_exactly_once_and_names_existing_tests(mutant):
         path, _, name = node.partition("::")
         text = (REPO / path).read_text()
         if name:
-            assert re.search(rf"^def {re.escape(name)}\(", text, re.M), f"{mutant.name}: no test {node}"
+            function, _, case = name.partition("[")  # a parametrized test: its function, and the case's id in it
+            assert re.search(rf"^def {re.escape(function)}\(", text, re.M), f"{mutant.name}: no test {node}"
+            assert not case or f'"{case.rstrip("]")}"' in text, f"{mutant.name}: no case {case.rstrip(']')!r} in {path}"
