@@ -1,7 +1,7 @@
 """CigL as an object that attaches to *your* module and optimizer: the one implementation of the
 algorithm, which every host composes (a user's loop, the Lightning callback, this project's Trainer).
 
-    cigl = CigL(model, optimizer, sparsity=0.95, total_steps=epochs * len(loader), collect_from_epoch=int(0.8 * epochs))
+    cigl = CigL(model, optimizer, sparsity=0.95, total_steps=epochs * len(loader))   # T* = 0.8 × epochs
     for epoch in range(epochs):
         for x, y in loader:
             optimizer.zero_grad()
@@ -22,8 +22,9 @@ At the end of every epoch ≥ T* (``collect_from_epoch``): the sample M⊙Z⊙W 
 epoch's last step goes into the running mean (WMA) and the sample store.
 
 How ``model(x)`` sees M⊙Z⊙W: :meth:`attach` (done on construction unless ``attach=False``) gives
-the module an instance ``forward`` that, in training mode, calls the class's own forward through
-``torch.func.functional_call`` with the sparse weights replaced by M⊙Z⊙W — one flat multiply for
+the module an instance ``forward`` that, in training mode, calls the class's own forward with the
+sparse weights swapped for M⊙Z⊙W (``torch.func.functional_call``'s swap, without calling the module
+a second time, so its hooks run once) — one flat multiply for
 every sparse weight, differentiable, so the dense regrowth score ∂L/∂(M⊙Z⊙W) is kept on update
 steps.  Parameters, state-dict keys and the optimizer are untouched; in eval mode the module runs
 as it is (its weights are exactly M⊙W: W outside M is kept at 0).  :meth:`detach` removes it.
@@ -39,16 +40,18 @@ weights and outside the new M.  Under ``torch.distributed`` every rank draws the
 from __future__ import annotations
 
 import copy
+import difflib
 import numbers
 import types
+import warnings
 import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.nn.utils.stateless import _reparametrize_module  # functional_call's swap, without module(x)
 
-from .averaging import Snapshot, SnapshotStore, WeightMaskAverage
+from .averaging import Snapshot, SnapshotStore, WeightMaskAverage, pack_snapshot, unpack_snapshot
 from .config import METHODS, MethodConfig
 from .distributed import all_reduce_mean_, dist_info
 from .masks import DeterministicMask, MaskSchedule
@@ -103,7 +106,12 @@ class CigL:
     parameter names to sparsify (default: every conv and linear weight, the project's rule;
     ``cigl_bayes.sparsity.sparse_parameter_names``).  ``total_steps`` is the run's number of
     optimizer steps (mask updates stop at ``update_end`` of it).  ``collect_from_epoch`` is T*:
-    samples are collected at the end of every epoch ≥ T* (``end_epoch``); ``samples`` is where
+    samples are collected at the end of every epoch ≥ T* (``end_epoch``).  Its default, None, is
+    the Trainer's and the Lightning callback's: T* = ⌊0.8 × epochs⌋, where epochs =
+    round(total_steps / the steps of the first epoch), fixed at the first ``end_epoch()`` (after
+    the mask updates stop at the default ``update_end``, so every sample has the final M and the
+    averaged model keeps the sparsity; a sample collected while M still changes is warned about,
+    once, since the average then holds weights of several masks).  ``samples`` is where
     they go (default: in memory; the Trainer passes a :class:`SnapshotStore` on disk) and
     ``keep_samples=False`` keeps only their mean.  ``seed`` seeds M (``seed``), the Z stream
     (``seed + 1``) and SET's scores (``seed + 2``), as the Trainer always has.  ``sparsity``
@@ -119,7 +127,7 @@ class CigL:
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, method: str = "cigl",
                  sparsity: float | None = None, total_steps: int, distribution: str = "erk",
                  sparse_params: Sequence[str] | None = None, keep: float | None = None, delta_t: int = 100,
-                 drop_fraction: float = 0.3, update_end: float = 0.75, collect_from_epoch: int = 0,
+                 drop_fraction: float = 0.3, update_end: float = 0.75, collect_from_epoch: int | None = None,
                  seed: int = 0, samples=None, keep_samples: bool = True, attach: bool = True,
                  apply_mask: bool = True):
         if not isinstance(module, nn.Module):
@@ -180,21 +188,33 @@ class CigL:
         self._inside = False
         self._attached = False
         self._detached = False  # detach() was called: no step until attach()
+        self._warned_early_sample = False  # a sample collected while M still changes is warned about once
         if attach:
             self.attach()
 
     # -- construction ----------------------------------------------------------------------
     def _sparse_names(self, module: nn.Module, names: Sequence[str] | None, distribution: str) -> list[str]:
-        if names is None:
-            return sparse_parameter_names(module, dense_first=distribution == "uniform")
+        params = dict(module.named_parameters())
+        if names is None:  # every conv and linear weight that trains (a frozen layer stays as it is)
+            names = [n for n in sparse_parameter_names(module, dense_first=distribution == "uniform")
+                     if params[n].requires_grad]
+            if not names:
+                raise ValueError(f"{type(module).__name__} has no trainable conv or linear weight to sparsify")
+            return names
         if isinstance(names, str):
             raise ValueError(f"sparse_params must be a list of parameter names, got the string {names!r}")
         if not names:
             raise ValueError("sparse_params is empty: name at least one parameter to sparsify")
-        params = dict(module.named_parameters())
         unknown = [n for n in names if n not in params]
         if unknown:
-            raise ValueError(f"no such parameter in {type(module).__name__}: {unknown[0]!r}")
+            near = ([p for p in params if p.startswith(f"{unknown[0]}.")]
+                    or difflib.get_close_matches(unknown[0], params))
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"no such parameter in {type(module).__name__}: {unknown[0]!r}{hint}")
+        frozen = [n for n in names if not params[n].requires_grad]
+        if frozen:
+            raise ValueError(f"parameter {frozen[0]!r} is frozen (requires_grad=False): CigL cannot train its mask; "
+                             "leave it out of sparse_params")
         return list(dict.fromkeys(names))
 
     def _check_optimizer(self) -> None:
@@ -202,7 +222,7 @@ class CigL:
         missing = [n for n, p in zip(self.net.sparse_names, self.net.sparse_params) if id(p) not in held]
         if missing:
             raise ValueError(f"the optimizer does not hold the sparse weight {missing[0]!r}; build it from "
-                             "model.parameters() before CigL(...)")
+                             "model.parameters() before CigL(...), or leave that weight out of sparse_params")
 
     # -- the module's forward ----------------------------------------------------------------
     def attach(self) -> CigL:
@@ -247,8 +267,9 @@ class CigL:
             weights = {name: w for name, w in zip(cigl.net.sparse_names, cigl.net.mask.views(cigl.training_weights()))
                        if name not in theirs}  # M⊙Z⊙W for every sparse weight the caller left to the module
             cigl._inside = True
-            try:
-                return functional_call(this, weights, args, kwargs, strict=False)
+            try:  # the class's forward under M⊙Z⊙W, not module(x) again: the module's hooks ran once already
+                with _reparametrize_module(this, weights, tie_weights=True, strict=False):
+                    return cls_forward(this, *args, **kwargs)
             finally:
                 cigl._inside = False
 
@@ -369,6 +390,11 @@ class CigL:
                                "optimizer and the mask hold the old one; load weights in place (without assign), "
                                "or build the optimizer and CigL again on the module as it is now")
         self._before_mask = None  # training has begun: a load_state_dict no longer restores them
+        if self.step_count == self.total_steps:
+            warnings.warn(f"cigl.step() beyond total_steps = {self.total_steps}: the mask schedule (updates until "
+                          f"update_end × total_steps, the drop fraction's decay) was laid out for "
+                          f"{self.total_steps} steps; build CigL with the run's true number of optimizer steps",
+                          stacklevel=2)
         z = self.z
         update = self.is_update_step
         if update:
@@ -427,14 +453,38 @@ class CigL:
     def end_epoch(self) -> None:
         """At the end of an epoch ≥ T*: collect M⊙Z⊙W (the Z of the epoch's last step) into the
         WMA mean and the sample store."""
+        if self.collect_from_epoch is None:
+            self.collect_from_epoch = self._default_collect_from_epoch()
         if self.epoch >= self.collect_from_epoch:
             self.collect()
         self.epoch += 1
+
+    def _mask_will_change(self) -> bool:
+        """Whether a mask update is still to come (RigL/SET before ``update_end`` of training)."""
+        if self.method.regrowth == "none" or not self.method.sparse or self.net.mask.density >= 1.0:
+            return False
+        delta_t = self.schedule.delta_t
+        return (self.step_count // delta_t + 1) * delta_t <= self.schedule.end_step
+
+    def _default_collect_from_epoch(self) -> int:
+        """T* = ⌊0.8 × epochs⌋, epochs = round(total_steps / steps of the first epoch), at its end."""
+        if self.epoch != 0 or self.step_count == 0:
+            raise RuntimeError("end_epoch() before any cigl.step() of the first epoch: the default T* "
+                               "(collect_from_epoch) is 0.8 × epochs, counted from the first epoch's steps; "
+                               "step first, or give collect_from_epoch")
+        epochs = max(1, round(self.total_steps / self.step_count))
+        return int(0.8 * epochs)
 
     def collect(self) -> None:
         """One sample M⊙Z⊙W, with the Z of the last step, into WMA and the sample store."""
         if not (self.method.wma or self.method.snapshots):
             return
+        if not self._warned_early_sample and self._mask_will_change():
+            self._warned_early_sample = True
+            warnings.warn(f"CigL collects a WMA sample at the end of epoch {self.epoch} (step {self.step_count}) "
+                          f"while mask updates go on until step {self.schedule.end_step}: the averaged model "
+                          "will hold the weights of several masks, denser than the sparsity; set "
+                          "collect_from_epoch to an epoch after the mask updates stop", stacklevel=3)
         with torch.no_grad():
             snap = Snapshot(self.net.effective_flat(self.last_z), self.net.other_flat())
         self.wma.update(snap)
@@ -456,18 +506,32 @@ class CigL:
         Exportable with :func:`cigl_bayes.export.export_network` when the module is a built-in
         architecture (a registry name, ``wrn-D-K``, ``torchvision:NAME`` or ``timm:NAME``), since
         ``load_exported`` rebuilds the network from that name."""
+        if not (self.method.wma or self.method.snapshots):
+            raise ValueError(f"method {self.method.name!r} collects no weight samples, so it has no averaged model: "
+                             "use final_model(), or a method that averages (cigl, cigl-no-rm)")
         if not self.wma.count:
-            raise RuntimeError("no samples collected yet: WMA starts at the end of epoch collect_from_epoch "
-                               f"= {self.collect_from_epoch} (call end_epoch() after each epoch)")
+            t_star = ("T* = 0.8 × epochs, fixed at the first end_epoch()" if self.collect_from_epoch is None
+                      else f"collect_from_epoch = {self.collect_from_epoch}")
+            raise RuntimeError(f"no samples collected yet ({self.epoch} epochs ended): WMA starts at the end of "
+                               f"epoch T* ({t_star}); call end_epoch() after each epoch")
         if check_bn_protocol(protocol) == "tracked":
             raise ValueError("an averaged model has no tracked BatchNorm statistics (it was never trained as such): "
                              "give bn_loader and protocol='recomputed-clean' or 'recomputed-augmented'")
         return self._model_of(self.wma.mean(), bn_loader, protocol, bn_batches)
 
     def final_model(self, bn_loader=None, protocol: str | None = None, bn_batches: int | None = None) -> nn.Module:
-        """A plain copy holding M⊙W; BatchNorm statistics as tracked in training unless a loader
-        and recomputed protocol are given."""
-        return self._model_of(self.final(), bn_loader if protocol else None, protocol or "tracked", bn_batches)
+        """A plain copy (eval mode) holding the last weights M⊙W.  Without ``bn_loader`` its
+        BatchNorm statistics are those tracked in training (for CigL: tracked under M⊙Z⊙W, with
+        Z's dropped weights); with one they are recomputed over it, as for :meth:`averaged_model`
+        (``protocol`` default ``recomputed-clean``).  Compare the WMA with this model under the same
+        protocol: statistics tracked in training against recomputed ones differ by more than the
+        averaging does (docs/reproduction.md, "The controlled study")."""
+        if protocol is None:
+            protocol = "tracked" if bn_loader is None else RECOMPUTED_CLEAN
+        elif check_bn_protocol(protocol) == "tracked" and bn_loader is not None:
+            raise ValueError("protocol='tracked' keeps the statistics tracked in training and would not use "
+                             "bn_loader: leave one of them out")
+        return self._model_of(self.final(), bn_loader, protocol, bn_batches)
 
     def _model_of(self, snap: Snapshot, bn_loader, protocol: str, bn_batches: int | None) -> nn.Module:
         check_bn_protocol(protocol)
@@ -513,9 +577,10 @@ class CigL:
                  "z_source": self.z_source.state_dict(), "aux_generator": self.generator.get_state(),
                  "wma": self.wma.state_dict(),
                  # the Z of the last step: a checkpoint taken mid-epoch (Lightning) collects with it at the epoch's end
-                 "last_z": self.last_z}
-        if isinstance(self.samples, MemorySnapshotStore):
-            state["samples"] = [{"sparse": s.sparse, "other": s.other} for s in self.samples]
+                 "last_z": self.last_z,
+                 "collect_from_epoch": self.collect_from_epoch}  # T* as in use (the default is fixed in epoch 0)
+        if isinstance(self.samples, MemorySnapshotStore):  # packed: the support's bits and the values on it
+            state["samples"] = [pack_snapshot(s) for s in self.samples]
         return _copied(state)
 
     def load_state_dict(self, state: dict) -> None:
@@ -539,13 +604,17 @@ class CigL:
                 torch._foreach_copy_(self.net.sparse_params, self._before_mask)
         self._before_mask = None
         self.epoch, self.step_count = state["epoch"], state["step"]
+        if self.settings.collect_from_epoch is None and state.get("collect_from_epoch") is not None:
+            self.collect_from_epoch = state["collect_from_epoch"]  # the default T* the saved run fixed
         self.net.mask.load_state_dict(state["mask"])
         self.net.apply_mask_()
         self.z_source.load_state_dict(state["z_source"])
         self.generator.set_state(state["aux_generator"])
         self.wma.load_state_dict(state["wma"], self.net.sparse_params[0].device)
         if "samples" in state and isinstance(self.samples, MemorySnapshotStore):
-            self.samples.snapshots = [Snapshot(s["sparse"], s["other"]) for s in state["samples"]]
+            device = self.net.sparse_params[0].device
+            self.samples.snapshots = [Snapshot(s["sparse"].to(device), s["other"].to(device)) if "sparse" in s
+                                      else unpack_snapshot(s, device) for s in state["samples"]]  # dense: older
         self._z, self._z_drawn, self._score, self._caller_trained = None, False, None, False
         last_z = state.get("last_z")
         self.last_z = None if last_z is None else last_z.to(self.net.sparse_params[0].device)

@@ -9,11 +9,14 @@
 
 On ``fit`` start the callback attaches a :class:`cigl_bayes.CigL` to the LightningModule (or to
 its submodule ``module``) and the first optimizer, with ``total_steps`` = the trainer's
-``estimated_stepping_batches`` and T* = ``collect_from_epoch`` (default 0.8 × max_epochs).  The
+``estimated_stepping_batches`` and T* = ``collect_from_epoch`` (default 0.8 × the epochs,
+counted from the first epoch's steps: with ``max_steps`` as with ``max_epochs``).  The
 optimizer's ``step`` is wrapped so that Lightning's own call runs the closure (forward and
 backward) and then :meth:`CigL.step` — a mask update instead of the step every ΔT steps, else the
 optimizer step with the Z = 0 entries restored.  Each training epoch's end collects the WMA
-sample; the callback's ``state_dict`` is CigL's, so Lightning checkpoints resume it.
+sample; the callback's ``state_dict`` is CigL's, so Lightning checkpoints resume it
+(``fit(..., ckpt_path=...)``).  A callback trains one run: a second ``fit`` without a checkpoint
+would start CigL over on trained weights (a fresh M, no samples), so it is refused.
 
 ``training_step`` must call the module CigL is attached to (``self(x)``, the LightningModule's
 own forward, or name the submodule it calls with ``module="net"``): its training forward then
@@ -54,8 +57,8 @@ class CigLCallback(L.Callback):
         settings = {k: v for k, v in cigl_kwargs.items()
                     if k in ("distribution", "keep", "delta_t", "drop_fraction", "update_end")}
         # checked now, as CigL(...) would check them: total_steps and T* are known only when fit starts
-        CigLSettings.resolve(method=method, sparsity=sparsity, total_steps=1,
-                             collect_from_epoch=0 if collect_from_epoch is None else collect_from_epoch, **settings)
+        CigLSettings.resolve(method=method, sparsity=sparsity, total_steps=1, collect_from_epoch=collect_from_epoch,
+                             **settings)
         self.method, self.sparsity, self.module = method, sparsity, module
         self.collect_from_epoch = collect_from_epoch
         self.cigl_kwargs = cigl_kwargs
@@ -66,15 +69,23 @@ class CigLCallback(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if len(trainer.optimizers) != 1:
             raise ValueError(f"CigLCallback needs exactly one optimizer, got {len(trainer.optimizers)}")
+        if self.cigl is not None and self._pending_state is None:
+            raise RuntimeError(f"this CigLCallback already trained a run ({self.cigl.epoch} epochs, "
+                               f"{self.cigl.wma.count} WMA samples); a second fit would start CigL over on its "
+                               "trained weights: resume with fit(..., ckpt_path=...), or give the new run a new "
+                               "CigLCallback")
         target = pl_module if self.module is None else pl_module.get_submodule(self.module)
         optimizer = trainer.optimizers[0]
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
-        t_star = int(0.8 * epochs) if self.collect_from_epoch is None else self.collect_from_epoch
+        max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        if self.collect_from_epoch is not None and max_epochs is not None and self.collect_from_epoch >= max_epochs:
+            raise ValueError(f"collect_from_epoch (T*) = {self.collect_from_epoch} but max_epochs = {max_epochs}: "
+                             "no WMA sample would be collected; T* must be below max_epochs")
         # resuming: Lightning restored the module's weights before this hook, so they are not masked by a
         # fresh initial M (the saved M is applied by load_state_dict); a refused state then leaves them as
         # the checkpoint holds them
         self.cigl = CigL(target, optimizer, method=self.method, sparsity=self.sparsity,
-                         total_steps=int(trainer.estimated_stepping_batches), collect_from_epoch=t_star,
+                         total_steps=int(trainer.estimated_stepping_batches),
+                         collect_from_epoch=self.collect_from_epoch,
                          apply_mask=self._pending_state is None, **self.cigl_kwargs)
         if self._pending_state is not None:
             self.cigl.load_state_dict(self._pending_state)

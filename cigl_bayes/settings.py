@@ -32,12 +32,13 @@ class CigLSettings:
     delta_t: int
     drop_fraction: float
     update_end: float
-    collect_from_epoch: int
+    collect_from_epoch: int | None  # None: 0.8 × the run's epochs, fixed at the first end_epoch()
 
     @classmethod
     def resolve(cls, *, method: str = "cigl", sparsity: float | None = None, total_steps: int,
                 distribution: str = "erk", keep: float | None = None, delta_t: int = 100,
-                drop_fraction: float = 0.3, update_end: float = 0.75, collect_from_epoch: int = 0) -> CigLSettings:
+                drop_fraction: float = 0.3, update_end: float = 0.75,
+                collect_from_epoch: int | None = None) -> CigLSettings:
         """The settings of ``CigL(...)``'s keyword arguments, or a ValueError naming the bad one:
         sparsity defaults to 0.95 for the sparse methods (0 for ``dense``), keep to the method's."""
         if not isinstance(method, str) or method not in METHODS:
@@ -66,7 +67,8 @@ class CigLSettings:
                    delta_t=_count("delta_t", delta_t, minimum=1),
                    drop_fraction=_fraction("drop_fraction", drop_fraction),
                    update_end=_fraction("update_end", update_end),
-                   collect_from_epoch=_count("collect_from_epoch", collect_from_epoch, minimum=0))
+                   collect_from_epoch=None if collect_from_epoch is None
+                   else _count("collect_from_epoch", collect_from_epoch, minimum=0))
 
     def to_dict(self) -> dict:
         """Plain values, as :meth:`CigL.state_dict` records them."""

@@ -26,6 +26,7 @@ from cigl_bayes.config import TrainConfig
 from cigl_bayes.masks import DeterministicMask
 from cigl_bayes.network import SparseNetwork
 from cigl_bayes.predict import RECOMPUTED_AUGMENTED, RECOMPUTED_CLEAN, has_batchnorm
+from cigl_bayes.settings import CigLSettings
 
 from .run import TrainedRun, one_row_per_input
 
@@ -34,10 +35,19 @@ from .run import TrainedRun, one_row_per_input
 class ObjectPosterior(TrainedRun):
     """A :class:`TrainedRun` over a CigL object's weights (see :func:`posterior`)."""
 
-    loader: object = None  # the batches BatchNorm is recomputed on
+    loader: object = dataclasses.field(default=None, repr=False)  # the batches BatchNorm is recomputed on
+    settings: CigLSettings | None = None  # what the CigL object was built with: the record of its training
+
+    def __repr__(self) -> str:
+        return (f"ObjectPosterior(method={self.config.method!r}, sparsity={self.config.sparsity:g}, "
+                f"wma={'yes' if self.wma is not None else 'no'}, samples={len(self.samples)}, "
+                f"device={str(self.device)!r})")
 
     def prepare(self, images) -> torch.Tensor:
         """Inputs as the model takes them: a float tensor, moved to the network's device and dtype."""
+        if not torch.is_tensor(images) and not hasattr(images, "__array__"):
+            raise ValueError(f"predict takes one batch of inputs (a tensor), got a {type(images).__name__}; for a "
+                             "loader: torch.cat([post.predict(x, ...).probs for x, _ in loader])")
         x = torch.as_tensor(images)
         if not x.is_floating_point():
             raise ValueError(f"inputs must be float tensors as your model takes them, got {x.dtype}")
@@ -100,15 +110,36 @@ def posterior(cigl: CigL, bn_loader=None, *, mc_samples: int = 10, bn_batches: i
     mask = DeterministicMask(cigl.net.mask.shapes, cigl.net.mask.flat.clone(), dtype)
     net = SparseNetwork(module, cigl.net.sparse_names, mask)
     net.autocast_dtype = cigl.net.autocast_dtype
+    settings = cigl.settings
+    t_star = cigl.collect_from_epoch or 0  # None: no epoch has ended, so no sample either
     config = TrainConfig(method=cigl.method.name, model="custom", sparsity=cigl.sparsity,
                          random_mask_rate=round(1.0 - cigl.keep, 12) if cigl.method.random_mask else None,
+                         distribution=settings.distribution, delta_t=settings.delta_t,
+                         drop_fraction=settings.drop_fraction, update_end=settings.update_end, seed=cigl.seed,
                          mc_samples=mc_samples, bn_batches=bn_batches, device=str(device),
                          dtype=str(dtype).removeprefix("torch."), epochs=max(1, cigl.epoch),
-                         wma_start_epoch=min(cigl.collect_from_epoch, max(0, cigl.epoch - 1)))
+                         wma_start_epoch=min(t_star, max(0, cigl.epoch - 1)),
+                         **_optimizer_settings(cigl.optimizer))
     samples = [dataclasses.replace(s) for s in cigl.samples]
     wma = cigl.wma.mean() if cigl.wma.count else None
     post = ObjectPosterior(Path("<CigL object>"), config, net, wma, samples,
-                           [cigl.collect_from_epoch + i for i in range(len(samples))], [], device,
-                           bn_batches=bn_batches, loader=bn_loader)
+                           [t_star + i for i in range(len(samples))], [], device,
+                           bn_batches=bn_batches, loader=bn_loader, settings=settings)
     post._final_state = {k: v.clone() for k, v in module.state_dict().items()}
     return post
+
+
+def _optimizer_settings(optimizer: torch.optim.Optimizer) -> dict:
+    """The TrainConfig fields an optimizer's first parameter group states (lr, momentum, Nesterov,
+    weight decay; an optimizer without momentum, Adam say, records 0).  What a CigL object cannot
+    know (data set, batch size, augmentation) keeps TrainConfig's defaults in ``config`` and is no
+    record of your training: :attr:`ObjectPosterior.settings` is the record of CigL's own options."""
+    group = optimizer.param_groups[0]
+
+    def number(key: str, default: float) -> float:
+        value = group.get(key, default)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+    momentum = number("momentum", 0.0)
+    return {"lr": number("lr", 0.0), "momentum": momentum, "weight_decay": number("weight_decay", 0.0),
+            "nesterov": bool(group.get("nesterov", False)) and momentum > 0}

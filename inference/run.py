@@ -96,6 +96,10 @@ def one_row_per_input(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor
         raise ValueError(f"the network returned outputs of shape {tuple(logits.shape)} for a batch of shape "
                          f"{tuple(batch.shape)}; predict needs logits (batch, classes): give a batch of "
                          "inputs (one image: images.unsqueeze(0))")
+    if logits.shape[1] < 2:
+        raise ValueError(f"the network returned {logits.shape[1]} output column(s); predict gives class "
+                         "probabilities (a softmax over at least 2 classes' logits): for a regression model use "
+                         "the Pyro engine's Gaussian likelihood (cigl_bayes.inference.LIKELIHOODS)")
     return logits
 
 

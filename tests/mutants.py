@@ -14,6 +14,7 @@ FIDELITY = "tests/test_cigl_fidelity.py"
 MISUSE = "tests/test_drop_in_misuse.py::"
 OWN = "tests/test_bayes_own_model.py::"
 COMMITTED = "tests/test_committed_runs.py::"
+TRIAL = "tests/test_drop_in_trial.py::"
 SWAPPED_WEIGHTS = (f"{COMMITTED}test_a_weights_file_from_another_run_is_refused_by_load_run_and_reevaluate",)
 
 
@@ -842,4 +843,53 @@ MUTANTS: list[Mutant] = [
     Mutant("logits-rows-unchecked", "outputs with another number of rows than inputs are accepted",
            "inference/run.py", "    if logits.dim() != 2 or len(logits) != len(batch):", "    if logits.dim() != 2:",
            (f"{OWN}test_outputs_that_are_not_one_row_of_logits_per_input_are_refused",)),
+    # the fourth new-user trial (2026-12-06): tests/test_drop_in_trial.py, tests/test_lightning.py
+    Mutant("hooks-run-twice", "CigL's forward calls the module again, so its own hooks run twice",
+           "cigl_bayes/cigl.py", "                    return cls_forward(this, *args, **kwargs)\n            finally:",
+           "                    return this(*args, **kwargs)\n            finally:",
+           (f"{TRIAL}test_the_modules_own_hooks_run_once_per_training_forward",)),
+    Mutant("final-model-ignores-loader", "final_model(bn_loader) keeps the tracked statistics unless a protocol is "
+           "named", "cigl_bayes/cigl.py", 'protocol = "tracked" if bn_loader is None else RECOMPUTED_CLEAN',
+           'protocol, bn_loader = "tracked", None',
+           (f"{TRIAL}test_final_model_with_a_loader_recomputes_batchnorm_as_averaged_model_does",)),
+    Mutant("one-column-softmax", "a one-column model's probabilities are a softmax over one logit: all 1",
+           "inference/run.py", "    if logits.shape[1] < 2:", "    if False:",
+           (f"{TRIAL}test_predict_refuses_a_model_with_one_output_column",)),
+    Mutant("posterior-config-defaults", "posterior(cigl).config reports TrainConfig's defaults, not the object's "
+           "settings", "inference/posterior.py", "                         **_optimizer_settings(cigl.optimizer))",
+           "                         )",
+           (f"{TRIAL}test_the_posterior_records_the_objects_settings_and_optimizer_not_defaults",)),
+    Mutant("default-t-star-zero", "CigL's default T* is 0: samples from the first epoch, masks still changing",
+           "cigl_bayes/cigl.py", "        return int(0.8 * epochs)\n", "        return 0\n",
+           (f"{TRIAL}test_the_default_t_star_is_four_fifths_of_the_epochs_and_survives_a_resume",
+            "tests/test_lightning.py::test_a_run_limited_by_max_steps_gets_the_default_t_star_from_its_epochs")),
+    Mutant("default-t-star-not-saved", "a resumed object fixes its default T* again from the resumed epoch's steps",
+           "cigl_bayes/cigl.py", '            self.collect_from_epoch = state["collect_from_epoch"]  #',
+           '            pass  #',
+           (f"{TRIAL}test_the_default_t_star_is_four_fifths_of_the_epochs_and_survives_a_resume",)),
+    Mutant("early-sample-silent", "a WMA sample collected while the mask still changes gives no warning",
+           "cigl_bayes/cigl.py", "        if not self._warned_early_sample and self._mask_will_change():",
+           "        if False:",
+           (f"{TRIAL}test_a_sample_taken_while_the_mask_still_changes_is_warned_about_once",)),
+    Mutant("past-total-steps-silent", "stepping beyond total_steps gives no warning", "cigl_bayes/cigl.py",
+           "        if self.step_count == self.total_steps:\n", "        if False:\n",
+           (f"{TRIAL}test_stepping_past_total_steps_is_warned_about_once",)),
+    Mutant("frozen-layer-sparsified", "the default sparse weights include a frozen layer", "cigl_bayes/cigl.py",
+           "                     if params[n].requires_grad]", "                     ]",
+           (f"{TRIAL}test_a_frozen_layer_is_left_dense_by_default_and_refused_when_named",)),
+    Mutant("callback-refit-starts-over", "a second fit with the same callback builds a fresh CigL over the trained "
+           "weights", "cigl_bayes/lightning.py", "        if self.cigl is not None and self._pending_state is None:",
+           "        if False:",
+           ("tests/test_lightning.py::test_a_second_fit_with_the_same_callback_is_refused_and_keeps_the_trained_run",)),
+    Mutant("callback-t-star-unchecked", "a T* at or beyond max_epochs trains a run that collects nothing",
+           "cigl_bayes/lightning.py", "self.collect_from_epoch >= max_epochs:",
+           "self.collect_from_epoch >= max_epochs + 99:",
+           ("tests/test_lightning.py::test_a_t_star_beyond_the_last_epoch_is_refused_when_fit_starts",)),
+    Mutant("state-samples-dense", "cigl.state_dict() stores every sample as a dense vector", "cigl_bayes/cigl.py",
+           'state["samples"] = [pack_snapshot(s) for s in self.samples]',
+           'state["samples"] = [{"sparse": s.sparse, "other": s.other} for s in self.samples]',
+           (f"{TRIAL}test_a_state_dict_keeps_its_samples_packed_and_resumes_them_exactly",)),
+    Mutant("predict-loader-unnamed", "posterior(cigl).predict(loader) fails inside torch.as_tensor",
+           "inference/posterior.py", '        if not torch.is_tensor(images) and not hasattr(images, "__array__"):',
+           "        if False:", (f"{TRIAL}test_predict_on_a_data_loader_says_it_takes_one_batch",)),
 ]

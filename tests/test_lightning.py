@@ -232,3 +232,41 @@ def test_gradient_accumulation_trains_as_a_user_loop_of_micro_batches(tmp_path):
     assert torch.equal(callback.cigl.net.mask.flat, cigl.net.mask.flat)
     _states_equal(callback.cigl.state_dict(), cigl.state_dict())
     _states_equal(lit.state_dict(), mine.state_dict(), "module")
+
+
+def _quiet_trainer(tmp_path, callback, **limits):
+    return L.Trainer(callbacks=[callback], accelerator="cpu", logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, **limits)
+
+
+def test_a_run_limited_by_max_steps_gets_the_default_t_star_from_its_epochs(tmp_path):
+    """max_steps=30 (max_epochs −1) at 6 batches an epoch: 5 epochs, T* = 4, one sample — as with
+    max_epochs=5 (the trial of 2026-12-06 found T* = 0: a sample every epoch, masks changing)."""
+    torch.manual_seed(0)
+    callback = CigLCallback(method="cigl", sparsity=0.9, delta_t=4, seed=1)
+    _quiet_trainer(tmp_path, callback, max_steps=30, max_epochs=-1).fit(LitCNN(), loader())
+    assert callback.cigl.step_count == 30 and callback.cigl.collect_from_epoch == 4
+    assert callback.cigl.wma.count == 1
+
+
+def test_a_t_star_beyond_the_last_epoch_is_refused_when_fit_starts(tmp_path):
+    callback = CigLCallback(method="cigl", sparsity=0.9, collect_from_epoch=5)
+    model = LitCNN()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"collect_from_epoch \(T\*\) = 5 but max_epochs = 3"):
+        _quiet_trainer(tmp_path, callback, max_epochs=3).fit(model, loader())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing trained or masked
+
+
+def test_a_second_fit_with_the_same_callback_is_refused_and_keeps_the_trained_run(tmp_path):
+    """A second fit would build a fresh CigL: a new initial M over the trained weights, no samples."""
+    torch.manual_seed(0)
+    callback = CigLCallback(method="cigl", sparsity=0.9, delta_t=4, seed=1, collect_from_epoch=1)
+    model = LitCNN()
+    _quiet_trainer(tmp_path, callback, max_epochs=2).fit(model, loader())
+    trained, mask = callback.cigl, callback.cigl.net.mask.flat.clone()
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match="already trained a run"):
+        _quiet_trainer(tmp_path, callback, max_epochs=4).fit(model, loader())
+    assert callback.cigl is trained and torch.equal(trained.net.mask.flat, mask) and trained.wma.count == 1
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters())
