@@ -443,20 +443,45 @@ class TrainedRun:
             self._swag[key] = SparseSWAG.from_snapshots(self.samples, max_rank=key)
         return self._swag[key]
 
-    def to_inferencedata(self):
+    def to_inferencedata(self, inputs=None, labels=None, *, batch_size: int | None = None):
         """The samples as an arviz ``InferenceData`` (one chain; draws = samples; coordinates name the
-        layers), with the per-epoch training loss as a sample statistic where the history holds it."""
+        layers), with the per-epoch training loss as a sample statistic where the history holds it.
+
+        With ``inputs`` and their class ``labels`` (held-out points, as ``predict`` takes them), the
+        groups ``az.loo``, ``az.waic`` and ``az.compare`` read are added: ``log_likelihood`` ``y`` =
+        log p(y_i | θ_s) of every sample s (the ``predictive`` draws: each sample with its own
+        BatchNorm statistics; a probability below float32's smallest normal counts as that value),
+        ``posterior_predictive`` (each draw's most probable class) and ``observed_data``."""
         from . import diagnostics
 
         if not self.samples:
             why = f", {self.mean_only_option} keeps only their mean" if self.wma is not None else ""
             raise RunFolderError(f"{self.where} has no posterior samples (method {self.config.method}{why}); "
                                  "InferenceData holds the samples")
+        if (inputs is None) != (labels is None):
+            raise ValueError("to_inferencedata(inputs, labels): give both (held-out points and their classes) or "
+                             "neither")
         layers = list(zip(self.net.sparse_names, self.net.mask.numels))
         by_epoch = {h["epoch"]: h["train_loss"] for h in self.history}
         loss = [by_epoch.get(e + 1, float("nan")) for e in self.sample_epochs]
         known = any(e + 1 in by_epoch for e in self.sample_epochs)  # a CigL object in memory keeps no loss
-        return diagnostics.posterior_inference_data([self.samples], layers, train_loss=[loss] if known else None)
+        points = {}
+        if inputs is not None:
+            y = torch.as_tensor(labels)
+            if y.dim() != 1 or y.is_floating_point() or y.is_complex():
+                raise ValueError(f"labels must be one integer class per input, got {tuple(y.shape)} {y.dtype}")
+            draws = self.predict(inputs, "predictive", batch_size=batch_size).draws  # (samples, N, classes)
+            if draws.shape[1] != len(y):
+                raise ValueError(f"{draws.shape[1]} inputs but {len(y)} labels")
+            if len(y) and not (0 <= int(y.min()) and int(y.max()) < draws.shape[2]):
+                raise ValueError(f"labels must lie in [0, {draws.shape[2]}) (the model's classes), got "
+                                 f"{int(y.min())}..{int(y.max())}")
+            picked = draws.gather(2, y.long().view(1, -1, 1).expand(len(draws), -1, 1)).squeeze(2)
+            tiny = torch.finfo(torch.float32).tiny
+            points = {"log_likelihood": [picked.double().clamp_min(tiny).log().numpy()],
+                      "posterior_predictive": [draws.argmax(-1).numpy()], "observed": y.numpy()}
+        return diagnostics.posterior_inference_data([self.samples], layers, train_loss=[loss] if known else None,
+                                                    **points)
 
 
 # predict() also gives these two, as the run's evaluation scored them (they are not weight draws)

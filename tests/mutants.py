@@ -892,4 +892,8 @@ MUTANTS: list[Mutant] = [
     Mutant("predict-loader-unnamed", "posterior(cigl).predict(loader) fails inside torch.as_tensor",
            "inference/posterior.py", '        if not torch.is_tensor(images) and not hasattr(images, "__array__"):',
            "        if False:", (f"{TRIAL}test_predict_on_a_data_loader_says_it_takes_one_batch",)),
+    Mutant("loglik-of-predicted-class", "to_inferencedata's log-likelihood is each draw's most probable class's, "
+           "not the label's", "inference/run.py", "picked = draws.gather(2, y.long().view(1, -1, 1).expand(len(draws), "
+           "-1, 1)).squeeze(2)", "picked = draws.max(2).values",
+           (f"{TRIAL}test_to_inferencedata_on_held_out_points_gives_arviz_its_log_likelihood",)),
 ]

@@ -220,3 +220,33 @@ def test_a_state_dict_keeps_its_samples_packed_and_resumes_them_exactly():
         resumed.load_state_dict(saved)
         assert all(torch.equal(a.sparse, b.sparse) and torch.equal(a.other, b.other)
                    for a, b in zip(resumed.samples, cigl.samples))
+
+
+def test_to_inferencedata_on_held_out_points_gives_arviz_its_log_likelihood():
+    """log_likelihood y[0, s, i] = log p(y_i | θ_s) of sample s, the predictive draw s (by hand from
+    predict's draws), so az.loo reads it; bad labels are refused by name."""
+    import arviz as az
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(120, 8)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    data = list(zip(x[:80].split(20), y[:80].split(20)))
+    cigl = CigL(model, opt, sparsity=0.5, total_steps=20, collect_from_epoch=2, update_end=0.3)
+    train(model, opt, cigl, data, 5)
+    post = posterior(cigl, data)
+    idata = post.to_inferencedata(x[80:], y[80:])
+    draws = post.predict(x[80:], "predictive").draws  # (3 samples, 40, 3)
+    by_hand = torch.stack([d[torch.arange(40), y[80:]] for d in draws]).double().log()
+    assert idata.log_likelihood["y"].shape == (1, 3, 40)
+    torch.testing.assert_close(torch.from_numpy(idata.log_likelihood["y"].values[0]), by_hand)
+    assert (idata.observed_data["y"].values == y[80:].numpy()).all()
+    assert (idata.posterior_predictive["y"].values[0] == draws.argmax(-1).numpy()).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # three draws: Pareto k is high, as arviz says
+        assert az.loo(idata).n_data_points == 40
+    with pytest.raises(ValueError, match="labels must lie in \\[0, 3\\)"):
+        post.to_inferencedata(x[80:], y[80:] + 3)
+    with pytest.raises(ValueError, match="give both"):
+        post.to_inferencedata(x[80:])
