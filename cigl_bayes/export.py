@@ -4,6 +4,9 @@
     exported = load_exported("model.safetensors")          # an nn.Module, eval mode
     probs = exported.predict(uint8_images)                   # normalisation and temperature applied
 
+    export_network(my_net, "mine.safetensors", model="custom", classes=[...], mean=..., std=...)
+    mine = load_exported("mine.safetensors", module=MyNet())  # your own architecture: you build it
+
 What is written:
 
 * BatchNorm folded into the convolution before it wherever that convolution feeds only the
@@ -41,6 +44,7 @@ from .runs import atomic_write_via
 from .sparse_kernels import sparsify, to_csr
 
 FORMAT = "cigl-bayes-sparse-v1"
+CUSTOM = "custom"  # model= for your own architecture: load_exported(path, module=YourNet(...)) rebuilds it
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
@@ -62,8 +66,11 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
 
     :func:`load_exported` rebuilds the network from ``model``, so ``model`` must name a built-in
     architecture (``cigl_bayes.models.list_models()``, ``wrn-D-K``, ``torchvision:NAME``,
-    ``timm:NAME``) with ``len(classes)`` outputs and the parameters of ``module``; any other name,
-    None, or a module of another architecture is refused here (ValueError), before anything is written.
+    ``timm:NAME``) with ``len(classes)`` outputs and the parameters of ``module``, or be ``"custom"``
+    (your own architecture: ``load_exported(path, module=...)`` takes a fresh instance of it, and
+    BatchNorm is folded only where ``torch.fx`` can trace the module, recorded as ``folded``); any
+    other name, None, or a module of another architecture is refused here (ValueError), before
+    anything is written.
     ``model_options`` are the builder's keyword arguments the network was built with (e.g.
     ``{"hidden": [64, 32], "in_features": 768}`` for ``mlp``): JSON values, stored in the file and
     given to the builder again by :func:`load_exported`."""
@@ -80,8 +87,11 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
                          f"{temperature!r}")
     temperature = None if temperature is None else float(temperature)  # numpy scalars too, stored as JSON
     options = _model_options(model_options)
-    folded = fold_batchnorm(module)
-    _check_rebuildable(folded.state_dict(), model, len(classes), options)
+    if model == CUSTOM:
+        folded, was_folded = _folded_if_traceable(module)
+    else:
+        folded, was_folded = fold_batchnorm(module), True
+        _check_rebuildable(folded.state_dict(), model, len(classes), options)
     tensors: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for name, t in folded.state_dict().items():
@@ -99,9 +109,32 @@ def export_network(module: nn.Module, path: str | Path, *, model: str, classes: 
             "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
             "temperature": json.dumps(temperature), "sparse_shapes": json.dumps(shapes),
             "image_size": json.dumps(None if image_size is None else [int(v) for v in image_size]),
-            "model_options": json.dumps(options),
+            "model_options": json.dumps(options), "folded": json.dumps(was_folded),
             "info": json.dumps(info, default=str)}
     return atomic_write_via(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _folded_if_traceable(module: nn.Module) -> tuple[nn.Module, bool]:
+    """(BatchNorm folded copy, True), or (a plain eval copy, False) when ``torch.fx`` cannot trace
+    ``module`` (data-dependent control flow in your forward): the export is then exact, unfolded."""
+    try:
+        return fold_batchnorm(module), True
+    except Exception:  # noqa: BLE001  (torch.fx raises many kinds on an untraceable forward)
+        return copy.deepcopy(module).eval(), False
+
+
+def _into(module: nn.Module, state: dict[str, torch.Tensor], folded: bool, path: Path) -> nn.Module:
+    """``module`` (your architecture) folded as the export was, holding ``state``; a ValueError naming
+    the first parameter that differs when it is another architecture."""
+    network = _folded_if_traceable(module)[0] if folded else copy.deepcopy(module).eval()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    if shapes != expected:
+        name = next(k for k in sorted(shapes.keys() | expected.keys()) if shapes.get(k) != expected.get(k))
+        raise ValueError(f"{path} does not fit the module given ({type(module).__name__}): {name} is "
+                         f"{shapes.get(name, 'absent')} in the file and {expected.get(name, 'absent')} in the module")
+    network.load_state_dict(state)
+    return network
 
 
 def _model_options(options: dict | None) -> dict:
@@ -125,7 +158,8 @@ def _check_rebuildable(state: dict[str, torch.Tensor], model: str, num_classes: 
         rebuilt = fold_batchnorm(build_model(model, num_classes=num_classes, **options)).state_dict()
     except (ValueError, TypeError) as err:  # UnknownModelError is a ValueError
         raise ValueError(f"cannot export with model={model!r}: load_exported rebuilds only built-in architectures, "
-                         f"by name ({err}; torchvision:NAME and timm:NAME too)") from None
+                         f"by name ({err}; torchvision:NAME and timm:NAME too), or your own with model='custom' "
+                         "and load_exported(path, module=YourNet(...))") from None
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     expected = {k: tuple(v.shape) for k, v in rebuilt.items()}
     if shapes != expected:
@@ -200,8 +234,12 @@ class ExportedNetwork(nn.Module):
 
 
 def load_exported(path: str | Path, *, kernels: str = "auto", max_density: float = 0.2,
-                  example: torch.Tensor | None = None) -> ExportedNetwork:
+                  example: torch.Tensor | None = None, module: nn.Module | None = None) -> ExportedNetwork:
     """Rebuild the network written by :func:`export_network`, in eval mode on the CPU.
+
+    ``module``: a fresh instance of the architecture, needed for an export of your own
+    (``model="custom"``) and accepted for any export; its parameters must have the file's names
+    and shapes, and the file's weights replace its own (the instance itself is not changed).
 
     ``kernels``: "dense" keeps torch's dense layers; "sparse" puts every layer with zeros on the
     sparse kernels (:mod:`cigl_bayes.sparse_kernels`); "auto" does so for layers of density ≤
@@ -230,9 +268,16 @@ def load_exported(path: str | Path, *, kernels: str = "auto", max_density: float
             csr = torch.sparse_csr_tensor(stored[f"{name}::crow"].long(), stored[f"{name}::col"].long(),
                                           stored[f"{name}::values"], (shape[0], int(np.prod(shape[1:]))))
         state[name] = csr.to_dense().reshape(shape)
-    options = json.loads(meta.get("model_options", "{}"))  # absent from exports written before it was recorded
-    network = fold_batchnorm(build_model(meta["model"], num_classes=int(meta["num_classes"]), **options))
-    network.load_state_dict(state)
+    folded = json.loads(meta.get("folded", "true"))  # exports written before it was recorded were all folded
+    if module is not None:
+        network = _into(module, state, folded, path)
+    elif meta["model"] == CUSTOM:
+        raise ValueError(f"{path} holds an architecture of your own (model='custom'): give a fresh instance of it, "
+                         "load_exported(path, module=YourNet(...))")
+    else:
+        options = json.loads(meta.get("model_options", "{}"))  # absent from exports written before it was recorded
+        network = fold_batchnorm(build_model(meta["model"], num_classes=int(meta["num_classes"]), **options))
+        network.load_state_dict(state)
     exported = ExportedNetwork(network, meta)
     if kernels != "dense":
         exported.kernels = sparsify(network, max_density=1.0 if kernels == "sparse" else max_density,

@@ -896,4 +896,11 @@ MUTANTS: list[Mutant] = [
            "not the label's", "inference/run.py", "picked = draws.gather(2, y.long().view(1, -1, 1).expand(len(draws), "
            "-1, 1)).squeeze(2)", "picked = draws.max(2).values",
            (f"{TRIAL}test_to_inferencedata_on_held_out_points_gives_arviz_its_log_likelihood",)),
+    Mutant("export-module-ignored", "load_exported ignores the module given and rebuilds from the stored name",
+           "cigl_bayes/export.py", "    if module is not None:\n        network = _into(",
+           "    if False:\n        network = _into(",
+           ("tests/test_export.py::test_your_own_architecture_exports_as_custom_and_loads_into_an_instance",)),
+    Mutant("export-folded-not-recorded", "an export of an untraceable module is recorded as BatchNorm-folded",
+           "cigl_bayes/export.py", '"folded": json.dumps(was_folded)', '"folded": json.dumps(True)',
+           ("tests/test_export.py::test_your_own_architecture_exports_as_custom_and_loads_into_an_instance",)),
 ]

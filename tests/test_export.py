@@ -290,3 +290,62 @@ def test_a_builder_s_options_travel_with_the_export(tmp_path):
                           **kwargs)
     x = torch.rand(5, 3, 4, 4)
     torch.testing.assert_close(load_exported(path, kernels="dense")(x), mlp(x))
+
+
+class _GatedCNN(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so BatchNorm stays unfolded."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        if h.mean() > 0:  # a Python branch on a value
+            h = h * 2
+        return self.fc(h.mean((2, 3)))
+
+
+def _trained_user_cnn(make):
+    """A network of the user's own, sparse through CigL, with BatchNorm statistics that moved."""
+    from cigl_bayes import CigL
+
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cigl = CigL(model, opt, method="rigl", sparsity=0.8, total_steps=4)
+    for _ in range(4):
+        opt.zero_grad()
+        model(torch.randn(8, 3, 8, 8)).logsumexp(-1).mean().backward()
+        cigl.step()
+    return cigl.detach().eval()
+
+
+@pytest.mark.parametrize(("make", "folded"), [("UserCNN", True), ("_GatedCNN", False)])
+def test_your_own_architecture_exports_as_custom_and_loads_into_an_instance(tmp_path, make, folded):
+    import json
+
+    from safetensors import safe_open
+
+    from tests.test_drop_in import UserCNN
+
+    make = {"UserCNN": UserCNN, "_GatedCNN": _GatedCNN}[make]
+    model = _trained_user_cnn(make)
+    classes = [str(c) for c in range(model(torch.zeros(1, 3, 8, 8)).shape[1])]
+    path = export_network(model, tmp_path / "mine.safetensors", model="custom", classes=classes,
+                          mean=(0.5,) * 3, std=(0.25,) * 3)
+    with safe_open(str(path), framework="pt") as f:
+        assert json.loads(f.metadata()["folded"]) is folded and any(k.endswith("::crow") for k in f.keys())  # noqa: SIM118
+    x = torch.randn(5, 3, 8, 8)
+    fresh = make()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    for kernels in ("dense", "sparse"):
+        loaded = load_exported(path, module=fresh, kernels=kernels)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())  # the instance is not changed
+    with pytest.raises(ValueError, match="holds an architecture of your own .*module=YourNet"):
+        load_exported(path)
+    other = UserCNN if make is _GatedCNN else _GatedCNN
+    with pytest.raises(ValueError, match=f"does not fit the module given \\({other.__name__}\\)"):
+        load_exported(path, module=other())
