@@ -503,9 +503,9 @@ class CigL:
         BatchNorm statistics recomputed as exact averages over ``bn_loader`` (an iterable of
         ``(x, y)`` batches, or a loader with ``epoch(e)``; the protocol names what it serves:
         ``recomputed-clean`` unaugmented, ``recomputed-augmented`` augmented training images).
-        Exportable with :func:`cigl_bayes.export.export_network` when the module is a built-in
-        architecture (a registry name, ``wrn-D-K``, ``torchvision:NAME`` or ``timm:NAME``), since
-        ``load_exported`` rebuilds the network from that name."""
+        Exportable with :func:`cigl_bayes.export.export_network`: by name for a built-in
+        architecture (a registry name, ``wrn-D-K``, ``torchvision:NAME`` or ``timm:NAME``), or as
+        ``model="custom"`` for your own, which ``load_exported(path, module=YourNet())`` loads."""
         if not (self.method.wma or self.method.snapshots):
             raise ValueError(f"method {self.method.name!r} collects no weight samples, so it has no averaged model: "
                              "use final_model(), or a method that averages (cigl, cigl-no-rm)")
