@@ -127,12 +127,12 @@ def _into(module: nn.Module, state: dict[str, torch.Tensor], folded: bool, path:
     """``module`` (your architecture) folded as the export was, holding ``state``; a ValueError naming
     the first parameter that differs when it is another architecture."""
     network = _folded_if_traceable(module)[0] if folded else copy.deepcopy(module).eval()
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    expected = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    if shapes != expected:
-        name = next(k for k in sorted(shapes.keys() | expected.keys()) if shapes.get(k) != expected.get(k))
+    in_file = {k: tuple(v.shape) for k, v in state.items()}
+    in_module = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+    if in_file != in_module:
+        name = next(k for k in sorted(in_file.keys() | in_module.keys()) if in_file.get(k) != in_module.get(k))
         raise ValueError(f"{path} does not fit the module given ({type(module).__name__}): {name} is "
-                         f"{shapes.get(name, 'absent')} in the file and {expected.get(name, 'absent')} in the module")
+                         f"{in_file.get(name, 'absent')} in the file and {in_module.get(name, 'absent')} in the module")
     network.load_state_dict(state)
     return network
 

@@ -739,7 +739,7 @@ MUTANTS: list[Mutant] = [
            "(mean - target).square().mean()",
            (f"{OWN}test_a_gaussian_data_point_of_k_values_is_scored_as_their_sum",)),
     Mutant("inferencedata-no-loss", "to_inferencedata drops the training loss of a run folder's draws",
-           "inference/run.py", "train_loss=[loss] if known else None)", "train_loss=None)",
+           "inference/run.py", "train_loss=[loss] if known else None,", "train_loss=None,",
            ("tests/test_api.py::test_posterior_objects",)),
     Mutant("float-labels-unnamed", "float class indices (B,) are reported as a soft-label shape mismatch",
            "inference/likelihoods.py", "        if target.dim() == 1:\n            raise ValueError(",
