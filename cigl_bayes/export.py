@@ -127,10 +127,9 @@ def _into(module: nn.Module, state: dict[str, torch.Tensor], folded: bool, path:
     """``module`` (your architecture) folded as the export was, holding ``state``; a ValueError naming
     the first parameter that differs when it is another architecture."""
     network = _folded_if_traceable(module)[0] if folded else copy.deepcopy(module).eval()
-    in_file = {k: tuple(v.shape) for k, v in state.items()}
-    in_module = {k: tuple(v.shape) for k, v in network.state_dict().items()}
-    if in_file != in_module:
-        name = next(k for k in sorted(in_file.keys() | in_module.keys()) if in_file.get(k) != in_module.get(k))
+    in_file, in_module = _shapes(state), _shapes(network.state_dict())
+    name = _first_difference(in_file, in_module)
+    if name is not None:
         raise ValueError(f"{path} does not fit the module given ({type(module).__name__}): {name} is "
                          f"{in_file.get(name, 'absent')} in the file and {in_module.get(name, 'absent')} in the module")
     network.load_state_dict(state)
@@ -160,16 +159,24 @@ def _check_rebuildable(state: dict[str, torch.Tensor], model: str, num_classes: 
         raise ValueError(f"cannot export with model={model!r}: load_exported rebuilds only built-in architectures, "
                          f"by name ({err}; torchvision:NAME and timm:NAME too), or your own with model='custom' "
                          "and load_exported(path, module=YourNet(...))") from None
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    expected = {k: tuple(v.shape) for k, v in rebuilt.items()}
+    shapes, expected = _shapes(state), _shapes(rebuilt)
     if shapes != expected:
-        name = next(k for k in sorted(shapes.keys() | expected.keys()) if shapes.get(k) != expected.get(k))
+        name = _first_difference(shapes, expected)
         wrapped = _wrapping_prefix(shapes, expected)
         hint = f"; it wraps one: pass module.{wrapped}" if wrapped else ""
         raise ValueError(f"cannot export with model={model!r}: the module is not that architecture with {num_classes} "
                          f"classes ({name}: {shapes.get(name, 'absent')} in the module, {expected.get(name, 'absent')} "
                          f"in {model!r}{_with(options)}), and load_exported rebuilds the network from that name and "
                          f"model_options (the builder's keyword arguments){hint}")
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _first_difference(a: dict, b: dict) -> str | None:
+    """The first name (sorted) whose shape differs between ``a`` and ``b``, or is in one only."""
+    return next((k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)), None)
 
 
 def _with(options: dict) -> str:
