@@ -14,7 +14,8 @@
 #     unfinished run there is never overwritten), so the sweep's tables count every committed run;
 #     each finished run and the tables the sweep rebuilt are copied back into $1 and committed
 #     (.gitignore keeps weights and samples out).  The registered analysis (registered.*,
-#     registered_paired.png, validation_curves.png: experiments.controlled_study; the folder's README.md)
+#     registered_paired.png, validation_curves.png: experiments.controlled_study; posthoc.*:
+#     experiments.controlled_posthoc, which it runs; the folder's README.md)
 #     is written on $1 only, never copied back.
 # After each run: for a rigl run, the last-layer Laplace baseline on its committed weights
 # (experiments.laplace_baseline, with $1's code: evaluation, not training), the sweep's tables
@@ -35,7 +36,8 @@ if [ "$work" != "$committed" ] && [ -d "$committed/controlled" ]; then
   (cd "$committed" && git ls-files -z -- controlled | xargs -0 --no-run-if-empty cp -a --parents -t "$work")
 fi
 # written by experiments.controlled_study on $1, never by the sweep: not copied back from $work
-not_the_sweeps=(registered.md registered.json registered_paired.png validation_curves.png README.md)
+not_the_sweeps=(registered.md registered.json registered_paired.png validation_curves.png README.md
+                posthoc.md posthoc.json)
 order=()
 for seed in 3 4 5 6 7; do order+=("rigl $seed" "cigl-keep0.99 $seed"); done
 for seed in 3 4 5; do order+=("cigl-no-rm $seed"); done

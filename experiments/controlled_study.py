@@ -5,7 +5,8 @@
 Reads every finished run's ``metrics.json`` under ``<study>/runs/`` (and ``laplace.json`` where the
 Laplace baseline ran, ``experiments.laplace_baseline``) and writes ``registered.md``,
 ``registered.json``, ``registered_paired.png`` (each comparison's per-seed differences and interval)
-and ``validation_curves.png`` into the study folder.  Nothing is fitted here:
+and ``validation_curves.png`` into the study folder, then the post hoc comparisons beside them
+(``posthoc.md``/``.json``, :mod:`experiments.controlled_posthoc`: never registered).  Nothing is fitted here:
 every number is a paired difference of scores the runs already hold, by seed.
 
 Registered (in the order the pre-registration states them):
@@ -241,7 +242,9 @@ def verdict(primary: Paired, accuracy: Paired, diverged: list[str] = (), pairs_d
     if accuracy.ci_high < 0:
         return f"the claim does not hold: CigL loses accuracy (the accuracy interval lies below 0){left_out}"
     if primary.ci_high < 0:
-        return f"the claim holds: CigL's ECE is lower (interval below 0) at no detectable loss of accuracy{left_out}"
+        at = ("with higher accuracy (its interval above 0, so the two models compared are not of equal accuracy)"
+              if accuracy.ci_low > 0 else "at no detectable loss of accuracy")
+        return f"the claim holds: CigL's ECE is lower (interval below 0) {at}{left_out}"
     if primary.ci_low > 0:
         return f"the claim does not hold: CigL's ECE is higher (interval above 0){left_out}"
     return f"the claim does not hold at this n: no detectable difference in ECE (the interval includes 0){left_out}"
@@ -467,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     plot_curves(runs, args.study / "validation_curves.png")
     plot_paired(result, args.study / "registered_paired.png")
     print(report(result))
+    from .controlled_posthoc import write_post_hoc  # here: that module builds on this one's comparisons
+
+    write_post_hoc(args.study, runs)  # posthoc.md/.json: never registered, kept beside the registered reading
     return 0
 
 

@@ -151,6 +151,15 @@ def keep_choice(rows: list[dict], family: str = "cigl") -> tuple[float | None, s
                                        f"{ranking}. **Chosen: keep {best:g}.**"])
 
 
+def with_keep_variants(methods: list[str], present: set[str]) -> list[str]:
+    """The methods of ``methods`` that ``present`` holds, each followed by its keep variants there
+    (``cigl`` → ``cigl``, ``cigl-keep0.99``; ``cigl-no-wma`` → ``cigl-no-wma-keep0.99``), in order."""
+    out = []
+    for base in methods:
+        out += [m for m in sorted(present) if (m == base or m.startswith(f"{base}-keep")) and m not in out]
+    return out
+
+
 def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[int], protocol: str, engine: str,
                   overrides: dict) -> None:
     """runs.csv, summary, the paper-shaped tables and the plots of the runs finished so far."""
@@ -176,12 +185,13 @@ def write_reports(root: Path, rows: list[dict], methods: list[str], seeds: list[
                         "does not separate the method from RigL.  The paper's bar is an ECE at least 15% "
                         "below RigL's at equal accuracy.\n\n" + paired_summary(rows) + "\n").encode(),
                        root / "paired.md")
-    ablations = [m for m in ABLATIONS if any(e["method"] == m for e in summary)]
+    present = {e["method"] for e in summary}
+    ablations = with_keep_variants(ABLATIONS, present)
     atomic_write_bytes(("# Ablations\n\n" + header + "\n\nAccuracy\n\n" + pivot_table(summary, "accuracy", ablations)
                         + "\n\nECE\n\n" + pivot_table(summary, "ece", ablations, True) + "\n").encode(),
                        root / "ablations.md")
-    baselines = [m for m in ["rigl", "rigl+ts", "rigl+mixup", "rigl+ls", "rigl-wdp", "rigl-mcdp", "cigl"]
-                 if any(e["method"] == m for e in summary)]
+    baselines = with_keep_variants(["rigl", "rigl+ts", "rigl+mixup", "rigl+ls", "rigl-wdp", "rigl-mcdp", "cigl"],
+                                   present)
     text = ("# Baselines (Fig. 4)\n\n" + header + "\n\nECE\n\n" + pivot_table(summary, "ece", baselines, True)
             + "\n\nAccuracy\n\n" + pivot_table(summary, "accuracy", baselines) + "\n")
     atomic_write_bytes(text.encode(), root / "baselines.md")

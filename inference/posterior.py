@@ -28,7 +28,8 @@ from cigl_bayes.network import SparseNetwork
 from cigl_bayes.predict import RECOMPUTED_AUGMENTED, RECOMPUTED_CLEAN, has_batchnorm
 from cigl_bayes.settings import CigLSettings
 
-from .run import TrainedRun, one_row_per_input
+from .prediction import one_row_per_input
+from .run import TrainedRun
 
 
 @dataclasses.dataclass
@@ -46,8 +47,8 @@ class ObjectPosterior(TrainedRun):
     def prepare(self, images) -> torch.Tensor:
         """Inputs as the model takes them: a float tensor, moved to the network's device and dtype."""
         if not torch.is_tensor(images) and not hasattr(images, "__array__"):
-            raise ValueError(f"predict takes one batch of inputs (a tensor), got a {type(images).__name__}; for a "
-                             "loader: torch.cat([post.predict(x, ...).probs for x, _ in loader])")
+            raise ValueError(f"predict takes a batch of inputs (a tensor) or a torch DataLoader, got a "
+                             f"{type(images).__name__}")
         x = torch.as_tensor(images)
         if not x.is_floating_point():
             raise ValueError(f"inputs must be float tensors as your model takes them, got {x.dtype}")

@@ -55,6 +55,14 @@ from cigl_bayes.sparsity import sparse_parameter_names
 from cigl_bayes.train import config_file_problem
 from cigl_bayes.weights import WEIGHTS_FILE
 
+from .prediction import (
+    Prediction,
+    at_least_float32,
+    is_loader,
+    joined_labels,
+    loader_batches,
+    one_row_per_input,
+)
 from .swag import SparseSWAG
 
 PROTOCOL_SEPARATOR = "@"  # a draw key "wma@recomputed-augmented": its statistics recomputed under that protocol
@@ -64,52 +72,6 @@ SWAG_RANK = 20  # SWAG's K when none is given (Maddox et al. 2019); a run with f
 
 class RunFolderError(ValueError):
     """A run folder that is missing, unfinished, or whose files disagree with each other."""
-
-
-@dataclasses.dataclass
-class Prediction:
-    """Class probabilities of one predictor: ``probs`` (N, C) is the mean over ``draws`` (K, N, C)
-    when the predictor has draws (predictive, mc-z, swag), else ``draws`` is None."""
-
-    predictor: str
-    probs: torch.Tensor
-    draws: torch.Tensor | None = None
-
-    def entropy(self) -> torch.Tensor:
-        """Predictive entropy H[E_w p(y|x,w)] per input (nats): total uncertainty."""
-        return _entropy(self.probs)
-
-    def mutual_information(self) -> torch.Tensor:
-        """I(y; w | x) = H[E_w p] − E_w H[p] per input (nats): the part of the uncertainty that is
-        about the weights (0 for single-weight predictors)."""
-        if self.draws is None:
-            return torch.zeros(self.probs.shape[0], dtype=self.probs.dtype)
-        return (self.entropy() - _entropy(self.draws).mean(0)).clamp_min(0.0)
-
-
-def one_row_per_input(logits: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
-    """``logits`` when they are (B, classes) for a batch of B inputs; else a one-line error."""
-    if not torch.is_tensor(logits):
-        raise ValueError(f"the network returned a {type(logits).__name__}, not a tensor of logits (batch, classes); "
-                         "give predict a module whose forward returns the logits alone")
-    if logits.dim() != 2 or len(logits) != len(batch):
-        raise ValueError(f"the network returned outputs of shape {tuple(logits.shape)} for a batch of shape "
-                         f"{tuple(batch.shape)}; predict needs logits (batch, classes): give a batch of "
-                         "inputs (one image: images.unsqueeze(0))")
-    if logits.shape[1] < 2:
-        raise ValueError(f"the network returned {logits.shape[1]} output column(s); predict gives class "
-                         "probabilities (a softmax over at least 2 classes' logits): for a regression model use "
-                         "the Pyro engine's Gaussian likelihood (cigl_bayes.inference.LIKELIHOODS)")
-    return logits
-
-
-def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
-    """Logits for the softmax: bf16/fp16 widened to float32, a float64 model's kept float64."""
-    return logits if logits.dtype == torch.float64 else logits.float()
-
-
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
 @dataclasses.dataclass
@@ -246,6 +208,11 @@ class TrainedRun:
         collected is refused) and how many ``mc-z``/``swag`` draw (default ``mc_samples`` of the run's
         config).  Images of another size than the run's training images are refused.
 
+        ``images`` may also be a ``torch.utils.data.DataLoader`` of images or of ``(images, labels)``
+        batches: it is read once, batch by batch, every draw predicting each batch (memory: the
+        probabilities, not the images), and ``Prediction.labels`` holds the labels in the order of
+        ``probs``, so a shuffled loader scores correctly.
+
         Two more predictors, as the run's own evaluation scored them (metrics.json, predictions.npz):
         ``temperature_scaled`` is the run's output predictor (``output_predictor``) with its logits
         divided by the temperature T fitted on the validation split, softmax(log p / T);
@@ -272,18 +239,32 @@ class TrainedRun:
             return self._mc_dropout(images, draws, seed, batch_size)
         seed = 0 if seed is None else seed
         batch_size = 500 if batch_size is None else batch_size
-        x = self.prepare(images)
-        per_draw = []
+        drawn = self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed))
+        labels = None
         try:  # a draw that fails (or Ctrl-C) must not leave its weights where the final ones belong
-            for key, snap in self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed)):
-                self._load(key, snap)
-                logits = torch.cat([_at_least_float32(self._logits(b, snap.sparse)) for b in x.split(batch_size)])
-                per_draw.append(torch.softmax(logits, -1).cpu())
+            if is_loader(images):  # batch by batch, every draw on each batch: the loader is read once
+                per_batch, per_batch_labels = [], []
+                for inputs, y in loader_batches(images):
+                    x = self.prepare(inputs)
+                    per_batch.append(torch.stack([self._probs(key, snap, x, batch_size) for key, snap in drawn]))
+                    per_batch_labels.append(y)
+                if not per_batch:
+                    raise ValueError("the DataLoader gave no batches")
+                stacked, labels = torch.cat(per_batch, 1), joined_labels(per_batch_labels)
+            else:
+                x = self.prepare(images)
+                stacked = torch.stack([self._probs(key, snap, x, batch_size) for key, snap in drawn])
         finally:
             self._restore()
-        stacked = torch.stack(per_draw)
         single = predictor in SINGLE_WEIGHT
-        return Prediction(predictor, stacked.mean(0), None if single else stacked)
+        return Prediction(predictor, stacked.mean(0), None if single else stacked, labels)
+
+    def _probs(self, key: str, snap: Snapshot, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Softmax probabilities (N, C), on the CPU, of the weights ``snap`` with the BatchNorm statistics
+        ``key`` names, for the prepared inputs ``x``, ``batch_size`` per forward pass."""
+        self._load(key, snap)
+        logits = torch.cat([at_least_float32(self._logits(b, snap.sparse)) for b in x.split(batch_size)])
+        return torch.softmax(logits, -1).cpu()
 
     def _under(self, protocol: str | None, predictor: str,
                draws: list[tuple[str, Snapshot]]) -> list[tuple[str, Snapshot]]:
@@ -322,7 +303,7 @@ class TrainedRun:
                                  "or without a validation split); use its other predictors")
         base = self.predict(images, output, draws, seed=seed, batch_size=batch_size)
         scaled = torch.softmax(apply_temperature(base.probs.clamp_min(1e-12).log(), temperature), -1)
-        return Prediction("temperature_scaled", scaled, None)
+        return Prediction("temperature_scaled", scaled, None, base.labels)
 
     def _mc_dropout(self, images, draws: int | None, seed: int | None, batch_size: int | None) -> Prediction:
         if not self.config.method_config.activation_dropout:
@@ -332,7 +313,7 @@ class TrainedRun:
             raise ValueError(f"draws must be a positive integer (or None: the run's default), got {draws!r}")
         seed = self.config.seed if seed is None else seed
         batch_size = max(self.config.batch_size, 500) if batch_size is None else batch_size  # build_data's
-        x = self.prepare(images)
+        x, labels = self._all_inputs(images)
         self._restore()  # the final weights with the BatchNorm statistics tracked in training
         batches = [(b, None) for b in x.split(batch_size)]
         try:
@@ -340,7 +321,16 @@ class TrainedRun:
         finally:
             self._restore()
         stacked = torch.stack(passes)
-        return Prediction("mc-dropout", stacked.mean(0), stacked)
+        return Prediction("mc-dropout", stacked.mean(0), stacked, labels)
+
+    def _all_inputs(self, images) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``images`` prepared, or every batch of a DataLoader prepared and joined, with its labels."""
+        if not is_loader(images):
+            return self.prepare(images), None
+        batches = list(loader_batches(images))
+        if not batches:
+            raise ValueError("the DataLoader gave no batches")
+        return torch.cat([self.prepare(x) for x, _ in batches]), joined_labels([y for _, y in batches])
 
     @torch.no_grad()
     def log_probs(self, predictor: str, split: str = "test", draws: int | None = None, *, seed: int = 0,
@@ -451,26 +441,34 @@ class TrainedRun:
         groups ``az.loo``, ``az.waic`` and ``az.compare`` read are added: ``log_likelihood`` ``y`` =
         log p(y_i | θ_s) of every sample s (the ``predictive`` draws: each sample with its own
         BatchNorm statistics; a probability below float32's smallest normal counts as that value),
-        ``posterior_predictive`` (each draw's most probable class) and ``observed_data``."""
+        ``posterior_predictive`` (each draw's most probable class) and ``observed_data``.  ``inputs`` may
+        be a DataLoader of ``(inputs, labels)`` batches, whose labels are taken when ``labels`` is None."""
         from . import diagnostics
 
         if not self.samples:
             why = f", {self.mean_only_option} keeps only their mean" if self.wma is not None else ""
             raise RunFolderError(f"{self.where} has no posterior samples (method {self.config.method}{why}); "
                                  "InferenceData holds the samples")
-        if (inputs is None) != (labels is None):
-            raise ValueError("to_inferencedata(inputs, labels): give both (held-out points and their classes) or "
-                             "neither")
+        if (inputs is None and labels is not None) or (labels is None and inputs is not None and not is_loader(inputs)):
+            raise ValueError("to_inferencedata(inputs, labels): give both (held-out points and their classes), a "
+                             "DataLoader of (inputs, labels) batches, or neither")
         layers = list(zip(self.net.sparse_names, self.net.mask.numels))
         by_epoch = {h["epoch"]: h["train_loss"] for h in self.history}
         loss = [by_epoch.get(e + 1, float("nan")) for e in self.sample_epochs]
         known = any(e + 1 in by_epoch for e in self.sample_epochs)  # a CigL object in memory keeps no loss
         points = {}
         if inputs is not None:
-            y = torch.as_tensor(labels)
-            if y.dim() != 1 or y.is_floating_point() or y.is_complex():
-                raise ValueError(f"labels must be one integer class per input, got {tuple(y.shape)} {y.dtype}")
-            draws = self.predict(inputs, "predictive", batch_size=batch_size).draws  # (samples, N, classes)
+            if labels is not None:
+                y = torch.as_tensor(labels)
+                if y.dim() != 1 or y.is_floating_point() or y.is_complex():
+                    raise ValueError(f"labels must be one integer class per input, got {tuple(y.shape)} {y.dtype}")
+            predicted = self.predict(inputs, "predictive", batch_size=batch_size)
+            draws = predicted.draws  # (samples, N, classes)
+            if labels is None:
+                if predicted.labels is None:
+                    raise ValueError("the DataLoader's batches carry no integer labels (one class per input); give "
+                                     "to_inferencedata(loader, labels)")
+                y = predicted.labels
             if draws.shape[1] != len(y):
                 raise ValueError(f"{draws.shape[1]} inputs but {len(y)} labels")
             if len(y) and not (0 <= int(y.min()) and int(y.max()) < draws.shape[2]):

@@ -15,6 +15,9 @@ MISUSE = "tests/test_drop_in_misuse.py::"
 OWN = "tests/test_bayes_own_model.py::"
 COMMITTED = "tests/test_committed_runs.py::"
 TRIAL = "tests/test_drop_in_trial.py::"
+LOADER = "tests/test_predict_loader.py::"
+POSTHOC = ("tests/test_controlled_study.py::"
+           "test_the_post_hoc_comparisons_are_written_beside_the_registered_ones_and_marked")
 SWAPPED_WEIGHTS = (f"{COMMITTED}test_a_weights_file_from_another_run_is_refused_by_load_run_and_reevaluate",)
 
 
@@ -709,7 +712,7 @@ MUTANTS: list[Mutant] = [
            'return loader.epoch(0) if hasattr(loader, "epoch") else iter(loader)', "return loader.epoch(0)",
            ("tests/test_laplace.py::test_plain_lists_of_batches_fit_as_the_projects_loaders_do",)),
     Mutant("probs-narrowed", "a float64 model's predicted probabilities come back float32",
-           "inference/run.py", "return logits if logits.dtype == torch.float64 else logits.float()",
+           "inference/prediction.py", "return logits if logits.dtype == torch.float64 else logits.float()",
            "return logits.float()",
            (f"{OWN}test_the_posterior_of_an_object_keeps_float64_and_names_what_it_lacks",)),
     # the break-it review of the trial's fixes (2026-12-06)
@@ -762,7 +765,7 @@ MUTANTS: list[Mutant] = [
            "        except ZeroDivisionError as error:",
            (f"{OWN}test_a_single_input_instead_of_a_batch_is_named_in_one_line",)),
     Mutant("logits-shape-unchecked", "outputs that are not (batch, classes) are turned into probabilities",
-           "inference/run.py", "    if logits.dim() != 2 or len(logits) != len(batch):", "    if False:",
+           "inference/prediction.py", "    if logits.dim() != 2 or len(logits) != len(batch):", "    if False:",
            (f"{OWN}test_outputs_that_are_not_one_row_of_logits_per_input_are_refused",)),
     Mutant("committed-config-unchecked", "load_run accepts a committed weights file copied in from another run",
            "inference/committed.py", 'problem = config_file_problem(run_dir, meta["config"], source=WEIGHTS_FILE)',
@@ -814,8 +817,8 @@ MUTANTS: list[Mutant] = [
            (f"{COMMITTED}test_reevaluation_runs_at_the_runs_thread_count_and_puts_the_callers_back",)),
     Mutant("predict-no-restore-on-failure", "a prediction that fails leaves its draw's weights in the network",
            "inference/run.py",
-           "per_draw.append(torch.softmax(logits, -1).cpu())\n        finally:\n            self._restore()",
-           "per_draw.append(torch.softmax(logits, -1).cpu())\n        finally:\n            pass",
+           "        finally:\n            self._restore()\n        single = predictor in SINGLE_WEIGHT",
+           "        finally:\n            pass\n        single = predictor in SINGLE_WEIGHT",
            (f"{OWN}test_a_failed_prediction_leaves_the_final_weights_and_statistics_in_place",
             f"{COMMITTED}test_a_failed_prediction_leaves_the_final_weights_in_place")),
     Mutant("bn-cache-ignores-bn-batches", "setting run.bn_batches after a prediction keeps the old statistics",
@@ -832,7 +835,7 @@ MUTANTS: list[Mutant] = [
            "    def _check_protocol_unused(self, protocol: str) -> None:\n        if protocol",
            (f"{OWN}test_a_failed_prediction_leaves_the_final_weights_and_statistics_in_place",)),
     Mutant("tuple-output-unnamed", "a model returning (logits, features) gives a bare AttributeError",
-           "inference/run.py", "    if not torch.is_tensor(logits):", "    if False:",
+           "inference/prediction.py", "    if not torch.is_tensor(logits):", "    if False:",
            (f"{OWN}test_a_model_that_returns_a_tuple_is_named",)),
     Mutant("compiled-submodule-refused", "a submodule compiled in place counts as a replaced parameter",
            "cigl_bayes/network.py", ' and getattr(held, "_orig_mod", None) is not value:', ":",
@@ -841,7 +844,8 @@ MUTANTS: list[Mutant] = [
            "inference/run.py", "        if not self.samples:\n            why", "        if False:\n            why",
            (f"{COMMITTED}test_to_inferencedata_of_a_committed_cigl_run_is_refused_by_name",)),
     Mutant("logits-rows-unchecked", "outputs with another number of rows than inputs are accepted",
-           "inference/run.py", "    if logits.dim() != 2 or len(logits) != len(batch):", "    if logits.dim() != 2:",
+           "inference/prediction.py", "    if logits.dim() != 2 or len(logits) != len(batch):",
+           "    if logits.dim() != 2:",
            (f"{OWN}test_outputs_that_are_not_one_row_of_logits_per_input_are_refused",)),
     # the fourth new-user trial (2026-12-06): tests/test_drop_in_trial.py, tests/test_lightning.py
     Mutant("hooks-run-twice", "CigL's forward calls the module again, so its own hooks run twice",
@@ -853,7 +857,7 @@ MUTANTS: list[Mutant] = [
            'protocol, bn_loader = "tracked", None',
            (f"{TRIAL}test_final_model_with_a_loader_recomputes_batchnorm_as_averaged_model_does",)),
     Mutant("one-column-softmax", "a one-column model's probabilities are a softmax over one logit: all 1",
-           "inference/run.py", "    if logits.shape[1] < 2:", "    if False:",
+           "inference/prediction.py", "    if logits.shape[1] < 2:", "    if False:",
            (f"{TRIAL}test_predict_refuses_a_model_with_one_output_column",)),
     Mutant("posterior-config-defaults", "posterior(cigl).config reports TrainConfig's defaults, not the object's "
            "settings", "inference/posterior.py", "                         **_optimizer_settings(cigl.optimizer))",
@@ -889,9 +893,9 @@ MUTANTS: list[Mutant] = [
            'state["samples"] = [pack_snapshot(s) for s in self.samples]',
            'state["samples"] = [{"sparse": s.sparse, "other": s.other} for s in self.samples]',
            (f"{TRIAL}test_a_state_dict_keeps_its_samples_packed_and_resumes_them_exactly",)),
-    Mutant("predict-loader-unnamed", "posterior(cigl).predict(loader) fails inside torch.as_tensor",
+    Mutant("predict-input-type-unnamed", "posterior(cigl).predict of a list of batches fails inside torch.as_tensor",
            "inference/posterior.py", '        if not torch.is_tensor(images) and not hasattr(images, "__array__"):',
-           "        if False:", (f"{TRIAL}test_predict_on_a_data_loader_says_it_takes_one_batch",)),
+           "        if False:", (f"{TRIAL}test_predict_names_what_it_cannot_read",)),
     Mutant("loglik-of-predicted-class", "to_inferencedata's log-likelihood is each draw's most probable class's, "
            "not the label's", "inference/run.py", "picked = draws.gather(2, y.long().view(1, -1, 1).expand(len(draws), "
            "-1, 1)).squeeze(2)", "picked = draws.max(2).values",
@@ -903,4 +907,43 @@ MUTANTS: list[Mutant] = [
     Mutant("export-folded-not-recorded", "an export of an untraceable module is recorded as BatchNorm-folded",
            "cigl_bayes/export.py", '"folded": json.dumps(was_folded)', '"folded": json.dumps(True)',
            ("tests/test_export.py::test_your_own_architecture_exports_as_custom_and_loads_into_an_instance",)),
+    # the post hoc comparisons of the controlled study (experiments/controlled_posthoc.py)
+    Mutant("posthoc-wrong-protocol", "the post hoc 'RigL's own weights' comparison reads the clean statistics",
+           "experiments/controlled_posthoc.py", 'Side(RIGL, "final", AUG)),\n    "last weights',
+           'Side(RIGL, "final", "recomputed-clean")),\n    "last weights', (POSTHOC,)),
+    Mutant("posthoc-wilcoxon-one-sided", "the post hoc Wilcoxon test is one-sided",
+           "experiments/controlled_posthoc.py", 'stats.wilcoxon(d, alternative="two-sided", method="exact")',
+           'stats.wilcoxon(d, alternative="less", method="exact")', (POSTHOC,)),
+    Mutant("posthoc-leave-none-out", "leave-one-seed-out keeps every seed",
+           "experiments/controlled_posthoc.py", "tuple(x for x in primary.seeds if x != s)",
+           "tuple(primary.seeds)", (POSTHOC,)),
+    Mutant("verdict-hides-accuracy-gap", "the verdict says 'no detectable loss of accuracy' when CigL's accuracy "
+           "is higher", "experiments/controlled_study.py", "              if accuracy.ci_low > 0 else",
+           "              if False else",
+           ("tests/test_controlled_study.py::test_lower_ece_with_higher_accuracy_holds_and_says_the_accuracies_differ",)),
+    Mutant("tables-drop-keep-variants", "the ablation and baseline tables leave out cigl-keep0.99 and "
+           "cigl-no-wma-keep0.99", "experiments/study_tables.py",
+           '(m == base or m.startswith(f"{base}-keep"))', "m == base",
+           ("tests/test_sweep.py::test_the_ablation_and_baseline_tables_list_the_keep_variants_a_study_trained",)),
+    # predict and to_inferencedata over a DataLoader (tests/test_predict_loader.py)
+    Mutant("loader-labels-in-dataset-order", "predict over a shuffled loader returns its labels sorted, not in the "
+           "order of the probabilities", "inference/prediction.py",
+           "return torch.cat([y.cpu().long() for y in per_batch])",
+           "return torch.cat([y.cpu().long() for y in per_batch]).sort().values",
+           (f"{LOADER}test_a_shuffled_loader_gives_its_labels_in_the_order_of_the_probabilities",)),
+    Mutant("loader-soft-labels-kept", "a loader's soft (float) labels come back as its labels",
+           "inference/prediction.py", "labels.dim() != 1 or labels.is_floating_point() or labels.is_complex()",
+           "labels.dim() > 2 or labels.is_complex()",
+           (f"{LOADER}test_batches_without_integer_labels_give_no_labels",)),
+    Mutant("loader-dict-unnamed", "a loader of dict batches gets predict's generic type error",
+           "inference/prediction.py", "        if isinstance(batch, dict):", "        if False:",
+           (f"{LOADER}test_a_loader_of_dicts_or_of_nothing_is_refused_by_name",)),
+    Mutant("loader-last-batch-dropped", "predict over a loader leaves out its last batch",
+           "inference/run.py", "stacked, labels = torch.cat(per_batch, 1), joined_labels(per_batch_labels)",
+           "stacked, labels = torch.cat(per_batch[:-1] or per_batch, 1), joined_labels(per_batch_labels[:-1])",
+           (f"{LOADER}test_a_loader_predicts_as_the_same_inputs_in_one_tensor",)),
+    Mutant("inferencedata-loader-labels-ignored", "to_inferencedata of a loader refuses its labels",
+           "inference/run.py", "                if predicted.labels is None:\n                    raise",
+           "                if True:\n                    raise",
+           (f"{LOADER}test_to_inferencedata_takes_the_labels_of_a_loader",)),
 ]

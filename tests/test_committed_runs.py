@@ -276,3 +276,18 @@ def test_swag_statistics_are_cached_per_rank(committed):
     second = run.log_probs("swag", "test", draws=2, swag_rank=2)
     fresh = load_run(committed["cigl-full"], device="cpu").log_probs("swag", "test", draws=2, swag_rank=2)
     assert all(torch.equal(a, b) for a, b in zip(second, fresh))
+
+
+def test_a_run_folder_predicts_over_a_loader_of_images_as_over_one_tensor(committed):
+    """uint8 images as the data set stores them, through a DataLoader of (images, labels): each batch
+    is prepared (normalised) as a tensor would be, and temperature_scaled keeps the loader's labels."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    run = load_run(committed["cigl-full"], device="cpu")
+    images = torch.randint(0, 256, (10, 32, 32, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (10,))
+    loader = DataLoader(TensorDataset(images, labels), batch_size=4)
+    for predictor in ("wma", "temperature_scaled"):
+        whole, batched = run.predict(images, predictor), run.predict(loader, predictor)
+        torch.testing.assert_close(batched.probs, whole.probs)
+        assert torch.equal(batched.labels, labels)

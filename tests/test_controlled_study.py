@@ -86,6 +86,19 @@ def test_lower_ece_with_lost_accuracy_does_not_hold(tmp_path):
     assert "loses accuracy" in out["verdict"]
 
 
+def test_lower_ece_with_higher_accuracy_holds_and_says_the_accuracies_differ(tmp_path):
+    """The registered rule asks only that accuracy is not lost; when it is higher the verdict says so,
+    not "no detectable loss", since the two models compared are then not of equal accuracy."""
+    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
+    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
+    main([str(study(tmp_path, rigl, cigl, rigl, acc_delta=0.03))])
+    verdict = json.loads((tmp_path / "registered.json").read_text())["verdict"]
+    assert verdict.startswith("the claim holds: CigL's ECE is lower (interval below 0) with higher accuracy")
+    main([str(study(tmp_path / "equal", rigl, cigl, rigl))])
+    assert "at no detectable loss of accuracy" in json.loads((tmp_path / "equal" / "registered.json").read_text())[
+        "verdict"]
+
+
 def test_fewer_than_five_pairs_is_interim_without_verdict(tmp_path):
     rigl = [0.040, 0.045, 0.035]
     cigl = [0.018, 0.020, 0.017]
@@ -274,3 +287,32 @@ def test_a_mislabelled_seed_or_a_stale_divergence_marker_is_refused(tmp_path):
     (path.parent / "diverged.json").write_text("{}")
     with pytest.raises(ValueError, match="both diverged.json and a completed metrics.json"):
         main([str(tmp_path)])
+
+
+def test_the_post_hoc_comparisons_are_written_beside_the_registered_ones_and_marked(tmp_path):
+    """posthoc.md/.json (experiments.controlled_posthoc, run by the registered analysis): each paired
+    comparison by hand, the distribution-free tests of the primary differences, leave-one-seed-out
+    intervals, the paired ITOP difference and the last weights' validation range, all marked post hoc."""
+    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
+    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
+    rigl_aug = [0.019, 0.021, 0.018, 0.020, 0.017]
+    main([str(study(tmp_path, rigl, cigl, rigl_aug))])
+    out = json.loads((tmp_path / "posthoc.json").read_text())
+    own = out["comparisons"]["RigL's own weights: recomputed-augmented − tracked statistics"]["ece"]
+    assert own["deltas"] == pytest.approx(list(np.array(rigl_aug) - np.array(rigl)))
+    within = out["comparisons"]["averaging within CigL: its WMA − its own last weights (both recomputed-augmented)"]
+    assert within["ece"]["deltas"] == pytest.approx(list(np.array(cigl) - 0.03))
+    last = out["comparisons"]["last weights, no averaging on either side: CigL − RigL (both recomputed-augmented)"]
+    assert last["accuracy"]["deltas"] == pytest.approx([-0.01] * 5)
+    rob, d = out["robustness"], np.array(cigl) - np.array(rigl)
+    assert rob["lower_in"] == 5 and rob["sign_test_p"] == pytest.approx(stats.binomtest(5, 5, 0.5).pvalue)
+    assert rob["wilcoxon_p"] == pytest.approx(stats.wilcoxon(d, method="exact").pvalue)
+    assert [p["left_out"] for p in rob["leave_one_out"]] == list(PRIMARY_SEEDS)
+    without_3 = rob["leave_one_out"][0]
+    assert without_3["seeds"] == [4, 5, 6, 7] and without_3["mean"] == pytest.approx(d[1:].mean())
+    assert out["itop"]["deltas"] == pytest.approx([0.1] * 5) and out["itop"]["mean"] == pytest.approx(0.1)
+    assert len(out["last_epochs"]) == 10 and all(r["range"] == 0 for r in out["last_epochs"])
+    md = (tmp_path / "posthoc.md").read_text()
+    assert md.startswith("# Controlled study: post hoc comparisons (not registered)")
+    assert "lower (post hoc)" in md and "registered.md" in md
+    assert "post hoc" not in (tmp_path / "registered.md").read_text()  # the registered reading stays apart

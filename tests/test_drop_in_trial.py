@@ -189,14 +189,13 @@ def test_an_unknown_sparse_param_suggests_the_parameter_meant():
         CigL(model, opt, sparsity=0.5, total_steps=4, sparse_params=["2.wieght"])
 
 
-def test_predict_on_a_data_loader_says_it_takes_one_batch():
+def test_predict_names_what_it_cannot_read():
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cigl = CigL(model, opt, sparsity=0.5, total_steps=4, collect_from_epoch=0)
-    pairs = torch.utils.data.TensorDataset(torch.randn(6, 8), torch.zeros(6))
-    loader = torch.utils.data.DataLoader(pairs, batch_size=3)
-    with pytest.raises(ValueError, match="predict takes one batch of inputs \\(a tensor\\), got a DataLoader"):
-        posterior(cigl).predict(loader, "final")
+    with pytest.raises(ValueError, match="predict takes a batch of inputs \\(a tensor\\) or a torch DataLoader, "
+                                         "got a list"):
+        posterior(cigl).predict([torch.randn(3, 8)], "final")
     assert posterior(cigl).predict(torch.randn(3, 8).numpy(), "final").probs.shape == (3, 3)  # arrays still work
 
 

@@ -152,6 +152,18 @@ def test_keep_variants_of_random_mask_methods():
     assert sweep.grid(["cigl-keep0.99"], [0.95], [0, 1]) == [("cigl-keep0.99", 0.95, 0), ("cigl-keep0.99", 0.95, 1)]
 
 
+def test_the_ablation_and_baseline_tables_list_the_keep_variants_a_study_trained():
+    """The controlled study trains cigl-keep0.99 and cigl-no-wma-keep0.99: its ablation and baseline
+    tables must hold them, each after its base method's place, and nothing else of another family."""
+    present = {"rigl", "rigl+ts", "cigl-keep0.99", "cigl-no-rm", "cigl-no-wma-keep0.99"}
+    assert study_tables.with_keep_variants(study_runs.ABLATIONS, present) == [
+        "rigl", "cigl-no-rm", "cigl-no-wma-keep0.99", "cigl-keep0.99"]
+    assert study_tables.with_keep_variants(["rigl", "rigl+ts", "cigl"], present) == ["rigl", "rigl+ts",
+                                                                                   "cigl-keep0.99"]
+    assert study_tables.with_keep_variants(["cigl"], {"cigl", "cigl-keep0.9", "cigl-keep0.99"}) == [
+        "cigl", "cigl-keep0.9", "cigl-keep0.99"]
+
+
 def test_a_run_finished_elsewhere_is_read_from_its_small_files(tmp_path):
     """A study accumulates across machines: a folder with only config.json and metrics.json (as
     committed under docs/results/) counts as finished for the same config, and only for it."""
