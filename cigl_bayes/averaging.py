@@ -103,3 +103,24 @@ class SnapshotStore:
 
     def __iter__(self):
         return (self.load(i) for i in self.indices())
+
+
+class MemorySnapshotStore:
+    """The collected samples in memory (same interface as :class:`~cigl_bayes.averaging.SnapshotStore`,
+    which keeps them on disk for run folders)."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[Snapshot] = []
+
+    def save(self, index: int, snap: Snapshot, *, epoch: int) -> None:
+        del self.snapshots[index:]
+        self.snapshots.append(Snapshot(snap.sparse.detach().clone(), snap.other.detach().clone()))
+
+    def clear(self, keep: int = 0) -> None:
+        del self.snapshots[keep:]
+
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    def __iter__(self):
+        return iter(self.snapshots)

@@ -51,51 +51,22 @@ import torch
 from torch import nn
 from torch.nn.utils.stateless import _reparametrize_module  # functional_call's swap, without module(x)
 
-from .averaging import Snapshot, SnapshotStore, WeightMaskAverage, pack_snapshot, unpack_snapshot
+from .averaging import (
+    MemorySnapshotStore,
+    Snapshot,
+    SnapshotStore,
+    WeightMaskAverage,
+    pack_snapshot,
+    unpack_snapshot,
+)
 from .config import METHODS, MethodConfig
 from .distributed import all_reduce_mean_, dist_info
-from .masks import DeterministicMask, MaskSchedule
+from .masks import MaskSchedule, initial_mask
 from .network import SparseNetwork
 from .predict import RECOMPUTED_CLEAN, check_bn_protocol, has_batchnorm, recompute_batchnorm
 from .random_mask import RandomKeepMask
 from .settings import CigLSettings
-from .sparsity import densities_for, layer_nnz, sparse_parameter_names
-
-
-class MemorySnapshotStore:
-    """The collected samples in memory (same interface as :class:`~cigl_bayes.averaging.SnapshotStore`,
-    which keeps them on disk for run folders)."""
-
-    def __init__(self) -> None:
-        self.snapshots: list[Snapshot] = []
-
-    def save(self, index: int, snap: Snapshot, *, epoch: int) -> None:
-        del self.snapshots[index:]
-        self.snapshots.append(Snapshot(snap.sparse.detach().clone(), snap.other.detach().clone()))
-
-    def clear(self, keep: int = 0) -> None:
-        del self.snapshots[keep:]
-
-    def __len__(self) -> int:
-        return len(self.snapshots)
-
-    def __iter__(self):
-        return iter(self.snapshots)
-
-
-def initial_mask(module: nn.Module, names: Sequence[str], sparsity: float, distribution: str,
-                 seed: int) -> DeterministicMask:
-    """M at the start: ERK or uniform per-layer densities for ``sparsity``, each layer's positions
-    drawn at random from a generator seeded by ``seed`` (RigL's initialisation); all ones at
-    sparsity 0."""
-    params = dict(module.named_parameters())
-    shapes = [params[n].shape for n in names]
-    first = params[names[0]]
-    if sparsity > 0:
-        nnz = layer_nnz(shapes, densities_for(shapes, sparsity, distribution))
-        gen = torch.Generator().manual_seed(seed)
-        return DeterministicMask.random(shapes, nnz, gen, device=first.device, dtype=first.dtype)
-    return DeterministicMask.dense(shapes, device=first.device, dtype=first.dtype)
+from .sparsity import sparse_parameter_names
 
 
 class CigL:
@@ -119,9 +90,10 @@ class CigL:
 
     Construction zeroes the weights outside the initial M.  To resume, load the module and the
     optimizer as usual, build ``CigL`` on them and call :meth:`load_state_dict` before the first
-    step: it puts back the weights that construction zeroed (a copy is kept until the first
-    step) and then the saved M.  ``apply_mask=False`` skips the zeroing (and the copy) when the
-    module already holds weights that lie in the M to be loaded.
+    step: it puts back the weights that construction zeroed (a copy is kept until the first step)
+    and then the saved M.  ``apply_mask=False`` skips the zeroing (and the copy) when the module
+    already holds weights that lie in the M to be loaded.  An optimizer that already holds state
+    (it has stepped) with no such call is warned about at the first step: a forgotten resume.
     """
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, method: str = "cigl",
@@ -189,6 +161,9 @@ class CigL:
         self._attached = False
         self._detached = False  # detach() was called: no step until attach()
         self._warned_early_sample = False  # a sample collected while M still changes is warned about once
+        # an optimizer that already stepped (it holds state) and no load_state_dict before the first step:
+        # a resume that forgot CigL's own state, warned about at that step
+        self._unresumed_optimizer_state = any(bool(s) for s in optimizer.state.values())
         if attach:
             self.attach()
 
@@ -390,6 +365,12 @@ class CigL:
                                "optimizer and the mask hold the old one; load weights in place (without assign), "
                                "or build the optimizer and CigL again on the module as it is now")
         self._before_mask = None  # training has begun: a load_state_dict no longer restores them
+        if self._unresumed_optimizer_state:
+            self._unresumed_optimizer_state = False
+            warnings.warn("CigL was built on an optimizer that has already stepped (it holds state) and no "
+                          "cigl.load_state_dict(...) came before this first step: if this resumes a run, its mask "
+                          "was drawn afresh over the trained weights; load the CigL state saved with the run first "
+                          "(starting sparse training from trained dense weights is fine: ignore this)", stacklevel=2)
         if self.step_count == self.total_steps:
             warnings.warn(f"cigl.step() beyond total_steps = {self.total_steps}: the mask schedule (updates until "
                           f"update_end × total_steps, the drop fraction's decay) was laid out for "
@@ -603,6 +584,7 @@ class CigL:
             with torch.no_grad():  # undo construction's zeroing; the saved M is applied below
                 torch._foreach_copy_(self.net.sparse_params, self._before_mask)
         self._before_mask = None
+        self._unresumed_optimizer_state = False
         self.epoch, self.step_count = state["epoch"], state["step"]
         if self.settings.collect_from_epoch is None and state.get("collect_from_epoch") is not None:
             self.collect_from_epoch = state["collect_from_epoch"]  # the default T* the saved run fixed

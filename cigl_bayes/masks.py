@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from .sparsity import densities_for, layer_nnz
 
 REGROWTH = ("gradient", "random", "none")  # rigl, set, static
 
@@ -179,3 +182,18 @@ class DeterministicMask:
         self.nnz = [int(v.sum()) for v in self.flat_views()]
         ever = state.get("ever_active")
         self.ever_active = self.flat.clone() if ever is None else ever.to(self.flat.device) | self.flat
+
+
+def initial_mask(module: nn.Module, names: Sequence[str], sparsity: float, distribution: str,
+                 seed: int) -> DeterministicMask:
+    """M at the start: ERK or uniform per-layer densities for ``sparsity``, each layer's positions
+    drawn at random from a generator seeded by ``seed`` (RigL's initialisation); all ones at
+    sparsity 0."""
+    params = dict(module.named_parameters())
+    shapes = [params[n].shape for n in names]
+    first = params[names[0]]
+    if sparsity > 0:
+        nnz = layer_nnz(shapes, densities_for(shapes, sparsity, distribution))
+        gen = torch.Generator().manual_seed(seed)
+        return DeterministicMask.random(shapes, nnz, gen, device=first.device, dtype=first.dtype)
+    return DeterministicMask.dense(shapes, device=first.device, dtype=first.dtype)

@@ -32,10 +32,11 @@ from cigl_bayes.models import build_model
 
 from . import data as data_lib
 from .averaging import SnapshotStore
-from .cigl import CigL, initial_mask
+from .cigl import CigL
 from .config import RESUME_FREE_FIELDS, TrainConfig
 from .device import resolve_device
 from .distributed import DistInfo, all_reduce_mean_, barrier, dist_info
+from .masks import initial_mask
 from .network import SparseNetwork
 from .objectives import PlainObjective, batch_targets
 from .runs import (

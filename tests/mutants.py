@@ -925,6 +925,17 @@ MUTANTS: list[Mutant] = [
            "cigl-no-wma-keep0.99", "experiments/study_tables.py",
            '(m == base or m.startswith(f"{base}-keep"))', "m == base",
            ("tests/test_sweep.py::test_the_ablation_and_baseline_tables_list_the_keep_variants_a_study_trained",)),
+    Mutant("readme-interval-typed-by-hand", "README quotes a post hoc interval the analysis never wrote",
+           "README.md", "−3.81 points [−6.29,", "−3.81 points [−6.30,",
+           ("tests/test_readme_numbers.py::"
+            "test_every_interval_the_readme_quotes_for_the_controlled_study_is_in_the_analysis_files",)),
+    Mutant("forgotten-resume-silent", "a resume that never loads CigL's state steps without a warning",
+           "cigl_bayes/cigl.py", "        if self._unresumed_optimizer_state:\n", "        if False:\n",
+           (f"{TRIAL}test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step",)),
+    Mutant("loaded-resume-warned", "a resume that loads CigL's state is still warned about",
+           "cigl_bayes/cigl.py", "        self._unresumed_optimizer_state = False\n        self.epoch, self.step_count",
+           "        self.epoch, self.step_count",
+           (f"{TRIAL}test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step",)),
     # predict and to_inferencedata over a DataLoader (tests/test_predict_loader.py)
     Mutant("loader-labels-in-dataset-order", "predict over a shuffled loader returns its labels sorted, not in the "
            "order of the probabilities", "inference/prediction.py",

@@ -249,3 +249,45 @@ def test_to_inferencedata_on_held_out_points_gives_arviz_its_log_likelihood():
         post.to_inferencedata(x[80:], y[80:] + 3)
     with pytest.raises(ValueError, match="give both"):
         post.to_inferencedata(x[80:])
+
+
+def test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step():
+    """Module and optimizer loaded, CigL built, but no cigl.load_state_dict: the mask is drawn afresh
+    over trained weights.  An optimizer that already holds state tells that apart from a fresh start;
+    a resume that loads CigL's state, and a fresh optimizer, step without a warning."""
+    data = [(torch.randn(6, 8), torch.randint(0, 3, (6,))) for _ in range(4)]
+
+    def build():
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return model, opt
+
+    def one_step(model, opt, cigl):
+        opt.zero_grad()
+        F.cross_entropy(model(data[0][0]), data[0][1]).backward()
+        cigl.step()
+
+    model, opt = build()
+    cigl = CigL(model, opt, sparsity=0.5, total_steps=8, collect_from_epoch=1)
+    train(model, opt, cigl, data, 1)
+    saved = {"model": model.state_dict(), "opt": opt.state_dict(), "cigl": cigl.state_dict()}
+    for load_cigl in (False, True):
+        model, opt = build()
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        resumed = CigL(model, opt, sparsity=0.5, total_steps=8, collect_from_epoch=1)
+        if load_cigl:
+            resumed.load_state_dict(saved["cigl"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            one_step(model, opt, resumed)
+            one_step(model, opt, resumed)
+        said = [str(w.message) for w in caught if "already stepped" in str(w.message)]
+        assert len(said) == (0 if load_cigl else 1)  # once, at the first step
+        if said:
+            assert "no cigl.load_state_dict(...) came before this first step" in said[0]
+    model, opt = build()
+    fresh = CigL(model, opt, sparsity=0.5, total_steps=8, collect_from_epoch=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one_step(model, opt, fresh)
