@@ -92,8 +92,10 @@ class CigL:
     optimizer as usual, build ``CigL`` on them and call :meth:`load_state_dict` before the first
     step: it puts back the weights that construction zeroed (a copy is kept until the first step)
     and then the saved M.  ``apply_mask=False`` skips the zeroing (and the copy) when the module
-    already holds weights that lie in the M to be loaded.  An optimizer that already holds state
-    (it has stepped) with no such call is warned about at the first step: a forgotten resume.
+    already holds weights that lie in the M to be loaded.  An optimizer that holds state of earlier
+    steps at the first step, with no such call, is warned about (a forgotten resume, or sparse
+    training started from trained dense weights), and its state outside M is zeroed so that the
+    weights outside M stay 0; SGD without momentum keeps no state, so it goes unnoticed.
     """
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, *, method: str = "cigl",
@@ -161,9 +163,8 @@ class CigL:
         self._attached = False
         self._detached = False  # detach() was called: no step until attach()
         self._warned_early_sample = False  # a sample collected while M still changes is warned about once
-        # an optimizer that already stepped (it holds state) and no load_state_dict before the first step:
-        # a resume that forgot CigL's own state, warned about at that step
-        self._unresumed_optimizer_state = any(bool(s) for s in optimizer.state.values())
+        self._state_loaded = False  # load_state_dict was called: this object resumes a run
+        self._first_step_checked = False  # the first step's check of the optimizer's state (step())
         if attach:
             self.attach()
 
@@ -365,12 +366,16 @@ class CigL:
                                "optimizer and the mask hold the old one; load weights in place (without assign), "
                                "or build the optimizer and CigL again on the module as it is now")
         self._before_mask = None  # training has begun: a load_state_dict no longer restores them
-        if self._unresumed_optimizer_state:
-            self._unresumed_optimizer_state = False
-            warnings.warn("CigL was built on an optimizer that has already stepped (it holds state) and no "
-                          "cigl.load_state_dict(...) came before this first step: if this resumes a run, its mask "
-                          "was drawn afresh over the trained weights; load the CigL state saved with the run first "
-                          "(starting sparse training from trained dense weights is fine: ignore this)", stacklevel=2)
+        if not self._first_step_checked:
+            self._first_step_checked = True
+            if not self._state_loaded and _has_stepped(self.optimizer, self.net.sparse_params):
+                self._zero_optimizer_state(self.net.mask.views(self.net.mask.float))
+                warnings.warn("CigL's optimizer holds state from earlier steps (momentum, moments) and no "
+                              "cigl.load_state_dict(...) came before this first step: if this resumes a run, its "
+                              "mask was drawn afresh over the trained weights; load the CigL state saved with the "
+                              "run first.  Starting sparse training from trained dense weights is fine (ignore "
+                              "this): the optimizer's state outside the mask was zeroed, so those weights stay 0",
+                              stacklevel=2)
         if self.step_count == self.total_steps:
             warnings.warn(f"cigl.step() beyond total_steps = {self.total_steps}: the mask schedule (updates until "
                           f"update_end × total_steps, the drop fraction's decay) was laid out for "
@@ -424,6 +429,11 @@ class CigL:
         keep = self.net.mask.float * (~grown).to(self.net.mask.float.dtype)
         kept_views = self.net.mask.views(keep)
         torch._foreach_mul_(self.net.sparse_params, kept_views)
+        self._zero_optimizer_state(kept_views)
+
+    def _zero_optimizer_state(self, kept_views: list[torch.Tensor]) -> None:
+        """Multiply every per-weight state tensor of the sparse parameters (momentum, Adam's moments)
+        by ``kept_views`` (1 where it stays, 0 where it is reset)."""
         state = self.optimizer.state
         pairs = [(buf, v) for p, v in zip(self.net.sparse_params, kept_views)
                  for buf in state[p].values() if torch.is_tensor(buf) and buf.shape == p.shape]
@@ -584,7 +594,7 @@ class CigL:
             with torch.no_grad():  # undo construction's zeroing; the saved M is applied below
                 torch._foreach_copy_(self.net.sparse_params, self._before_mask)
         self._before_mask = None
-        self._unresumed_optimizer_state = False
+        self._state_loaded = True
         self.epoch, self.step_count = state["epoch"], state["step"]
         if self.settings.collect_from_epoch is None and state.get("collect_from_epoch") is not None:
             self.collect_from_epoch = state["collect_from_epoch"]  # the default T* the saved run fixed
@@ -612,6 +622,21 @@ def _inert_forward(forward, module: nn.Module) -> bool:
     if owner is not None:
         return owner() is not module or func.cigl_object() is None
     return func is type(module).forward and getattr(forward, "__self__", None) is module
+
+
+def _has_stepped(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> bool:
+    """Whether ``optimizer`` holds state of an earlier step for any of ``params``: a per-weight buffer
+    (SGD's momentum exists only after a step) or a step count above 0 (Adam's; Adagrad creates its
+    state, step 0, at construction).  SGD without momentum keeps no state: it never counts."""
+    for p in params:
+        state = optimizer.state.get(p, {})
+        step = state.get("step")
+        if step is not None:
+            if float(step) > 0:
+                return True
+        elif any(torch.is_tensor(v) and v.shape == p.shape for v in state.values()):
+            return True
+    return False
 
 
 def _gradients_cleared(params: Sequence[torch.Tensor]) -> bool:

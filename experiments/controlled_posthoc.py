@@ -73,11 +73,19 @@ def robustness(runs: dict) -> dict:
     out: dict = {"n": len(d), "deltas": d.tolist(), "seeds": primary.seeds}
     if len(d) < 2:
         return out
-    nonzero = d[d != 0]
-    out["lower_in"] = int((d < 0).sum())
-    out["sign_test_p"] = float(stats.binomtest(int((nonzero < 0).sum()), len(nonzero), 0.5).pvalue)
-    out["wilcoxon_p"] = float(stats.wilcoxon(d, alternative="two-sided", method="exact").pvalue)
-    out["smallest_sign_test_p"] = float(2 * 0.5 ** len(nonzero))
+    nonzero = d[d != 0]  # a zero difference favours neither side: both tests leave it out
+    out["lower_in"], out["nonzero"] = int((d < 0).sum()), len(nonzero)
+    if len(nonzero):
+        out["sign_test_p"] = float(stats.binomtest(int((nonzero < 0).sum()), len(nonzero), 0.5).pvalue)
+        # the exact null distribution assumes distinct |Δ|; with ties the normal approximation instead
+        exact = len(np.unique(np.abs(nonzero))) == len(nonzero)
+        out["wilcoxon_method"] = "exact" if exact else "normal approximation (tied |Δ|)"
+        out["wilcoxon_p"] = float(stats.wilcoxon(nonzero, alternative="two-sided",
+                                                 method="exact" if exact else "approx").pvalue)
+    else:
+        out["sign_test_p"] = out["wilcoxon_p"] = 1.0
+        out["wilcoxon_method"] = "no nonzero difference"
+    out["smallest_sign_test_p"] = float(min(1.0, 2 * 0.5 ** len(nonzero)))
     if len(d) >= 3:
         out["leave_one_out"] = [asdict(paired(f"without seed {s}", runs, *PRIMARY, "ece",
                                                tuple(x for x in primary.seeds if x != s))) | {"left_out": s}
@@ -87,7 +95,7 @@ def robustness(runs: dict) -> dict:
 
 def itop_paired(runs: dict) -> dict:
     """CigL − RigL ITOP rate by seed, with a two-sided t interval."""
-    seeds = [s for s in PRIMARY_SEEDS if all("itop_rate" in runs.get((m, s), {}).get("metrics", {})
+    seeds = [s for s in PRIMARY_SEEDS if all(_number(runs.get((m, s), {}).get("metrics", {}).get("itop_rate"))
                                               for m in (RIGL, CIGL))]
     d = np.asarray([runs[(CIGL, s)]["metrics"]["itop_rate"] - runs[(RIGL, s)]["metrics"]["itop_rate"]
                     for s in seeds], dtype=float)
@@ -104,13 +112,18 @@ def last_epochs(runs: dict) -> list[dict]:
     for (method, seed), r in sorted(runs.items()):
         if method not in (RIGL, CIGL):
             continue
-        points = [(h["epoch"], h["val_accuracy"]) for h in r["metrics"].get("history", []) if "val_accuracy" in h]
+        points = [(h["epoch"], h["val_accuracy"]) for h in r["metrics"].get("history", [])
+                  if _number(h.get("val_accuracy")) and "epoch" in h]
         points = points[-LAST_EPOCHS:]
         if points:
             accs = [a for _, a in points]
             rows.append({"method": method, "seed": seed, "epochs": [e for e, _ in points], "val_accuracy": accs,
                          "range": max(accs) - min(accs)})
     return rows
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def analyse_post_hoc(runs: dict) -> dict:
@@ -137,9 +150,10 @@ def report_post_hoc(result: dict) -> str:
         lines += ["Fewer than two pairs.", ""]
     else:
         lines += [f"- CigL's ECE is lower in {rob['lower_in']} of {rob['n']} pairs.",
-                  f"- Exact sign test, two-sided: p = {rob['sign_test_p']:.4f}; Wilcoxon signed-rank, exact: "
-                  f"p = {rob['wilcoxon_p']:.4f}.  Neither can go below {rob['smallest_sign_test_p']:.4f} at "
-                  f"n = {rob['n']}: the registered t-test's significance rests on its normality assumption.", ""]
+                  f"- Exact sign test, two-sided: p = {rob['sign_test_p']:.4f}; Wilcoxon signed-rank "
+                  f"({rob['wilcoxon_method']}): p = {rob['wilcoxon_p']:.4f}.  With {rob['nonzero']} nonzero "
+                  f"differences the sign test cannot go below {rob['smallest_sign_test_p']:.4f}: where that is "
+                  "above α, the registered t-test's significance rests on its normality assumption.", ""]
         if rob.get("leave_one_out"):
             lines += ["| seed left out | n | mean ΔECE (pp) | 95% interval | p |", "|---|---|---|---|---|"]
             lines += [f"| {p['left_out']} | {p['n']} | {_pp(p['mean'])} | [{_pp(p['ci_low'])}, {_pp(p['ci_high'])}] "

@@ -304,7 +304,8 @@ def analyse(runs: dict, diverged: list[str] = ()) -> dict:
                         for name, sides in BASELINES.items()}
     itop = {}
     for method in (RIGL, CIGL, NO_RM, NO_WMA):
-        rates = [r["metrics"]["itop_rate"] for (m, _), r in runs.items() if m == method and "itop_rate" in r["metrics"]]
+        rates = [r["metrics"]["itop_rate"] for (m, _), r in runs.items()
+                 if m == method and isinstance(r["metrics"].get("itop_rate"), (int, float))]
         if rates:
             itop[method] = {"n": len(rates), "mean": float(np.mean(rates)),
                             "sd": float(np.std(rates, ddof=1)) if len(rates) > 1 else math.nan}

@@ -49,7 +49,8 @@ def is_loader(inputs) -> bool:
 def loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[object, torch.Tensor | None]]:
     """(inputs, labels) of each batch of ``loader``: a batch that is a tensor gives no labels; a
     ``(inputs, labels, ...)`` tuple or list gives its second item when that is one integer class per
-    input (anything else, e.g. soft labels or masks, counts as no labels); a dict is refused, naming it."""
+    input, shape (B,) (anything else, e.g. soft labels, (B, 1) or masks, counts as no labels); labels
+    of another length than the batch's inputs, and a dict, are refused, naming them."""
     for number, batch in enumerate(loader):
         if isinstance(batch, dict):
             raise ValueError(f"batch {number} of the DataLoader is a dict (keys {', '.join(map(str, batch))}); "
@@ -62,10 +63,15 @@ def loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[tuple[object
                              "or (inputs, labels) pairs")
         inputs, labels = batch[0], batch[1] if len(batch) > 1 else None
         if labels is not None:
-            labels = torch.as_tensor(labels) if torch.is_tensor(labels) or hasattr(labels, "__array__") else None
+            try:  # a tensor, an array, or a list of ints from a custom collate_fn
+                labels = torch.as_tensor(labels)
+            except (TypeError, ValueError, RuntimeError):
+                labels = None
         if labels is not None and (labels.dim() != 1 or labels.is_floating_point() or labels.is_complex()
-                                   or labels.dtype == torch.bool or len(labels) != len(inputs)):
+                                   or labels.dtype == torch.bool):
             labels = None
+        if labels is not None and len(labels) != len(inputs):
+            raise ValueError(f"batch {number} of the DataLoader holds {len(inputs)} inputs but {len(labels)} labels")
         yield inputs, labels
 
 

@@ -210,8 +210,9 @@ class TrainedRun:
 
         ``images`` may also be a ``torch.utils.data.DataLoader`` of images or of ``(images, labels)``
         batches: it is read once, batch by batch, every draw predicting each batch (memory: the
-        probabilities, not the images), and ``Prediction.labels`` holds the labels in the order of
-        ``probs``, so a shuffled loader scores correctly.
+        probabilities, not the images; ``mc-dropout`` holds the loader's images), and
+        ``Prediction.labels`` holds the labels in the order of ``probs``, so a shuffled loader
+        scores correctly.
 
         Two more predictors, as the run's own evaluation scored them (metrics.json, predictions.npz):
         ``temperature_scaled`` is the run's output predictor (``output_predictor``) with its logits
@@ -466,9 +467,12 @@ class TrainedRun:
             draws = predicted.draws  # (samples, N, classes)
             if labels is None:
                 if predicted.labels is None:
-                    raise ValueError("the DataLoader's batches carry no integer labels (one class per input); give "
-                                     "to_inferencedata(loader, labels)")
+                    raise ValueError("the DataLoader's batches carry no integer labels (one class per input, shape "
+                                     "(batch,)); give to_inferencedata(loader, labels)")
                 y = predicted.labels
+            elif predicted.labels is not None and not torch.equal(y.cpu().long().view(-1), predicted.labels):
+                raise ValueError("the labels given differ from those the DataLoader's batches carry (in the order it "
+                                 "gave them; a shuffled loader reorders them): give to_inferencedata(loader) alone")
             if draws.shape[1] != len(y):
                 raise ValueError(f"{draws.shape[1]} inputs but {len(y)} labels")
             if len(y) and not (0 <= int(y.min()) and int(y.max()) < draws.shape[2]):

@@ -16,6 +16,7 @@ OWN = "tests/test_bayes_own_model.py::"
 COMMITTED = "tests/test_committed_runs.py::"
 TRIAL = "tests/test_drop_in_trial.py::"
 LOADER = "tests/test_predict_loader.py::"
+FORGOTTEN_RESUME = (f"{TRIAL}test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step",)
 POSTHOC = ("tests/test_controlled_study.py::"
            "test_the_post_hoc_comparisons_are_written_beside_the_registered_ones_and_marked")
 SWAPPED_WEIGHTS = (f"{COMMITTED}test_a_weights_file_from_another_run_is_refused_by_load_run_and_reevaluate",)
@@ -914,6 +915,10 @@ MUTANTS: list[Mutant] = [
     Mutant("posthoc-wilcoxon-one-sided", "the post hoc Wilcoxon test is one-sided",
            "experiments/controlled_posthoc.py", 'stats.wilcoxon(d, alternative="two-sided", method="exact")',
            'stats.wilcoxon(d, alternative="less", method="exact")', (POSTHOC,)),
+    Mutant("posthoc-ties-exact", "the post hoc Wilcoxon test reads tied |differences| with the exact distribution",
+           "experiments/controlled_posthoc.py", "exact = len(np.unique(np.abs(nonzero))) == len(nonzero)",
+           "exact = True", ("tests/test_controlled_study.py::"
+                            "test_the_post_hoc_tests_survive_zero_and_tied_differences_and_a_missing_itop_rate",)),
     Mutant("posthoc-leave-none-out", "leave-one-seed-out keeps every seed",
            "experiments/controlled_posthoc.py", "tuple(x for x in primary.seeds if x != s)",
            "tuple(primary.seeds)", (POSTHOC,)),
@@ -926,16 +931,22 @@ MUTANTS: list[Mutant] = [
            '(m == base or m.startswith(f"{base}-keep"))', "m == base",
            ("tests/test_sweep.py::test_the_ablation_and_baseline_tables_list_the_keep_variants_a_study_trained",)),
     Mutant("readme-interval-typed-by-hand", "README quotes a post hoc interval the analysis never wrote",
-           "README.md", "−3.81 points [−6.29,", "−3.81 points [−6.30,",
+           "README.md", "3.81 points [−6.29,", "3.81 points [−6.30,",
            ("tests/test_readme_numbers.py::"
             "test_every_interval_the_readme_quotes_for_the_controlled_study_is_in_the_analysis_files",)),
     Mutant("forgotten-resume-silent", "a resume that never loads CigL's state steps without a warning",
-           "cigl_bayes/cigl.py", "        if self._unresumed_optimizer_state:\n", "        if False:\n",
-           (f"{TRIAL}test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step",)),
+           "cigl_bayes/cigl.py", '                warnings.warn("CigL\'s optimizer holds state',
+           '                (lambda *a, **k: None)("CigL\'s optimizer holds state', (FORGOTTEN_RESUME,)),
     Mutant("loaded-resume-warned", "a resume that loads CigL's state is still warned about",
-           "cigl_bayes/cigl.py", "        self._unresumed_optimizer_state = False\n        self.epoch, self.step_count",
-           "        self.epoch, self.step_count",
-           (f"{TRIAL}test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step",)),
+           "cigl_bayes/cigl.py", "        self._state_loaded = True\n", "", (FORGOTTEN_RESUME,)),
+    Mutant("fresh-adagrad-warned", "Adagrad's state at step 0, made at its construction, counts as earlier steps",
+           "cigl_bayes/cigl.py", "            if float(step) > 0:", "            if float(step) >= 0:",
+           (FORGOTTEN_RESUME,)),
+    Mutant("dense-momentum-outside-m-kept", "sparse training from dense-pretrained weights keeps the momentum "
+           "outside M, which moves those weights off 0", "cigl_bayes/cigl.py",
+           "                self._zero_optimizer_state(self.net.mask.views(self.net.mask.float))",
+           "                pass",
+           (f"{TRIAL}test_sparse_training_from_dense_pretrained_weights_keeps_the_weights_outside_m_at_zero",)),
     # predict and to_inferencedata over a DataLoader (tests/test_predict_loader.py)
     Mutant("loader-labels-in-dataset-order", "predict over a shuffled loader returns its labels sorted, not in the "
            "order of the probabilities", "inference/prediction.py",
@@ -953,6 +964,14 @@ MUTANTS: list[Mutant] = [
            "inference/run.py", "stacked, labels = torch.cat(per_batch, 1), joined_labels(per_batch_labels)",
            "stacked, labels = torch.cat(per_batch[:-1] or per_batch, 1), joined_labels(per_batch_labels[:-1])",
            (f"{LOADER}test_a_loader_predicts_as_the_same_inputs_in_one_tensor",)),
+    Mutant("loader-label-length-unchecked", "a batch with more inputs than labels is read as if they matched",
+           "inference/prediction.py", "        if labels is not None and len(labels) != len(inputs):",
+           "        if False:",
+           (f"{LOADER}test_labels_of_another_length_than_the_inputs_are_refused_and_lists_of_ints_are_labels",)),
+    Mutant("inferencedata-given-labels-unchecked", "to_inferencedata pairs a shuffled loader's inputs with labels "
+           "given in the data set's order", "inference/run.py",
+           "            elif predicted.labels is not None and not torch.equal(", "            elif False and (",
+           (f"{LOADER}test_to_inferencedata_refuses_labels_that_differ_from_the_loaders_own",)),
     Mutant("inferencedata-loader-labels-ignored", "to_inferencedata of a loader refuses its labels",
            "inference/run.py", "                if predicted.labels is None:\n                    raise",
            "                if True:\n                    raise",

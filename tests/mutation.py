@@ -36,7 +36,8 @@ def copy_repo(dest: Path) -> None:
     ignore = shutil.ignore_patterns(".git", "runs", "results", "__pycache__", "*.egg-info", ".pytest_cache",
                                     ".hypothesis", ".ruff_cache", ".venv", ".carry", ".whl", "data", ".cache")
     shutil.copytree(REPO, dest, ignore=ignore)
-    for small in (REPO / "docs" / "results").rglob("*.json"):  # the committed studies' records, read by tests
+    smalls = [*(REPO / "docs" / "results").rglob("*.json"), *(REPO / "docs" / "results").rglob("*.md")]
+    for small in smalls:  # the committed studies' records and reports, read by tests
         target = dest / small.relative_to(REPO)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(small, target)

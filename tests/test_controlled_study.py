@@ -316,3 +316,25 @@ def test_the_post_hoc_comparisons_are_written_beside_the_registered_ones_and_mar
     assert md.startswith("# Controlled study: post hoc comparisons (not registered)")
     assert "lower (post hoc)" in md and "registered.md" in md
     assert "post hoc" not in (tmp_path / "registered.md").read_text()  # the registered reading stays apart
+
+
+def test_the_post_hoc_tests_survive_zero_and_tied_differences_and_a_missing_itop_rate(tmp_path):
+    """All-zero differences give p = 1, not a crash after registered.* are written; tied |Δ| take
+    Wilcoxon's normal approximation and say so (its exact distribution assumes distinct |Δ|); an
+    itop_rate of null is left out of both analyses."""
+    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
+    main([str(study(tmp_path / "zero", rigl, rigl, rigl))])
+    zero = json.loads((tmp_path / "zero" / "posthoc.json").read_text())["robustness"]
+    assert zero["nonzero"] == 0 and zero["sign_test_p"] == 1.0 and zero["wilcoxon_p"] == 1.0
+    tied = [r - d for r, d in zip(rigl, [0.010, 0.010, 0.020, 0.020, 0.030])]
+    root = study(tmp_path / "tied", rigl, tied, rigl)
+    metrics = root / "runs" / "rigl-plain-s0.95-seed3" / "metrics.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "itop_rate": None}))
+    assert main([str(root)]) == 0
+    out = json.loads((root / "posthoc.json").read_text())
+    deltas = np.array(tied) - np.array(rigl)
+    assert out["robustness"]["wilcoxon_method"] == "normal approximation (tied |Δ|)"
+    assert out["robustness"]["wilcoxon_p"] == pytest.approx(stats.wilcoxon(deltas, method="approx").pvalue)
+    assert out["itop"]["seeds"] == [4, 5, 6, 7]
+    assert json.loads((root / "registered.json").read_text())["itop"]["rigl"]["n"] == 4
+    assert "normal approximation (tied |Δ|)" in (root / "posthoc.md").read_text()

@@ -252,42 +252,69 @@ def test_to_inferencedata_on_held_out_points_gives_arviz_its_log_likelihood():
 
 
 def test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step():
-    """Module and optimizer loaded, CigL built, but no cigl.load_state_dict: the mask is drawn afresh
-    over trained weights.  An optimizer that already holds state tells that apart from a fresh start;
-    a resume that loads CigL's state, and a fresh optimizer, step without a warning."""
+    """Module and optimizer loaded (before or after CigL is built), but no cigl.load_state_dict: the
+    mask is drawn afresh over trained weights.  An optimizer holding state of earlier steps at the
+    first step tells that apart from a fresh start; a resume that loads CigL's state, a fresh
+    optimizer and a fresh Adagrad (whose state exists, at step 0, from construction) step silently."""
     data = [(torch.randn(6, 8), torch.randint(0, 3, (6,))) for _ in range(4)]
 
-    def build():
+    def build(kind=torch.optim.SGD, **kw):
         model = mlp()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        return model, opt
+        return model, kind(model.parameters(), lr=0.1, **kw)
 
     def one_step(model, opt, cigl):
         opt.zero_grad()
         F.cross_entropy(model(data[0][0]), data[0][1]).backward()
         cigl.step()
 
-    model, opt = build()
+    def warned(model, opt, cigl) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            one_step(model, opt, cigl)
+            one_step(model, opt, cigl)
+        return [str(w.message) for w in caught if "holds state from earlier steps" in str(w.message)]
+
+    model, opt = build(momentum=0.9)
     cigl = CigL(model, opt, sparsity=0.5, total_steps=8, collect_from_epoch=1)
     train(model, opt, cigl, data, 1)
     saved = {"model": model.state_dict(), "opt": opt.state_dict(), "cigl": cigl.state_dict()}
-    for load_cigl in (False, True):
-        model, opt = build()
+    for load_cigl, optimizer_first in ((False, True), (False, False), (True, True)):
+        model, opt = build(momentum=0.9)
         model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
+        if optimizer_first:
+            opt.load_state_dict(saved["opt"])
         resumed = CigL(model, opt, sparsity=0.5, total_steps=8, collect_from_epoch=1)
+        if not optimizer_first:
+            opt.load_state_dict(saved["opt"])  # "build everything, then load the checkpoint"
         if load_cigl:
             resumed.load_state_dict(saved["cigl"])
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            one_step(model, opt, resumed)
-            one_step(model, opt, resumed)
-        said = [str(w.message) for w in caught if "already stepped" in str(w.message)]
+        said = warned(model, opt, resumed)
         assert len(said) == (0 if load_cigl else 1)  # once, at the first step
         if said:
             assert "no cigl.load_state_dict(...) came before this first step" in said[0]
-    model, opt = build()
-    fresh = CigL(model, opt, sparsity=0.5, total_steps=8, collect_from_epoch=1)
+    for kind, kw in ((torch.optim.SGD, {"momentum": 0.9}), (torch.optim.Adagrad, {})):
+        model, opt = build(kind, **kw)
+        assert not warned(model, opt, CigL(model, opt, sparsity=0.5, total_steps=8, collect_from_epoch=1))
+
+
+@pytest.mark.parametrize("method", ["static", "cigl"])
+def test_sparse_training_from_dense_pretrained_weights_keeps_the_weights_outside_m_at_zero(method):
+    """The same optimizer trained the model dense, then CigL starts sparse training: the momentum
+    built up outside M is zeroed at the first step (with the warning), so no weight outside M moves
+    off 0 and the module computes M⊙W, as final_model does."""
+    data = [(torch.randn(6, 8), torch.randint(0, 3, (6,))) for _ in range(4)]
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for x, y in data:  # dense pre-training
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    cigl = CigL(model, opt, method=method, sparsity=0.5, total_steps=40, collect_from_epoch=1, delta_t=100)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        one_step(model, opt, fresh)
+        warnings.simplefilter("ignore")
+        train(model, opt, cigl, data, 1)
+    outside = 1 - cigl.net.mask.float
+    assert torch.count_nonzero(cigl.net.sparse_flat() * outside) == 0
+    model.eval()
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(model(x), cigl.final_model()(x))

@@ -83,3 +83,24 @@ def test_to_inferencedata_takes_the_labels_of_a_loader(trained):
                                torch.from_numpy(from_tensors.log_likelihood["y"].values))
     with pytest.raises(ValueError, match="carry no integer labels"):
         post.to_inferencedata(DataLoader(x, batch_size=9))
+
+
+def test_labels_of_another_length_than_the_inputs_are_refused_and_lists_of_ints_are_labels(trained):
+    post, x, y = trained
+    wrong = DataLoader(list(range(4)), batch_size=2, collate_fn=lambda idx: (x[:3], y[:2]))
+    with pytest.raises(ValueError, match="batch 0 of the DataLoader holds 3 inputs but 2 labels"):
+        post.predict(wrong, "wma")
+    as_lists = DataLoader(list(range(len(x))), batch_size=8,
+                          collate_fn=lambda idx: (x[idx], [int(y[i]) for i in idx]))  # a custom collate_fn
+    assert torch.equal(post.predict(as_lists, "wma").labels, y)
+
+
+def test_to_inferencedata_refuses_labels_that_differ_from_the_loaders_own(trained):
+    """A shuffled loader gives its labels in its own order: labels given beside it in the data set's
+    order would pair each input with another's label, so they are refused; equal ones are accepted."""
+    post, x, y = trained
+    shuffled = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="the labels given differ from those the DataLoader's batches carry"):
+        post.to_inferencedata(shuffled, y)
+    in_order = DataLoader(TensorDataset(x, y), batch_size=8)
+    assert (post.to_inferencedata(in_order, y).observed_data["y"].values == y.numpy()).all()
