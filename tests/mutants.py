@@ -16,7 +16,7 @@ OWN = "tests/test_bayes_own_model.py::"
 COMMITTED = "tests/test_committed_runs.py::"
 TRIAL = "tests/test_drop_in_trial.py::"
 LOADER = "tests/test_predict_loader.py::"
-FORGOTTEN_RESUME = (f"{TRIAL}test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step",)
+FORGOTTEN_RESUME = f"{TRIAL}test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step"
 POSTHOC = ("tests/test_controlled_study.py::"
            "test_the_post_hoc_comparisons_are_written_beside_the_registered_ones_and_marked")
 SWAPPED_WEIGHTS = (f"{COMMITTED}test_a_weights_file_from_another_run_is_refused_by_load_run_and_reevaluate",)
@@ -38,6 +38,8 @@ class Mutant:
     def __post_init__(self) -> None:
         if isinstance(self.tests, str) or not self.tests:  # a bare string would run one test per character
             raise TypeError(f"mutant {self.name}: tests must be a non-empty tuple of pytest node ids")
+        if not all(isinstance(t, str) for t in self.tests):  # a tuple nested in the tuple fails inside pytest
+            raise TypeError(f"mutant {self.name}: every test must be a pytest node id (a string)")
 
 
 Z_FRESH = fid("test_z_is_drawn_fresh_every_step_and_enters_the_forward_pass")
@@ -913,9 +915,9 @@ MUTANTS: list[Mutant] = [
            "experiments/controlled_posthoc.py", 'Side(RIGL, "final", AUG)),\n    "last weights',
            'Side(RIGL, "final", "recomputed-clean")),\n    "last weights', (POSTHOC,)),
     Mutant("posthoc-wilcoxon-one-sided", "the post hoc Wilcoxon test is one-sided",
-           "experiments/controlled_posthoc.py", 'stats.wilcoxon(d, alternative="two-sided", method="exact")',
-           'stats.wilcoxon(d, alternative="less", method="exact")', (POSTHOC,)),
-    Mutant("posthoc-ties-exact", "the post hoc Wilcoxon test reads tied |differences| with the exact distribution",
+           "experiments/controlled_posthoc.py", 'stats.wilcoxon(nonzero, alternative="two-sided",',
+           'stats.wilcoxon(nonzero, alternative="less",', (POSTHOC,)),
+    Mutant("posthoc-ties-exact", "the post hoc Wilcoxon test reads tied absolute differences with the exact distribution",
            "experiments/controlled_posthoc.py", "exact = len(np.unique(np.abs(nonzero))) == len(nonzero)",
            "exact = True", ("tests/test_controlled_study.py::"
                             "test_the_post_hoc_tests_survive_zero_and_tied_differences_and_a_missing_itop_rate",)),

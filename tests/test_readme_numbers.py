@@ -13,7 +13,8 @@ INTERVAL = re.compile(r"\[([+\-−]?\d+\.\d+), ([+\-−]?\d+\.\d+)\]")
 
 
 def _plain(text: str) -> str:
-    return text.replace("−", "-")
+    """Unicode minus as ASCII, and every run of whitespace as one space (an interval may wrap)."""
+    return re.sub(r"\s+", " ", text.replace("−", "-"))
 
 
 def _intervals(text: str) -> set[tuple[float, float]]:
