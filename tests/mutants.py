@@ -917,7 +917,8 @@ MUTANTS: list[Mutant] = [
     Mutant("posthoc-wilcoxon-one-sided", "the post hoc Wilcoxon test is one-sided",
            "experiments/controlled_posthoc.py", 'stats.wilcoxon(nonzero, alternative="two-sided",',
            'stats.wilcoxon(nonzero, alternative="less",', (POSTHOC,)),
-    Mutant("posthoc-ties-exact", "the post hoc Wilcoxon test reads tied absolute differences with the exact distribution",
+    Mutant("posthoc-ties-exact", "the post hoc Wilcoxon test reads tied absolute differences with the exact "
+           "distribution",
            "experiments/controlled_posthoc.py", "exact = len(np.unique(np.abs(nonzero))) == len(nonzero)",
            "exact = True", ("tests/test_controlled_study.py::"
                             "test_the_post_hoc_tests_survive_zero_and_tied_differences_and_a_missing_itop_rate",)),
