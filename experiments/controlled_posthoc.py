@@ -27,7 +27,6 @@ ones; with them they are many tests, uncorrected for multiplicity: read them as 
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -37,7 +36,7 @@ from scipy import stats
 
 from cigl_bayes.runs import atomic_write_bytes, atomic_write_json
 
-from .cli import ArgumentParser, run_cli
+from .cli import run_cli
 from .controlled_study import (
     ALPHA,
     AUG,
@@ -50,6 +49,7 @@ from .controlled_study import (
     json_safe,
     load_runs,
     paired,
+    study_folder,
     table,
 )
 
@@ -191,13 +191,8 @@ def write_post_hoc(study: Path, runs: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m experiments.controlled_posthoc", description=__doc__.split("\n")[0],
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("study", type=Path, help="the study folder (docs/results/controlled)")
-    args = p.parse_args(argv)
-    if not (args.study / "runs").is_dir():
-        raise FileNotFoundError(f"{args.study} holds no runs/ folder")
-    print(write_post_hoc(args.study, load_runs(args.study)))
+    study = study_folder(argv, "python -m experiments.controlled_posthoc", __doc__)
+    print(write_post_hoc(study, load_runs(study)))
     return 0
 
 

@@ -457,23 +457,29 @@ def json_safe(value):
     return value
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m experiments.controlled_study", description=__doc__.split("\n")[0],
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+def study_folder(argv: list[str] | None, prog: str, doc: str) -> Path:
+    """The study folder named on the command line of ``prog`` (its help: ``doc``), which must hold runs/."""
+    p = ArgumentParser(prog=prog, description=doc.split("\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("study", type=Path, help="the study folder (docs/results/controlled)")
-    args = p.parse_args(argv)
-    if not (args.study / "runs").is_dir():
-        raise FileNotFoundError(f"{args.study} holds no runs/ folder")
-    runs = load_runs(args.study)
-    result = analyse(runs, diverged_runs(args.study))
-    atomic_write_json(json_safe(result), args.study / "registered.json")
-    atomic_write_bytes(report(result).encode(), args.study / "registered.md")
-    plot_curves(runs, args.study / "validation_curves.png")
-    plot_paired(result, args.study / "registered_paired.png")
+    study = p.parse_args(argv).study
+    if not (study / "runs").is_dir():
+        raise FileNotFoundError(f"{study} holds no runs/ folder")
+    return study
+
+
+def main(argv: list[str] | None = None) -> int:
+    study = study_folder(argv, "python -m experiments.controlled_study", __doc__)
+    runs = load_runs(study)
+    result = analyse(runs, diverged_runs(study))
+    atomic_write_json(json_safe(result), study / "registered.json")
+    atomic_write_bytes(report(result).encode(), study / "registered.md")
+    plot_curves(runs, study / "validation_curves.png")
+    plot_paired(result, study / "registered_paired.png")
     print(report(result))
     from .controlled_posthoc import write_post_hoc  # here: that module builds on this one's comparisons
 
-    write_post_hoc(args.study, runs)  # posthoc.md/.json: never registered, kept beside the registered reading
+    write_post_hoc(study, runs)  # posthoc.md/.json: never registered, kept beside the registered reading
     return 0
 
 

@@ -36,6 +36,19 @@ def train(model, opt, cigl, data, epochs):
         cigl.end_epoch()
 
 
+def bn_mlp_posterior(keep: float | None = None):
+    """(posterior of a CigL MLP with BatchNorm trained 5 epochs, 3 samples; 40 held-out inputs; their labels)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(120, 8)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    data = list(zip(x[:80].split(20), y[:80].split(20)))
+    cigl = CigL(model, opt, sparsity=0.5, total_steps=20, collect_from_epoch=2, update_end=0.3, keep=keep)
+    train(model, opt, cigl, data, 5)
+    return posterior(cigl, data), x[80:], y[80:]
+
+
 @pytest.mark.parametrize("method", ["dense", "cigl"])
 def test_the_modules_own_hooks_run_once_per_training_forward(method):
     """CigL's forward must not call the module a second time: a pre-hook that scales the input
@@ -226,29 +239,21 @@ def test_to_inferencedata_on_held_out_points_gives_arviz_its_log_likelihood():
     predict's draws), so az.loo reads it; bad labels are refused by name."""
     import arviz as az
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.randn(120, 8)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    data = list(zip(x[:80].split(20), y[:80].split(20)))
-    cigl = CigL(model, opt, sparsity=0.5, total_steps=20, collect_from_epoch=2, update_end=0.3)
-    train(model, opt, cigl, data, 5)
-    post = posterior(cigl, data)
-    idata = post.to_inferencedata(x[80:], y[80:])
-    draws = post.predict(x[80:], "predictive").draws  # (3 samples, 40, 3)
-    by_hand = torch.stack([d[torch.arange(40), y[80:]] for d in draws]).double().log()
+    post, x, y = bn_mlp_posterior()
+    idata = post.to_inferencedata(x, y)
+    draws = post.predict(x, "predictive").draws  # (3 samples, 40, 3)
+    by_hand = torch.stack([d[torch.arange(40), y] for d in draws]).double().log()
     assert idata.log_likelihood["y"].shape == (1, 3, 40)
     torch.testing.assert_close(torch.from_numpy(idata.log_likelihood["y"].values[0]), by_hand)
-    assert (idata.observed_data["y"].values == y[80:].numpy()).all()
+    assert (idata.observed_data["y"].values == y.numpy()).all()
     assert (idata.posterior_predictive["y"].values[0] == draws.argmax(-1).numpy()).all()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # three draws: Pareto k is high, as arviz says
         assert az.loo(idata).n_data_points == 40
     with pytest.raises(ValueError, match="labels must lie in \\[0, 3\\)"):
-        post.to_inferencedata(x[80:], y[80:] + 3)
+        post.to_inferencedata(x, y + 3)
     with pytest.raises(ValueError, match="give both"):
-        post.to_inferencedata(x[80:])
+        post.to_inferencedata(x)
 
 
 def test_a_resume_that_forgets_the_cigl_state_is_warned_about_at_the_first_step():

@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cigl_bayes import CigL
-from cigl_bayes.inference import posterior
-from tests.test_drop_in_trial import train
+from tests.test_drop_in_trial import bn_mlp_posterior
 
 
 @pytest.fixture(scope="module")
 def trained():
     """(posterior of a trained CigL MLP with BatchNorm and 3 samples, held-out inputs, their labels)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x = torch.randn(120, 8)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    data = list(zip(x[:80].split(20), y[:80].split(20)))
-    cigl = CigL(model, opt, sparsity=0.5, total_steps=20, collect_from_epoch=2, update_end=0.3, keep=0.8)
-    train(model, opt, cigl, data, 5)
-    return posterior(cigl, data), x[80:], y[80:]
+    return bn_mlp_posterior(keep=0.8)
 
 
 @pytest.mark.parametrize("predictor", ["final", "wma", "predictive", "mc-z"])
