@@ -240,6 +240,7 @@ class TrainedRun:
             return self._mc_dropout(images, draws, seed, batch_size)
         seed = 0 if seed is None else seed
         batch_size = 500 if batch_size is None else batch_size
+        x = None if is_loader(images) else self.prepare(images)  # bad inputs are refused before any draw is made
         drawn = self._under(bn_protocol, predictor, self.weight_draws(predictor, draws, seed))
         labels = None
         try:  # a draw that fails (or Ctrl-C) must not leave its weights where the final ones belong
@@ -253,7 +254,6 @@ class TrainedRun:
                     raise ValueError("the DataLoader gave no batches")
                 stacked, labels = torch.cat(per_batch, 1), joined_labels(per_batch_labels)
             else:
-                x = self.prepare(images)
                 stacked = torch.stack([self._probs(key, snap, x, batch_size) for key, snap in drawn])
         finally:
             self._restore()
