@@ -61,17 +61,25 @@ def trainer_weights(trainer) -> RunWeights:
 LogProbs = dict[str, dict[str, torch.Tensor]]  # {predictor: {split: log-probabilities}}
 
 
-def evaluate_weights(net, cfg, data, weights: RunWeights, loaders: dict) -> dict[str, LogProbs]:
-    """{protocol: {predictor: {split: log-probs}}} for ``final``, ``wma`` (when there is a mean) and
-    ``predictive`` (when there are samples), each under every protocol it has.  ``net.module``
-    must hold the final θ and the tracked buffers (the ``tracked`` protocol reads them)."""
-    names = ["final"] + (["wma"] if weights.wma is not None else []) + (["predictive"] if weights.samples else [])
+def weight_predictors(weights: RunWeights) -> list[str]:
+    """The weight-setting predictors a run's weights hold: ``final``, ``wma`` (when there is a mean)
+    and ``predictive`` (when there are samples)."""
+    return ["final"] + (["wma"] if weights.wma is not None else []) + (["predictive"] if weights.samples else [])
+
+
+def evaluate_weights(net, cfg, data, weights: RunWeights, loaders: dict, *, predictors=None,
+                     protocols=None) -> dict[str, LogProbs]:
+    """{protocol: {predictor: {split: log-probs}}} for every predictor of :func:`weight_predictors`
+    (or those of ``predictors``), each under every protocol it has (or those of ``protocols``).
+    ``net.module`` must hold the final θ and the tracked buffers (the ``tracked`` protocol reads them)."""
+    names = [n for n in weight_predictors(weights) if predictors is None or n in predictors]
     out: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
     for name in names:
         # the protocol, not the draw's key, decides the BatchNorm statistics here
         draws = predictor_draws(name, weights.final, weights.samples, wma=weights.wma,
                                 count=max(1, len(weights.samples)))
-        for protocol in (p for p in bn_protocols_of(name) if p in data.bn_protocols):
+        for protocol in (p for p in bn_protocols_of(name) if p in data.bn_protocols
+                         and (protocols is None or p in protocols)):
             per_split = draws_log_probs(net, draws, loaders, data.bn_loader(protocol), cfg.bn_batches, protocol)
             out.setdefault(protocol, {})[name] = {k: combine(name, v) for k, v in per_split.items()}
     return out
@@ -169,6 +177,26 @@ def score_by_protocol(by_protocol: dict, labels: dict) -> dict:
     return out
 
 
+def temperature_by_protocol(by_protocol: dict, labels: dict) -> dict:
+    """``temperature_by_bn_protocol`` of metrics.json: {protocol: {predictor: {"temperature": T,
+    "test": metrics}}}, every weight-setting predictor under every protocol with its own
+    temperature.  T minimises the validation NLL of that predictor under that protocol (Guo et al.
+    2017): the BatchNorm statistics change the logits, so each protocol needs its own T.  Only the
+    validation split is fitted on; the test scores are of ``log_softmax(log p / T)``.  Empty
+    without a validation split."""
+    if "val" not in labels or not len(labels["val"]):
+        return {}
+    out: dict = {}
+    for protocol, by_name in by_protocol.items():
+        for name, by_split in by_name.items():
+            temperature = metrics.fit_temperature(by_split["val"], labels["val"])
+            scaled = torch.log_softmax(metrics.apply_temperature(by_split["test"], temperature), -1)
+            out.setdefault(protocol, {})[name] = {
+                "temperature": temperature,
+                "test": metrics.calibration_metrics(scaled, labels["test"], from_logits=True)}
+    return out
+
+
 def evaluation_loaders(data) -> tuple[dict, dict]:
     """({split: loader}, {split: labels}) for the test and (when there is one) validation split."""
     loaders = {"test": data.test}
@@ -247,6 +275,8 @@ def evaluate_and_write(trainer, train_seconds: float | None = None) -> dict:
         # the BatchNorm protocol of each headline entry above, and every predictor under every protocol
         "bn_protocol": used,
         "by_bn_protocol": score_by_protocol(by_protocol, labels),
+        # each weight setting under each protocol with its own temperature, fitted on validation
+        "temperature_by_bn_protocol": temperature_by_protocol(by_protocol, labels) if cfg.temperature_scaling else {},
         # in-time over-parameterisation: the fraction of sparse-layer weights ever active (CigL App. D.1)
         "itop_rate": trainer.net.mask.itop_rate,
         "weights_file": WEIGHTS_FILE,
@@ -358,14 +388,17 @@ def network_of_weights(weights_path, weights: RunWeights, meta: dict, cfg, devic
 
 
 def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto",
-               test_fingerprint: str | None = None) -> dict:
+               test_fingerprint: str | None = None, predictors=None, protocols=None) -> dict:
     """Evaluate a committed weights file again, on any machine: the run's network is rebuilt from
     the config stored in the file (:func:`network_from_weights`) and every predictor scored under
     every BatchNorm protocol by the code that evaluated it first (:func:`evaluate_weights`).
     Returns ``test``, ``val``, ``bn_protocol``, ``by_bn_protocol``, ``temperature``, the test
     fingerprint and the runtime; training is not repeated.  ``test_fingerprint`` (the run's
     ``metrics.json`` → ``test_fingerprint``): test images found here with another fingerprint are
-    refused before anything is scored."""
+    refused before anything is scored.  ``predictors`` / ``protocols`` limit the work to those
+    (each BatchNorm recomputation is a pass over the training images); a headline entry whose
+    default protocol was left out is then absent, and so is ``temperature_scaled`` when the output
+    predictor's is.  ``temperature_by_bn_protocol`` holds every evaluated setting with its own T."""
     from .device import resolve_device
 
     net, cfg, data, weights = network_from_weights(weights_path, data_dir=data_dir, device=device)
@@ -375,14 +408,16 @@ def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto
                          f"(fingerprint {found} vs {test_fingerprint}); give the run's --data-dir")
     dev = resolve_device(device)
     loaders, labels = evaluation_loaders(data)
-    by_protocol = evaluate_weights(net, cfg, data, weights, loaders)
+    by_protocol = evaluate_weights(net, cfg, data, weights, loaders, predictors=predictors, protocols=protocols)
     preds, used = headline(by_protocol, cfg)
     output = cfg.method_config.output if cfg.method_config.output in preds else "final"
-    temperature = with_temperature(preds, used, output, labels, cfg.temperature_scaling)
+    temperature = with_temperature(preds, used, output, labels, cfg.temperature_scaling) if output in preds else None
     report = scores(preds, labels)
     return {"method": cfg.method, "model": cfg.model, "seed": cfg.seed, "sparsity_target": cfg.sparsity,
             "output_predictor": output, "temperature": temperature, "test": report["test"],
             "val": report.get("val", {}), "bn_protocol": used, "by_bn_protocol": score_by_protocol(by_protocol, labels),
+            "temperature_by_bn_protocol": temperature_by_protocol(by_protocol, labels)
+            if cfg.temperature_scaling else {},
             "test_fingerprint": found,
             "runtime": {**describe_host(dev), "compute_dtype": cfg.compute_dtype(dev),
                         "channels_last": cfg.speed_options(dev)["channels_last"], "compile": cfg.compile}}

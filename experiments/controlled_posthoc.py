@@ -17,6 +17,12 @@ Writes ``posthoc.md`` and ``posthoc.json`` into the study folder, from the same 
   recomputed-augmented against tracked statistics (the BatchNorm part of the primary difference).
 * **Does CigL still help after a temperature on both sides?**  ``temperature_scaled`` of both runs,
   each on its run's headline statistics (RigL: final, tracked; CigL: WMA, recomputed-clean).
+* **Does CigL beat what a practitioner would do without retraining?**  RigL's last weights with
+  statistics recomputed on augmented batches and a temperature fitted on the validation split under
+  them (``final+T``), against CigL's primary side.  The runs' ``metrics.json`` predate the
+  per-protocol temperature, so RigL's side is read from ``<study>/reevaluated/<run>.json``
+  (``python -m experiments.reevaluate … --bn-protocols recomputed-augmented --predictors final
+  --out docs/results/controlled/reevaluated``); a run not yet re-evaluated is left out.
 * **Does CigL explore more weights?**  The ITOP rate, paired by seed.
 * **How steady are the last weights?**  Validation accuracy of each run's last weights (tracked
   statistics, as ``history`` records them) over the last five epochs, and its range.
@@ -62,6 +68,8 @@ COMPARISONS = {
                                                                                          Side(CIGL, "wma", AUG)),
     "a temperature on both sides: CigL − RigL temperature_scaled (each run's headline statistics)": (
         Side(RIGL, "temperature_scaled", None), Side(CIGL, "temperature_scaled", None)),
+    "RigL's strongest no-retraining baseline: CigL's WMA − RigL's last weights with a temperature (both "
+    "recomputed-augmented)": (Side(RIGL, "final+T", AUG), Side(CIGL, "wma", AUG)),
 }
 LAST_EPOCHS = 5  # the window of the last weights' steadiness
 

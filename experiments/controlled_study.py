@@ -84,9 +84,18 @@ class Paired:
 
 
 def test_scores(run: dict, side: Side) -> dict | None:
-    """The test metrics of ``side`` in one run's records, or None where the run has no such entry."""
+    """The test metrics of ``side`` in one run's records, or None where the run has no such entry.
+    A predictor ``<setting>+T`` is that weight setting under ``side.protocol`` with its own
+    temperature (``temperature_by_bn_protocol``: of metrics.json, else of the run's re-evaluation)."""
     if side.method == RIGL and side.predictor == "laplace":
         return run.get("laplace", {}).get("test")
+    if side.predictor.endswith("+T"):
+        setting = side.predictor[:-2]
+        for source in (run["metrics"], run.get("reevaluated", {})):
+            entry = (source.get("temperature_by_bn_protocol") or {}).get(side.protocol, {}).get(setting)
+            if entry:
+                return entry["test"]
+        return None
     if side.protocol is None:
         return run["metrics"]["test"].get(side.predictor)
     return run["metrics"].get("by_bn_protocol", {}).get(side.protocol, {}).get("test", {}).get(side.predictor)
@@ -171,9 +180,13 @@ def diverged_runs(study: Path) -> list[str]:
     return out
 
 
+REEVALUATED = "reevaluated"  # <study>/reevaluated/<run folder>.json: python -m experiments.reevaluate --out
+
+
 def load_runs(study: Path) -> dict[tuple[str, int], dict]:
-    """{(method, seed): {"metrics": ..., "laplace": ...}} of the finished runs of the study; a
-    metrics.json whose seed is not its folder's is refused."""
+    """{(method, seed): {"metrics": ..., "laplace": ..., "reevaluated": ...}} of the finished runs
+    of the study; a metrics.json whose seed is not its folder's is refused, and so is a
+    re-evaluation (``<study>/reevaluated/<run folder>.json``) of another seed or test set."""
     runs = {}
     for method, seed, folder in study_folders(study):
         metrics = _completed(folder)
@@ -185,6 +198,12 @@ def load_runs(study: Path) -> dict[tuple[str, int], dict]:
         laplace = folder / "laplace.json"
         if laplace.is_file():
             entry["laplace"] = json.loads(laplace.read_text())
+        again = study / REEVALUATED / f"{folder.name}.json"
+        if again.is_file():
+            entry["reevaluated"] = json.loads(again.read_text())
+            if (entry["reevaluated"].get("seed"), entry["reevaluated"].get("test_fingerprint")) != \
+                    (seed, metrics.get("test_fingerprint")):
+                raise ValueError(f"{again} is not a re-evaluation of {folder.name} (another seed or test set)")
         runs[(method, seed)] = entry
     return runs
 

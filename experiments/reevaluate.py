@@ -9,6 +9,12 @@ the config stored in the file and every predictor is scored under every BatchNor
 (``tracked``, ``recomputed-clean``, ``recomputed-augmented``) by the code that evaluated the run
 after training.  The result goes to ``--out DIR/<run name>.json``, or, without ``--out``, to
 ``<run>/reevaluation.json`` (``--out-name``; git ignores it inside ``docs/results``).
+``--bn-protocols`` and ``--predictors`` limit the work (each recomputed protocol is a pass over the
+training images per weight setting).  Every evaluated setting also gets its own temperature,
+fitted on the validation split under the same statistics (``temperature_by_bn_protocol``):
+
+    python -m experiments.reevaluate docs/results/controlled/runs/rigl-plain-s0.95-seed* \
+        --bn-protocols recomputed-augmented --predictors final --out docs/results/controlled/reevaluated
 
 Every input is checked before any work: the weights file must fit the folder's ``config.json``
 (a file copied in from another run is refused) and the network; two runs may not write to one
@@ -30,7 +36,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from cigl_bayes.evaluate import classes_of_weights, config_of_weights, network_of_weights, reevaluate
+from cigl_bayes.evaluate import (
+    classes_of_weights,
+    config_of_weights,
+    network_of_weights,
+    reevaluate,
+    weight_predictors,
+)
+from cigl_bayes.predict import BN_PROTOCOLS, bn_protocols_of
 from cigl_bayes.runs import RunFolderLock, atomic_write_json
 from cigl_bayes.train import config_file_problem
 from cigl_bayes.weights import WEIGHTS_FILE, load_run_weights
@@ -76,15 +89,23 @@ def output_names(runs: list[Path]) -> list[str]:
     raise ValueError(f"the run {same} is given twice")
 
 
-def check_weights_file(run: Path, path: Path) -> None:
+def check_weights_file(run: Path, path: Path, predictors: list[str] | None = None,
+                       protocols: list[str] | None = None) -> None:
     """Everything about one input that can be checked without its data: the file reads, its config
-    is a valid run config that agrees with the folder's config.json, and it fits the network."""
+    is a valid run config that agrees with the folder's config.json, it fits the network, and it
+    holds every asked predictor under at least one asked protocol."""
     weights, meta = load_run_weights(path)
     cfg = config_of_weights(path, meta)
     problem = config_file_problem(folder_of(run), meta["config"], source=path.name)
     if problem:
         raise ValueError(problem)
     network_of_weights(path, weights, meta, cfg, torch.device("cpu"), classes_of_weights(meta, cfg))
+    for name in predictors or ():
+        if name not in weight_predictors(weights):
+            raise ValueError(f"{path} holds no {name} weights (it holds {', '.join(weight_predictors(weights))})")
+        if protocols is not None and not set(bn_protocols_of(name)) & set(protocols):
+            raise ValueError(f"{name} has none of the BatchNorm protocols {', '.join(protocols)} "
+                             f"(it has {', '.join(bn_protocols_of(name))})")
 
 
 def largest_difference(before: dict, after: dict) -> tuple[float | None, str | None]:
@@ -111,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write <run name>.json here instead of into the runs")
     p.add_argument("--data-dir", default=None, help="data folder (default: the run's, then $CIGL_DATA_DIR)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--bn-protocols", nargs="+", choices=BN_PROTOCOLS, default=None, metavar="PROTOCOL",
+                   help=f"evaluate under these BatchNorm protocols only ({', '.join(BN_PROTOCOLS)}; default: all); "
+                        "each recomputed one is a pass over the training images")
+    p.add_argument("--predictors", nargs="+", choices=("final", "wma", "predictive"), default=None,
+                   help="evaluate these weight settings only (default: every one the file holds)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: the count the run was evaluated with, from its metrics.json, at most "
                         "this machine's cores; OMP_NUM_THREADS is not followed: another count sums in another order)")
@@ -136,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"the run {run} is given twice")
             seen[target.resolve()] = run
     for run, path in zip(args.runs, paths):
-        check_weights_file(run, path)
+        check_weights_file(run, path, args.predictors, args.bn_protocols)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         if not os.access(args.out, os.W_OK):
@@ -168,7 +194,8 @@ def reevaluate_one(run: Path, path: Path, target: Path, args) -> None:
     """Score one run's weights file and write its result (with its agreement with metrics.json)."""
     stored = stored_metrics(run)
     result = reevaluate(path, data_dir=args.data_dir, device=args.device,
-                        test_fingerprint=stored.get("test_fingerprint"))
+                        test_fingerprint=stored.get("test_fingerprint"),
+                        predictors=args.predictors, protocols=args.bn_protocols)
     result["weights_file"] = str(path)
     worst, where = largest_difference(stored.get("by_bn_protocol") or {}, result["by_bn_protocol"])
     result["agreement"] = {"compared_with": "metrics.json by_bn_protocol" if worst is not None else None,
@@ -182,6 +209,10 @@ def reevaluate_one(run: Path, path: Path, target: Path, args) -> None:
     head = result["bn_protocol"]
     print(f"{run}: " + ", ".join(f"{name} [{head[name]}] acc {m['accuracy']:.4f} ECE {m['ece']:.4f}"
                                  for name, m in result["test"].items()) + f" → {target}")
+    for protocol, by_name in result["temperature_by_bn_protocol"].items():
+        for name, entry in by_name.items():
+            print(f"  {name} [{protocol}] with T = {entry['temperature']:.3f}: acc {entry['test']['accuracy']:.4f} "
+                  f"ECE {entry['test']['ece']:.4f}")
     if worst is not None:
         print(f"  largest difference from metrics.json: {worst:.3g} ({where})")
 

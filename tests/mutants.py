@@ -785,14 +785,15 @@ MUTANTS: list[Mutant] = [
            (f"{COMMITTED}test_a_malformed_weights_file_is_one_line_naming_what_is_wrong[extra-buffer]",)),
     Mutant("reevaluate-checks-late", "reevaluate checks each weights file only when it reaches it (earlier runs "
            "are scored first)", "experiments/reevaluate.py",
-           "    for run, path in zip(args.runs, paths):\n        check_weights_file(run, path)\n", "",
+           "    for run, path in zip(args.runs, paths):\n        check_weights_file(run, path, args.predictors, "
+           "args.bn_protocols)\n", "",
            (f"{COMMITTED}test_reevaluate_checks_every_input_before_any_work",)),
     Mutant("reevaluate-out-collision", "runs of one name (from two studies, or one run twice) write one --out file",
            "experiments/reevaluate.py", "    parts = [folder_of(r).resolve().parts for r in runs]\n",
            '    return [f"{folder_of(r).resolve().name}.json" for r in runs]\n',
            (f"{COMMITTED}test_runs_of_one_name_from_two_studies_get_two_output_files",)),
     Mutant("reevaluate-fingerprint-late", "a foreign test set is found only after every predictor was scored",
-           "experiments/reevaluate.py", 'test_fingerprint=stored.get("test_fingerprint"))', "test_fingerprint=None)",
+           "experiments/reevaluate.py", 'test_fingerprint=stored.get("test_fingerprint"),', "test_fingerprint=None,",
            (f"{COMMITTED}test_reevaluate_checks_every_input_before_any_work",)),
     Mutant("reevaluate-agreement-blind", "the re-evaluation's agreement with metrics.json is always reported as 0",
            "experiments/reevaluate.py", "diff = abs(float(value) - float(old[metric]))", "diff = 0.0",
@@ -979,4 +980,41 @@ MUTANTS: list[Mutant] = [
            "inference/run.py", "                if predicted.labels is None:\n                    raise",
            "                if True:\n                    raise",
            (f"{LOADER}test_to_inferencedata_takes_the_labels_of_a_loader",)),
+    # a temperature per BatchNorm protocol and the limited re-evaluation (seventh session of 2026-12-06)
+    Mutant("per-protocol-temperature-on-test", "each protocol's temperature is fitted on the test split",
+           "cigl_bayes/evaluate.py", 'metrics.fit_temperature(by_split["val"], labels["val"])',
+           'metrics.fit_temperature(by_split["test"], labels["test"])',
+           (f"{COMMITTED}test_the_per_protocol_temperature_is_fitted_on_validation_only",)),
+    Mutant("per-protocol-temperature-unapplied", "the per-protocol test scores are of the unscaled predictions",
+           "cigl_bayes/evaluate.py",
+           'scaled = torch.log_softmax(metrics.apply_temperature(by_split["test"], temperature), -1)',
+           'scaled = by_split["test"]',
+           (f"{COMMITTED}test_the_per_protocol_temperature_is_fitted_on_validation_only",
+            f"{COMMITTED}test_every_setting_under_every_protocol_gets_its_own_temperature_and_the_headline_one_is_"
+            "the_same_fit")),
+    Mutant("per-protocol-temperature-not-written", "metrics.json gets no temperature per protocol",
+           "cigl_bayes/evaluate.py",
+           '"temperature_by_bn_protocol": temperature_by_protocol(by_protocol, labels) if cfg.temperature_scaling '
+           'else {},', '"temperature_by_bn_protocol": {},',
+           (f"{COMMITTED}test_every_setting_under_every_protocol_gets_its_own_temperature_and_the_headline_one_is_"
+            "the_same_fit",)),
+    Mutant("reevaluate-limits-ignored", "--bn-protocols and --predictors are read but every setting is scored",
+           "experiments/reevaluate.py", "predictors=args.predictors, protocols=args.bn_protocols)",
+           "predictors=None, protocols=None)",
+           (f"{COMMITTED}test_a_limited_reevaluation_scores_only_the_asked_settings_as_the_evaluation_did",)),
+    Mutant("reevaluate-absent-predictor-accepted", "a predictor the weights file lacks is asked for and nothing "
+           "is scored, silently", "experiments/reevaluate.py", "        if name not in weight_predictors(weights):",
+           "        if False:",
+           (f"{COMMITTED}test_a_limited_reevaluation_refuses_what_the_file_cannot_give[absent-predictor]",)),
+    Mutant("reevaluation-of-another-run-read", "a re-evaluation of another seed or test set is read as the run's",
+           "experiments/controlled_study.py",
+           '            if (entry["reevaluated"].get("seed"), entry["reevaluated"].get("test_fingerprint")) != \\',
+           '            if False and (entry["reevaluated"].get("seed"), entry["reevaluated"].get("test_fingerprint")) '
+           '!= \\',
+           ("tests/test_controlled_study.py::test_a_reevaluation_of_another_seed_or_test_set_is_refused",)),
+    Mutant("strongest-baseline-reads-clean", "RigL's strongest baseline reads its clean-statistics entry",
+           "experiments/controlled_posthoc.py", 'Side(RIGL, "final+T", AUG)',
+           'Side(RIGL, "final+T", "recomputed-clean")',
+           ("tests/test_controlled_study.py::test_rigl_with_augmented_statistics_and_its_own_temperature_is_read_from_"
+            "its_reevaluation",)),
 ]

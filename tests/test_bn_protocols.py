@@ -278,11 +278,16 @@ def test_temperature_is_fitted_on_the_validation_split_only(tmp_path, monkeypatc
         return original(log_probs, labels, *args, **kwargs)
 
     monkeypatch.setattr(metrics, "fit_temperature", spy)
-    evaluate_and_write(trainer)
-    assert len(seen) == 1 and torch.equal(seen[0][1], trainer.data.val.y)
-    # and the scores are the validation split's own: the output predictor on the validation images
+    result = evaluate_and_write(trainer)
+    # the headline temperature, then one per weight setting and protocol (temperature_by_bn_protocol)
+    settings = sum(len(by_name) for by_name in result["temperature_by_bn_protocol"].values())
+    assert settings == sum(len(v["test"]) for v in result["by_bn_protocol"].values()) > 1
+    assert len(seen) == 1 + settings
+    # and every fit sees the validation split's own scores: the predictor on the validation images
     x_val = trainer.data.val.x
-    assert seen[0][0].shape[0] == x_val.shape[0] != trainer.data.test.x.shape[0]
+    for log_probs, labels in seen:
+        assert torch.equal(labels, trainer.data.val.y)
+        assert log_probs.shape[0] == x_val.shape[0] != trainer.data.test.x.shape[0]
 
 
 def test_batchnorm_protocols_recompute_on_training_images_only(tmp_path):

@@ -291,3 +291,70 @@ def test_a_run_folder_predicts_over_a_loader_of_images_as_over_one_tensor(commit
         whole, batched = run.predict(images, predictor), run.predict(loader, predictor)
         torch.testing.assert_close(batched.probs, whole.probs)
         assert torch.equal(batched.labels, labels)
+
+
+def test_every_setting_under_every_protocol_gets_its_own_temperature_and_the_headline_one_is_the_same_fit(committed):
+    """metrics.json → temperature_by_bn_protocol holds each weight setting under each protocol it
+    was scored under; the entry of the output predictor under its headline protocol is the same
+    fit as ``temperature`` / ``temperature_scaled``."""
+    for method, output in (("rigl", "final"), ("cigl", "wma")):
+        stored = json.loads((committed[method] / "metrics.json").read_text())
+        by_t = stored["temperature_by_bn_protocol"]
+        assert {p: set(v) for p, v in by_t.items()} == \
+            {p: set(v["test"]) for p, v in stored["by_bn_protocol"].items()}
+        headline = by_t[stored["bn_protocol"][output]][output]
+        assert headline["temperature"] == pytest.approx(stored["temperature"], rel=1e-9)
+        assert headline["test"]["ece"] == pytest.approx(stored["test"]["temperature_scaled"]["ece"], abs=1e-12)
+        others = [e["temperature"] for p, v in by_t.items() for e in v.values()]
+        assert len(set(others)) > 1  # not one T copied to every protocol
+
+
+def test_the_per_protocol_temperature_is_fitted_on_validation_only():
+    from cigl_bayes import metrics
+    from cigl_bayes.evaluate import temperature_by_protocol
+
+    gen = torch.Generator().manual_seed(0)
+    val, test = 3 * torch.randn(200, 5, generator=gen), 3 * torch.randn(150, 5, generator=gen)
+    labels = {"val": torch.randint(0, 5, (200,), generator=gen), "test": torch.randint(0, 5, (150,), generator=gen)}
+    logp = {"recomputed-clean": {"final": {"val": val.log_softmax(-1), "test": test.log_softmax(-1)}}}
+    entry = temperature_by_protocol(logp, labels)["recomputed-clean"]["final"]
+    assert entry["temperature"] == pytest.approx(metrics.fit_temperature(val.log_softmax(-1), labels["val"]))
+    scaled = (test.log_softmax(-1) / entry["temperature"]).log_softmax(-1)
+    assert entry["test"]["nll"] == pytest.approx(metrics.calibration_metrics(scaled, labels["test"],
+                                                                             from_logits=True)["nll"])
+    shuffled = {**labels, "test": labels["test"].flip(0)}  # other test labels: the same T
+    assert temperature_by_protocol(logp, shuffled)["recomputed-clean"]["final"]["temperature"] == entry["temperature"]
+    assert temperature_by_protocol(logp, {"test": labels["test"]}) == {}
+
+
+def test_a_limited_reevaluation_scores_only_the_asked_settings_as_the_evaluation_did(committed, tmp_path):
+    folder = copy_of(committed["cigl"], tmp_path)
+    out = tmp_path / "out"
+    assert cli([str(folder), "--bn-protocols", "recomputed-augmented", "--predictors", "wma", "--out", str(out),
+                "--no-progress", "--device", "cpu"]) == 0
+    again = json.loads((out / "run.json").read_text())
+    stored = json.loads((folder / "metrics.json").read_text())
+    assert list(again["by_bn_protocol"]) == ["recomputed-augmented"]
+    assert list(again["by_bn_protocol"]["recomputed-augmented"]["test"]) == ["wma"]
+    assert again["agreement"]["largest_abs_difference"] == 0.0
+    assert again["temperature_by_bn_protocol"] == {
+        "recomputed-augmented": {"wma": stored["temperature_by_bn_protocol"]["recomputed-augmented"]["wma"]}}
+    assert again["test"] == {} and again["temperature"] is None  # wma's headline protocol was left out
+
+
+@pytest.mark.parametrize("args, message", [
+    pytest.param(["--predictors", "wma"], "holds no wma weights", id="absent-predictor"),
+    pytest.param(["--predictors", "final", "--bn-protocols", "nonsense"], "invalid choice", id="unknown-protocol"),
+])
+def test_a_limited_reevaluation_refuses_what_the_file_cannot_give(committed, tmp_path, capsys, args, message):
+    folder = copy_of(committed["rigl"], tmp_path)
+    assert cli([str(folder), *args, "--no-progress", "--device", "cpu"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (folder / "reevaluation.json").exists()
+
+
+def test_a_setting_without_the_asked_protocol_is_refused(committed, tmp_path, capsys):
+    folder = copy_of(committed["cigl"], tmp_path)
+    assert cli([str(folder), "--predictors", "wma", "--bn-protocols", "tracked", "--no-progress",
+                "--device", "cpu"]) == 2
+    assert "wma has none of the BatchNorm protocols tracked" in capsys.readouterr().err

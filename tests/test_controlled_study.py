@@ -338,3 +338,46 @@ def test_the_post_hoc_tests_survive_zero_and_tied_differences_and_a_missing_itop
     assert out["itop"]["seeds"] == [4, 5, 6, 7]
     assert json.loads((root / "registered.json").read_text())["itop"]["rigl"]["n"] == 4
     assert "normal approximation (tied |Δ|)" in (root / "posthoc.md").read_text()
+
+
+STRONGEST = ("RigL's strongest no-retraining baseline: CigL's WMA − RigL's last weights with a temperature "
+             "(both recomputed-augmented)")
+
+
+def reevaluation(root, method: str, seed: int, ece: float, fingerprint=None, **extra) -> None:
+    """A re-evaluation file as ``experiments.reevaluate --out <study>/reevaluated`` writes it."""
+    folder = root / "reevaluated"
+    folder.mkdir(exist_ok=True)
+    entry = {"temperature": 1.3, "test": scores(ece, 0.78)}
+    (folder / f"{method}-plain-s0.95-seed{seed}.json").write_text(json.dumps(
+        {"seed": seed, "test_fingerprint": fingerprint, **extra,
+         "temperature_by_bn_protocol": {"recomputed-augmented": {"final": entry},
+                                        "recomputed-clean": {"final": {**entry, "test": scores(0.5, 0.78)}}}}))
+
+
+def test_rigl_with_augmented_statistics_and_its_own_temperature_is_read_from_its_reevaluation(tmp_path):
+    """RigL's last weights under recomputed-augmented statistics with a temperature fitted under
+    them are paired with CigL's primary side; a run not yet re-evaluated is left out, not guessed."""
+    rigl = [0.040, 0.045, 0.035, 0.050, 0.042]
+    cigl = [0.018, 0.020, 0.017, 0.022, 0.019]
+    root = study(tmp_path, rigl, cigl, rigl)
+    strongest = [0.011, 0.012, 0.010, 0.013]
+    for seed, ece in zip(PRIMARY_SEEDS, strongest):  # seed 7 not re-evaluated
+        reevaluation(root, "rigl", seed, ece)
+    assert main([str(root)]) == 0
+    block = json.loads((root / "posthoc.json").read_text())["comparisons"][STRONGEST]["ece"]
+    assert block["seeds"] == [3, 4, 5, 6]
+    assert block["deltas"] == pytest.approx(list(np.array(cigl[:4]) - np.array(strongest)))
+    assert block["a"] == "rigl final+T [recomputed-augmented]"
+
+
+def test_a_reevaluation_of_another_seed_or_test_set_is_refused(tmp_path):
+    root = study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
+    reevaluation(root, "rigl", 3, 0.01)
+    (root / "reevaluated" / "rigl-plain-s0.95-seed4.json").write_text(
+        (root / "reevaluated" / "rigl-plain-s0.95-seed3.json").read_text())
+    with pytest.raises(ValueError, match="seed4.json is not a re-evaluation of rigl-plain-s0.95-seed4"):
+        main([str(root)])
+    reevaluation(root, "rigl", 4, 0.01, fingerprint="0" * 16)
+    with pytest.raises(ValueError, match="another seed or test set"):
+        main([str(root)])
