@@ -18,7 +18,9 @@
 #     experiments.controlled_posthoc, which it runs; the folder's README.md)
 #     is written on $1 only, never copied back.
 # After each run: for a rigl run, the last-layer Laplace baseline on its committed weights
-# (experiments.laplace_baseline, with $1's code: evaluation, not training), the sweep's tables
+# (experiments.laplace_baseline, with $1's code: evaluation, not training) and its re-evaluation
+# under recomputed-augmented statistics with a temperature (experiments.reevaluate --out
+# docs/results/controlled/reevaluated), the sweep's tables
 # rebuilt with $1's code (experiments.sweep --tables-only), then the registered analysis
 # (experiments.controlled_study), all committed.  A failure there is logged and retried
 # by the next start of the queue; it never stops the training.
@@ -68,6 +70,18 @@ evaluate_after() {  # $1: method, $2: run name; the evaluations of a committed r
       echo "$(date -u +%FT%TZ) error: the Laplace baseline of $2 failed; the next start retries it" >&2
     fi
   fi
+  # RigL's last weights under recomputed-augmented statistics with a temperature of their own (the post
+  # hoc "strongest no-retraining baseline", which the runs' metrics.json predate): a re-evaluation
+  if [ "$1" = rigl ] && ! tracked "$committed/controlled/reevaluated/$2.json" && \
+     ! tracked "$committed/controlled/runs/$2/diverged.json"; then
+    if (cd "$target" && PYTHONPATH="$target" python -m experiments.reevaluate "docs/results/controlled/runs/$2" \
+          --bn-protocols recomputed-augmented --predictors final --out docs/results/controlled/reevaluated \
+          --no-progress > /dev/null); then
+      done_what+=("re-evaluation")
+    else
+      echo "$(date -u +%FT%TZ) error: the re-evaluation of $2 failed; the next start retries it" >&2
+    fi
+  fi
   # the sweep's generic tables again, with $1's report code (the frozen copy trains; $1 reports)
   if (cd "$target" && PYTHONPATH="$target" python -m experiments.sweep --protocol controlled --results docs/results \
         --study controlled --amp off --tables-only --no-progress > /dev/null); then
@@ -97,8 +111,9 @@ for cell in "${order[@]}"; do
     continue  # diverged and committed: a failure of its method for that seed, never retried (preregistration)
   fi
   if [ -f "$folder/metrics.json" ] && tracked "$folder/metrics.json"; then
-    if [ "$method" = rigl ] && ! tracked "$folder/laplace.json"; then
-      evaluate_after "$method" "$run"  # an earlier session ended before its Laplace baseline
+    if [ "$method" = rigl ] && { ! tracked "$folder/laplace.json" || \
+                                 ! tracked "$committed/controlled/reevaluated/$run.json"; }; then
+      evaluate_after "$method" "$run"  # an earlier session ended before its Laplace baseline or re-evaluation
     fi
     continue  # finished and committed
   fi

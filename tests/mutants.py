@@ -473,8 +473,8 @@ MUTANTS: list[Mutant] = [
            "baseline failed) never gets one", "experiments/controlled_queue.sh",
            'evaluate_after "$method" "$run"  # an earlier session', ':  # an earlier session', QUEUE_LAPLACE),
     Mutant("queue-laplace-failure-stops", "a failed Laplace baseline stops the queue's training",
-           "experiments/controlled_queue.sh", 'failed; the next start retries it" >&2\n',
-           'failed; the next start retries it" >&2\n      exit 1\n', QUEUE_LAPLACE),
+           "experiments/controlled_queue.sh", 'baseline of $2 failed; the next start retries it" >&2\n',
+           'baseline of $2 failed; the next start retries it" >&2\n      exit 1\n', QUEUE_LAPLACE),
     Mutant("compare-interval-normal", "compare_studies' paired interval uses the normal 1.96 instead of Student's t "
            "with n − 1 degrees of freedom", "experiments/compare_studies.py",
            "    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)\n",
@@ -1017,4 +1017,13 @@ MUTANTS: list[Mutant] = [
            'Side(RIGL, "final+T", "recomputed-clean")',
            ("tests/test_controlled_study.py::test_rigl_with_augmented_statistics_and_its_own_temperature_is_read_from_"
             "its_reevaluation",)),
+    Mutant("queue-reevaluation-never-retried", "a rigl run committed without its re-evaluation never gets it",
+           QS, '! tracked "$committed/controlled/reevaluated/$run.json"; }', "false; }",
+           ("tests/test_controlled_queue.py::test_a_failed_reevaluation_is_logged_never_stops_training_and_is_"
+            "retried",)),
+    Mutant("queue-reevaluation-other-protocol", "the queue re-evaluates RigL under clean statistics",
+           QS, "          --bn-protocols recomputed-augmented --predictors final",
+           "          --bn-protocols recomputed-clean --predictors final",
+           ("tests/test_controlled_queue.py::test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_"
+            "registered_order",)),
 ]

@@ -52,6 +52,18 @@ if os.environ.get("STUB_LAPLACE_FAILS") == run.name:
     sys.exit("laplace failed")
 (run / "laplace.json").write_text(json.dumps({"method": "rigl"}))
 '''
+# Stands in for the re-evaluation (experiments.reevaluate RUN ... --out FOLDER): writes FOLDER/<run>.json,
+# or fails when STUB_REEVALUATION_FAILS names the run.
+STUB_REEVALUATE = '''
+import json, os, pathlib, sys
+run = pathlib.Path(sys.argv[1])
+assert sys.argv[2:6] == ["--bn-protocols", "recomputed-augmented", "--predictors", "final"], sys.argv
+out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
+if os.environ.get("STUB_REEVALUATION_FAILS") == run.name:
+    sys.exit("re-evaluation failed")
+out.mkdir(parents=True, exist_ok=True)
+(out / f"{run.name}.json").write_text(json.dumps({"seed": 0}))
+'''
 # Stand in for the checkout's sweep called with --tables-only: the tables rebuilt by the checkout's code.
 STUB_TABLES = '''
 import pathlib, sys
@@ -90,6 +102,7 @@ def queue(tmp_path):
     (target / "experiments" / "__init__.py").write_text("")
     (target / "experiments" / "laplace_baseline.py").write_text(STUB_LAPLACE)
     (target / "experiments" / "controlled_study.py").write_text(STUB_ANALYSIS)
+    (target / "experiments" / "reevaluate.py").write_text(STUB_REEVALUATE)
     (target / "experiments" / "sweep.py").write_text(STUB_TABLES)
     _git(target, "init", "-q", "-b", "main")
     _git(target, "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
@@ -127,18 +140,20 @@ def test_the_queue_trains_outside_the_checkout_and_commits_each_run_in_the_regis
     runs = [m for m in messages if m.endswith("(float32)")]
     assert messages[0] == "run 1" and runs[0] == f"controlled: {unfinished} (float32)" and len(runs) == 15
     # the committed rigl seed 3 gets its Laplace baseline first; each run is followed by its evaluations
-    assert messages[1] == ("controlled: after rigl-plain-s0.95-seed3, last-layer Laplace, study tables, "
-                           "registered analysis")
+    assert messages[1] == ("controlled: after rigl-plain-s0.95-seed3, last-layer Laplace, re-evaluation, "
+                           "study tables, registered analysis")
     for i, message in enumerate(messages[2:], start=2):
         if message.endswith("(float32)"):
             run = message.split()[1]
-            what = ("last-layer Laplace, study tables, registered analysis" if run.startswith("rigl-")
+            what = ("last-layer Laplace, re-evaluation, study tables, registered analysis" if run.startswith("rigl-")
                     else "study tables, registered analysis")
             assert messages[i + 1] == f"controlled: after {run}, {what}"
     tracked = _git(target, "ls-files").split()
     assert not [f for f in tracked if f.endswith(".pt")]  # weights stay out (.gitignore)
     laplace = sorted(Path(f).parent.name for f in tracked if f.endswith("laplace.json"))
     assert laplace == [f"rigl-plain-s0.95-seed{s}" for s in range(3, 8)]  # every rigl run, no other
+    reevaluated = sorted(Path(f).name for f in tracked if "/reevaluated/" in f)
+    assert reevaluated == [f"rigl-plain-s0.95-seed{s}.json" for s in range(3, 8)]
     runs_csv = (study / "runs.csv").read_text()  # rebuilt by the checkout's code, counting every run
     assert runs_csv.startswith("rebuilt on the checkout") and runs_csv.count("seed") == 16
     registered = (study / "registered.md").read_text()  # rebuilt on the checkout after the last run,
@@ -179,6 +194,24 @@ def test_a_failed_laplace_baseline_is_logged_never_stops_training_and_is_retried
         f"controlled: after {failing}, last-layer Laplace, study tables, registered analysis"
 
 
+def test_a_failed_reevaluation_is_logged_never_stops_training_and_is_retried(queue, tmp_path):
+    """A run committed before the queue re-evaluated (or whose re-evaluation failed) gets it at the
+    next start, before any training; its Laplace baseline is not fitted again."""
+    code, target, study = queue
+    work = tmp_path / "work"
+    failing = "rigl-plain-s0.95-seed5"
+    proc = _run_queue(code, target, work, env={"STUB_REEVALUATION_FAILS": failing})
+    assert proc.returncode == 0, proc.stderr
+    assert f"error: the re-evaluation of {failing} failed" in proc.stderr and "queue done" in proc.stdout
+    assert not (study / "reevaluated" / f"{failing}.json").exists()
+    again = _run_queue(code, target, work)
+    assert again.returncode == 0, again.stderr
+    assert " start " not in again.stdout
+    assert _git(target, "ls-files", "--", f"docs/results/controlled/reevaluated/{failing}.json").strip()
+    assert _git(target, "log", "-1", "--format=%s").strip() == \
+        f"controlled: after {failing}, re-evaluation, study tables, registered analysis"
+
+
 @pytest.mark.parametrize("with_work_folder", [True, False])
 def test_a_diverged_run_is_committed_as_a_failure_and_never_retried(queue, tmp_path, with_work_folder):
     """A run that diverges (docs/preregistration.md, amendment 2: a failure of its method for that
@@ -194,6 +227,7 @@ def test_a_diverged_run_is_committed_as_a_failure_and_never_retried(queue, tmp_p
     tracked = _git(target, "ls-files").split()
     assert f"docs/results/controlled/runs/{diverging}/diverged.json" in tracked
     assert f"docs/results/controlled/runs/{diverging}/laplace.json" not in tracked
+    assert f"docs/results/controlled/reevaluated/{diverging}.json" not in tracked
     messages = _git(target, "log", "--format=%s").splitlines()
     assert f"controlled: {diverging} diverged (float32)" in messages
     assert "error" not in proc.stderr
