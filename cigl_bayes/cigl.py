@@ -22,14 +22,11 @@ At the end of every epoch ≥ T* (``collect_from_epoch``): the sample M⊙Z⊙W 
 epoch's last step goes into the running mean (WMA) and the sample store.
 
 How ``model(x)`` sees M⊙Z⊙W: :meth:`attach` (done on construction unless ``attach=False``) gives
-the module an instance ``forward`` that, in training mode, calls the class's own forward with the
-sparse weights swapped for M⊙Z⊙W (``torch.func.functional_call``'s swap, without calling the module
-a second time, so its hooks run once) — one flat multiply for
-every sparse weight, differentiable, so the dense regrowth score ∂L/∂(M⊙Z⊙W) is kept on update
-steps.  Parameters, state-dict keys and the optimizer are untouched; in eval mode the module runs
-as it is (its weights are exactly M⊙W: W outside M is kept at 0).  :meth:`detach` removes it.
-A host that computes its own loss through :attr:`net` (this project's Trainer, the Pyro engine)
-passes ``attach=False`` and asks for :meth:`training_weights` or :attr:`z` instead.
+the module an instance ``forward`` that swaps M⊙Z⊙W in for the sparse weights in training mode
+(``cigl_bayes/attached_forward.py``); in eval mode the module runs as it is (its weights are exactly
+M⊙W: W outside M is kept at 0).  :meth:`detach` removes it.  A host that computes its own loss
+through :attr:`net` (this project's Trainer, the Pyro engine) passes ``attach=False`` and asks for
+:meth:`training_weights` or :attr:`z` instead.
 
 Any torch optimizer works: on mask updates every per-parameter state tensor shaped like the
 weight (SGD's ``momentum_buffer``, Adam's ``exp_avg``/``exp_avg_sq``) is zeroed for regrown
@@ -39,18 +36,15 @@ weights and outside the new M.  Under ``torch.distributed`` every rank draws the
 
 from __future__ import annotations
 
-import copy
 import difflib
 import numbers
-import types
 import warnings
-import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.stateless import _reparametrize_module  # functional_call's swap, without module(x)
 
+from .attached_forward import AttachedForward
 from .averaging import (
     MemorySnapshotStore,
     Snapshot,
@@ -69,7 +63,7 @@ from .settings import CigLSettings
 from .sparsity import sparse_parameter_names
 
 
-class CigL:
+class CigL(AttachedForward):
     """The CigL algorithm (and RigL, SET, static, dense and the ablations) on a module and optimizer.
 
     ``method`` names a row of :data:`cigl_bayes.config.METHODS`; ``keep`` overrides its keep
@@ -199,98 +193,6 @@ class CigL:
         if missing:
             raise ValueError(f"the optimizer does not hold the sparse weight {missing[0]!r}; build it from "
                              "model.parameters() before CigL(...), or leave that weight out of sparse_params")
-
-    # -- the module's forward ----------------------------------------------------------------
-    def attach(self) -> CigL:
-        """Make ``module(x)`` compute with M⊙Z⊙W in training mode (an instance ``forward``).
-
-        A copy of the module (``copy.deepcopy``, ``torch.optim.swa_utils.AveragedModel``) is a
-        plain module: the forward it inherits sees that it is not the module CigL trains and runs
-        the class's own forward on the copy's weights."""
-        self._detached = False
-        self._install_forward()
-        return self
-
-    def detach(self) -> nn.Module:
-        """Remove the instance forward; the module is a plain module holding M⊙W.  :meth:`step`
-        is refused until :meth:`attach` (the optimizer would move the weights outside M)."""
-        self._remove_forward()
-        self._detached = True
-        return self.net.module
-
-    def _install_forward(self) -> None:
-        if self._attached:
-            return
-        module = self.net.module
-        inherited = vars(module).get("forward")
-        if inherited is not None and _inert_forward(inherited, module):
-            del module.forward  # a copy's inherited forward (deepcopy, or a pickled module): it trains nothing here
-        elif inherited is not None:
-            raise ValueError(f"{type(module).__name__} already has an instance forward (another CigL attached?)")
-        cls_forward = type(module).forward
-        trainer = weakref.ref(self)  # a copy of the module must not keep this object (and its samples) alive
-        trained = weakref.ref(module)
-
-        def forward(this, *args, **kwargs):
-            cigl = trainer()
-            if cigl is None or cigl._inside or not this.training or this is not trained():  # a copy: a plain module
-                return cls_forward(this, *args, **kwargs)
-            theirs = cigl._substituted_by_caller()  # functional_call(module, {...}), net.forward(x, w): theirs win
-            if theirs and torch.is_grad_enabled():
-                cigl._caller_trained = True  # e.g. the Pyro model's sampled W: a training pass all the same
-            if len(theirs) == len(cigl.net.sparse_names):
-                return cls_forward(this, *args, **kwargs)
-            weights = {name: w for name, w in zip(cigl.net.sparse_names, cigl.net.mask.views(cigl.training_weights()))
-                       if name not in theirs}  # M⊙Z⊙W for every sparse weight the caller left to the module
-            cigl._inside = True
-            try:  # the class's forward under M⊙Z⊙W, not module(x) again: the module's hooks ran once already
-                with _reparametrize_module(this, weights, tie_weights=True, strict=False):
-                    return cls_forward(this, *args, **kwargs)
-            finally:
-                cigl._inside = False
-
-        forward.cigl_module, forward.cigl_object = trained, trainer  # a deepcopy keeps the function: see _inert_forward
-        # where each sparse weight sits ({leaf: Parameter} of its owner), looked up once
-        self._slots = [(name, (module.get_submodule(owner) if owner else module)._parameters, leaf, param)
-                       for name, param in zip(self.net.sparse_names, self.net.sparse_params)
-                       for owner, _, leaf in [name.rpartition(".")]]
-        module.forward = types.MethodType(forward, module)
-        self._attached = True
-
-    def _substituted_by_caller(self) -> set[str]:
-        """The sparse weights a caller runs the module with in place of its parameters
-        (``torch.func.functional_call``, :meth:`SparseNetwork.forward` with a sampled W — the Pyro
-        model and guide): those are the weights asked for, so the attached forward leaves them and
-        gives M⊙Z⊙W only to the others."""
-        return {name for name, slots, leaf, param in self._slots if slots.get(leaf) is not param}
-
-    def _remove_forward(self) -> None:
-        if self._attached:
-            del self.net.module.forward
-            self._attached = False
-
-    def __deepcopy__(self, memo) -> CigL:
-        """A copy of the whole object (module and optimizer included, as ``copy.deepcopy`` copies
-        them), attached to its own copy of the module: the forward it inherits trains the original."""
-        new = self.__class__.__new__(self.__class__)
-        memo[id(self)] = new
-        for key, value in vars(self).items():
-            setattr(new, key, copy.deepcopy(value, memo))
-        if new._attached:
-            new._attached = False
-            vars(new.net.module).pop("forward", None)
-            new._install_forward()
-        return new
-
-    def plain_copy(self) -> nn.Module:
-        """A deep copy of the module without CigL's forward, holding the current weights (M⊙W)."""
-        was = self._attached
-        self._remove_forward()  # copied without it: a class's own __deepcopy__ never meets the bound forward
-        try:
-            return copy.deepcopy(self.net.module)
-        finally:
-            if was:
-                self._install_forward()
 
     # -- one step ----------------------------------------------------------------------------
     @property
@@ -610,18 +512,6 @@ class CigL:
         self._z, self._z_drawn, self._score, self._caller_trained = None, False, None, False
         last_z = state.get("last_z")
         self.last_z = None if last_z is None else last_z.to(self.net.sparse_params[0].device)
-
-
-def _inert_forward(forward, module: nn.Module) -> bool:
-    """Whether ``forward`` (an instance forward found on ``module``) trains nothing here: CigL's,
-    inherited by copying a module another CigL trains, or the class's own forward stored on the
-    instance (what pickling a module with CigL attached brings back).  A forward whose CigL object
-    is gone trains nothing either."""
-    func = getattr(forward, "__func__", None)
-    owner = getattr(func, "cigl_module", None)
-    if owner is not None:
-        return owner() is not module or func.cigl_object() is None
-    return func is type(module).forward and getattr(forward, "__self__", None) is module
 
 
 def _has_stepped(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> bool:

@@ -287,7 +287,7 @@ MUTANTS: list[Mutant] = [
            "    return\n",
            ("tests/test_sweep.py::test_an_explicit_amp_refuses_finished_runs_of_another_precision",)),
     Mutant("load-run-ignores-amp", "load_run evaluates in the run's own precision whatever amp asks for",
-           "inference/run.py", "amp=amp or cfg.amp)", "amp=cfg.amp)",
+           "inference/loading.py", "amp=amp or cfg.amp)", "amp=cfg.amp)",
            ("tests/test_api.py::test_load_run_evaluates_in_the_precision_asked_for",)),
     Mutant("paired-interval-normal-quantile", "the paired interval uses the normal 1.96 instead of Student's t "
            "with n − 1 degrees of freedom (far too narrow for 2–3 seeds)",
@@ -394,7 +394,7 @@ MUTANTS: list[Mutant] = [
            "for k, buf in state[p].items() if k == 'momentum_buffer']",
            ("tests/test_drop_in.py::test_adamw_trains_a_user_model_and_its_moments_restart_at_zero_for_regrown_weights",)),
     Mutant("drop-in-forward-without-z", "the attached forward computes with M⊙W (Z never reaches the user's model)",
-           "cigl_bayes/cigl.py", "cigl.net.mask.views(cigl.training_weights()))",
+           "cigl_bayes/attached_forward.py", "cigl.net.mask.views(cigl.training_weights()))",
            "cigl.net.mask.views(cigl.net.effective_flat(None)))",
            ("tests/test_drop_in.py::test_the_forward_pass_sees_m_z_w_in_training_and_m_w_in_eval",
             "tests/test_drop_in.py::test_a_user_loop_follows_the_trainers_trajectory")),
@@ -529,7 +529,7 @@ MUTANTS: list[Mutant] = [
            "without temperature scaling", "inference/run.py", "if stored is None:", "if stored is None and False:",
            ("tests/test_api.py::test_temperature_scaled_without_metrics_json_names_the_missing_file",)),
     Mutant("load-run-file-not-named", "load_run given a file says the run folder does not exist",
-           "inference/run.py", "if run_dir.is_file():", "if False:",
+           "inference/loading.py", "if run_dir.is_file():", "if False:",
            ("tests/test_api.py::test_a_file_given_as_the_run_folder_is_named_a_file",)),
     Mutant("load-exported-folder-not-named", "load_exported given a folder does not say it is a folder",
            "cigl_bayes/export.py", "if path.is_dir():", "if False:",
@@ -541,7 +541,7 @@ MUTANTS: list[Mutant] = [
            "cigl_bayes/train.py", 'problem = config_file_problem(self.out, state["config"])', "problem = None",
            ("tests/test_run_integrity.py::test_resuming_refuses_a_config_json_that_disagrees_with_the_checkpoint",)),
     Mutant("load-run-ignores-config-json", "load_run ignores a config.json that disagrees with the checkpoint",
-           "inference/run.py", 'problem = config_file_problem(run_dir, state["config"])', "problem = None",
+           "inference/loading.py", 'problem = config_file_problem(run_dir, state["config"])', "problem = None",
            ("tests/test_api.py::test_a_config_json_that_disagrees_with_the_checkpoint_is_refused_by_name",)),
     Mutant("config-json-resume-fields-compared", "config.json is refused for fields a resumption may change "
            "(device, epochs, …)", "cigl_bayes/train.py",
@@ -600,7 +600,7 @@ MUTANTS: list[Mutant] = [
            (f"{CST}test_the_final_reading_is_not_marked_descriptive_when_a_diverged_pair_is_left_out",)),
     # the second new-user trial (2026-12-06)
     Mutant("copy-trains-original", "a deep copy of the trained module (AveragedModel) computes with the original's "
-           "weights and sends its gradients there", "cigl_bayes/cigl.py",
+           "weights and sends its gradients there", "cigl_bayes/attached_forward.py",
            "if cigl is None or cigl._inside or not this.training or this is not trained():",
            "if cigl is None or cigl._inside or not this.training:",
            (f"{MISUSE}test_a_deep_copy_of_the_trained_module_is_a_plain_independent_module",)),
@@ -637,15 +637,15 @@ MUTANTS: list[Mutant] = [
            "cigl_bayes/lightning.py", "        CigLSettings.resolve(method=method,", "        dict(method=method,",
            ("tests/test_lightning.py::test_the_callback_checks_its_options_when_built",)),
     Mutant("plain-copy-with-forward", "CigL's copies are deep-copied with the attached forward (a class's own "
-           "__deepcopy__ recurses; the copy carries an instance forward)", "cigl_bayes/cigl.py",
+           "__deepcopy__ recurses; the copy carries an instance forward)", "cigl_bayes/attached_forward.py",
            "        self._remove_forward()  # copied without it", "        pass  # copied without it",
            (f"{MISUSE}test_copies_made_by_cigl_meet_a_class_own_deepcopy_without_the_attached_forward",)),
     Mutant("copy-keeps-cigl-alive", "a deep copy of the module keeps the original's CigL and its samples alive",
-           "cigl_bayes/cigl.py", "        trainer = weakref.ref(self)  #",
+           "cigl_bayes/attached_forward.py", "        trainer = weakref.ref(self)  #",
            "        trainer = (lambda o: lambda: o)(self)  #",
            (f"{MISUSE}test_a_pickled_module_and_a_dropped_cigl_leave_nothing_that_blocks_a_new_cigl",)),
     Mutant("pickled-forward-blocks", "a module pickled with CigL attached refuses a new CigL (its stored class "
-           "forward taken for another CigL)", "cigl_bayes/cigl.py",
+           "forward taken for another CigL)", "cigl_bayes/attached_forward.py",
            'return func is type(module).forward and getattr(forward, "__self__", None) is module', "return False",
            (f"{MISUSE}test_a_pickled_module_and_a_dropped_cigl_leave_nothing_that_blocks_a_new_cigl",)),
     Mutant("export-hint-drops-layers", "export advises passing the inner network of a wrapper with layers of its own",
@@ -656,13 +656,13 @@ MUTANTS: list[Mutant] = [
            'num_classes=int(meta["num_classes"])))',
            ("tests/test_export.py::test_a_builder_s_options_travel_with_the_export",)),
     Mutant("cigl-copy-unattached", "a deep copy of the CigL object keeps the forward that trains the original's "
-           "module (its step is refused)", "cigl_bayes/cigl.py",
+           "module (its step is refused)", "cigl_bayes/attached_forward.py",
            "        if new._attached:\n            new._attached = False",
            "        if False:\n            new._attached = False",
            (f"{MISUSE}test_a_deep_copy_of_the_cigl_object_trains_its_own_copy_exactly_as_the_original_trains_on",)),
     # the third new-user trial (2026-12-06): the Bayesian side on a user's own model
     Mutant("attached-forward-overrides-w", "the attached forward replaces the weights a caller passes "
-           "(the Pyro model on cigl.net computes with M⊙Z⊙V, not the sampled W)", "cigl_bayes/cigl.py",
+           "(the Pyro model on cigl.net computes with M⊙Z⊙V, not the sampled W)", "cigl_bayes/attached_forward.py",
            "            theirs = cigl._substituted_by_caller()", "            theirs = set()",
            (f"{OWN}test_the_pyro_model_on_an_attached_cigls_network_computes_with_the_sampled_w",
             f"{OWN}test_a_users_functional_call_on_the_attached_module_keeps_the_callers_weights")),
@@ -730,7 +730,7 @@ MUTANTS: list[Mutant] = [
            "        if self._attached and self._w is None:\n",
            (f"{OWN}test_the_elbo_trains_through_an_attached_cigl_as_through_a_detached_one",)),
     Mutant("partial-swap-raw", "sparse weights a functional_call leaves out compute with raw W, not M⊙Z⊙W",
-           "cigl_bayes/cigl.py", "                       if name not in theirs}",
+           "cigl_bayes/attached_forward.py", "                       if name not in theirs}",
            "                       if not theirs}",
            (f"{OWN}test_a_functional_call_that_swaps_some_sparse_weights_gets_m_z_w_for_the_others",)),
     Mutant("tied-weight-twice", "a weight tied between two layers is listed twice as a sparse parameter",
@@ -853,7 +853,8 @@ MUTANTS: list[Mutant] = [
            (f"{OWN}test_outputs_that_are_not_one_row_of_logits_per_input_are_refused",)),
     # the fourth new-user trial (2026-12-06): tests/test_drop_in_trial.py, tests/test_lightning.py
     Mutant("hooks-run-twice", "CigL's forward calls the module again, so its own hooks run twice",
-           "cigl_bayes/cigl.py", "                    return cls_forward(this, *args, **kwargs)\n            finally:",
+           "cigl_bayes/attached_forward.py",
+           "                    return cls_forward(this, *args, **kwargs)\n            finally:",
            "                    return this(*args, **kwargs)\n            finally:",
            (f"{TRIAL}test_the_modules_own_hooks_run_once_per_training_forward",)),
     Mutant("final-model-ignores-loader", "final_model(bn_loader) keeps the tracked statistics unless a protocol is "
