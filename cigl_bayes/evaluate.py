@@ -410,7 +410,9 @@ def reevaluate(weights_path, *, data_dir: str | None = None, device: str = "auto
     loaders, labels = evaluation_loaders(data)
     by_protocol = evaluate_weights(net, cfg, data, weights, loaders, predictors=predictors, protocols=protocols)
     preds, used = headline(by_protocol, cfg)
-    output = cfg.method_config.output if cfg.method_config.output in preds else "final"
+    # the run's output predictor, as its evaluation chose it; one left out of a limited re-evaluation
+    # (``predictors``, ``protocols``) is not scored, and has no temperature_scaled
+    output = cfg.method_config.output if cfg.method_config.output in weight_predictors(weights) else "final"
     temperature = with_temperature(preds, used, output, labels, cfg.temperature_scaling) if output in preds else None
     report = scores(preds, labels)
     return {"method": cfg.method, "model": cfg.model, "seed": cfg.seed, "sparsity_target": cfg.sparsity,

@@ -183,10 +183,29 @@ def diverged_runs(study: Path) -> list[str]:
 REEVALUATED = "reevaluated"  # <study>/reevaluated/<run folder>.json: python -m experiments.reevaluate --out
 
 
+def _reevaluation(path: Path, run: str, seed: int, metrics: dict) -> dict | None:
+    """The re-evaluation of ``run`` at ``path`` (None where there is none).  One that cannot be
+    read, or that is of another seed or test set, is named on stderr and left out: it feeds post hoc
+    comparisons only, so it never stops the registered analysis."""
+    if not path.is_file():
+        return None
+    try:
+        again = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        print(f"note: {path} cannot be read ({err}); left out of the post hoc comparisons", file=sys.stderr)
+        return None
+    if not isinstance(again, dict) or (again.get("seed"), again.get("test_fingerprint")) != \
+            (seed, metrics.get("test_fingerprint")):
+        print(f"note: {path} is not a re-evaluation of {run} (another seed or test set); left out of the post hoc "
+              "comparisons", file=sys.stderr)
+        return None
+    return again
+
+
 def load_runs(study: Path) -> dict[tuple[str, int], dict]:
     """{(method, seed): {"metrics": ..., "laplace": ..., "reevaluated": ...}} of the finished runs
-    of the study; a metrics.json whose seed is not its folder's is refused, and so is a
-    re-evaluation (``<study>/reevaluated/<run folder>.json``) of another seed or test set."""
+    of the study; a metrics.json whose seed is not its folder's is refused, and a re-evaluation
+    (``<study>/reevaluated/<run folder>.json``) of another seed or test set is left out, named."""
     runs = {}
     for method, seed, folder in study_folders(study):
         metrics = _completed(folder)
@@ -198,12 +217,9 @@ def load_runs(study: Path) -> dict[tuple[str, int], dict]:
         laplace = folder / "laplace.json"
         if laplace.is_file():
             entry["laplace"] = json.loads(laplace.read_text())
-        again = study / REEVALUATED / f"{folder.name}.json"
-        if again.is_file():
-            entry["reevaluated"] = json.loads(again.read_text())
-            if (entry["reevaluated"].get("seed"), entry["reevaluated"].get("test_fingerprint")) != \
-                    (seed, metrics.get("test_fingerprint")):
-                raise ValueError(f"{again} is not a re-evaluation of {folder.name} (another seed or test set)")
+        reevaluated = _reevaluation(study / REEVALUATED / f"{folder.name}.json", folder.name, seed, metrics)
+        if reevaluated is not None:
+            entry["reevaluated"] = reevaluated
         runs[(method, seed)] = entry
     return runs
 

@@ -11,7 +11,8 @@ after training.  The result goes to ``--out DIR/<run name>.json``, or, without `
 ``<run>/reevaluation.json`` (``--out-name``; git ignores it inside ``docs/results``).
 ``--bn-protocols`` and ``--predictors`` limit the work (each recomputed protocol is a pass over the
 training images per weight setting).  Every evaluated setting also gets its own temperature,
-fitted on the validation split under the same statistics (``temperature_by_bn_protocol``):
+fitted on the validation split under the same statistics (``temperature_by_bn_protocol``; none
+where the run has no validation split or was trained without temperature scaling):
 
     python -m experiments.reevaluate docs/results/controlled/runs/rigl-plain-s0.95-seed* \
         --bn-protocols recomputed-augmented --predictors final --out docs/results/controlled/reevaluated
@@ -209,6 +210,8 @@ def reevaluate_one(run: Path, path: Path, target: Path, args) -> None:
     head = result["bn_protocol"]
     print(f"{run}: " + ", ".join(f"{name} [{head[name]}] acc {m['accuracy']:.4f} ECE {m['ece']:.4f}"
                                  for name, m in result["test"].items()) + f" → {target}")
+    if not result["temperature_by_bn_protocol"]:
+        print("  no temperature: the run has no validation split, or was trained without temperature scaling")
     for protocol, by_name in result["temperature_by_bn_protocol"].items():
         for name, entry in by_name.items():
             print(f"  {name} [{protocol}] with T = {entry['temperature']:.3f}: acc {entry['test']['accuracy']:.4f} "

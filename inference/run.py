@@ -483,3 +483,13 @@ class TrainedRun:
 
 # predict() also gives these two, as the run's evaluation scored them (they are not weight draws)
 SCORED_PREDICTORS = ("temperature_scaled", "mc-dropout")
+
+
+def __getattr__(name: str):
+    """``from cigl_bayes.inference.run import load_run`` (its home until 2026-12-06) still works:
+    reading a run folder moved to :mod:`inference.loading`, which imports this module."""
+    if name in ("load_run", "AVERAGE_TOLERANCE"):
+        from . import loading
+
+        return getattr(loading, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

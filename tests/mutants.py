@@ -1009,10 +1009,20 @@ MUTANTS: list[Mutant] = [
            (f"{COMMITTED}test_a_limited_reevaluation_refuses_what_the_file_cannot_give[absent-predictor]",)),
     Mutant("reevaluation-of-another-run-read", "a re-evaluation of another seed or test set is read as the run's",
            "experiments/controlled_study.py",
-           '            if (entry["reevaluated"].get("seed"), entry["reevaluated"].get("test_fingerprint")) != \\',
-           '            if False and (entry["reevaluated"].get("seed"), entry["reevaluated"].get("test_fingerprint")) '
-           '!= \\',
-           ("tests/test_controlled_study.py::test_a_reevaluation_of_another_seed_or_test_set_is_refused",)),
+           '    if not isinstance(again, dict) or (again.get("seed"), again.get("test_fingerprint")) != \\',
+           '    if not isinstance(again, dict) or False and (again.get("seed"), again.get("test_fingerprint")) != \\',
+           ("tests/test_controlled_study.py::test_a_reevaluation_of_another_seed_or_test_set_is_left_out_and_named_"
+            "never_stopping_the_analysis",)),
+    Mutant("reevaluation-before-own-temperature", "a run's re-evaluation is read before its own per-protocol "
+           "temperature", "experiments/controlled_study.py",
+           'for source in (run["metrics"], run.get("reevaluated", {})):',
+           'for source in (run.get("reevaluated", {}), run["metrics"]):',
+           ("tests/test_controlled_study.py::test_a_runs_own_per_protocol_temperature_comes_before_its_reevaluation",)),
+    Mutant("temperature-off-still-fitted", "with temperature scaling off, metrics.json still gets per-protocol "
+           "temperatures", "cigl_bayes/evaluate.py",
+           'temperature_by_protocol(by_protocol, labels) if cfg.temperature_scaling else {},\n        # in-time',
+           'temperature_by_protocol(by_protocol, labels),\n        # in-time',
+           ("tests/test_bn_protocols.py::test_metrics_json_records_every_protocol_and_each_headlines_own",)),
     Mutant("strongest-baseline-reads-clean", "RigL's strongest baseline reads its clean-statistics entry",
            "experiments/controlled_posthoc.py", 'Side(RIGL, "final+T", AUG)',
            'Side(RIGL, "final+T", "recomputed-clean")',

@@ -91,3 +91,14 @@ def test_no_code_imports_the_repository_folders_by_their_old_top_level_names(tmp
     probe = tmp_path / "probe.py"
     probe.write_text("import models\nfrom inference.run import load_run\nfrom cigl_bayes.models import build_model\n")
     assert _old_top_level_imports(probe) == ["models", "inference.run"]
+
+
+def test_load_run_keeps_its_old_import_path_after_the_move_to_inference_loading():
+    from cigl_bayes.inference import load_run
+    from cigl_bayes.inference.run import load_run as old_path
+
+    assert old_path is load_run
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        from cigl_bayes.inference import run
+
+        run.no_such_name  # noqa: B018

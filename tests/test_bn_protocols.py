@@ -139,6 +139,7 @@ def test_metrics_json_records_every_protocol_and_each_headlines_own(tmp_path):
     stored = json.loads((tmp_path / "metrics.json").read_text())
     assert stored["by_bn_protocol"] == json.loads(json.dumps(by))
     assert stored["weights_file"] == "weights.safetensors" and (tmp_path / "weights.safetensors").is_file()
+    assert stored["temperature"] is None and stored["temperature_by_bn_protocol"] == {}  # temperature scaling off
 
 
 def test_cigl_headlines_recompute_on_clean_images(tmp_path):

@@ -340,6 +340,12 @@ def test_a_limited_reevaluation_scores_only_the_asked_settings_as_the_evaluation
     assert again["temperature_by_bn_protocol"] == {
         "recomputed-augmented": {"wma": stored["temperature_by_bn_protocol"]["recomputed-augmented"]["wma"]}}
     assert again["test"] == {} and again["temperature"] is None  # wma's headline protocol was left out
+    # CigL's output predictor left out: final is scored, and no temperature of final is passed off as the run's
+    assert cli([str(folder), "--predictors", "final", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    again = json.loads((out / "run.json").read_text())
+    assert again["output_predictor"] == "wma" and again["temperature"] is None
+    assert list(again["test"]) == ["final"] and set(again["by_bn_protocol"]) == {
+        "tracked", "recomputed-clean", "recomputed-augmented"}
 
 
 @pytest.mark.parametrize("args, message", [

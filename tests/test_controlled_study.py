@@ -18,6 +18,7 @@ def scores(ece: float, acc: float) -> dict:
             "nll": 0.5 + ece, "brier": 0.3 + ece / 2}
 
 
+FINGERPRINT = "5eed" * 4  # the test set every hand-made run was scored on
 FIVE_RIGL, FIVE_CIGL = [0.040, 0.045, 0.035, 0.050, 0.042], [0.018, 0.020, 0.017, 0.022, 0.019]
 
 
@@ -25,6 +26,7 @@ def write_run(root, method: str, seed: int, by_protocol: dict, headline: dict | 
     folder = root / "runs" / f"{method}-plain-s0.95-seed{seed}"
     folder.mkdir(parents=True)
     metrics = {"completed": True, "seed": seed, "method": method.split("-keep")[0], "itop_rate": itop,
+               "test_fingerprint": FINGERPRINT,
                "test": headline or {}, "by_bn_protocol": {p: {"test": v} for p, v in by_protocol.items()},
                "history": [{"epoch": e, "val_accuracy": 0.5, "val_nll": 1.0, "val_ece": 0.05} for e in (1, 2)]}
     (folder / "metrics.json").write_text(json.dumps(metrics))
@@ -344,7 +346,7 @@ STRONGEST = ("RigL's strongest no-retraining baseline: CigL's WMA − RigL's las
              "(both recomputed-augmented)")
 
 
-def reevaluation(root, method: str, seed: int, ece: float, fingerprint=None, **extra) -> None:
+def reevaluation(root, method: str, seed: int, ece: float, fingerprint=FINGERPRINT, **extra) -> None:
     """A re-evaluation file as ``experiments.reevaluate --out <study>/reevaluated`` writes it."""
     folder = root / "reevaluated"
     folder.mkdir(exist_ok=True)
@@ -371,13 +373,28 @@ def test_rigl_with_augmented_statistics_and_its_own_temperature_is_read_from_its
     assert block["a"] == "rigl final+T [recomputed-augmented]"
 
 
-def test_a_reevaluation_of_another_seed_or_test_set_is_refused(tmp_path):
+def test_a_reevaluation_of_another_seed_or_test_set_is_left_out_and_named_never_stopping_the_analysis(
+        tmp_path, capsys):
     root = study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
     reevaluation(root, "rigl", 3, 0.01)
-    (root / "reevaluated" / "rigl-plain-s0.95-seed4.json").write_text(
-        (root / "reevaluated" / "rigl-plain-s0.95-seed3.json").read_text())
-    with pytest.raises(ValueError, match="seed4.json is not a re-evaluation of rigl-plain-s0.95-seed4"):
-        main([str(root)])
-    reevaluation(root, "rigl", 4, 0.01, fingerprint="0" * 16)
-    with pytest.raises(ValueError, match="another seed or test set"):
-        main([str(root)])
+    folder = root / "reevaluated"
+    (folder / "rigl-plain-s0.95-seed4.json").write_text((folder / "rigl-plain-s0.95-seed3.json").read_text())
+    reevaluation(root, "rigl", 5, 0.01, fingerprint="0" * 16)  # another test set
+    (folder / "rigl-plain-s0.95-seed6.json").write_text("{not json")
+    assert main([str(root)]) == 0
+    err = capsys.readouterr().err
+    assert "seed4.json is not a re-evaluation of rigl-plain-s0.95-seed4" in err
+    assert "seed5.json is not a re-evaluation of rigl-plain-s0.95-seed5" in err and "seed6.json cannot be read" in err
+    assert (root / "registered.md").is_file()
+    assert json.loads((root / "posthoc.json").read_text())["comparisons"][STRONGEST]["ece"]["seeds"] == [3]
+
+
+def test_a_runs_own_per_protocol_temperature_comes_before_its_reevaluation(tmp_path):
+    root = study(tmp_path, FIVE_RIGL, FIVE_CIGL, FIVE_RIGL)
+    reevaluation(root, "rigl", 3, 0.01)
+    path = root / "runs" / "rigl-plain-s0.95-seed3" / "metrics.json"
+    own = {"recomputed-augmented": {"final": {"temperature": 1.2, "test": scores(0.005, 0.78)}}}
+    path.write_text(json.dumps({**json.loads(path.read_text()), "temperature_by_bn_protocol": own}))
+    assert main([str(root)]) == 0
+    block = json.loads((root / "posthoc.json").read_text())["comparisons"][STRONGEST]["ece"]
+    assert block["seeds"] == [3] and block["deltas"] == pytest.approx([FIVE_CIGL[0] - 0.005])
